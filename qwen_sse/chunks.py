@@ -1,0 +1,161 @@
+"""Typed chat-completion chunks as they arrive in ``data:`` frames, and their JSON decoding.
+
+Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random or logging.
+
+Attribute names mirror the OpenAI SDK's (``chunk.choices[0].delta.content``,
+``chunk.usage.prompt_tokens``) and DashScope's wire names verbatim (``reasoning_content``).
+Unknown fields are ignored; a missing key reads as None (or an empty list for ``choices``);
+a known key of the wrong type is a :class:`~qwen_sse.errors.ProtocolError` naming the field
+path and carrying the raw frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from qwen_sse.errors import ProtocolError
+
+__all__ = [
+    "ChatCompletionChunk",
+    "ChoiceDelta",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaToolCallFunction",
+    "CompletionTokensDetails",
+    "DeltaChoice",
+    "ErrorBody",
+    "PromptTokensDetails",
+    "Usage",
+    "chunk_decoder",
+    "chunk_protocol_error",
+    "decode_chunk",
+    "decode_error_frame",
+]
+
+
+class ChoiceDeltaToolCallFunction(msgspec.Struct, frozen=True, gc=False):
+    """One fragment of a tool call's function: ``name`` on the first, ``arguments`` pieces."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChoiceDeltaToolCall(msgspec.Struct, frozen=True, gc=False):
+    """One tool-call delta; fragments of the same call share ``index``."""
+
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: ChoiceDeltaToolCallFunction | None = None
+
+
+class ChoiceDelta(msgspec.Struct, frozen=True, gc=False):
+    """What one chunk adds to one choice."""
+
+    role: str | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
+
+
+class DeltaChoice(msgspec.Struct, frozen=True, gc=False):
+    """One choice of a chunk: its index, its delta, and the finish reason once it ends."""
+
+    index: int = 0
+    delta: ChoiceDelta = msgspec.field(default_factory=ChoiceDelta)
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class PromptTokensDetails(msgspec.Struct, frozen=True, gc=False):
+    """Breakdown of the prompt tokens (``cached_tokens`` hit the context cache)."""
+
+    cached_tokens: int | None = None
+
+
+class CompletionTokensDetails(msgspec.Struct, frozen=True, gc=False):
+    """Breakdown of the completion tokens (``reasoning_tokens`` are included in them)."""
+
+    reasoning_tokens: int | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, gc=False):
+    """Token usage as the server bills it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False):
+    """One ``chat.completion.chunk``. The usage-only chunk has ``choices == []``."""
+
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    system_fingerprint: str | None = None
+    choices: list[DeltaChoice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True, gc=False):
+    """The ``error`` object of an in-band error frame or an HTTP error body."""
+
+    message: str = ""
+    type: str | None = None
+    code: str | int | None = None
+    param: str | None = None
+
+
+class _ErrorFrame(msgspec.Struct, frozen=True, gc=False):
+    error: ErrorBody | str | None = None
+    id: str = ""
+    request_id: str = ""
+
+
+chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
+"""The msgspec decoder behind :func:`decode_chunk`, for hot loops that map its errors
+themselves with :func:`chunk_protocol_error`."""
+_error_decoder = msgspec.json.Decoder(_ErrorFrame)
+
+
+def chunk_protocol_error(error: msgspec.DecodeError, frame: str | bytes) -> ProtocolError:
+    """The ``ProtocolError`` for a frame msgspec rejected, naming the field path."""
+    reason = str(error)
+    if isinstance(error, msgspec.ValidationError):
+        return ProtocolError(f"chunk has a field of the wrong type: {reason}", frame=frame)
+    return ProtocolError(f"data frame is not valid JSON: {reason}", frame=frame)
+
+
+def decode_chunk(data: str | bytes) -> ChatCompletionChunk:
+    """Decode one ``data:`` frame into a chunk, or raise ``ProtocolError`` naming the field."""
+    try:
+        return chunk_decoder.decode(data)
+    except msgspec.DecodeError as error:
+        raise chunk_protocol_error(error, data) from None
+
+
+def decode_error_frame(data: str | bytes) -> tuple[ErrorBody, str] | None:
+    """The ``(error, id)`` of a frame with a top-level ``error`` object, else None.
+
+    Cheap on ordinary chunks: only frames whose text contains ``"error"`` are parsed.
+    """
+    marker: str | bytes = '"error"' if isinstance(data, str) else b'"error"'
+    if marker not in data:  # type: ignore[operator]
+        return None
+    try:
+        frame = _error_decoder.decode(data)
+    except msgspec.ValidationError:
+        # A chunk whose text merely mentions "error" (e.g. in content) lands here when its
+        # other top-level keys have unexpected types; it is decoded as a chunk instead.
+        return None
+    except msgspec.DecodeError as decode_error:
+        raise chunk_protocol_error(decode_error, data) from None
+    if frame.error is None:
+        return None
+    body = ErrorBody(message=frame.error) if isinstance(frame.error, str) else frame.error
+    return body, frame.id or frame.request_id

@@ -1,0 +1,89 @@
+"""``qwen-sse decode``: decode a saved event stream offline, as SSE events or chat chunks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, BinaryIO
+
+import msgspec
+
+from qwen_sse.chat import ChatStreamDecoder
+from qwen_sse.errors import QwenSSEError
+from qwen_sse.sse import SSEComment, SSEDecoder
+
+_READ_BYTES = 64 * 1024
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "decode",
+        help="decode a saved SSE stream (file or stdin) into events or chat chunks",
+        description="Decode a saved event stream offline. By default it is read as a chat "
+        "completion stream and the answer and usage are printed.",
+    )
+    parser.add_argument("file", nargs="?", default="-", help="stream to read ('-' = stdin)")
+    parser.add_argument(
+        "--events", action="store_true", help="print every SSE event and comment as JSON"
+    )
+    parser.add_argument("--json", action="store_true", help="print every chat chunk as JSON")
+    parser.set_defaults(func=run)
+
+
+def _chunks(source: BinaryIO) -> list[bytes]:
+    pieces = []
+    while piece := source.read(_READ_BYTES):
+        pieces.append(piece)
+    return pieces
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.file == "-":
+            pieces = _chunks(sys.stdin.buffer)
+        else:
+            with open(args.file, "rb") as source:
+                pieces = _chunks(source)
+    except OSError as error:
+        print(f"qwen-sse decode: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        return 2
+    if args.events:
+        decoder = SSEDecoder()
+        for piece in pieces:
+            for item in decoder.feed_with_comments(piece):
+                kind = "comment" if isinstance(item, SSEComment) else "event"
+                print(json.dumps({kind: msgspec.to_builtins(item)}, ensure_ascii=False))
+        if decoder.in_event:
+            print("qwen-sse decode: the stream ends inside an event; discarded", file=sys.stderr)
+        return 0
+    chat = ChatStreamDecoder()
+    try:
+        for piece in pieces:
+            for chunk in chat.feed(piece):
+                if args.json:
+                    print(msgspec.json.encode(chunk).decode())
+        chat.feed_eof()
+    except QwenSSEError as error:
+        _print_result(chat, args.json)
+        print(f"qwen-sse decode: {error}", file=sys.stderr)
+        return 1
+    _print_result(chat, args.json)
+    return 0
+
+
+def _print_result(chat: ChatStreamDecoder, as_json: bool) -> None:
+    if as_json:
+        return
+    result = chat.result()
+    if result.reasoning_content:
+        print(f"[reasoning] {result.reasoning_content}")
+    print(result.content)
+    usage = result.usage
+    summary = f"finish_reason={result.finish_reason} events={result.timing.events}"
+    if usage is not None:
+        summary += (
+            f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}"
+            f" total_tokens={usage.total_tokens}"
+        )
+    print(summary, file=sys.stderr)

@@ -1,0 +1,353 @@
+"""The exception tree of qwen-sse: every error the package raises, and nothing else.
+
+Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
+
+::
+
+    QwenSSEError                      root; .partial is the ChatResult received so far, or None
+    ├── ConfigurationError            bad or missing settings (no API key, unknown region, ...)
+    ├── TokenLimitError               pre-flight: the prompt is over the model's input limit
+    ├── ProtocolError                 the bytes on the wire break the protocol; .frame holds them
+    │   └── EventTooLargeError        one SSE event outgrew max_event_bytes
+    ├── StreamError                   the stream began (HTTP 200) but did not end properly
+    │   ├── InBandError               a data frame carried {"error": {...}}
+    │   └── IncompleteStreamError     the stream ended, or was cut, without its end marker
+    ├── TransportError                the connection failed (refused, reset, TLS, DNS)
+    ├── RequestTimeoutError           a deadline passed; subclasses say which one
+    │   ├── ConnectTimeoutError
+    │   ├── FirstTokenTimeoutError
+    │   ├── IdleTimeoutError
+    │   └── TotalTimeoutError
+    └── APIStatusError                the server answered with an HTTP error status
+        ├── BadRequestError           400
+        │   ├── ContextLengthError    400, the input is longer than the model accepts
+        │   └── ContentFilterError    400, data_inspection_failed (moderation)
+        ├── AuthenticationError       401
+        ├── PermissionDeniedError     403
+        ├── NotFoundError             404
+        ├── RateLimitError            429; .kind says "rpm", "tpm", "burst", "billing" or ""
+        └── ServerError               5xx
+
+Every error has a one-line ``str()`` naming what went wrong, and pickles with all of its
+attributes (so it can cross a process boundary in a load generator).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qwen_sse.chat import ChatResult
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConnectTimeoutError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "EventTooLargeError",
+    "FirstTokenTimeoutError",
+    "IdleTimeoutError",
+    "InBandError",
+    "IncompleteStreamError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "QwenSSEError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ServerError",
+    "StreamError",
+    "TokenLimitError",
+    "TotalTimeoutError",
+    "TransportError",
+    "status_error",
+]
+
+_FRAME_PREVIEW_CHARS = 200
+
+
+def _rebuild(cls: type[QwenSSEError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class QwenSSEError(Exception):
+    """Root of every qwen-sse error.
+
+    ``partial`` is the :class:`~qwen_sse.chat.ChatResult` accumulated before the failure
+    when a stream had started (its ``complete`` is False), else None: nothing received is
+    lost.
+    """
+
+    partial: ChatResult | None
+
+    def __init__(self, message: str, *, partial: ChatResult | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+class ConfigurationError(QwenSSEError, ValueError):
+    """A setting is missing or invalid; raised before any network traffic."""
+
+
+class TokenLimitError(QwenSSEError, ValueError):
+    """The prompt has more tokens than the model accepts as input; nothing was sent."""
+
+    def __init__(self, *, model: str, prompt_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens, over {model}'s input limit of {limit} tokens"
+        )
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+
+
+class ProtocolError(QwenSSEError):
+    """The server's bytes break the SSE or chat-chunk protocol.
+
+    ``frame`` holds the offending frame (the event's data, or the raw bytes), untruncated.
+    """
+
+    def __init__(
+        self, message: str, *, frame: str | bytes = "", partial: ChatResult | None = None
+    ) -> None:
+        if frame:
+            preview = frame[:_FRAME_PREVIEW_CHARS]
+            more = "..." if len(frame) > _FRAME_PREVIEW_CHARS else ""
+            message = f"{message}; frame: {preview!r}{more}"
+        super().__init__(message, partial=partial)
+        self.frame = frame
+
+
+class EventTooLargeError(ProtocolError):
+    """An SSE event grew past ``max_event_bytes``; the decoder stops to bound memory.
+
+    ``events`` are the events that the failing ``feed`` call completed before the overflow,
+    so that a caller can still deliver them.
+    """
+
+    def __init__(self, *, max_event_bytes: int, event_bytes: int) -> None:
+        super().__init__(
+            f"SSE event is larger than max_event_bytes={max_event_bytes} "
+            f"(at least {event_bytes} bytes received without a blank line)"
+        )
+        self.max_event_bytes = max_event_bytes
+        self.event_bytes = event_bytes
+        self.events: list[Any] = []
+
+
+class StreamError(QwenSSEError):
+    """The response started as a stream but did not finish properly.
+
+    ``partial`` always holds what arrived before the failure.
+    """
+
+
+class InBandError(StreamError):
+    """A data frame carried ``{"error": {...}}`` after the HTTP 200 (e.g. moderation)."""
+
+    def __init__(
+        self,
+        *,
+        code: str,
+        message: str,
+        type: str = "",
+        request_id: str = "",
+        partial: ChatResult | None = None,
+    ) -> None:
+        rid = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"in-band error {code or type or '?'}: {message}{rid}", partial=partial)
+        self.code = code
+        self.error_message = message
+        self.type = type
+        self.request_id = request_id
+
+
+class IncompleteStreamError(StreamError):
+    """The stream ended or was cut before its end marker (``data: [DONE]``)."""
+
+
+class TransportError(QwenSSEError):
+    """The connection could not be made or broke (refused, reset, TLS, DNS)."""
+
+
+class RequestTimeoutError(QwenSSEError, builtins.TimeoutError):
+    """A deadline passed. ``timeout_s`` is the setting that expired."""
+
+    kind = "total"
+
+    def __init__(self, *, timeout_s: float, partial: ChatResult | None = None) -> None:
+        super().__init__(f"{self.kind} timeout after {timeout_s:g} s", partial=partial)
+        self.timeout_s = timeout_s
+
+
+class ConnectTimeoutError(RequestTimeoutError):
+    """No connection (or no response headers) within ``connect_timeout_s``."""
+
+    kind = "connect"
+
+
+class FirstTokenTimeoutError(RequestTimeoutError):
+    """No content or reasoning text within ``first_token_timeout_s`` of sending."""
+
+    kind = "first-token"
+
+
+class IdleTimeoutError(RequestTimeoutError):
+    """No SSE event for ``idle_timeout_s``; keep-alive comments do not count."""
+
+    kind = "idle"
+
+
+class TotalTimeoutError(RequestTimeoutError):
+    """The whole request took longer than ``total_timeout_s``."""
+
+    kind = "total"
+
+
+class APIStatusError(QwenSSEError):
+    """The server answered with an HTTP error status.
+
+    ``code`` is DashScope's (or OpenAI's) error code verbatim, ``request_id`` the
+    ``x-request-id`` header or the body's ``request_id``, ``body`` the raw response text.
+    """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str = "",
+        message: str = "",
+        request_id: str = "",
+        body: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        parts = [f"HTTP {status}"]
+        if code:
+            parts.append(code)
+        text = " ".join(parts) + (f": {message}" if message else "")
+        if request_id:
+            text += f" (request id {request_id})"
+        super().__init__(text)
+        self.status = status
+        self.code = code
+        self.error_message = message
+        self.request_id = request_id
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400: the request is invalid."""
+
+
+class ContextLengthError(BadRequestError):
+    """HTTP 400: the input is longer than the model accepts."""
+
+
+class ContentFilterError(BadRequestError):
+    """HTTP 400 ``data_inspection_failed``: moderation rejected the input."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401: the API key is missing, wrong, or for another region."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403: the key may not use this model or feature."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404: unknown model or path."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429. ``kind``: "rpm", "tpm", "burst", "billing" (never retry) or ""."""
+
+    @property
+    def kind(self) -> str:
+        return rate_limit_kind(self.code, self.error_message)
+
+
+class ServerError(APIStatusError):
+    """HTTP 5xx."""
+
+
+_RPM_CODES = frozenset({"limit_requests", "Throttling.RateQuota"})
+_TPM_CODES = frozenset({"insufficient_quota", "Throttling.AllocationQuota"})
+_BURST_CODES = frozenset({"limit_burst_rate", "Throttling", "Throttling.BurstRate"})
+_BILLING_CODES = frozenset({"CommodityNotPurchased", "PrepaidBillOverdue", "PostpaidBillOverdue"})
+
+
+def rate_limit_kind(code: str, message: str) -> str:
+    """Classify a 429 by DashScope's code: "rpm", "tpm", "burst", "billing" or ""."""
+    if code in _BILLING_CODES:
+        return "billing"
+    if code in _RPM_CODES:
+        return "rpm"
+    if code in _TPM_CODES:
+        # OpenAI uses insufficient_quota for an exhausted plan, DashScope for TPM.
+        lowered = message.lower()
+        if "plan" in lowered or "billing" in lowered or "exceeded your current quota" in lowered:
+            return "billing"
+        return "tpm"
+    if code in _BURST_CODES:
+        return "burst"
+    return ""
+
+
+def status_error(
+    *,
+    status: int,
+    code: str = "",
+    message: str = "",
+    request_id: str = "",
+    body: str = "",
+    headers: dict[str, str] | None = None,
+) -> APIStatusError:
+    """Build the typed error for an HTTP error response (one mapping for the whole package)."""
+    cls: type[APIStatusError]
+    if status == 400:
+        lowered = message.lower()
+        if code == "data_inspection_failed":
+            cls = ContentFilterError
+        elif "input length" in lowered or "context length" in lowered or "too long" in lowered:
+            cls = ContextLengthError
+        else:
+            cls = BadRequestError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIStatusError
+    return cls(
+        status=status,
+        code=code,
+        message=message,
+        request_id=request_id,
+        body=body,
+        headers=headers,
+    )

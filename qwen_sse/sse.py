@@ -1,0 +1,345 @@
+"""Server-Sent Events framing: the WHATWG event-stream parser and its exact inverse.
+
+Core module (sans-I/O): bytes in, typed events out. Imports nothing from aiohttp, asyncio,
+os, time, random or logging.
+
+The decoder follows "Parsing an event stream" of the WHATWG HTML standard to the letter:
+
+* one UTF-8 BOM at the very start of the stream is dropped, only one;
+* lines end at CRLF, LF, or a lone CR, and at nothing else (not U+2028, not U+0085); a CR
+  ends its line at once, and a LF arriving first in the next ``feed`` is swallowed, so an
+  event is never held back waiting for the next read;
+* lines are split on bytes, then decoded as UTF-8 with U+FFFD for invalid sequences
+  (equivalent to decoding first, since CR and LF never occur inside a UTF-8 sequence);
+* ``:`` starts a comment; otherwise the field name is the text before the first colon and
+  the value the text after it, minus one leading U+0020 (never a tab, never two);
+* field names are case-sensitive; ``id`` with a NUL is ignored, an empty ``id`` resets the
+  last event ID; ``retry`` counts only when it is ASCII digits; unknown fields are ignored;
+* a blank line dispatches: the last event ID is updated even when nothing is dispatched,
+  an empty data buffer dispatches nothing, one trailing LF is removed from the data;
+* at end of stream an unterminated event is discarded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from qwen_sse.errors import EventTooLargeError
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "SSEComment",
+    "SSEDecoder",
+    "SSEEncoder",
+    "ServerSentEvent",
+    "encode_comment",
+]
+
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_DIGITS = re.compile(rb"[0-9]+")
+
+# What SSEDecoder._feed emits: events; events and comments; (type, data bytes) frames.
+_EVENTS, _EVENTS_AND_COMMENTS, _FRAMES = range(3)
+
+
+class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):
+    """One dispatched event.
+
+    ``event`` is "message" unless an ``event`` field set it; ``id`` is the last event ID in
+    force at dispatch ("" if none); ``retry`` is the reconnection time in milliseconds, set
+    only when this event's block carried a valid ``retry`` field.
+    """
+
+    data: str
+    event: str = "message"
+    id: str = ""
+    retry: int | None = None
+
+
+class SSEComment(msgspec.Struct, frozen=True, gc=False):
+    """A comment line (``:`` and what follows, without the colon): keep-alives, status."""
+
+    text: str
+
+
+def _decode(raw: bytes | bytearray) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class SSEDecoder:
+    """Incremental, spec-exact event-stream parser.
+
+    ``feed(data)`` returns the events completed by ``data``; any split of the same bytes
+    into ``feed`` calls yields the same events. ``feed_eof()`` ends the stream, discarding
+    an unterminated event, and resets the parser for a new stream (the last event ID
+    persists, as it does for a reconnecting ``EventSource``).
+
+    ``max_event_bytes`` bounds the memory one event may hold (its unterminated line plus
+    its buffered field values); past it ``feed`` raises
+    :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events`` holds the events
+    completed earlier in the same call, and the decoder must not be fed again.
+
+    ``last_event_id`` and ``reconnection_time_ms`` (the last valid ``retry``, even from a
+    block that dispatched nothing) are what a reconnecting client sends and waits.
+    """
+
+    __slots__ = (
+        "_at_stream_start",
+        "_data",
+        "_data_bytes",
+        "_event_type",
+        "_id_buffer",
+        "_pending",
+        "_retry",
+        "_skip_lf",
+        "last_event_id",
+        "max_event_bytes",
+        "reconnection_time_ms",
+    )
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        if max_event_bytes <= 0:
+            raise ValueError(f"max_event_bytes must be positive, got {max_event_bytes}")
+        self.max_event_bytes = max_event_bytes
+        self.last_event_id = ""
+        self.reconnection_time_ms: int | None = None
+        self._id_buffer = ""
+        self._at_stream_start = True
+        self._pending = bytearray()
+        self._skip_lf = False
+        self._data: list[bytes] = []
+        self._data_bytes = 0
+        self._event_type = ""
+        self._retry: int | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unterminated line held until its line break arrives."""
+        return len(self._pending)
+
+    @property
+    def in_event(self) -> bool:
+        """True while an undispatched event or an unterminated line is buffered."""
+        return bool(self._pending or self._data or self._event_type or self._retry is not None)
+
+    def feed(self, data: bytes) -> list[ServerSentEvent]:
+        """Parse ``data``; return the events it completed, in order. Comments are skipped."""
+        out: list[Any] = []
+        self._feed(data, out, _EVENTS)
+        return out
+
+    def feed_with_comments(self, data: bytes) -> list[ServerSentEvent | SSEComment]:
+        """Like :meth:`feed`, with each comment line as an :class:`SSEComment`, in order."""
+        out: list[Any] = []
+        self._feed(data, out, _EVENTS_AND_COMMENTS)
+        return out
+
+    def feed_frames(self, data: bytes) -> list[tuple[str, bytes]]:
+        """Like :meth:`feed`, but each event as ``(type, data)`` with data as UTF-8 bytes.
+
+        For consumers that parse the data themselves straight from bytes (JSON decoders):
+        it saves decoding to ``str`` and building an event object. Invalid UTF-8 is passed
+        through unreplaced; ids and ``retry`` are tracked exactly as by :meth:`feed`.
+        """
+        out: list[Any] = []
+        self._feed(data, out, _FRAMES)
+        return out
+
+    def feed_eof(self) -> list[ServerSentEvent]:
+        """End the stream. An unterminated event is discarded, so this returns ``[]``.
+
+        The parser is reset to the start of a new stream (BOM handling included); the last
+        event ID is kept.
+        """
+        self._pending = bytearray()
+        self._data = []
+        self._data_bytes = 0
+        self._event_type = ""
+        self._retry = None
+        self._at_stream_start = True
+        self._skip_lf = False
+        return []
+
+    def _feed(self, data: bytes, out: list[Any], mode: int) -> None:
+        if not data:
+            return
+        if self._at_stream_start:
+            # Hold the first bytes until we know whether they are a BOM.
+            head = bytes(self._pending) + bytes(data)
+            if len(head) < 3 and _BOM.startswith(head):
+                self._pending = bytearray(head)
+                return
+            self._at_stream_start = False
+            self._pending = bytearray()
+            data = head[3:] if head.startswith(_BOM) else head
+            if not data:
+                return
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                if not data:
+                    return
+        if b"\r" in data:
+            lines = _LINE_BREAK.split(data)
+            # A CR at the very end already ended its line; its LF may come in the next read.
+            self._skip_lf = data[-1] == 0x0D
+        else:
+            lines = data.split(b"\n")
+        tail = lines.pop()
+        if lines:
+            if self._pending:
+                lines[0] = bytes(self._pending) + lines[0]
+                self._pending = bytearray()
+            self._process(lines, out, mode)
+        if tail:
+            self._pending += tail
+            size = len(self._pending) + self._data_bytes
+            if size > self.max_event_bytes:
+                raise self._too_large(size, out)
+
+    def _too_large(self, size: int, out: list[Any]) -> EventTooLargeError:
+        error = EventTooLargeError(max_event_bytes=self.max_event_bytes, event_bytes=size)
+        error.events = [item for item in out if isinstance(item, ServerSentEvent)]
+        return error
+
+    def _process(self, lines: list[bytes], out: list[Any], mode: int) -> None:
+        # The hot loop: buffers live in locals and are written back once at the end.
+        data = self._data
+        data_bytes = self._data_bytes
+        event_type = self._event_type
+        retry = self._retry
+        id_buffer = self._id_buffer
+        limit = self.max_event_bytes
+        append = out.append
+        try:
+            for line in lines:
+                if not line:
+                    self.last_event_id = id_buffer
+                    if data:
+                        raw = data[0] if len(data) == 1 else b"\n".join(data)
+                        if mode == _FRAMES:
+                            append((event_type or "message", raw))
+                        else:
+                            append(
+                                ServerSentEvent(
+                                    raw.decode("utf-8", "replace"),
+                                    event_type or "message",
+                                    id_buffer,
+                                    retry,
+                                )
+                            )
+                        data = []
+                        data_bytes = 0
+                    event_type = ""
+                    retry = None
+                    continue
+                if line.startswith(b"data: "):
+                    field = b"data"
+                    value = line[6:]
+                elif line[0] == 0x3A:
+                    if mode == _EVENTS_AND_COMMENTS:
+                        append(SSEComment(_decode(line[1:])))
+                    continue
+                else:
+                    colon = line.find(b":")
+                    if colon < 0:
+                        field = line
+                        value = b""
+                    else:
+                        field = line[:colon]
+                        value = line[colon + 1 :]
+                        if value.startswith(b" "):
+                            value = value[1:]
+                if field == b"data":
+                    data.append(value)
+                    data_bytes += len(value) + 1
+                    if data_bytes > limit:
+                        raise self._too_large(data_bytes, out)
+                elif field == b"event":
+                    event_type = _decode(value)
+                elif field == b"id":
+                    if b"\x00" not in value:
+                        id_buffer = _decode(value)
+                elif field == b"retry" and _DIGITS.fullmatch(value):
+                    retry = self.reconnection_time_ms = int(value)
+        finally:
+            self._data = data
+            self._data_bytes = data_bytes
+            self._event_type = event_type
+            self._retry = retry
+            self._id_buffer = id_buffer
+
+
+def _check_no_line_break(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"SSE {name} cannot contain CR or LF: {value!r}")
+
+
+class SSEEncoder:
+    """Serialises events so that :class:`SSEDecoder` gives them back exactly.
+
+    It tracks the last event ID it wrote, so a sequence of decoded events re-encodes to a
+    stream that decodes to the same sequence. ``line_ending`` is ``"\\n"``, ``"\\r\\n"``
+    or ``"\\r"``. Values that no event stream can carry raise ``ValueError``: CR in data,
+    CR or LF in an event type or id, NUL in an id.
+    """
+
+    __slots__ = ("_last_id", "line_ending")
+
+    def __init__(self, line_ending: str = "\n") -> None:
+        if line_ending not in ("\n", "\r\n", "\r"):
+            raise ValueError(f"line_ending must be LF, CRLF or CR, got {line_ending!r}")
+        self.line_ending = line_ending
+        self._last_id = ""
+
+    def encode(
+        self,
+        data: str,
+        *,
+        event: str = "message",
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> bytes:
+        """One event as bytes, ending with its blank line. ``id=None`` keeps the last ID."""
+        if "\r" in data:
+            raise ValueError(f"SSE data cannot contain CR: {data!r}")
+        eol = self.line_ending
+        parts: list[str] = []
+        if event != "message":
+            _check_no_line_break("event type", event)
+            parts.append(f"event: {event}{eol}")
+        if id is not None and id != self._last_id:
+            _check_no_line_break("id", id)
+            if "\x00" in id:
+                raise ValueError(f"SSE id cannot contain NUL: {id!r}")
+            parts.append(f"id: {id}{eol}" if id else f"id{eol}")
+            self._last_id = id
+        if retry is not None:
+            if retry < 0:
+                raise ValueError(f"SSE retry must be a non-negative integer, got {retry}")
+            parts.append(f"retry: {retry}{eol}")
+        for line in data.split("\n"):
+            parts.append(f"data: {line}{eol}")
+        parts.append(eol)
+        return "".join(parts).encode("utf-8")
+
+    def encode_event(self, event: ServerSentEvent) -> bytes:
+        """Encode a decoded event (the inverse of :meth:`SSEDecoder.feed`)."""
+        return self.encode(event.data, event=event.event, id=event.id, retry=event.retry)
+
+    def comment(self, text: str = "") -> bytes:
+        """A comment line, e.g. a keep-alive; decoders other than ours ignore it."""
+        return encode_comment(text, self.line_ending)
+
+
+def encode_comment(text: str = "", line_ending: str = "\n") -> bytes:
+    """One comment line (``:`` + text); ``text`` may not contain CR or LF."""
+    _check_no_line_break("comment", text)
+    return f":{text}{line_ending}".encode()
