@@ -1,1 +1,94 @@
-"""qwen-sse: an async, SDK-free streaming client for Qwen (DashScope) and OpenAI-compatible APIs."""
+"""qwen-sse: an async, SDK-free streaming client for Qwen (DashScope) and OpenAI-compatible APIs.
+
+The public names are re-exported here; see the README for the tour.
+"""
+
+from qwen_sse.chat import (
+    ChatAccumulator,
+    ChatResult,
+    ChatStreamDecoder,
+    ChoiceResult,
+    StreamTiming,
+    ToolCall,
+    ToolCallFunction,
+)
+from qwen_sse.chunks import (
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    DeltaChoice,
+    Usage,
+)
+from qwen_sse.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ConnectTimeoutError,
+    ContentFilterError,
+    ContextLengthError,
+    EventTooLargeError,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    InBandError,
+    IncompleteStreamError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    QwenSSEError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    StreamError,
+    TokenLimitError,
+    TotalTimeoutError,
+    TransportError,
+)
+from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder, SSEEncoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatAccumulator",
+    "ChatCompletionChunk",
+    "ChatResult",
+    "ChatStreamDecoder",
+    "ChoiceDelta",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaToolCallFunction",
+    "ChoiceResult",
+    "ConfigurationError",
+    "ConnectTimeoutError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "DeltaChoice",
+    "EventTooLargeError",
+    "FirstTokenTimeoutError",
+    "IdleTimeoutError",
+    "InBandError",
+    "IncompleteStreamError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "QwenSSEError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "SSEComment",
+    "SSEDecoder",
+    "SSEEncoder",
+    "ServerError",
+    "ServerSentEvent",
+    "StreamError",
+    "StreamTiming",
+    "TokenLimitError",
+    "ToolCall",
+    "ToolCallFunction",
+    "TotalTimeoutError",
+    "TransportError",
+    "Usage",
+    "__version__",
+]

@@ -334,7 +334,7 @@ class ChatStreamDecoder:
         try:
             frames = self._sse.feed_frames(data)
         except EventTooLargeError as error:
-            chunks = self.feed_events(error.events, now_s)
+            chunks = self._decode_frames(error.events, now_s)
             self._fail(error, now_s)
             return self._deliver(chunks)
         return self._deliver(self._decode_frames(frames, now_s))

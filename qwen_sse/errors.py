@@ -138,8 +138,8 @@ class ProtocolError(QwenSSEError):
 class EventTooLargeError(ProtocolError):
     """An SSE event grew past ``max_event_bytes``; the decoder stops to bound memory.
 
-    ``events`` are the events that the failing ``feed`` call completed before the overflow,
-    so that a caller can still deliver them.
+    ``events`` holds what the failing ``feed`` call completed before the overflow (events,
+    or ``(type, data)`` frames), so that a caller can still deliver them.
     """
 
     def __init__(self, *, max_event_bytes: int, event_bytes: int) -> None:

@@ -82,8 +82,9 @@ class SSEDecoder:
 
     ``max_event_bytes`` bounds the memory one event may hold (its unterminated line plus
     its buffered field values); past it ``feed`` raises
-    :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events`` holds the events
-    completed earlier in the same call, and the decoder must not be fed again.
+    :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events`` holds what the same call
+    completed before the overflow (events, or frames from :meth:`feed_frames`), and the
+    decoder must not be fed again.
 
     ``last_event_id`` and ``reconnection_time_ms`` (the last valid ``retry``, even from a
     block that dispatched nothing) are what a reconnecting client sends and waits.
@@ -206,7 +207,7 @@ class SSEDecoder:
 
     def _too_large(self, size: int, out: list[Any]) -> EventTooLargeError:
         error = EventTooLargeError(max_event_bytes=self.max_event_bytes, event_bytes=size)
-        error.events = [item for item in out if isinstance(item, ServerSentEvent)]
+        error.events = [item for item in out if not isinstance(item, SSEComment)]
         return error
 
     def _process(self, lines: list[bytes], out: list[Any], mode: int) -> None:

@@ -1,0 +1,373 @@
+"""Tests of qwen_sse.chat: stream semantics and accumulation, under every chunking."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen_sse.chat import ChatAccumulator, ChatResult, ChatStreamDecoder, ToolCall, ToolCallFunction
+from qwen_sse.chunks import ChatCompletionChunk, decode_chunk
+from qwen_sse.errors import (
+    EventTooLargeError,
+    InBandError,
+    IncompleteStreamError,
+    ProtocolError,
+    QwenSSEError,
+    TransportError,
+)
+from qwen_sse.sse import SSEDecoder
+from tests.chunkings import LINE_ENDINGS, every_chunking, with_line_ending
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHUNK_ID = "chatcmpl-0b4d6c1e-0000-4000-8000-000000000001"
+
+
+def frame(choices: list[dict[str, Any]] | None = None, **extra: Any) -> str:
+    body: dict[str, Any] = {
+        "id": CHUNK_ID,
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "qwen-plus",
+        "choices": choices if choices is not None else [],
+        "usage": None,
+        "system_fingerprint": None,
+    }
+    body.update(extra)
+    return json.dumps(body, ensure_ascii=False)
+
+
+def delta_frame(index: int = 0, finish_reason: str | None = None, **delta: Any) -> str:
+    return frame(
+        [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    )
+
+
+def stream(*frames: str, done: bool = True, line_ending: str = "\n") -> bytes:
+    text = "".join(f"data: {f}\n\n" for f in frames) + ("data: [DONE]\n\n" if done else "")
+    return with_line_ending(text, line_ending).encode()
+
+
+def run(pieces: list[bytes]) -> ChatResult:
+    decoder = ChatStreamDecoder()
+    for piece in pieces:
+        decoder.feed(piece)
+    decoder.feed_eof()
+    return decoder.result()
+
+
+def failure(pieces: list[bytes]) -> QwenSSEError:
+    decoder = ChatStreamDecoder()
+    with pytest.raises(QwenSSEError) as caught:
+        for piece in pieces:
+            decoder.feed(piece)
+        decoder.feed_eof()
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "usage"),
+    [
+        ("compat-plain-zh.sse", "我是来自阿里云的超大规模语言模型，我叫通义千问。", (22, 17, 39)),
+        (
+            "compat-plain-en.sse",
+            "I am a large-scale language model from Alibaba Cloud, and my name is Qwen.",
+            None,
+        ),
+    ],
+)
+def test_fixture_streams_decode_under_every_chunking(
+    name: str, content: str, usage: tuple[int, int, int] | None
+) -> None:
+    data = (FIXTURES / name).read_bytes()
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.complete, label
+        assert result.content == content, label
+        assert result.finish_reason == "stop", label
+        assert result.request_id == "428b414f-fdd4-94c6-b179-8f576ad653a8"
+        if usage is not None:
+            assert result.usage is not None
+            got = (result.usage.prompt_tokens, result.usage.completion_tokens)
+            assert (*got, result.usage.total_tokens) == usage, label
+
+
+def test_english_fixture_usage() -> None:
+    result = run([(FIXTURES / "compat-plain-en.sse").read_bytes()])
+    assert result.usage is not None
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+
+
+TOOL_STREAM_FRAMES = [
+    delta_frame(role="assistant", content=""),
+    delta_frame(
+        tool_calls=[
+            {
+                "index": 0,
+                "id": "call_abc",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": '},
+            }
+        ]
+    ),
+    # Continuations repeat "id": "" and "type", omit name; some carry "function": {}.
+    delta_frame(
+        tool_calls=[{"index": 0, "id": "", "type": "function", "function": {"arguments": '"杭州"'}}]
+    ),
+    delta_frame(tool_calls=[{"index": 0, "id": "", "type": "function", "function": {}}]),
+    frame(
+        [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}}]
+    ),  # no finish_reason or logprobs keys at all
+    delta_frame(
+        tool_calls=[
+            {
+                "index": 1,
+                "id": "call_def",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": ""},
+            }
+        ]
+    ),
+    delta_frame(tool_calls=[{"index": 1, "id": "", "function": {"arguments": "{}"}}]),
+    delta_frame(finish_reason="tool_calls", content=""),
+    frame([], usage={"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}),
+]
+
+
+@pytest.mark.parametrize("line_ending", LINE_ENDINGS, ids=["LF", "CRLF", "CR"])
+def test_tool_call_continuations_under_every_chunking(line_ending: str) -> None:
+    data = stream(*TOOL_STREAM_FRAMES, line_ending=line_ending)
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.tool_calls == (
+            ToolCall(
+                0, "call_abc", "function", ToolCallFunction("get_weather", '{"city": "杭州"}')
+            ),
+            ToolCall(1, "call_def", "function", ToolCallFunction("get_time", "{}")),
+        ), label
+        assert result.finish_reason == "tool_calls"
+        assert result.content == ""
+        assert result.usage is not None
+        assert result.usage.total_tokens == 18
+
+
+def test_tool_call_id_and_name_are_never_concatenated_or_overwritten_by_empty() -> None:
+    data = stream(
+        delta_frame(tool_calls=[{"index": 0, "id": "call_1", "function": {"name": "f"}}]),
+        delta_frame(tool_calls=[{"index": 0, "id": "", "function": {"name": ""}}]),
+        delta_frame(tool_calls=[{"index": 0, "id": None, "function": {"name": None}}]),
+    )
+    (call,) = run([data]).tool_calls
+    assert (call.id, call.function.name, call.type) == ("call_1", "f", "function")
+
+
+def test_reasoning_phase_then_content() -> None:
+    data = stream(
+        delta_frame(role="assistant", content=None, reasoning_content=""),
+        delta_frame(content=None, reasoning_content="用户"),
+        delta_frame(content=None, reasoning_content="在问好。"),
+        delta_frame(content=None, reasoning_content=None),  # both null: still the same phase
+        delta_frame(content="你好", reasoning_content=None),
+        delta_frame(content="！"),
+        delta_frame(finish_reason="stop", content=""),
+    )
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.reasoning_content == "用户在问好。", label
+        assert result.content == "你好！", label
+        assert result.choices[0].role == "assistant"
+
+
+def test_multiple_choices_accumulate_separately() -> None:
+    data = stream(
+        delta_frame(0, content="A"),
+        delta_frame(1, content="x"),
+        delta_frame(0, content="B"),
+        delta_frame(1, "length", content="y"),
+        delta_frame(0, "stop", content=""),
+    )
+    result = run([data])
+    assert [(c.index, c.content, c.finish_reason) for c in result.choices] == [
+        (0, "AB", "stop"),
+        (1, "xy", "length"),
+    ]
+    assert result.content == "AB"
+
+
+IN_BAND_ERROR = (
+    '{"error": {"message": "Output data may contain inappropriate content.", '
+    '"type": "data_inspection_failed", "code": "data_inspection_failed"}, '
+    f'"id": "{CHUNK_ID}"}}'
+)
+
+
+def test_in_band_error_after_content_keeps_the_partial() -> None:
+    data = stream(delta_frame(content="第一"), delta_frame(content="段"), IN_BAND_ERROR, done=False)
+    for label, pieces in every_chunking(data):
+        error = failure(pieces)
+        assert isinstance(error, InBandError), label
+        assert error.code == "data_inspection_failed"
+        assert error.error_message == "Output data may contain inappropriate content."
+        assert error.request_id == CHUNK_ID.removeprefix("chatcmpl-")
+        assert error.partial is not None
+        assert error.partial.content == "第一段"
+        assert not error.partial.complete
+
+
+def test_chunks_before_a_failure_are_returned_and_the_error_comes_next() -> None:
+    decoder = ChatStreamDecoder()
+    chunks = decoder.feed(stream(delta_frame(content="a"), IN_BAND_ERROR, done=False))
+    assert [c.choices[0].delta.content for c in chunks] == ["a"]
+    assert isinstance(decoder.error, InBandError)
+    with pytest.raises(InBandError):
+        decoder.feed(b"data: [DONE]\n\n")
+    with pytest.raises(InBandError):
+        decoder.feed_eof()
+
+
+def test_error_as_first_frame_raises_at_once() -> None:
+    decoder = ChatStreamDecoder()
+    with pytest.raises(InBandError) as caught:
+        decoder.feed(stream(IN_BAND_ERROR, done=False))
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == ""
+
+
+def test_stream_without_done_is_incomplete_with_partial() -> None:
+    data = stream(delta_frame(content="half "), delta_frame(content="an answer"), done=False)
+    for label, pieces in every_chunking(data):
+        error = failure(pieces)
+        assert isinstance(error, IncompleteStreamError), label
+        assert error.partial is not None
+        assert error.partial.content == "half an answer"
+        assert not error.partial.complete
+        assert "without data: [DONE]" in str(error)
+
+
+def test_truncation_inside_an_event_says_what_was_discarded() -> None:
+    data = stream(delta_frame(content="kept"), done=False) + b'data: {"choices":[{"delta":{"con'
+    error = failure([data])
+    assert isinstance(error, IncompleteStreamError)
+    assert "unterminated event" in str(error)
+    assert error.partial is not None
+    assert error.partial.content == "kept"
+
+
+def test_malformed_json_mid_stream() -> None:
+    data = stream(delta_frame(content="ok"), '{"choices": [', delta_frame(content="lost"))
+    error = failure([data])
+    assert isinstance(error, ProtocolError)
+    assert error.frame == b'{"choices": ['
+    assert error.partial is not None
+    assert error.partial.content == "ok"
+
+
+def test_oversized_event_keeps_earlier_chunks() -> None:
+    decoder = ChatStreamDecoder(max_event_bytes=512)
+    data = stream(delta_frame(content="small"), delta_frame(content="x" * 2000))
+    chunks = decoder.feed(data)
+    assert len(chunks) == 1
+    with pytest.raises(EventTooLargeError) as caught:
+        decoder.feed_eof()
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == "small"
+
+
+def test_bytes_after_done_are_ignored_and_counted() -> None:
+    decoder = ChatStreamDecoder()
+    decoder.feed(stream(delta_frame(content="a")) + stream(delta_frame(content="b")))
+    decoder.feed(b"data: more\n\n")
+    assert decoder.feed_eof() == []
+    assert decoder.result().content == "a"
+    assert decoder.bytes_after_done == len(b"data: more\n\n")
+
+
+def test_timing_uses_the_first_text_not_the_role_chunk() -> None:
+    decoder = ChatStreamDecoder(started_at_s=100.0)
+    decoder.feed(stream(delta_frame(role="assistant", content=""), done=False), now_s=100.5)
+    decoder.feed(stream(delta_frame(content="a"), done=False), now_s=101.0)
+    decoder.feed(stream(delta_frame(content="b"), done=False), now_s=101.25)
+    decoder.feed(stream(delta_frame(finish_reason="stop", content="")), now_s=101.5)
+    timing = decoder.result(now_s=102.0).timing
+    assert timing.ttft_s == pytest.approx(1.0)
+    assert timing.token_times_s == pytest.approx((1.0, 1.25))
+    assert timing.inter_token_gaps_s == pytest.approx((0.25,))
+    assert timing.total_s == pytest.approx(2.0)
+    assert timing.events == 5
+    assert timing.bytes_received > 0
+
+
+def test_feed_events_accepts_parsed_events() -> None:
+    sse = SSEDecoder()
+    decoder = ChatStreamDecoder()
+    chunks = decoder.feed_events(sse.feed(stream(delta_frame(content="hé"))))
+    assert [c.choices[0].delta.content for c in chunks] == ["hé"]
+    assert decoder.done
+
+
+def test_outside_failure_carries_the_partial() -> None:
+    decoder = ChatStreamDecoder()
+    decoder.feed(stream(delta_frame(content="so far"), done=False))
+    error = decoder.fail(TransportError("connection reset"))
+    assert error.partial is not None
+    assert error.partial.content == "so far"
+    # The first failure wins: a later one does not replace it.
+    assert decoder.fail(TransportError("again")) is error
+
+
+def test_accumulator_is_usable_alone() -> None:
+    accumulator = ChatAccumulator(request_id="req-1")
+    for text in ("a", "b"):
+        accumulator.add(decode_chunk(delta_frame(content=text)))
+    result = accumulator.result(complete=False)
+    assert result.content == "ab"
+    assert result.request_id == "req-1"
+    assert result.id == CHUNK_ID
+
+
+def test_errors_with_partials_pickle() -> None:
+    error = failure([stream(delta_frame(content="p"), IN_BAND_ERROR, done=False)])
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is type(error)
+    assert str(clone) == str(error)
+    assert clone.partial == error.partial
+
+
+def test_empty_result_properties() -> None:
+    result = ChatResult()
+    assert (result.content, result.reasoning_content, result.tool_calls) == ("", "", ())
+    assert result.finish_reason is None
+    assert not result.complete
+
+
+# --- No content is lost or duplicated, wherever the stream is cut. ---
+
+_texts = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=8)
+
+
+@given(_texts, st.data())
+@settings(max_examples=200, deadline=None)
+def test_any_cut_yields_a_prefix_of_the_answer_or_the_whole(
+    pieces: list[str], data: st.DataObject
+) -> None:
+    full = "".join(pieces)
+    body = stream(*(delta_frame(content=p) for p in pieces))
+    cut = data.draw(st.integers(0, len(body)))
+    decoder = ChatStreamDecoder()
+    streamed: list[ChatCompletionChunk] = []
+    try:
+        for part in (body[:cut][: cut // 2], body[:cut][cut // 2 :]):
+            streamed += decoder.feed(part)
+        decoder.feed_eof()
+    except IncompleteStreamError as error:
+        assert error.partial is not None
+        assert full.startswith(error.partial.content)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == error.partial.content
+    else:
+        assert cut == len(body)
+        assert decoder.result().content == full

@@ -1,0 +1,140 @@
+"""Tests of qwen_sse.errors: the HTTP status mapping, messages, and pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from qwen_sse import errors
+from qwen_sse.chat import ChatResult, ChoiceResult
+from qwen_sse.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ContentFilterError,
+    ContextLengthError,
+    EventTooLargeError,
+    IdleTimeoutError,
+    InBandError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    QwenSSEError,
+    RateLimitError,
+    ServerError,
+    TokenLimitError,
+    status_error,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message", "expected"),
+    [
+        (
+            400,
+            "invalid_parameter_error",
+            "Range of input length should be [1, 30720]",
+            ContextLengthError,
+        ),
+        (
+            400,
+            "InvalidParameter",
+            "<400> InternalError.Algo.InvalidParameter: bad top_p",
+            BadRequestError,
+        ),
+        (
+            400,
+            "data_inspection_failed",
+            "Input data may contain inappropriate content.",
+            ContentFilterError,
+        ),
+        (401, "invalid_api_key", "Incorrect API key provided.", AuthenticationError),
+        (403, "Model.AccessDenied", "denied", PermissionDeniedError),
+        (404, "model_not_found", "The model `qwen-x` does not exist", NotFoundError),
+        (429, "limit_requests", "Requests rate limit exceeded", RateLimitError),
+        (500, "InternalError.Algo", "boom", ServerError),
+        (503, "", "", ServerError),
+        (418, "teapot", "", APIStatusError),
+    ],
+)
+def test_status_mapping(
+    status: int, code: str, message: str, expected: type[APIStatusError]
+) -> None:
+    error = status_error(status=status, code=code, message=message, request_id="rid-1")
+    assert type(error) is expected
+    assert error.status == status
+    assert error.code == code
+    assert str(error).startswith(f"HTTP {status}")
+    assert "rid-1" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "kind"),
+    [
+        ("limit_requests", "Requests rate limit exceeded", "rpm"),
+        ("Throttling.RateQuota", "", "rpm"),
+        (
+            "insufficient_quota",
+            "Allocated quota exceeded, please increase your quota limit.",
+            "tpm",
+        ),
+        ("Throttling.AllocationQuota", "", "tpm"),
+        (
+            "insufficient_quota",
+            "You exceeded your current quota, please check your plan and billing details.",
+            "billing",
+        ),
+        ("limit_burst_rate", "", "burst"),
+        ("Throttling", "", "burst"),
+        ("CommodityNotPurchased", "", "billing"),
+        ("PrepaidBillOverdue", "", "billing"),
+        ("PostpaidBillOverdue", "", "billing"),
+        ("something_else", "", ""),
+    ],
+)
+def test_rate_limit_kind(code: str, message: str, kind: str) -> None:
+    error = status_error(status=429, code=code, message=message)
+    assert isinstance(error, RateLimitError)
+    assert error.kind == kind
+
+
+def sample_errors() -> list[QwenSSEError]:
+    partial = ChatResult(choices=(ChoiceResult(content="so far"),), request_id="r")
+    too_large = EventTooLargeError(max_event_bytes=10, event_bytes=11)
+    too_large.events = [("message", b"x")]
+    return [
+        QwenSSEError("root", partial=partial),
+        status_error(
+            status=429, code="limit_requests", message="slow down", headers={"retry-after": "1"}
+        ),
+        InBandError(code="data_inspection_failed", message="bad", request_id="r", partial=partial),
+        ProtocolError("broken", frame=b"\xff{", partial=partial),
+        too_large,
+        IdleTimeoutError(timeout_s=2.5, partial=partial),
+        TokenLimitError(model="qwen-max", prompt_tokens=40000, limit=30720),
+    ]
+
+
+@pytest.mark.parametrize("error", sample_errors(), ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_attributes(error: QwenSSEError) -> None:
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is type(error)
+    assert str(clone) == str(error)
+    assert clone.__dict__ == error.__dict__
+
+
+def test_messages_name_what_went_wrong() -> None:
+    assert str(IdleTimeoutError(timeout_s=2.5)) == "idle timeout after 2.5 s"
+    assert str(TokenLimitError(model="qwen-max", prompt_tokens=40000, limit=30720)) == (
+        "prompt is 40000 tokens, over qwen-max's input limit of 30720 tokens"
+    )
+    assert "frame: b'\\xff{'" in str(ProtocolError("broken", frame=b"\xff{"))
+    assert isinstance(IdleTimeoutError(timeout_s=1), TimeoutError)
+
+
+def test_every_public_error_derives_from_the_root() -> None:
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type):
+            assert issubclass(value, QwenSSEError), name

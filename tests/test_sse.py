@@ -1,0 +1,433 @@
+"""Tests of qwen_sse.sse: every WHATWG parsing rule, under every chunking and line ending."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwen_sse.errors import EventTooLargeError
+from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder, SSEEncoder, encode_comment
+from tests.chunkings import LINE_ENDINGS, every_chunking, with_line_ending
+
+Expected = list[tuple[str, str, str, int | None]]
+
+
+def decode_pieces(pieces: list[bytes], decoder: SSEDecoder | None = None) -> list[ServerSentEvent]:
+    decoder = decoder or SSEDecoder()
+    events: list[ServerSentEvent] = []
+    for piece in pieces:
+        events += decoder.feed(piece)
+    events += decoder.feed_eof()
+    return events
+
+
+def as_tuples(events: list[ServerSentEvent]) -> Expected:
+    return [(e.data, e.event, e.id, e.retry) for e in events]
+
+
+# (name, stream written with LF line endings, expected (data, event, id, retry) tuples)
+CASES: list[tuple[str, str, Expected]] = [
+    ("one event", "data: hello\n\n", [("hello", "message", "", None)]),
+    (
+        "two events",
+        "data: a\n\ndata: b\n\n",
+        [("a", "message", "", None), ("b", "message", "", None)],
+    ),
+    (
+        "data lines join with LF",
+        "data: a\ndata: b\ndata: c\n\n",
+        [("a\nb\nc", "message", "", None)],
+    ),
+    ("no space after colon", "data:x\n\n", [("x", "message", "", None)]),
+    ("only one space stripped", "data:  x\n\n", [(" x", "message", "", None)]),
+    ("tab is not stripped", "data:\tx\n\n", [("\tx", "message", "", None)]),
+    ("colon inside value", "data: a:b: c\n\n", [("a:b: c", "message", "", None)]),
+    ("line without colon is a field with empty value", "data\n\n", [("", "message", "", None)]),
+    ("empty data line keeps one LF", "data: a\ndata:\n\n", [("a\n", "message", "", None)]),
+    ("two empty data lines", "data\ndata\n\n", [("\n", "message", "", None)]),
+    ("comment ignored", ": keep-alive\ndata: x\n: more\n\n", [("x", "message", "", None)]),
+    ("comment alone dispatches nothing", ":c\n\n", []),
+    ("event type", "event: add\ndata: 1\n\n", [("1", "add", "", None)]),
+    (
+        "event type resets after dispatch",
+        "event: add\ndata: 1\n\ndata: 2\n\n",
+        [("1", "add", "", None), ("2", "message", "", None)],
+    ),
+    (
+        "empty data buffer dispatches nothing and clears type",
+        "event: x\n\ndata: y\n\n",
+        [("y", "message", "", None)],
+    ),
+    ("empty event value means message", "event:\ndata: y\n\n", [("y", "message", "", None)]),
+    (
+        "field names are case-sensitive",
+        "Data: no\nDATA: no\ndata: yes\n\n",
+        [("yes", "message", "", None)],
+    ),
+    ("unknown field ignored", "foo: bar\ndata: x\n\n", [("x", "message", "", None)]),
+    (
+        "id persists",
+        "id: 7\ndata: a\n\ndata: b\n\n",
+        [("a", "message", "7", None), ("b", "message", "7", None)],
+    ),
+    ("id after data applies", "data: a\nid: 3\n\n", [("a", "message", "3", None)]),
+    (
+        "empty id resets",
+        "id: 7\ndata: a\n\nid\ndata: b\n\n",
+        [("a", "message", "7", None), ("b", "message", "", None)],
+    ),
+    (
+        "empty id value with colon resets",
+        "id: 7\ndata: a\n\nid:\ndata: b\n\n",
+        [("a", "message", "7", None), ("b", "message", "", None)],
+    ),
+    (
+        "id with NUL ignored",
+        "id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
+        [("a", "message", "1", None), ("b", "message", "1", None)],
+    ),
+    ("id without data still updates", "id: 5\n\ndata: a\n\n", [("a", "message", "5", None)]),
+    ("id keeps spaces after the first", "id:  x \ndata: a\n\n", [("a", "message", " x ", None)]),
+    ("retry digits", "retry: 1500\ndata: a\n\n", [("a", "message", "", 1500)]),
+    (
+        "retry only on its own event",
+        "retry: 10\ndata: a\n\ndata: b\n\n",
+        [("a", "message", "", 10), ("b", "message", "", None)],
+    ),
+    ("retry with letters ignored", "retry: 10a\ndata: a\n\n", [("a", "message", "", None)]),
+    ("retry negative ignored", "retry: -1\ndata: a\n\n", [("a", "message", "", None)]),
+    ("retry with two spaces ignored", "retry:  5\ndata: a\n\n", [("a", "message", "", None)]),
+    ("retry empty ignored", "retry\ndata: a\n\n", [("a", "message", "", None)]),
+    (
+        "retry without data dispatches nothing",
+        "retry: 5\n\ndata: a\n\n",
+        [("a", "message", "", None)],
+    ),
+    ("last retry in block wins", "retry: 5\nretry: 6\ndata: a\n\n", [("a", "message", "", 6)]),
+    ("unterminated final event discarded", "data: a\n\ndata: b\n", [("a", "message", "", None)]),
+    ("unterminated final line discarded", "data: a\n\ndata: b", [("a", "message", "", None)]),
+    (
+        "U+2028 and U+0085 do not end lines",
+        "data: a\u2028b\u0085c\n\n",
+        [("a\u2028b\u0085c", "message", "", None)],
+    ),
+    ("BOM dropped", "\ufeffdata: a\n\n", [("a", "message", "", None)]),
+    ("only one BOM dropped", "\ufeff\ufeffdata: a\n\ndata: b\n\n", [("b", "message", "", None)]),
+    ("BOM later is content", "data: \ufeffa\n\n", [("\ufeffa", "message", "", None)]),
+    ("multi-byte text", "data: 通义千问🙂\n\n", [("通义千问🙂", "message", "", None)]),
+    ("leading blank lines", "\n\n\ndata: a\n\n", [("a", "message", "", None)]),
+    (
+        "many blank lines between events",
+        "data: a\n\n\n\ndata: b\n\n",
+        [("a", "message", "", None), ("b", "message", "", None)],
+    ),
+    (
+        "json with [DONE]",
+        'data: {"a": 1}\n\ndata: [DONE]\n\n',
+        [('{"a": 1}', "message", "", None), ("[DONE]", "message", "", None)],
+    ),
+    (
+        "native DashScope frame",
+        'id:1\nevent:result\n:HTTP_STATUS/200\ndata:{"x":1}\n\n',
+        [('{"x":1}', "result", "1", None)],
+    ),
+]
+
+
+@pytest.mark.parametrize("line_ending", LINE_ENDINGS, ids=["LF", "CRLF", "CR"])
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_case_under_every_chunking(
+    name: str, stream: str, expected: Expected, line_ending: str
+) -> None:
+    data = with_line_ending(stream, line_ending).encode()
+    for label, pieces in every_chunking(data):
+        assert as_tuples(decode_pieces(pieces)) == expected, f"{name} [{label}]"
+
+
+INVALID_UTF8_CASES = [
+    (b"data: a\xffb\n\n", "a\ufffdb"),
+    (b"data: \xe6\x88\n\n", "\ufffd"),  # a truncated 3-byte sequence is one U+FFFD
+    (b"data: \xe6\x88\xe6\x88\x91\n\n", "\ufffd我"),
+    (b"data: \xc0\xaf\n\n", "\ufffd\ufffd"),  # overlong encodings are invalid
+]
+
+
+@pytest.mark.parametrize(("stream", "expected"), INVALID_UTF8_CASES)
+def test_invalid_utf8_becomes_replacement_character(stream: bytes, expected: str) -> None:
+    for label, pieces in every_chunking(stream):
+        assert [e.data for e in decode_pieces(pieces)] == [expected], label
+
+
+def test_mixed_line_endings_in_one_stream() -> None:
+    data = b"data: a\r\ndata: b\rdata: c\n\r\ndata: d\r\r"
+    for label, pieces in every_chunking(data):
+        assert [e.data for e in decode_pieces(pieces)] == ["a\nb\nc", "d"], label
+
+
+def test_cr_then_lf_split_across_reads_is_one_line_break() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    # The LF completes the CRLF begun in the previous read: it is not a blank line.
+    assert decoder.feed(b"\ndata: b\r\n\r\n") == [ServerSentEvent("a\nb")]
+
+
+def test_event_ending_in_cr_is_dispatched_in_the_same_feed() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: x\r\r") == [ServerSentEvent("x")]
+    # The LF that turns out to complete the CRLF is swallowed, not a second blank line.
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"data: y\r") == []
+    assert decoder.feed(b"\n\r\n") == [ServerSentEvent("y")]
+
+
+def test_empty_feed_keeps_pending_cr_state() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"\n\n") == [ServerSentEvent("a")]
+
+
+def test_bom_split_across_reads_is_dropped() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"\xef") == []
+    assert decoder.feed(b"\xbb") == []
+    assert decoder.feed(b"\xbfdata: a\n\n") == [ServerSentEvent("a")]
+
+
+def test_partial_bom_then_other_bytes_is_kept_as_text() -> None:
+    events = decode_pieces([b"\xef\xbb", b"data: a\n\n"])
+    assert events == []  # the line is "\ufffd\ufffd" + "data: a": an unknown field name
+    assert decode_pieces([b"\xef\xbbdata\n\n"]) == []
+
+
+def test_comments_are_observable_in_order() -> None:
+    data = b":HTTP_STATUS/200\ndata: a\n\n: keep-alive\n:\n"
+    for label, pieces in every_chunking(data):
+        decoder = SSEDecoder()
+        items: list[ServerSentEvent | SSEComment] = []
+        for piece in pieces:
+            items += decoder.feed_with_comments(piece)
+        assert items == [
+            SSEComment("HTTP_STATUS/200"),
+            ServerSentEvent("a"),
+            SSEComment(" keep-alive"),
+            SSEComment(""),
+        ], label
+
+
+def test_feed_frames_gives_type_and_raw_bytes() -> None:
+    decoder = SSEDecoder()
+    frames = decoder.feed_frames(b"event: e\ndata: \xe4\xbd\xa0\ndata: b\n\nid: 4\ndata: c\n\n")
+    assert frames == [("e", "你\nb".encode()), ("message", b"c")]
+    assert decoder.last_event_id == "4"
+
+
+def test_last_event_id_and_reconnection_time_persist() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"id: 42\nretry: 3000\n\n")
+    assert decoder.last_event_id == "42"
+    assert decoder.reconnection_time_ms == 3000
+    decoder.feed(b"data: partial")
+    assert decoder.feed_eof() == []
+    assert decoder.last_event_id == "42"
+    # After feed_eof a new stream starts: its BOM is dropped again, the ID carries over.
+    assert decoder.feed(b"\xef\xbb\xbfdata: n\n\n") == [ServerSentEvent("n", id="42")]
+
+
+def test_in_event_and_pending_bytes_report_unterminated_input() -> None:
+    decoder = SSEDecoder()
+    assert not decoder.in_event
+    decoder.feed(b"data: a\n")
+    assert decoder.in_event
+    assert decoder.pending_bytes == 0
+    decoder.feed(b"\ndata: b")
+    assert decoder.in_event
+    assert decoder.pending_bytes == len(b"data: b")
+
+
+def test_max_event_bytes_bounds_a_line_without_terminator() -> None:
+    decoder = SSEDecoder(max_event_bytes=1024)
+    decoder.feed(b"data: ok\n\n")
+    with pytest.raises(EventTooLargeError) as caught:
+        for _ in range(100):
+            decoder.feed(b"x" * 100)
+    assert caught.value.max_event_bytes == 1024
+    assert caught.value.event_bytes > 1024
+    assert decoder.pending_bytes <= 1024 + 100
+    assert "max_event_bytes=1024" in str(caught.value)
+
+
+def test_max_event_bytes_counts_data_lines_and_keeps_earlier_events() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    stream = b"data: first\n\n" + b"data: 0123456789\n" * 10
+    with pytest.raises(EventTooLargeError) as caught:
+        decoder.feed(stream)
+    assert caught.value.events == [ServerSentEvent("first")]
+
+
+def test_event_exactly_at_the_limit_is_accepted() -> None:
+    # Data "abc" costs 3 bytes plus its LF: 4 bytes held.
+    decoder = SSEDecoder(max_event_bytes=4)
+    assert decoder.feed(b"data: abc\n\n") == [ServerSentEvent("abc")]
+
+
+def test_large_event_in_small_pieces() -> None:
+    payload = b"z" * (4 * 1024 * 1024)
+    data = b"data: " + payload + b"\n\n"
+    decoder = SSEDecoder()
+    events: list[ServerSentEvent] = []
+    for start in range(0, len(data), 1024):
+        events += decoder.feed(data[start : start + 1024])
+    assert len(events) == 1
+    assert len(events[0].data) == len(payload)
+
+
+def test_invalid_max_event_bytes() -> None:
+    with pytest.raises(ValueError, match="max_event_bytes"):
+        SSEDecoder(max_event_bytes=0)
+
+
+# --- A literal transcription of the WHATWG algorithm, to test the decoder against. ---
+
+
+def reference_decode(data: bytes) -> Expected:
+    text = data.decode("utf-8", "replace")
+    text = text.removeprefix("\ufeff")
+    lines = re.split("\r\n|\r|\n", text)
+    lines.pop()  # the last piece has no line terminator: discarded at end of stream
+    events: Expected = []
+    data_buffer, event_type, last_id, id_buffer, retry = "", "", "", "", None
+    for line in lines:
+        if line == "":
+            last_id = id_buffer
+            if data_buffer == "":
+                event_type, retry = "", None
+                continue
+            events.append((data_buffer.removesuffix("\n"), event_type or "message", last_id, retry))
+            data_buffer, event_type, retry = "", "", None
+            continue
+        if line.startswith(":"):
+            continue
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data_buffer += value + "\n"
+        elif field == "event":
+            event_type = value
+        elif field == "id" and "\x00" not in value:
+            id_buffer = value
+        elif field == "retry" and value and all(c in "0123456789" for c in value):
+            retry = int(value)
+    return events
+
+
+_line_parts = st.sampled_from(
+    [
+        "data",
+        "data:",
+        "data: ",
+        "data:  ",
+        "event:",
+        "event: ",
+        "id: ",
+        "id",
+        "retry: ",
+        "retry:",
+        ":",
+        "Data: ",
+        "x: ",
+        "",
+    ]
+)
+_values = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ["1", "42", "", "a\x00b", "\ufeff", "通义", "-3", " 7"]
+)
+_endings = st.sampled_from(["\n", "\r\n", "\r"])
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    parts: list[bytes] = []
+    if draw(st.booleans()):
+        parts.append(b"\xef\xbb\xbf")
+    for _ in range(draw(st.integers(0, 12))):
+        value = draw(_values).replace("\r", "").replace("\n", "")
+        line = (draw(_line_parts) + value).encode()
+        if draw(st.integers(0, 9)) == 0:
+            line += draw(st.sampled_from([b"\xff", b"\xe6\x88", b"\xc3"]))
+        parts.append(line + draw(_endings).encode())
+        if draw(st.booleans()):
+            parts.append(draw(_endings).encode())
+    return b"".join(parts)
+
+
+@given(streams(), st.lists(st.integers(0, 200), max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_any_chunking_matches_the_reference_algorithm(data: bytes, cuts: list[int]) -> None:
+    bounds = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+    expected = reference_decode(data)
+    assert as_tuples(decode_pieces([data])) == expected
+    assert as_tuples(decode_pieces(pieces)) == expected
+
+
+# --- Encoder ---
+
+
+_no_breaks = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"))
+_events = st.builds(
+    ServerSentEvent,
+    data=st.text(st.characters(codec="utf-8", exclude_characters="\r")),
+    event=_no_breaks.filter(bool),
+    id=_no_breaks.map(lambda s: s.replace("\x00", "")),
+    retry=st.none() | st.integers(0, 10**9),
+)
+
+
+@given(st.lists(_events, max_size=6), _endings, st.lists(st.integers(0, 500), max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_encode_then_decode_round_trips(
+    events: list[ServerSentEvent], line_ending: str, cuts: list[int]
+) -> None:
+    encoder = SSEEncoder(line_ending)
+    data = b"".join(encoder.encode_event(event) for event in events)
+    bounds = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+    assert decode_pieces(pieces) == events
+
+
+def test_encoder_writes_the_expected_bytes() -> None:
+    encoder = SSEEncoder()
+    assert encoder.encode("a\nb", event="add", id="1", retry=5) == (
+        b"event: add\nid: 1\nretry: 5\ndata: a\ndata: b\n\n"
+    )
+    assert encoder.encode("c", id="1") == b"data: c\n\n"  # the ID in force is not repeated
+    assert encoder.encode("d", id="") == b"id\ndata: d\n\n"  # an empty id resets
+    assert encoder.comment("ping") == b":ping\n"
+    assert encode_comment("x", "\r\n") == b":x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"data": "a\rb"}, "data cannot contain CR"),
+        ({"data": "a", "event": "x\ny"}, "event type cannot contain"),
+        ({"data": "a", "id": "1\n"}, "id cannot contain"),
+        ({"data": "a", "id": "1\x00"}, "NUL"),
+        ({"data": "a", "retry": -1}, "retry"),
+    ],
+)
+def test_encoder_rejects_what_no_stream_can_carry(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SSEEncoder().encode(**kwargs)  # type: ignore[arg-type]
+
+
+def test_encoder_rejects_unknown_line_ending() -> None:
+    with pytest.raises(ValueError, match="line_ending"):
+        SSEEncoder("\n\r")
+    with pytest.raises(ValueError, match="comment"):
+        encode_comment("a\nb")
