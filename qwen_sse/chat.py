@@ -359,25 +359,32 @@ class ChatStreamDecoder:
                 self.events += 1
                 break
             try:
-                # The cheap substring test keeps the error-frame parse off the hot path.
-                failure = decode_error_frame(data) if b'"error"' in data else None
-                if failure is not None:
-                    self.events += 1
-                    self._fail(self._in_band_error(*failure), now_s)
-                    break
                 chunk = decode(data)
             except msgspec.DecodeError as decode_error:
                 self.events += 1
-                self._fail(chunk_protocol_error(decode_error, data), now_s)
+                error = self._frame_error(data) or chunk_protocol_error(decode_error, data)
+                self._fail(error, now_s)
                 break
-            except ProtocolError as protocol_error:
+            if chunk.error is not None:
                 self.events += 1
-                self._fail(protocol_error, now_s)
+                body = (
+                    ErrorBody(message=chunk.error) if isinstance(chunk.error, str) else chunk.error
+                )
+                self._fail(self._in_band_error(body, chunk.id), now_s)
                 break
             add(chunk, now_s)
             out.append(chunk)
         self.events += len(out)
         return out
+
+    def _frame_error(self, data: bytes) -> QwenSSEError | None:
+        """For a frame that is not a valid chunk: its in-band error, if it is one (for
+        example ``{"error": {...}, "choices": null}``), or its malformed-JSON error."""
+        try:
+            failure = decode_error_frame(data)
+        except ProtocolError as protocol_error:
+            return protocol_error
+        return None if failure is None else self._in_band_error(*failure)
 
     def _in_band_error(self, body: ErrorBody, frame_id: str) -> InBandError:
         if frame_id and not self.accumulator.id:

@@ -90,8 +90,22 @@ class Usage(msgspec.Struct, frozen=True, gc=False):
     completion_tokens_details: CompletionTokensDetails | None = None
 
 
-class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False):
-    """One ``chat.completion.chunk``. The usage-only chunk has ``choices == []``."""
+class ErrorBody(msgspec.Struct, frozen=True, gc=False):
+    """The ``error`` object of an in-band error frame or an HTTP error body."""
+
+    message: str = ""
+    type: str | None = None
+    code: str | int | None = None
+    param: str | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False, repr_omit_defaults=True):
+    """One ``chat.completion.chunk``. The usage-only chunk has ``choices == []``.
+
+    ``error`` is DashScope's in-band error object; it is decoded in the same pass so that
+    every frame is checked for it at no extra cost. A chunk the chat decoder delivers never
+    has one: such a frame becomes an :class:`~qwen_sse.errors.InBandError` instead.
+    """
 
     id: str = ""
     object: str = "chat.completion.chunk"
@@ -100,15 +114,7 @@ class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False):
     system_fingerprint: str | None = None
     choices: list[DeltaChoice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
-
-
-class ErrorBody(msgspec.Struct, frozen=True, gc=False):
-    """The ``error`` object of an in-band error frame or an HTTP error body."""
-
-    message: str = ""
-    type: str | None = None
-    code: str | int | None = None
-    param: str | None = None
+    error: ErrorBody | str | None = None
 
 
 class _ErrorFrame(msgspec.Struct, frozen=True, gc=False):

@@ -371,3 +371,21 @@ def test_any_cut_yields_a_prefix_of_the_answer_or_the_whole(
     else:
         assert cut == len(body)
         assert decoder.result().content == full
+
+
+@pytest.mark.parametrize(
+    "error_frame",
+    [
+        '{"error": {"message": "m", "code": "c"}, "choices": null}',
+        '{"error": {"message": "m", "code": "c"}, "choices": [{"delta": {"content": "x"}}]}',
+        '{"error": "m", "code": "c"}',
+        '{"object": "x", "error": {"message": "m", "code": "c", "type": "t"}}',
+    ],
+    ids=["choices-null", "with-choices", "string-error", "other-keys"],
+)
+def test_every_frame_is_checked_for_an_error_key(error_frame: str) -> None:
+    error = failure([stream(delta_frame(content="a"), error_frame, done=False)])
+    assert isinstance(error, InBandError)
+    assert error.error_message == "m"
+    assert error.partial is not None
+    assert error.partial.content == "a"

@@ -1,0 +1,37 @@
+"""Smoke tests of benchmarks/: each script runs at tiny size and prints valid JSON.
+
+They check that the scripts still run and report what they promise, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_quick(script: str, *extra: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    document: dict[str, object] = json.loads(completed.stdout)
+    return document
+
+
+@pytest.mark.timeout(300)
+def test_bench_sse_quick() -> None:
+    document = run_quick("bench_sse.py")
+    assert {"throughput", "large_event", "linearity", "targets"} <= document.keys()
+    text = json.dumps(document["throughput"])
+    for name in ("feed", "feed_frames", "chat", "openai", "httpx-sse"):
+        assert name in text
