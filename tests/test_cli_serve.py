@@ -1,0 +1,159 @@
+"""Tests of ``qwen-sse serve``: the real command in a subprocess, answering over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+
+from qwen_sse.chat import ChatStreamDecoder
+from qwen_sse.cli import build_parser, main
+from qwen_sse.emulator import EmulatorConfig, emulated_answer
+
+BODY = {
+    "model": "qwen-plus",
+    "messages": [{"role": "user", "content": "你好"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+URL_LINE = re.compile(r"DashScope emulator at (http://127\.0\.0\.1:\d+/compatible-mode/v1)$")
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, base_url: str, banner: str) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.banner = banner
+
+
+@asynccontextmanager
+async def serve(*args: str) -> AsyncIterator[Served]:
+    """Run the command on a free port; yield once it prints its URL; stop it afterwards."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "qwen_sse",
+        "serve",
+        "--port",
+        "0",
+        "--ttft-ms",
+        "0",
+        "--itl-ms",
+        "0",
+        "--exit-after-s",
+        "60",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        first = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        match = URL_LINE.search(first.strip())
+        assert match, first
+        rest = [
+            (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+            for _ in range(2)
+        ]
+        yield Served(process, match[1], first + "".join(rest))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def post(base_url: str, key: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url}/chat/completions",
+            json=BODY,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp,
+    ):
+        return resp.status, await resp.read()
+
+
+@pytest.mark.timeout(60)
+async def test_serve_answers_a_request_and_stops_on_ctrl_c() -> None:
+    async with serve() as served:
+        status, body = await post(served.base_url, "sk-test")
+        assert status == 200
+        decoder = ChatStreamDecoder()
+        decoder.feed(body)
+        decoder.feed_eof()
+        assert decoder.result().content == emulated_answer(BODY).content
+        assert "curl -N" in served.banner
+        assert f"{served.base_url}/chat/completions" in served.banner
+        assert "Bearer sk-test" in served.banner
+
+        assert (await post(served.base_url, "sk-wrong"))[0] == 401
+
+        served.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0
+        assert served.process.stderr is not None
+        assert await served.process.stderr.read() == b""
+
+
+@pytest.mark.timeout(60)
+async def test_serve_any_key_and_default_fault() -> None:
+    async with serve("--any-key", "--fault", '{"status": 429, "retry_after": "1"}') as served:
+        status, body = await post(served.base_url, "sk-whatever")
+        assert status == 429
+        assert json.loads(body)["error"]["code"] == "limit_requests"
+        assert "any bearer key" in served.banner
+
+
+@pytest.mark.timeout(60)
+async def test_serve_exits_by_itself_after_exit_after_s() -> None:
+    async with serve("--exit-after-s", "0.2") as served:
+        assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fault", "{not json"],
+        ["--fault", '{"status": 200}'],
+        ["--fault", '{"unknown_field": 1}'],
+        ["--ttft-ms", "-5"],
+        ["--answer-tokens", "0"],
+    ],
+)
+def test_serve_rejects_invalid_settings(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", *args]) == 2
+    assert "qwen-sse serve: invalid setting" in capsys.readouterr().err
+
+
+def test_serve_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--exit-after-s", "0"]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_defaults_mirror_the_emulator_config() -> None:
+    args = build_parser().parse_args(["serve"])
+    defaults = EmulatorConfig()
+    assert (args.host, args.port, args.api_key, args.any_key) == (
+        "127.0.0.1",
+        8000,
+        "sk-test",
+        False,
+    )
+    assert args.ttft_ms == defaults.ttft_s * 1000
+    assert args.itl_ms == defaults.itl_s * 1000
+    assert args.answer_tokens == defaults.answer_tokens
+    assert args.func.__module__ == "qwen_sse.cli.serve"

@@ -1,0 +1,1019 @@
+"""Tests of qwen_sse.emulator over real loopback sockets, read with a plain aiohttp session.
+
+The emulator's streams are parsed with the core decoders (``SSEDecoder``,
+``ChatStreamDecoder``), never with the client, so these tests pin the server alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+import aiohttp
+import msgspec
+import pytest
+from multidict import CIMultiDictProxy
+
+from qwen_sse.chat import ChatResult, ChatStreamDecoder
+from qwen_sse.chunks import ChatCompletionChunk
+from qwen_sse.emulator import (
+    DEFAULT_MODELS,
+    FAULT_HEADER,
+    MODERATION_TRIGGER,
+    EmulatedAnswer,
+    Emulator,
+    EmulatorConfig,
+    Fault,
+    Piece,
+    emulated_answer,
+)
+from qwen_sse.errors import (
+    EventTooLargeError,
+    InBandError,
+    IncompleteStreamError,
+    ProtocolError,
+)
+from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder
+from qwen_sse.tokens import count_message_tokens, count_tokens, message_token_count
+
+FAST = EmulatorConfig(ttft_s=0.0, itl_s=0.0)
+KEY = "sk-test"
+USER_EN = [{"role": "user", "content": "Tell me about streaming."}]
+USER_ZH = [{"role": "user", "content": "请介绍一下流式输出。"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
+    },
+}
+
+
+def chat_body(messages: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "qwen-plus",
+        "messages": USER_EN if messages is None else messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body.update(extra)
+    return body
+
+
+class Received(NamedTuple):
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    error: aiohttp.ClientError | None  # raised while reading the body, if any
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    async with Emulator(FAST) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    emu: Emulator,
+    body: Any,
+    *,
+    key: str | None = KEY,
+    fault: Fault | None = None,
+    headers: dict[str, str] | None = None,
+) -> Received:
+    sent = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    if fault is not None:
+        sent.update(fault.header())
+    sent.update(headers or {})
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = bytearray()
+    error: aiohttp.ClientError | None = None
+    url = f"{emu.base_url}/chat/completions"
+    async with session.post(url, data=payload, headers=sent) as resp:
+        try:
+            async for piece in resp.content.iter_any():
+                data += piece
+        except aiohttp.ClientError as exc:
+            error = exc
+    return Received(resp.status, resp.headers, bytes(data), error)
+
+
+def chat_chunks(body: bytes) -> tuple[list[ChatCompletionChunk], ChatResult]:
+    """Decode a whole stream; raises what the chat decoder raises."""
+    decoder = ChatStreamDecoder()
+    chunks = decoder.feed(body)
+    decoder.feed_eof()
+    return chunks, decoder.result()
+
+
+def raw_frames(body: bytes) -> list[Any]:
+    """The JSON of every data event (``"[DONE]"`` kept as the string)."""
+    events = SSEDecoder().feed(body)
+    return [event.data if event.data == "[DONE]" else json.loads(event.data) for event in events]
+
+
+def normalized(body: bytes) -> bytes:
+    """The body with its per-request parts (ids, timestamps) zeroed, lengths kept, so that
+    a cut body compares with the same cut of another."""
+
+    def zeros(match: re.Match[bytes]) -> bytes:
+        return match[1] + b"0" * len(match[2])
+
+    return re.sub(rb'("created":|chatcmpl-)([0-9a-f-]+)', zeros, body)
+
+
+def texts(answer: EmulatedAnswer, kind: str) -> list[str]:
+    return [piece.text for piece in answer.pieces if piece.kind == kind]
+
+
+# --- emulated_answer, the pure part ---------------------------------------------------------
+
+
+def test_emulated_answer_is_deterministic_and_depends_on_the_seed() -> None:
+    body = chat_body()
+    assert emulated_answer(body) == emulated_answer(dict(body))
+    assert emulated_answer(body, seed=1).content != emulated_answer(body).content
+    assert emulated_answer(body).content != emulated_answer(chat_body(USER_ZH)).content
+
+
+def test_emulated_answer_has_answer_tokens_pieces_joined_into_content() -> None:
+    answer = emulated_answer(chat_body(), answer_tokens=25)
+    assert len(answer.pieces) == 25
+    assert all(piece.kind == "content" for piece in answer.pieces)
+    assert "".join(texts(answer, "content")) == answer.content
+    assert answer.finish_reason == "stop"
+    assert answer.reasoning == ""
+    assert answer.tool_calls == ()
+
+
+def test_emulated_answer_language_follows_the_last_user_message() -> None:
+    english = emulated_answer(chat_body(), answer_tokens=200).content
+    chinese = emulated_answer(chat_body(USER_ZH), answer_tokens=200).content
+    assert re.search(r"[A-Za-z]{3}", english)
+    assert not re.search(r"[\u4e00-\u9fff]", english)
+    assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 100
+    # Multi-byte characters and punctuation, so that clients meet split UTF-8 sequences.
+    assert any(len(char.encode()) > 1 for char in english)
+    assert re.search(r"[.,!?…]", english)
+    assert re.search(r"[，。！？]", chinese)
+
+
+def test_max_tokens_truncates_the_same_text_with_finish_reason_length() -> None:
+    full = emulated_answer(chat_body())
+    short = emulated_answer(chat_body(max_tokens=5))
+    assert short.pieces == full.pieces[:5]
+    assert short.finish_reason == "length"
+    assert emulated_answer(chat_body(max_completion_tokens=5)).pieces == short.pieces
+    assert emulated_answer(chat_body(max_tokens=40)).finish_reason == "stop"
+
+
+def test_thinking_adds_reasoning_first_and_keeps_the_content() -> None:
+    plain = emulated_answer(chat_body())
+    thinking = emulated_answer(chat_body(enable_thinking=True))
+    kinds = [piece.kind for piece in thinking.pieces]
+    assert kinds == ["reasoning_content"] * 40 + ["content"] * 40
+    assert thinking.reasoning
+    assert thinking.content == plain.content
+    budget = emulated_answer(chat_body(enable_thinking=True, thinking_budget=3))
+    assert len(texts(budget, "reasoning_content")) == 3
+
+
+def test_tool_call_when_the_user_names_a_function() -> None:
+    messages = [{"role": "user", "content": "Use get_weather for Hangzhou."}]
+    answer = emulated_answer(chat_body(messages, tools=[WEATHER, TIME]))
+    assert answer.finish_reason == "tool_calls"
+    assert answer.content == ""
+    [(name, arguments)] = answer.tool_calls
+    assert name == "get_weather"
+    parsed = json.loads(arguments)
+    assert set(parsed) == {"city", "unit", "days"}
+    assert parsed["unit"] in ("celsius", "fahrenheit")
+    assert isinstance(parsed["days"], int)
+    assert "".join(texts(answer, "arguments")) == arguments
+    assert re.fullmatch(r"call_[0-9a-f]{22}", answer.tool_call_ids[0])
+
+
+def test_tool_choice_parallel_none_and_tool_results() -> None:
+    both = [{"role": "user", "content": "get_time and get_weather please"}]
+    assert [n for n, _ in emulated_answer(chat_body(both, tools=[WEATHER, TIME])).tool_calls] == [
+        "get_weather"
+    ]
+    parallel = emulated_answer(chat_body(both, tools=[WEATHER, TIME], parallel_tool_calls=True))
+    assert [n for n, _ in parallel.tool_calls] == ["get_weather", "get_time"]
+    assert {piece.call_index for piece in parallel.pieces} == {0, 1}
+    named = {"type": "function", "function": {"name": "get_time"}}
+    chosen = emulated_answer(chat_body(tools=[WEATHER, TIME], tool_choice=named))
+    assert [n for n, _ in chosen.tool_calls] == ["get_time"]
+    assert emulated_answer(chat_body(both, tools=[WEATHER], tool_choice="none")).tool_calls == ()
+    after_tool: list[dict[str, Any]] = [
+        *both,
+        {"role": "assistant", "content": "", "tool_calls": []},
+        {"role": "tool", "content": "sunny"},
+    ]
+    answered = emulated_answer(chat_body(after_tool, tools=[WEATHER]))
+    assert answered.tool_calls == ()
+    assert answered.finish_reason == "stop"
+
+
+def test_partial_mode_continues_the_full_answer() -> None:
+    full = emulated_answer(chat_body())
+    for cut in (0, 1, 3, len(full.content) // 2, len(full.content)):
+        prefix = full.content[:cut]
+        resumed = chat_body([*USER_EN, {"role": "assistant", "content": prefix, "partial": True}])
+        rest = emulated_answer(resumed)
+        assert prefix + rest.content == full.content
+        assert rest.finish_reason == full.finish_reason
+        assert all(piece.text for piece in rest.pieces)
+
+
+def test_partial_mode_with_a_foreign_prefix_is_still_deterministic() -> None:
+    resumed = chat_body([*USER_EN, {"role": "assistant", "content": "Zzz", "partial": True}])
+    rest = emulated_answer(resumed)
+    assert rest.content
+    assert rest == emulated_answer(resumed)
+    assert not emulated_answer(chat_body()).content.startswith("Zzz")
+
+
+def test_fault_json_round_trips_and_validates() -> None:
+    fault = Fault(status=429, retry_after="2", drop_after_bytes=10, line_ending="\r")
+    assert json.loads(fault.to_json()) == {
+        "status": 429,
+        "retry_after": "2",
+        "drop_after_bytes": 10,
+        "line_ending": "\r",
+    }
+    assert msgspec.json.decode(fault.to_json(), type=Fault) == fault
+    assert Fault().to_json() == "{}"
+    with pytest.raises(ValueError, match="status"):
+        Fault(status=200)
+    with pytest.raises(ValueError, match="write_bytes"):
+        Fault(write_bytes=0)
+    with pytest.raises(ValueError, match="drop_after_events"):
+        Fault(drop_after_events=-1)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"stall": 1}', type=Fault)
+
+
+# --- the plain stream -----------------------------------------------------------------------
+
+
+async def test_plain_stream_matches_emulated_answer_chunk_by_chunk(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body()
+    received = await post(session, emu, body)
+    assert received.status == 200
+    assert received.error is None
+    assert received.headers["Content-Type"] == "text/event-stream;charset=utf-8"
+    request_id = received.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", request_id)
+    assert int(received.headers["req-cost-time"]) >= 0
+
+    answer = emulated_answer(body)
+    chunks, result = chat_chunks(received.body)
+    assert result.complete
+    assert result.content == answer.content
+    assert result.finish_reason == "stop"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.content == ""
+    assert [c.choices[0].delta.content for c in chunks[1:-2]] == texts(answer, "content")
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-2])
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-2].choices[0].delta.content == ""
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    prompt = count_message_tokens(body["messages"])
+    completion = count_tokens(answer.content)
+    assert (
+        chunks[-1].usage.prompt_tokens,
+        chunks[-1].usage.completion_tokens,
+        chunks[-1].usage.total_tokens,
+    ) == (prompt, completion, prompt + completion)
+    assert {chunk.id for chunk in chunks} == {f"chatcmpl-{request_id}"}
+
+    frames = raw_frames(received.body)
+    assert frames[-1] == "[DONE]"
+    for frame in frames[:-2]:
+        assert frame["usage"] is None
+        assert frame["system_fingerprint"] is None
+        assert frame["object"] == "chat.completion.chunk"
+        assert frame["model"] == "qwen-plus"
+    assert frames[-2]["system_fingerprint"] is None
+    assert received.body.endswith(b"data: [DONE]\n\n")
+
+    [record] = emu.requests
+    assert record.outcome == "completed"
+    assert record.status == 200
+    assert record.body == body
+    assert record.events_sent == len(frames)
+    assert record.bytes_sent == len(received.body)
+    assert record.request_id == request_id
+    assert emu.active_streams == 0
+
+
+async def test_without_include_usage_there_is_no_usage_at_all(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body()
+    del body["stream_options"]
+    received = await post(session, emu, body)
+    frames = raw_frames(received.body)
+    assert frames[-1] == "[DONE]"
+    assert all(frame["choices"] for frame in frames[:-1])
+    assert all(frame["usage"] is None for frame in frames[:-1])
+    assert chat_chunks(received.body)[1].usage is None
+
+
+async def test_request_ids_are_unique_and_answers_repeat(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    first = await post(session, emu, chat_body())
+    second = await post(session, emu, chat_body())
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert chat_chunks(first.body)[1].content == chat_chunks(second.body)[1].content
+    assert normalized(first.body) == normalized(second.body)
+
+
+async def test_seed_and_answer_tokens_of_the_config(session: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(ttft_s=0, itl_s=0, seed=7, answer_tokens=12)
+    async with Emulator(config) as emu:
+        received = await post(session, emu, chat_body())
+    expected = emulated_answer(chat_body(), seed=7, answer_tokens=12)
+    assert chat_chunks(received.body)[1].content == expected.content
+    assert len(expected.pieces) == 12
+
+
+async def test_max_tokens_ends_with_length(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    received = await post(session, emu, chat_body(max_tokens=3))
+    chunks, result = chat_chunks(received.body)
+    assert result.finish_reason == "length"
+    assert len(chunks) == 1 + 3 + 2
+    assert result.content == emulated_answer(chat_body(max_tokens=3)).content
+
+
+async def test_chinese_stream_round_trips_multibyte_text(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(USER_ZH)
+    received = await post(session, emu, body)
+    assert chat_chunks(received.body)[1].content == emulated_answer(body).content
+    # Non-ASCII travels as raw UTF-8, not as \u escapes.
+    assert "。".encode() in received.body or "，".encode() in received.body
+
+
+# --- thinking and tool calls ------------------------------------------------------------------
+
+
+async def test_thinking_stream_puts_reasoning_first(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(enable_thinking=True)
+    received = await post(session, emu, body)
+    answer = emulated_answer(body)
+    chunks, result = chat_chunks(received.body)
+    assert result.reasoning_content == answer.reasoning
+    assert result.content == answer.content
+    reasoning = len(texts(answer, "reasoning_content"))
+    deltas = [chunk.choices[0].delta for chunk in chunks[1 : 1 + reasoning]]
+    assert [d.reasoning_content for d in deltas] == texts(answer, "reasoning_content")
+    assert all(d.content is None for d in deltas)
+    content = [chunk.choices[0].delta for chunk in chunks[1 + reasoning : -2]]
+    assert [d.content for d in content] == texts(answer, "content")
+    assert all(d.reasoning_content is None for d in content)
+    frames = raw_frames(received.body)
+    # The first content delta says reasoning_content null, later ones leave the key out.
+    assert frames[1 + reasoning]["choices"][0]["delta"]["reasoning_content"] is None
+    assert "reasoning_content" not in frames[2 + reasoning]["choices"][0]["delta"]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == count_tokens(answer.reasoning)
+    assert usage.completion_tokens == count_tokens(answer.reasoning) + count_tokens(answer.content)
+
+
+async def test_tool_call_stream_has_dashscope_quirks_chunk_by_chunk(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    messages = [{"role": "user", "content": "What does get_weather say for 杭州?"}]
+    body = chat_body(messages, tools=[WEATHER])
+    received = await post(session, emu, body)
+    answer = emulated_answer(body)
+    [(name, arguments)] = answer.tool_calls
+    fragments = texts(answer, "arguments")
+    assert len(fragments) > 2
+
+    frames = raw_frames(received.body)
+    assert frames[0]["choices"][0]["delta"] == {"content": "", "role": "assistant"}
+    calls = [frame["choices"][0] for frame in frames[1 : 1 + len(fragments)]]
+    first = calls[0]["delta"]["tool_calls"][0]
+    assert first == {
+        "index": 0,
+        "id": answer.tool_call_ids[0],
+        "type": "function",
+        "function": {"name": name, "arguments": fragments[0]},
+    }
+    assert calls[0]["finish_reason"] is None
+    for choice, fragment in zip(calls[1:], fragments[1:], strict=True):
+        assert choice["delta"]["tool_calls"] == [
+            {"index": 0, "id": "", "type": "function", "function": {"arguments": fragment}}
+        ]
+        assert "finish_reason" not in choice
+        assert "logprobs" not in choice
+    empty = frames[1 + len(fragments)]["choices"][0]["delta"]["tool_calls"][0]
+    assert empty == {"function": {}, "index": 0, "id": "", "type": "function"}
+    finish = frames[2 + len(fragments)]["choices"][0]
+    assert finish["finish_reason"] == "tool_calls"
+    assert finish["delta"] == {"content": ""}
+    assert frames[-2]["usage"]["completion_tokens"] == count_tokens(arguments)
+    assert frames[-1] == "[DONE]"
+
+    result = chat_chunks(received.body)[1]
+    [call] = result.tool_calls
+    assert (call.id, call.type, call.function.name) == (answer.tool_call_ids[0], "function", name)
+    assert call.function.arguments == arguments
+    assert json.loads(call.function.arguments)
+    assert result.finish_reason == "tool_calls"
+
+
+async def test_parallel_tool_calls_stream_by_index(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    messages = [{"role": "user", "content": "call get_weather and get_time"}]
+    body = chat_body(messages, tools=[WEATHER, TIME], parallel_tool_calls=True)
+    received = await post(session, emu, body)
+    result = chat_chunks(received.body)[1]
+    answer = emulated_answer(body)
+    assert [(c.function.name, c.function.arguments) for c in result.tool_calls] == list(
+        answer.tool_calls
+    )
+    assert [c.id for c in result.tool_calls] == list(answer.tool_call_ids)
+
+
+# --- partial mode ---------------------------------------------------------------------------
+
+
+async def test_partial_mode_resumes_a_broken_stream_exactly(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(USER_ZH)
+    full = emulated_answer(body).content
+    broken = await post(session, emu, body, fault=Fault(drop_after_events=6))
+    assert isinstance(broken.error, aiohttp.ClientPayloadError)
+    with pytest.raises(IncompleteStreamError) as caught:
+        chat_chunks(broken.body)
+    assert caught.value.partial is not None
+    prefix = caught.value.partial.content
+    assert prefix
+    assert full.startswith(prefix)
+
+    partial = {"role": "assistant", "content": prefix, "partial": True}
+    resumed = await post(session, emu, chat_body([*USER_ZH, partial]))
+    rest = chat_chunks(resumed.body)[1]
+    assert prefix + rest.content == full
+    assert rest.finish_reason == "stop"
+    assert emu.requests[-1].body["messages"][-1] == partial
+
+
+# --- HTTP errors ------------------------------------------------------------------------------
+
+
+def error_of(received: Received) -> dict[str, Any]:
+    assert received.headers["Content-Type"].startswith("application/json")
+    body: dict[str, Any] = json.loads(received.body)
+    assert set(body) == {"error", "request_id"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["request_id"] == received.headers["x-request-id"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+@pytest.mark.parametrize("key", ["sk-wrong", None, ""])
+async def test_bad_or_missing_key_is_401(
+    emu: Emulator, session: aiohttp.ClientSession, key: str | None
+) -> None:
+    received = await post(session, emu, chat_body(), key=key)
+    assert received.status == 401
+    assert error_of(received)["code"] == "invalid_api_key"
+    assert emu.requests[0].outcome == "http_error"
+    assert emu.requests[0].status == 401
+
+
+async def test_api_key_none_accepts_any_bearer_key(session: aiohttp.ClientSession) -> None:
+    async with Emulator(EmulatorConfig(api_key=None, ttft_s=0, itl_s=0)) as emu:
+        accepted = await post(session, emu, chat_body(), key="sk-anything")
+        missing = await post(session, emu, chat_body(), key=None)
+    assert accepted.status == 200
+    assert chat_chunks(accepted.body)[1].complete
+    assert missing.status == 401
+
+
+async def test_unknown_model_is_404(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    received = await post(session, emu, chat_body(model="qwen-nonexistent"))
+    assert received.status == 404
+    error = error_of(received)
+    assert error["code"] == "model_not_found"
+    assert "qwen-nonexistent" in error["message"]
+
+
+async def test_every_default_model_is_known(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    for model in DEFAULT_MODELS:
+        received = await post(session, emu, chat_body(model=model, stream=False))
+        assert received.status == 200, model
+        assert json.loads(received.body)["model"] == model
+
+
+async def test_too_long_input_is_400_with_the_models_limit(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    text = "streaming tokens " * 16_000
+    assert count_tokens(text) > 30_720
+    received = await post(
+        session, emu, chat_body([{"role": "user", "content": text}], model="qwen-max")
+    )
+    assert received.status == 400
+    error = error_of(received)
+    assert error["code"] == "invalid_parameter_error"
+    assert "Range of input length should be [1, 30720]" in error["message"]
+    fits = await post(session, emu, chat_body([{"role": "user", "content": text}]))
+    assert fits.status == 200
+
+
+async def test_max_tokens_over_the_models_output_limit_is_400(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    for value in (0, 8193, "10"):
+        received = await post(session, emu, chat_body(model="qwen-max", max_tokens=value))
+        assert received.status == 400
+        assert "Range of max_tokens should be [1, 8192]" in error_of(received)["message"]
+    assert (await post(session, emu, chat_body(model="qwen-max", max_tokens=8192))).status == 200
+
+
+async def test_prompt_tokens_count_the_tools_block(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(tools=[WEATHER], stream=False)
+    completion = json.loads((await post(session, emu, body)).body)
+    with_tools = message_token_count(body["messages"], [WEATHER]).tokens
+    assert completion["usage"]["prompt_tokens"] == with_tools
+    assert with_tools > count_message_tokens(body["messages"])
+
+
+async def test_moderated_input_is_400_data_inspection_failed(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    messages = [{"role": "user", "content": f"please {MODERATION_TRIGGER} this"}]
+    received = await post(session, emu, chat_body(messages))
+    assert received.status == 400
+    error = error_of(received)
+    assert error["code"] == "data_inspection_failed"
+    assert error["type"] == "data_inspection_failed"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"model": "qwen-plus"}).encode(),
+        json.dumps({"model": "qwen-plus", "messages": []}).encode(),
+        json.dumps({"model": "qwen-plus", "messages": ["hi"]}).encode(),
+        json.dumps({"model": "qwen-plus", "messages": [{"role": "user", "content": 5}]}).encode(),
+        json.dumps({"messages": USER_EN}).encode(),
+        json.dumps(chat_body(tools=[WEATHER], tool_choice="required")).encode(),
+    ],
+)
+async def test_malformed_request_is_400(
+    emu: Emulator, session: aiohttp.ClientSession, payload: bytes
+) -> None:
+    received = await post(session, emu, payload)
+    assert received.status == 400
+    assert error_of(received)["code"] == "invalid_parameter_error"
+
+
+async def test_partial_mode_with_thinking_is_400(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    partial = {"role": "assistant", "content": "I", "partial": True}
+    received = await post(session, emu, chat_body([*USER_EN, partial], enable_thinking=True))
+    assert received.status == 400
+    error = error_of(received)
+    assert error["code"] == "invalid_parameter_error"
+    assert "Partial mode" in error["message"]
+
+
+RATE_LIMITED = "Requests rate limit exceeded, please try again later."
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "message"),
+    [
+        (Fault(status=429), "limit_requests", RATE_LIMITED),
+        (
+            Fault(status=429, code="insufficient_quota", message="TPM exceeded"),
+            "insufficient_quota",
+            "TPM exceeded",
+        ),
+        (Fault(status=429, code="CommodityNotPurchased"), "CommodityNotPurchased", None),
+        (Fault(status=500), "internal_error", None),
+        (Fault(status=503), "ServiceUnavailable", None),
+        (Fault(status=403, code="Model.AccessDenied"), "Model.AccessDenied", None),
+    ],
+)
+async def test_fault_status_answers_with_dashscope_error_body(
+    emu: Emulator, session: aiohttp.ClientSession, fault: Fault, code: str, message: str | None
+) -> None:
+    received = await post(session, emu, chat_body(), fault=fault)
+    assert received.status == fault.status
+    error = error_of(received)
+    assert error["code"] == code
+    assert error["param"] is None
+    assert error["message"]
+    if message is not None:
+        assert error["message"] == message
+    assert "Retry-After" not in received.headers
+
+
+async def test_fault_retry_after_headers(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    received = await post(
+        session, emu, chat_body(), fault=Fault(status=429, retry_after="3", retry_after_ms="2500")
+    )
+    assert received.headers["Retry-After"] == "3"
+    assert received.headers["retry-after-ms"] == "2500"
+    dated = await post(session, emu, chat_body(), fault=Fault(status=503, retry_after=date))
+    assert dated.status == 503
+    assert dated.headers["Retry-After"] == date
+
+
+async def test_invalid_fault_header_is_400(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    for header in ("{oops", '{"status": 200}', '{"nonsense": 1}'):
+        received = await post(session, emu, chat_body(), headers={FAULT_HEADER: header})
+        assert received.status == 400
+        assert FAULT_HEADER in error_of(received)["message"]
+
+
+# --- stream faults ----------------------------------------------------------------------------
+
+
+async def test_drop_after_events_breaks_the_chunked_body(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    for count in (0, 1, 4):
+        received = await post(session, emu, chat_body(), fault=Fault(drop_after_events=count))
+        assert received.status == 200
+        assert isinstance(received.error, aiohttp.ClientPayloadError)
+        assert len(SSEDecoder().feed(received.body)) == count
+        assert emu.requests[-1].outcome == "dropped"
+        assert emu.requests[-1].events_sent == count
+    assert emu.active_streams == 0
+
+
+async def test_drop_after_bytes_sends_exactly_that_many_bytes(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(USER_ZH)
+    reference = normalized((await post(session, emu, body, fault=Fault(line_ending="\r\n"))).body)
+    multibyte = reference.index("。".encode()) + 1  # inside a three-byte character
+    between_cr_lf = reference.index(b"\r\n") + 1
+    first_event = reference.index(b"\r\n\r\n") + 4
+    for limit in (0, 1, multibyte, between_cr_lf, first_event - 1, first_event, len(reference) - 3):
+        fault = Fault(drop_after_bytes=limit, line_ending="\r\n")
+        received = await post(session, emu, body, fault=fault)
+        assert isinstance(received.error, aiohttp.ClientPayloadError), limit
+        assert len(received.body) == limit
+        assert normalized(received.body) == reference[:limit]
+        assert emu.requests[-1].bytes_sent == limit
+        assert emu.requests[-1].outcome == "dropped"
+
+
+async def test_stall_with_keepalive_comments_then_normal_end(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault(stall_after_events=2, stall_s=0.25, keepalive_every_s=0.05)
+    received = await post(session, emu, chat_body(), fault=fault)
+    items = SSEDecoder().feed_with_comments(received.body)
+    comments = [i for i, item in enumerate(items) if isinstance(item, SSEComment)]
+    assert comments
+    assert all(items[i] == SSEComment(" keep-alive") for i in comments)
+    # The comments sit between the second and third events.
+    assert comments[0] == 2
+    assert comments == list(range(2, 2 + len(comments)))
+    assert chat_chunks(received.body)[1].content == emulated_answer(chat_body()).content
+
+
+async def test_stall_without_keepalive_sends_nothing_meanwhile(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault(stall_after_events=1, stall_s=0.05)
+    received = await post(session, emu, chat_body(), fault=fault)
+    assert not any(
+        isinstance(i, SSEComment) for i in SSEDecoder().feed_with_comments(received.body)
+    )
+    assert chat_chunks(received.body)[1].complete
+
+
+async def test_in_band_error_after_events_ends_without_done(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post(session, emu, chat_body(), fault=Fault(error_after_events=4))
+    assert received.error is None  # a clean end of the body
+    frames = raw_frames(received.body)
+    assert len(frames) == 5
+    assert "[DONE]" not in frames
+    error_frame = frames[-1]
+    assert error_frame["error"]["code"] == "data_inspection_failed"
+    assert error_frame["error"]["type"] == "data_inspection_failed"
+    assert error_frame["error"]["message"].startswith("Output data may contain inappropriate")
+    assert error_frame["id"] == f"chatcmpl-{received.headers['x-request-id']}"
+    with pytest.raises(InBandError) as caught:
+        chat_chunks(received.body)
+    assert caught.value.code == "data_inspection_failed"
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == "".join(
+        texts(emulated_answer(chat_body()), "content")[:3]
+    )
+    assert emu.requests[0].outcome == "in_band_error"
+
+
+async def test_no_done_ends_cleanly_without_the_marker(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post(session, emu, chat_body(), fault=Fault(no_done=True))
+    assert received.error is None
+    assert b"[DONE]" not in received.body
+    assert raw_frames(received.body)[-1]["usage"] is not None
+    with pytest.raises(IncompleteStreamError) as caught:
+        chat_chunks(received.body)
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == emulated_answer(chat_body()).content
+    assert emu.requests[0].outcome == "no_done"
+
+
+async def test_malformed_frame_after_events(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    received = await post(session, emu, chat_body(), fault=Fault(malformed_after_events=3))
+    events = SSEDecoder().feed(received.body)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(events[3].data)
+    assert events[-1].data == "[DONE]"
+    assert len(events) == len(raw_frames((await post(session, emu, chat_body())).body)) + 1
+    with pytest.raises(ProtocolError):
+        chat_chunks(received.body)
+
+
+@pytest.mark.parametrize("line_ending", ["\n", "\r\n", "\r"])
+async def test_each_line_ending_decodes_to_the_same_answer(
+    emu: Emulator, session: aiohttp.ClientSession, line_ending: str
+) -> None:
+    body = chat_body(enable_thinking=True)
+    received = await post(session, emu, body, fault=Fault(line_ending=line_ending))  # type: ignore[arg-type]
+    eol = line_ending.encode()
+    assert received.body.endswith(b"data: [DONE]" + eol + eol)
+    stripped = received.body.replace(eol, b"")
+    assert b"\r" not in stripped
+    assert b"\n" not in stripped
+    result = chat_chunks(received.body)[1]
+    answer = emulated_answer(body)
+    assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+
+
+async def test_one_byte_writes_give_the_same_stream(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(USER_ZH)
+    plain = await post(session, emu, body)
+    bytewise = await post(session, emu, body, fault=Fault(write_bytes=1))
+    assert normalized(bytewise.body) == normalized(plain.body)
+    assert chat_chunks(bytewise.body)[1].content == emulated_answer(body).content
+    assert emu.requests[-1].bytes_sent == len(bytewise.body)
+
+
+async def test_huge_event_after_the_role_chunk(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    size = 300_000
+    received = await post(session, emu, chat_body(), fault=Fault(huge_event_bytes=size))
+    events = SSEDecoder().feed(received.body)
+    assert len(events[1].data.encode()) == size
+    assert all(len(e.data) < 10_000 for i, e in enumerate(events) if i != 1)
+    chunk = msgspec.json.decode(events[1].data, type=ChatCompletionChunk)
+    assert set(chunk.choices[0].delta.content or "") == {"x"}
+    with pytest.raises(EventTooLargeError):
+        SSEDecoder(max_event_bytes=64 * 1024).feed(received.body)
+
+
+async def test_content_type_override(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    as_json = await post(session, emu, chat_body(), fault=Fault(content_type="application/json"))
+    assert as_json.status == 200
+    assert as_json.headers["Content-Type"] == "application/json"
+    completion = json.loads(as_json.body)
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"] == emulated_answer(chat_body()).content
+    as_text = await post(session, emu, chat_body(), fault=Fault(content_type="text/plain"))
+    assert as_text.headers["Content-Type"] == "text/plain"
+    assert chat_chunks(as_text.body)[1].complete
+
+
+# --- where faults come from -------------------------------------------------------------------
+
+
+async def test_fault_precedence_queue_then_header_then_server_default(
+    session: aiohttp.ClientSession,
+) -> None:
+    config = EmulatorConfig(ttft_s=0, itl_s=0, fault=Fault(status=500))
+    async with Emulator(config) as emu:
+        assert (await post(session, emu, chat_body())).status == 500
+        header = Fault(status=429)
+        assert (await post(session, emu, chat_body(), fault=header)).status == 429
+        emu.schedule(Fault(status=503), Fault(status=401))
+        assert (await post(session, emu, chat_body(), fault=header)).status == 503
+        assert (await post(session, emu, chat_body())).status == 401
+        assert (await post(session, emu, chat_body(), fault=header)).status == 429
+        assert (await post(session, emu, chat_body())).status == 500
+        faults = [record.fault for record in emu.requests]
+    assert faults == [
+        Fault(status=500),
+        header,
+        Fault(status=503),
+        Fault(status=401),
+        header,
+        Fault(status=500),
+    ]
+
+
+async def test_schedule_then_normal_service(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    emu.schedule(Fault(status=503), Fault(status=503))
+    statuses = [(await post(session, emu, chat_body())).status for _ in range(3)]
+    assert statuses == [503, 503, 200]
+
+
+# --- what the emulator records ------------------------------------------------------------------
+
+
+async def test_requests_record_headers_with_authorization_redacted(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    await post(session, emu, chat_body(), headers={"X-Custom": "kept"})
+    [record] = emu.requests
+    assert record.method == "POST"
+    assert record.path == "/compatible-mode/v1/chat/completions"
+    assert record.headers["authorization"] == "Bearer REDACTED"
+    assert record.headers["X-Custom"] == "kept"
+    assert KEY not in repr(record)
+    assert all(KEY not in value for value in record.headers.values())
+
+
+async def test_record_requests_off_keeps_nothing(session: aiohttp.ClientSession) -> None:
+    async with Emulator(EmulatorConfig(ttft_s=0, itl_s=0, record_requests=False)) as emu:
+        first = await post(session, emu, chat_body())
+        second = await post(session, emu, chat_body())
+    assert emu.requests == []
+    assert first.status == second.status == 200
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+# --- non-streaming ------------------------------------------------------------------------------
+
+
+async def test_non_streaming_completion(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    body = chat_body(enable_thinking=True, stream=False)
+    received = await post(session, emu, body)
+    assert received.status == 200
+    completion = json.loads(received.body)
+    answer = emulated_answer(body)
+    assert completion["object"] == "chat.completion"
+    assert completion["id"] == f"chatcmpl-{received.headers['x-request-id']}"
+    [choice] = completion["choices"]
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": answer.content,
+        "reasoning_content": answer.reasoning,
+    }
+    assert choice["finish_reason"] == "stop"
+    prompt = count_message_tokens(body["messages"])
+    assert completion["usage"]["prompt_tokens"] == prompt
+    assert completion["usage"]["total_tokens"] == prompt + completion["usage"]["completion_tokens"]
+
+
+async def test_non_streaming_tool_call(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    messages = [{"role": "user", "content": "get_weather in Paris"}]
+    body = chat_body(messages, tools=[WEATHER])
+    del body["stream"]
+    completion = json.loads((await post(session, emu, body)).body)
+    answer = emulated_answer(body)
+    [choice] = completion["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    [call] = choice["message"]["tool_calls"]
+    assert call == {
+        "index": 0,
+        "id": answer.tool_call_ids[0],
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": answer.tool_calls[0][1]},
+    }
+
+
+# --- timing, disconnects, shutdown ----------------------------------------------------------------
+
+
+async def test_timing_delays_are_at_least_the_configured_ones(
+    session: aiohttp.ClientSession,
+) -> None:
+    config = EmulatorConfig(ttft_s=0.05, itl_s=0.01, jitter_s=0.005, answer_tokens=10)
+    loop = asyncio.get_running_loop()
+    async with Emulator(config) as emu:
+        url = f"{emu.base_url}/chat/completions"
+        headers = {"Authorization": f"Bearer {KEY}"}
+        started = loop.time()
+        async with session.post(url, json=chat_body(), headers=headers) as resp:
+            headers_at = loop.time()
+            decoder = SSEDecoder()
+            arrivals: list[float] = []
+            async for piece in resp.content.iter_any():
+                arrivals += [loop.time()] * len(decoder.feed(piece))
+    # Sleeps only ever add time: lower bounds hold however loaded the machine is.
+    assert arrivals[0] - started >= 0.05 - 0.005
+    assert arrivals[-1] - arrivals[0] >= 9 * (0.01 - 0.005)
+    assert headers_at <= arrivals[0]
+
+
+async def test_client_disconnect_releases_the_stream(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault(stall_after_events=1, stall_s=60)
+    url = f"{emu.base_url}/chat/completions"
+    headers = {"Authorization": f"Bearer {KEY}", **fault.header()}
+    async with session.post(url, json=chat_body(), headers=headers) as resp:
+        decoder = SSEDecoder()
+        events: list[ServerSentEvent] = []
+        while not events:
+            events += decoder.feed(await resp.content.readany())
+        assert emu.active_streams == 1
+        resp.close()
+    for _ in range(500):
+        if emu.active_streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert emu.active_streams == 0
+    assert emu.requests[0].outcome == "client_disconnected"
+
+
+@pytest.mark.timeout(30)
+async def test_close_with_a_stream_in_flight_returns_promptly(
+    session: aiohttp.ClientSession,
+) -> None:
+    emu = Emulator(
+        EmulatorConfig(ttft_s=0, itl_s=0, fault=Fault(stall_after_events=1, stall_s=600))
+    )
+    await emu.start()
+    url = f"{emu.base_url}/chat/completions"
+    async with session.post(
+        url, json=chat_body(), headers={"Authorization": f"Bearer {KEY}"}
+    ) as resp:
+        first = await resp.content.readany()
+        assert first.startswith(b"data: ")
+        # Far below the stall: close() must cancel the handler, not wait for it.
+        await asyncio.wait_for(emu.close(), timeout=10)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            while await resp.content.readany():
+                pass
+    assert emu.requests[0].outcome == "server_closed"
+    assert emu.active_streams == 0
+    await emu.close()  # idempotent
+
+
+async def test_base_url_needs_a_started_emulator() -> None:
+    emu = Emulator(FAST)
+    with pytest.raises(RuntimeError):
+        _ = emu.base_url
+    async with emu:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/compatible-mode/v1", emu.base_url)
+        assert emu.port > 0
+
+
+def test_piece_is_a_plain_tuple() -> None:
+    assert Piece("content", "hi") == ("content", "hi", 0)
