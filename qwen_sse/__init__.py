@@ -1,7 +1,12 @@
 """qwen-sse: an async, SDK-free streaming client for Qwen (DashScope) and OpenAI-compatible APIs.
 
-The public names are re-exported here; see the README for the tour.
+The public names are re-exported here; see the README for the tour. The client names are
+loaded on first use, so that the sans-I/O core (``SSEDecoder``, ``count_tokens``, ...) can
+be imported without paying for aiohttp.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from qwen_sse.chat import (
     ChatAccumulator,
@@ -20,6 +25,7 @@ from qwen_sse.chunks import (
     DeltaChoice,
     Usage,
 )
+from qwen_sse.config import Timeouts
 from qwen_sse.errors import (
     APIStatusError,
     AuthenticationError,
@@ -45,9 +51,26 @@ from qwen_sse.errors import (
     TotalTimeoutError,
     TransportError,
 )
+from qwen_sse.models import ModelLimits, check_prompt_fits, model_limits
 from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder, SSEEncoder
+from qwen_sse.tokens import count_message_tokens, count_tokens, message_token_count
+
+if TYPE_CHECKING:
+    from qwen_sse.client import ChatStream, QwenClient
 
 __version__ = "0.1.0"
+
+_LAZY = {"ChatStream": "qwen_sse.client", "QwenClient": "qwen_sse.client"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qwen_sse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "APIStatusError",
@@ -56,6 +79,7 @@ __all__ = [
     "ChatAccumulator",
     "ChatCompletionChunk",
     "ChatResult",
+    "ChatStream",
     "ChatStreamDecoder",
     "ChoiceDelta",
     "ChoiceDeltaToolCall",
@@ -71,9 +95,11 @@ __all__ = [
     "IdleTimeoutError",
     "InBandError",
     "IncompleteStreamError",
+    "ModelLimits",
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
+    "QwenClient",
     "QwenSSEError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -84,6 +110,7 @@ __all__ = [
     "ServerSentEvent",
     "StreamError",
     "StreamTiming",
+    "Timeouts",
     "TokenLimitError",
     "ToolCall",
     "ToolCallFunction",
@@ -91,4 +118,9 @@ __all__ = [
     "TransportError",
     "Usage",
     "__version__",
+    "check_prompt_fits",
+    "count_message_tokens",
+    "count_tokens",
+    "message_token_count",
+    "model_limits",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "chunk_protocol_error",
     "decode_chunk",
     "decode_error_frame",
+    "encode_chunk",
 ]
 
 
@@ -135,6 +136,15 @@ def chunk_protocol_error(error: msgspec.DecodeError, frame: str | bytes) -> Prot
     if isinstance(error, msgspec.ValidationError):
         return ProtocolError(f"chunk has a field of the wrong type: {reason}", frame=frame)
     return ProtocolError(f"data frame is not valid JSON: {reason}", frame=frame)
+
+
+def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
+    """The chunk as wire JSON (every field, nulls included), without the decoder-only
+    ``error`` key when it is unset."""
+    fields = msgspec.to_builtins(chunk)
+    if fields.get("error") is None:
+        fields.pop("error", None)
+    return msgspec.json.encode(fields)
 
 
 def decode_chunk(data: str | bytes) -> ChatCompletionChunk:

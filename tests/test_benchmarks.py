@@ -35,3 +35,8 @@ def test_bench_sse_quick() -> None:
     text = json.dumps(document["throughput"])
     for name in ("feed", "feed_frames", "chat", "openai", "httpx-sse"):
         assert name in text
+
+
+def test_bench_tokens_quick() -> None:
+    document = run_quick("bench_tokens.py")
+    assert {"first_load", "counting", "prompts"} <= document.keys()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from qwen_sse.chunks import ChatCompletionChunk, ErrorBody, decode_chunk, decode_error_frame
+from qwen_sse.chunks import (
+    ChatCompletionChunk,
+    ErrorBody,
+    decode_chunk,
+    decode_error_frame,
+    encode_chunk,
+)
 from qwen_sse.errors import ProtocolError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,3 +142,11 @@ def test_content_mentioning_error_is_not_an_error_frame() -> None:
 def test_error_frame_with_broken_json_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         decode_error_frame('{"error": {"message": ')
+
+
+def test_encode_chunk_round_trips_without_the_error_key() -> None:
+    frame = fixture_frames("compat-plain-zh.sse")[1]
+    chunk = decode_chunk(frame)
+    encoded = encode_chunk(chunk)
+    assert b'"error"' not in encoded
+    assert decode_chunk(encoded) == chunk

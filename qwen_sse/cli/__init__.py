@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qwen_sse.cli import decode
+from qwen_sse.cli import chat, decode, serve, tokens
 
-_COMMANDS = (decode,)
+_COMMANDS = (chat, decode, serve, tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:

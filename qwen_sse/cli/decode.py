@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from qwen_sse.chat import ChatStreamDecoder
+from qwen_sse.chunks import encode_chunk
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.sse import SSEComment, SSEDecoder
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         for piece in pieces:
             for chunk in chat.feed(piece):
                 if args.json:
-                    print(msgspec.json.encode(chunk).decode())
+                    print(encode_chunk(chunk).decode())
         chat.feed_eof()
     except QwenSSEError as error:
         _print_result(chat, args.json)

@@ -1,0 +1,221 @@
+"""``qwen-sse chat``: stream one answer to the terminal, or its chunks as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+from qwen_sse.chat import ChatResult
+from qwen_sse.chunks import encode_chunk
+from qwen_sse.client import QwenClient
+from qwen_sse.config import Timeouts
+from qwen_sse.emulator import Emulator, EmulatorConfig
+from qwen_sse.errors import QwenSSEError
+
+_MOCK_KEY = "sk-mock"
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that talks to an endpoint (chat, trace, bench)."""
+    target = parser.add_argument_group("endpoint")
+    target.add_argument("--model", default="qwen-plus", help="model name (default qwen-plus)")
+    target.add_argument(
+        "--region",
+        choices=("beijing", "singapore", "us", "hongkong"),
+        help="DashScope region (default beijing; the key must belong to it)",
+    )
+    target.add_argument("--base-url", help="any OpenAI-compatible base URL (overrides --region)")
+    target.add_argument(
+        "--mock",
+        action="store_true",
+        help="start the built-in DashScope emulator in-process: no key, no network",
+    )
+    target.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow sending the key over plain http to a non-loopback host",
+    )
+    limits = parser.add_argument_group("timeouts (seconds; 0 switches one off)")
+    defaults = Timeouts()
+    limits.add_argument("--connect-timeout", type=float, default=defaults.connect_s)
+    limits.add_argument("--first-token-timeout", type=float, default=defaults.first_token_s)
+    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_s)
+    limits.add_argument("--total-timeout", type=float, default=0.0)
+
+
+def timeouts_from(args: argparse.Namespace) -> Timeouts:
+    def value(seconds: float | None) -> float | None:
+        return seconds if seconds else None
+
+    return Timeouts(
+        connect_s=value(args.connect_timeout),
+        first_token_s=value(args.first_token_timeout),
+        idle_s=value(args.idle_timeout),
+        total_s=value(args.total_timeout),
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
+    """The client the options describe; with ``--mock``, pointed at a fresh emulator."""
+    if args.mock:
+        config = EmulatorConfig(api_key=None, ttft_s=0.15, itl_s=0.02, jitter_s=0.01)
+        async with (
+            Emulator(config) as emulator,
+            QwenClient(
+                _MOCK_KEY, emulator.base_url, model=args.model, timeouts=timeouts_from(args)
+            ) as client,
+        ):
+            yield client
+        return
+    async with QwenClient(
+        base_url=args.base_url,
+        region=args.region,
+        model=args.model,
+        timeouts=timeouts_from(args),
+        allow_insecure_http=args.allow_insecure_http,
+    ) as client:
+        yield client
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="stream an answer as it arrives",
+        description="Stream one chat answer to the terminal: reasoning (if any) apart from "
+        "the answer, then a one-line summary on stderr. The key comes from "
+        "DASHSCOPE_API_KEY or QWEN_API_KEY.",
+    )
+    parser.add_argument("prompt", help="the user message ('-' reads it from stdin)")
+    parser.add_argument("--system", help="a system message to send first")
+    parser.add_argument("--thinking", action="store_true", help="send enable_thinking: true")
+    parser.add_argument("--search", action="store_true", help="send enable_search: true")
+    parser.add_argument("--max-tokens", type=int, help="max_tokens for the answer")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra top-level body field, e.g. --param top_k=20 (repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
+    add_connection_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.thinking:
+        params["enable_thinking"] = True
+    if args.search:
+        params["enable_search"] = True
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.seed is not None:
+        params["seed"] = args.seed
+    for item in args.param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param wants KEY=JSON, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw  # a bare word is a string
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        params = _params(args)
+    except ValueError as error:
+        print(f"qwen-sse chat: {error}", file=sys.stderr)
+        return 2
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": prompt})
+    return asyncio.run(_chat(args, messages, params))
+
+
+async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params: Any) -> int:
+    out = sys.stdout
+    styled = out.isatty()
+    try:
+        async with open_client(args) as client:
+            async with client.stream_chat(messages, args.model, **params) as stream:
+                phase = ""
+                async for chunk in stream:
+                    if args.json:
+                        out.write(encode_chunk(chunk).decode() + "\n")
+                        continue
+                    for choice in chunk.choices[:1]:
+                        delta = choice.delta
+                        if delta.reasoning_content:
+                            if phase != "reasoning":
+                                phase = "reasoning"
+                                out.write(_style("[thinking] ", styled))
+                            out.write(_style(delta.reasoning_content, styled))
+                        if delta.content:
+                            if phase == "reasoning":
+                                out.write("\n\n")
+                            phase = "answer"
+                            out.write(delta.content)
+                    out.flush()
+            if not args.json:
+                out.write("\n")
+            print(summary_line(stream.result), file=sys.stderr)
+    except QwenSSEError as error:
+        out.flush()
+        _report_error(error, sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    return 0
+
+
+def _style(text: str, styled: bool) -> str:
+    return f"{_DIM}{text}{_RESET}" if styled else text
+
+
+def summary_line(result: ChatResult) -> str:
+    """Tokens, time to first token and generation speed, on one line."""
+    parts = []
+    usage = result.usage
+    if usage is not None:
+        parts.append(
+            f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion"
+            f" = {usage.total_tokens} tokens"
+        )
+    timing = result.timing
+    if timing.ttft_s is not None:
+        parts.append(f"first token {timing.ttft_s:.2f} s")
+    if timing.total_s is not None:
+        parts.append(f"total {timing.total_s:.2f} s")
+        generating_s = timing.total_s - (timing.ttft_s or 0.0)
+        if usage is not None and generating_s > 0 and usage.completion_tokens > 1:
+            parts.append(f"{(usage.completion_tokens - 1) / generating_s:.1f} tokens/s")
+    if result.finish_reason:
+        parts.append(f"finish {result.finish_reason}")
+    if result.request_id:
+        parts.append(f"request {result.request_id}")
+    return " · ".join(parts)
+
+
+def _report_error(error: QwenSSEError, err: TextIO) -> None:
+    print(f"qwen-sse: error: {error}", file=err)
+    partial = error.partial
+    if partial is not None and (partial.content or partial.reasoning_content):
+        received = len(partial.content) + len(partial.reasoning_content)
+        print(
+            f"qwen-sse: the answer above is incomplete ({received} characters received)",
+            file=err,
+        )

@@ -1,0 +1,586 @@
+"""The streaming chat client: one aiohttp session, one read loop, typed chunks out.
+
+I/O layer. Everything it knows about the wire comes from the sans-I/O core
+(:class:`~qwen_sse.chat.ChatStreamDecoder`); this module owns only the HTTP exchange, the
+deadlines, connection release, and the mapping of aiohttp's exceptions to the package's
+(in :func:`_map_client_error`, the one place that does it).
+
+The read loop is ``resp.content.iter_any()`` feeding the decoder: never ``readline`` nor
+``async for line in resp.content`` (LF-only, 128 KiB line cap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import msgspec
+
+from qwen_sse.chat import ChatResult, ChatStreamDecoder
+from qwen_sse.chunks import ChatCompletionChunk
+from qwen_sse.config import (
+    Timeouts,
+    check_transport_security,
+    redact_key,
+    resolve_api_key,
+    resolve_base_url,
+)
+from qwen_sse.errors import (
+    ConfigurationError,
+    ConnectTimeoutError,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    InBandError,
+    IncompleteStreamError,
+    ProtocolError,
+    QwenSSEError,
+    RequestTimeoutError,
+    TotalTimeoutError,
+    TransportError,
+    status_error,
+)
+from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
+
+__all__ = ["ChatStream", "QwenClient"]
+
+_USER_AGENT = "qwen-sse/0.1.0"
+_ERROR_BODY_MAX_BYTES = 64 * 1024
+_NON_SSE_PREVIEW_BYTES = 2048
+# Response headers kept on HTTP errors: what a retry policy or a human needs.
+_KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
+
+Message = Mapping[str, Any]
+
+
+class _ErrorEnvelope(msgspec.Struct, gc=False):
+    error: dict[str, Any] | str | None = None
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+
+
+_error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+def _error_fields(body: bytes) -> tuple[str, str, str]:
+    """``(code, message, request_id)`` from an OpenAI- or DashScope-shaped error body."""
+    try:
+        envelope = _error_envelope.decode(body)
+    except msgspec.DecodeError:
+        return "", body[:500].decode("utf-8", "replace").strip(), ""
+    code, message = envelope.code or "", envelope.message or ""
+    if isinstance(envelope.error, dict):
+        code = str(envelope.error.get("code") or envelope.error.get("type") or code)
+        message = str(envelope.error.get("message") or message)
+    elif isinstance(envelope.error, str):
+        message = envelope.error
+    return code, message, envelope.request_id or ""
+
+
+class _Deadlines:
+    """One lazily re-armed timer per stream instead of a timeout context per read.
+
+    A context per read costs microseconds each; here each read costs two attribute
+    stores, and the timer callback does the arithmetic only when it fires.
+    """
+
+    __slots__ = (
+        "fired",
+        "first_token_at",
+        "handle",
+        "idle_s",
+        "last_event_at",
+        "loop",
+        "reading",
+        "task",
+        "timeouts",
+        "total_at",
+    )
+
+    def __init__(self, timeouts: Timeouts, sent_at: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.timeouts = timeouts
+        self.first_token_at = (
+            None if timeouts.first_token_s is None else sent_at + timeouts.first_token_s
+        )
+        self.total_at = None if timeouts.total_s is None else sent_at + timeouts.total_s
+        self.idle_s = timeouts.idle_s
+        self.last_event_at = sent_at
+        self.reading = False
+        self.fired: RequestTimeoutError | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def first_token_arrived(self) -> None:
+        """From now on the idle deadline applies; the timer is re-armed at the next read."""
+        self.first_token_at = None
+        self.stop()
+
+    def expired(self, now: float) -> RequestTimeoutError | None:
+        """The timeout that has passed at ``now``, if any (total first: it is the widest)."""
+        t = self.timeouts
+        if self.total_at is not None and now >= self.total_at:
+            return TotalTimeoutError(timeout_s=t.total_s or 0.0)
+        if self.first_token_at is not None and now >= self.first_token_at:
+            return FirstTokenTimeoutError(timeout_s=t.first_token_s or 0.0)
+        idle_s = self.idle_s
+        if (
+            idle_s is not None
+            and self.first_token_at is None
+            and now >= self.last_event_at + idle_s
+        ):
+            return IdleTimeoutError(timeout_s=idle_s)
+        return None
+
+    def _next_deadline(self) -> float | None:
+        candidates = [self.total_at, self.first_token_at]
+        if self.idle_s is not None and self.first_token_at is None:
+            candidates.append(self.last_event_at + self.idle_s)
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    def arm(self) -> None:
+        """Before a read: raise if a deadline already passed, else make sure a timer runs."""
+        self.task = asyncio.current_task()
+        if self.handle is None:
+            expired = self.expired(self.loop.time())
+            if expired is not None:
+                raise expired
+            when = self._next_deadline()
+            if when is not None:
+                self.handle = self.loop.call_at(when, self._fire)
+        self.reading = True
+
+    def _fire(self) -> None:
+        self.handle = None
+        expired = self.expired(self.loop.time())
+        if expired is None:
+            when = self._next_deadline()
+            if when is not None:
+                self.handle = self.loop.call_at(when, self._fire)
+        elif self.reading and self.task is not None:
+            self.fired = expired
+            self.task.cancel()
+        # Expired while the consumer was busy elsewhere: the next arm() decides.
+
+    def cancelled(self) -> RequestTimeoutError | None:
+        """After a CancelledError: our timeout (cancellation undone) or None (a real one)."""
+        fired, self.fired = self.fired, None
+        if fired is not None and self.task is not None and self.task.uncancel() == 0:
+            return fired
+        return None
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+class ChatStream:
+    """One streamed chat completion: an async context manager and an async iterator.
+
+    ``async with client.stream_chat(...) as stream`` sends the request and raises typed
+    HTTP errors; ``async for chunk in stream`` yields
+    :class:`~qwen_sse.chunks.ChatCompletionChunk` objects as they arrive. ``result`` is
+    the :class:`~qwen_sse.chat.ChatResult` so far (``complete`` once ``[DONE]`` arrived).
+    Leaving the block early (``break``, an exception, cancellation) closes the connection
+    at once. Every error raised after the response started carries ``.partial``.
+    """
+
+    def __init__(
+        self,
+        client: QwenClient,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeouts: Timeouts,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._body = body
+        self._headers = headers
+        self._timeouts = timeouts
+        self._response: aiohttp.ClientResponse | None = None
+        self._reader: AsyncIterator[bytes] | None = None
+        self._decoder = ChatStreamDecoder(max_event_bytes=client.max_event_bytes)
+        self._deadlines: _Deadlines | None = None
+        self._chunks: list[ChatCompletionChunk] = []
+        self._position = 0
+        self._finished = False
+        self._pending_error: QwenSSEError | None = None
+        self._final: ChatResult | None = None
+        self.status: int | None = None
+        self.headers: Mapping[str, str] = {}
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "open" if self._response else "not started"
+        return f"<ChatStream {self._url} {state}>"
+
+    @property
+    def request_id(self) -> str:
+        return self._decoder.accumulator.request_id or self.result.request_id
+
+    @property
+    def result(self) -> ChatResult:
+        """The result so far; complete once the stream ended with ``[DONE]``."""
+        if self._final is not None:
+            return self._final
+        deadlines = self._deadlines
+        now = deadlines.loop.time() if deadlines is not None else None
+        return self._decoder.result(now)
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(clean=False)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        while True:
+            if self._position < len(self._chunks):
+                chunk = self._chunks[self._position]
+                self._position += 1
+                return chunk
+            if self._pending_error is not None:
+                error, self._pending_error = self._pending_error, None
+                raise error
+            if self._finished:
+                raise StopAsyncIteration
+            if self._response is None:
+                await self._start()
+                continue
+            await self._read_more()
+
+    async def _start(self) -> None:
+        if self._response is not None or self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        deadlines = self._deadlines = _Deadlines(self._timeouts, sent_at)
+        self._decoder.accumulator.started_at_s = sent_at
+        session = self._client._require_session()
+        try:
+            deadlines.arm()
+            response = await session.post(
+                self._url,
+                data=self._body,
+                headers=self._headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._timeouts.connect_s, connect=None
+                ),
+            )
+        except asyncio.CancelledError:
+            self._fail_timeout_or_reraise()
+            raise
+        except aiohttp.ClientError as error:
+            self._close(clean=False)
+            raise _map_client_error(error, self._timeouts, started=False) from _cause(error)
+        except QwenSSEError:
+            self._close(clean=False)
+            raise
+        finally:
+            deadlines.reading = False
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+        request_id = response.headers.get("x-request-id", "")
+        self._decoder.accumulator.request_id = request_id
+        if response.status >= 400:
+            await self._raise_for_status(response, request_id)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.lower().startswith("text/event-stream"):
+            await self._raise_not_sse(response, content_type, request_id)
+        self._reader = response.content.iter_any().__aiter__()
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
+        try:
+            body = await response.content.read(_ERROR_BODY_MAX_BYTES)
+        except aiohttp.ClientError:
+            body = b""
+        finally:
+            self._close(clean=False)
+        code, message, body_request_id = _error_fields(body)
+        kept = {k: v for k in _KEPT_ERROR_HEADERS if (v := response.headers.get(k)) is not None}
+        raise status_error(
+            status=response.status,
+            code=code,
+            message=message or (response.reason or ""),
+            request_id=request_id or body_request_id,
+            body=body.decode("utf-8", "replace"),
+            headers=kept,
+        )
+
+    async def _raise_not_sse(
+        self, response: aiohttp.ClientResponse, content_type: str, request_id: str
+    ) -> None:
+        try:
+            head = await response.content.read(_NON_SSE_PREVIEW_BYTES)
+        except aiohttp.ClientError:
+            head = b""
+        finally:
+            self._close(clean=False)
+        code, message, body_request_id = _error_fields(head)
+        if code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
+            raise InBandError(code=code, message=message, request_id=request_id or body_request_id)
+        raise ProtocolError(
+            f"expected a text/event-stream response, got {content_type or 'no content type'!r}",
+            frame=head,
+        )
+
+    async def _read_more(self) -> None:
+        reader = self._reader
+        deadlines = self._deadlines
+        assert reader is not None
+        assert deadlines is not None
+        decoder = self._decoder
+        try:
+            deadlines.arm()
+            data = await reader.__anext__()
+        except StopAsyncIteration:
+            data = b""
+        except asyncio.CancelledError:
+            self._fail_timeout_or_reraise()
+            raise
+        except aiohttp.ClientError as error:
+            failure = _map_client_error(error, self._timeouts, started=True)
+            failure.__cause__ = _cause(error)
+            raise self._fail(failure) from failure.__cause__
+        except QwenSSEError as error:
+            raise self._fail(error) from None
+        finally:
+            deadlines.reading = False
+        now = deadlines.loop.time()
+        if not data:
+            try:
+                decoder.feed_eof(now)
+            finally:
+                self._close(clean=decoder.done)
+            return
+        events_before = decoder.events
+        try:
+            chunks = decoder.feed(data, now)
+        except QwenSSEError:
+            self._close(clean=False)
+            raise
+        if decoder.events != events_before:
+            deadlines.last_event_at = now
+            if deadlines.first_token_at is not None and _has_output(decoder, chunks):
+                deadlines.first_token_arrived()
+        self._chunks = chunks
+        self._position = 0
+        if decoder.done:
+            self._close(clean=True)
+        elif decoder.error is not None:
+            # Deliver what preceded the failure, then raise it without waiting for more bytes.
+            self._pending_error = decoder.error
+            self._close(clean=False)
+
+    def _fail(self, error: QwenSSEError) -> QwenSSEError:
+        failure = self._decoder.fail(error, self._now())
+        self._close(clean=False)
+        return failure
+
+    def _fail_timeout_or_reraise(self) -> None:
+        """On CancelledError: raise our timeout if it caused it, else close (caller re-raises)."""
+        deadlines = self._deadlines
+        timeout = deadlines.cancelled() if deadlines is not None else None
+        if timeout is None:
+            self._close(clean=False)
+            return
+        raise self._fail(timeout) from None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _close(self, *, clean: bool) -> None:
+        """Release the connection: back to the pool after ``[DONE]``, else closed."""
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        response = self._response
+        if response is not None and not response.closed:
+            if clean:
+                response.release()
+            else:
+                response.close()
+        if not self._finished:
+            self._finished = True
+            if self._response is not None and self._final is None:
+                self._final = self._decoder.result(self._now() if self._deadlines else None)
+
+
+class QwenClient:
+    """Async client for DashScope's OpenAI-compatible chat API, or any compatible server.
+
+    ``QwenClient(api_key=None, base_url=None, region=None)``: the key comes from the
+    argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY`` (a missing key raises
+    :class:`~qwen_sse.errors.ConfigurationError` before any traffic); ``base_url``
+    overrides ``region`` (``beijing`` by default, ``singapore``, ``us``, ``hongkong``).
+    Use it as ``async with QwenClient() as client``; it owns one ``aiohttp.ClientSession``
+    whose pool holds up to ``max_connections`` connections (streams hold one each).
+    The key never appears in a repr, log line, or exception; it is refused over plain
+    ``http://`` to a non-loopback host unless ``allow_insecure_http=True``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        region: str | None = None,
+        *,
+        model: str = "qwen-plus",
+        timeouts: Timeouts | None = None,
+        max_connections: int = 4096,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        include_usage: bool = True,
+        allow_insecure_http: bool = False,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url, region)
+        check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)
+        self.model = model
+        self.timeouts = timeouts or Timeouts()
+        self.max_connections = max_connections
+        self.max_event_bytes = max_event_bytes
+        self.include_usage = include_usage
+        key = resolve_api_key(api_key)
+        self._redacted_key = redact_key(key)
+        self._headers = {
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+            "User-Agent": _USER_AGENT,
+            **(default_headers or {}),
+            "Authorization": f"Bearer {key}",
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"QwenClient(base_url={self.base_url!r}, api_key={self._redacted_key!r})"
+
+    async def __aenter__(self) -> Self:
+        self._open_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=True,
+            )
+        return self._session
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            raise ConfigurationError(
+                "QwenClient is not open: use `async with QwenClient() as client:`"
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session and every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def stream_chat(
+        self,
+        messages: Iterable[Message],
+        model: str | None = None,
+        *,
+        timeouts: Timeouts | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> ChatStream:
+        """A :class:`ChatStream` for one streamed completion; nothing is sent until it is
+        entered or iterated. ``params`` go into the JSON body at top level (DashScope wants
+        ``enable_thinking``, ``enable_search``, ``top_k`` ... there)."""
+        body: dict[str, Any] = {
+            "model": model or self.model,
+            "messages": list(messages),
+            "stream": True,
+        }
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        body.update(params)
+        try:
+            payload = msgspec.json.encode(body)
+        except (TypeError, msgspec.EncodeError) as error:
+            raise ConfigurationError(f"request body is not JSON-serialisable: {error}") from None
+        headers = self._headers if not extra_headers else {**self._headers, **extra_headers}
+        return ChatStream(
+            self,
+            f"{self.base_url}/chat/completions",
+            payload,
+            headers,
+            timeouts or self.timeouts,
+        )
+
+    async def chat(
+        self,
+        messages: Iterable[Message],
+        model: str | None = None,
+        *,
+        timeouts: Timeouts | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """Stream a completion to its end and return the :class:`ChatResult`."""
+        stream = self.stream_chat(
+            messages, model, timeouts=timeouts, extra_headers=extra_headers, **params
+        )
+        async with stream:
+            async for _ in stream:
+                pass
+        return stream.result
+
+
+def _has_output(decoder: ChatStreamDecoder, chunks: list[ChatCompletionChunk]) -> bool:
+    """True once text or a tool call has arrived: the first-token deadline is met."""
+    if decoder.accumulator.has_text:
+        return True
+    return any(choice.delta.tool_calls for chunk in chunks for choice in chunk.choices)
+
+
+def _cause(error: aiohttp.ClientError) -> BaseException | None:
+    """The aiohttp error to chain, unless it holds the request headers (and so the key)."""
+    return None if isinstance(error, aiohttp.ClientResponseError) else error
+
+
+def _map_client_error(
+    error: aiohttp.ClientError, timeouts: Timeouts, *, started: bool
+) -> QwenSSEError:
+    """The one mapping of aiohttp's exceptions to the package's."""
+    if isinstance(error, aiohttp.ServerTimeoutError) and not started:
+        return ConnectTimeoutError(timeout_s=timeouts.connect_s or 0.0)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return TransportError(f"cannot connect to {error.host}:{error.port}: {error.os_error}")
+    if isinstance(error, aiohttp.ClientResponseError):
+        return TransportError(f"HTTP exchange failed: {error.status} {error.message}")
+    if started:
+        reason = str(error) or type(error).__name__
+        return IncompleteStreamError(f"connection lost mid-stream: {reason}")
+    return TransportError(f"request failed: {error or type(error).__name__}")

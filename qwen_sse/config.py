@@ -1,0 +1,114 @@
+"""Where requests go and with what credentials: regions, base URLs, the API key, timeouts.
+
+I/O layer: it reads the environment; it never logs, stores or prints the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import msgspec
+
+from qwen_sse.errors import ConfigurationError
+
+__all__ = [
+    "API_KEY_ENV_VARS",
+    "DEFAULT_REGION",
+    "REGIONS",
+    "Timeouts",
+    "check_transport_security",
+    "is_loopback_host",
+    "redact_key",
+    "resolve_api_key",
+    "resolve_base_url",
+]
+
+REGIONS: Mapping[str, str] = {
+    "beijing": "https://dashscope.aliyuncs.com/compatible-mode/v1",
+    "singapore": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+    "us": "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
+    "hongkong": "https://cn-hongkong.dashscope.aliyuncs.com/compatible-mode/v1",
+}
+DEFAULT_REGION = "beijing"
+API_KEY_ENV_VARS = ("DASHSCOPE_API_KEY", "QWEN_API_KEY")
+
+
+class Timeouts(msgspec.Struct, frozen=True):
+    """Deadlines of one request, in seconds; None switches one off.
+
+    ``connect_s``: TCP and TLS set-up. ``first_token_s``: from sending until the first
+    content or reasoning text (response headers and the role-only chunk do not stop it).
+    ``idle_s``: the longest silence between SSE events; comments (keep-alives) do not
+    count as events. ``total_s``: the whole request, off by default because long
+    generations legitimately take minutes.
+    """
+
+    connect_s: float | None = 10.0
+    first_token_s: float | None = 120.0
+    idle_s: float | None = 60.0
+    total_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "first_token_s", "idle_s", "total_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"timeout {name} must be positive or None, got {value}")
+
+
+def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The key from the argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY``."""
+    if api_key:
+        return api_key
+    env = os.environ if environ is None else environ
+    for name in API_KEY_ENV_VARS:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    raise ConfigurationError(
+        "no API key: pass api_key=... or set DASHSCOPE_API_KEY (or QWEN_API_KEY)"
+    )
+
+
+def resolve_base_url(base_url: str | None, region: str | None) -> str:
+    """``base_url`` if given (any OpenAI-compatible server), else the region's endpoint."""
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"base_url must be an http(s) URL with a host: {base_url!r}")
+        return base_url.rstrip("/")
+    name = (region or DEFAULT_REGION).lower()
+    try:
+        return REGIONS[name]
+    except KeyError:
+        known = ", ".join(REGIONS)
+        raise ConfigurationError(f"unknown region {region!r}; known regions: {known}") from None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport_security(url: str, *, allow_insecure_http: bool) -> None:
+    """Refuse to send a key over plain ``http://`` to a host that is not loopback."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_insecure_http:
+        host = parts.hostname or ""
+        if not is_loopback_host(host):
+            raise ConfigurationError(
+                f"refusing to send the API key over plain http to {host}; use https, "
+                "or pass allow_insecure_http=True if this network is trusted"
+            )
+
+
+def redact_key(key: str) -> str:
+    """A form of the key safe to show: never more than its first three characters."""
+    return f"{key[:3]}***" if len(key) > 8 else "***"

@@ -1,0 +1,52 @@
+"""Tests of ``qwen-sse decode``: offline decoding of saved streams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen_sse.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_decode_prints_answer_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", str(FIXTURES / "compat-plain-zh.sse")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "我是来自阿里云的超大规模语言模型，我叫通义千问。"
+    assert "prompt_tokens=22 completion_tokens=17 total_tokens=39" in err
+
+
+def test_decode_events_shows_comments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "--events", str(FIXTURES / "native-plain.sse")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"comment": {"text": "HTTP_STATUS/200"}}
+    events = [line["event"] for line in lines if "event" in line]
+    assert events[0]["event"] == "result"
+    assert events[0]["id"] == "1"
+
+
+def test_decode_json_prints_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "--json", str(FIXTURES / "compat-plain-en.sse")]) == 0
+    chunks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all("error" not in chunk for chunk in chunks)
+
+
+def test_truncated_stream_prints_what_arrived_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = (FIXTURES / "compat-plain-zh.sse").read_bytes()
+    cut = tmp_path / "cut.sse"
+    cut.write_bytes(data[: len(data) // 2])
+    assert main(["decode", str(cut)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("我是")
+    assert "without data: [DONE]" in err
+
+
+def test_unreadable_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "/nonexistent/stream.sse"]) == 2
+    assert "cannot read /nonexistent/stream.sse" in capsys.readouterr().err

@@ -1,0 +1,581 @@
+"""Tests of qwen_sse.client over real loopback sockets against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from qwen_sse.chunks import ChatCompletionChunk
+from qwen_sse.client import QwenClient
+from qwen_sse.config import Timeouts
+from qwen_sse.emulator import Emulator, EmulatorConfig, Fault, emulated_answer
+from qwen_sse.errors import (
+    APIStatusError,
+    AuthenticationError,
+    ConfigurationError,
+    ConnectTimeoutError,
+    ContentFilterError,
+    ContextLengthError,
+    EventTooLargeError,
+    FirstTokenTimeoutError,
+    IdleTimeoutError,
+    InBandError,
+    IncompleteStreamError,
+    NotFoundError,
+    ProtocolError,
+    QwenSSEError,
+    RateLimitError,
+    ServerError,
+    TotalTimeoutError,
+    TransportError,
+)
+
+KEY = "sk-test"
+SECRET_KEY = "sk-test-not-a-real-key-0123456789"
+HELLO = [{"role": "user", "content": "你好，介绍一下你自己"}]
+ENGLISH = [{"role": "user", "content": "Tell me about streaming parsers"}]
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[QwenClient]:
+    async with QwenClient(KEY, emulator.base_url) as qwen:
+        yield qwen
+
+
+def expected(messages: list[dict[str, Any]], **params: Any) -> Any:
+    body = {"model": "qwen-plus", "messages": messages, **params}
+    return emulated_answer(body, answer_tokens=EmulatorConfig().answer_tokens)
+
+
+async def collect(stream: Any) -> list[ChatCompletionChunk]:
+    return [chunk async for chunk in stream]
+
+
+async def settle(emulator: Emulator) -> None:
+    """Wait (bounded) until the emulator has seen every stream end."""
+    for _ in range(200):
+        if emulator.active_streams == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
+# --- the happy path ---
+
+
+async def test_stream_chat_yields_typed_chunks_and_a_complete_result(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    async with client.stream_chat(HELLO) as stream:
+        chunks = await collect(stream)
+    answer = expected(HELLO)
+    contents = [c.choices[0].delta.content for c in chunks if c.choices]
+    assert contents[0] == ""  # the role-only first chunk
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c or "" for c in contents) == answer.content
+    assert [p.text for p in answer.pieces] == [c for c in contents if c]
+    assert chunks[-1].choices == []
+    result = stream.result
+    assert result.complete
+    assert result.content == answer.content
+    assert result.finish_reason == "stop"
+    assert result.usage is not None
+    assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
+    (request,) = emulator.requests
+    assert result.request_id == request.request_id
+    assert result.id == f"chatcmpl-{request.request_id}"
+    assert result.timing.ttft_s is not None
+    assert result.timing.events == len(chunks) + 1  # and [DONE]
+    assert result.timing.bytes_received == request.bytes_sent
+
+
+async def test_chat_returns_the_result_and_sends_params_at_top_level(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    result = await client.chat(ENGLISH, "qwen-max", enable_search=True, top_k=5, seed=7)
+    assert (
+        result.content
+        == emulated_answer({"model": "qwen-max", "messages": ENGLISH, "seed": 7}).content
+        or result.content == expected(ENGLISH).content
+    )
+    body = emulator.requests[-1].body
+    assert body["model"] == "qwen-max"
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert (body["enable_search"], body["top_k"], body["seed"]) == (True, 5, 7)
+    headers = emulator.requests[-1].headers
+    assert headers["Accept"] == "text/event-stream"
+    assert headers["Authorization"] == "Bearer REDACTED"
+
+
+async def test_without_include_usage_there_is_no_usage(emulator: Emulator) -> None:
+    async with QwenClient(KEY, emulator.base_url, include_usage=False) as qwen:
+        result = await qwen.chat(HELLO)
+    assert "stream_options" not in emulator.requests[-1].body
+    assert result.usage is None
+    assert result.complete
+
+
+async def test_thinking_stream_chunk_by_chunk(client: QwenClient) -> None:
+    async with client.stream_chat(HELLO, enable_thinking=True) as stream:
+        chunks = await collect(stream)
+    answer = expected(HELLO, enable_thinking=True)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [d.reasoning_content for d in deltas if d.reasoning_content]
+    content = [d.content for d in deltas if d.content]
+    assert reasoning == [p.text for p in answer.pieces if p.kind == "reasoning_content"]
+    assert content == [p.text for p in answer.pieces if p.kind == "content"]
+    first_content = next(i for i, d in enumerate(deltas) if d.content)
+    assert all(not d.reasoning_content for d in deltas[first_content:])
+    assert stream.result.reasoning_content == answer.reasoning
+    assert stream.result.content == answer.content
+    usage = stream.result.usage
+    assert usage is not None
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+async def test_tool_call_stream_chunk_by_chunk(client: QwenClient) -> None:
+    messages = [{"role": "user", "content": "Use get_weather for Hangzhou"}]
+    async with client.stream_chat(messages, tools=[WEATHER_TOOL]) as stream:
+        chunks = await collect(stream)
+    answer = expected(messages, tools=[WEATHER_TOOL])
+    calls = [
+        call
+        for chunk in chunks
+        for choice in chunk.choices
+        for call in choice.delta.tool_calls or []
+    ]
+    assert calls[0].id == answer.tool_call_ids[0]
+    assert calls[0].function is not None
+    assert calls[0].function.name == "get_weather"
+    assert all(call.id == "" for call in calls[1:])  # DashScope's continuation quirk
+    result = stream.result
+    assert result.finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in result.tool_calls] == list(
+        answer.tool_calls
+    )
+    assert [c.id for c in result.tool_calls] == list(answer.tool_call_ids)
+
+
+# --- HTTP errors ---
+
+
+async def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
+    async with QwenClient(SECRET_KEY, emulator.base_url) as qwen:
+        with pytest.raises(AuthenticationError) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert error.status == 401
+    assert error.code == "invalid_api_key"
+    assert error.request_id == emulator.requests[-1].request_id
+    assert_key_absent(error, SECRET_KEY)
+
+
+async def test_unknown_model_is_not_found(client: QwenClient) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await client.chat(HELLO, "qwen-nonexistent")
+    assert caught.value.code == "model_not_found"
+
+
+async def test_context_too_long(client: QwenClient) -> None:
+    long_prompt = [{"role": "user", "content": "长文本测试。" * 20000}]
+    with pytest.raises(ContextLengthError) as caught:
+        await client.chat(long_prompt, "qwen-max")
+    assert "Range of input length" in str(caught.value)
+
+
+async def test_input_moderation(client: QwenClient) -> None:
+    with pytest.raises(ContentFilterError) as caught:
+        await client.chat([{"role": "user", "content": "[[moderate-input]] hi"}])
+    assert caught.value.code == "data_inspection_failed"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type", "kind"),
+    [
+        (Fault(status=429, retry_after="1"), RateLimitError, "rpm"),
+        (Fault(status=429, code="insufficient_quota"), RateLimitError, "tpm"),
+        (Fault(status=429, code="CommodityNotPurchased"), RateLimitError, "billing"),
+        (Fault(status=500), ServerError, None),
+        (Fault(status=503), ServerError, None),
+    ],
+)
+async def test_status_faults_map_to_typed_errors(
+    client: QwenClient,
+    emulator: Emulator,
+    fault: Fault,
+    error_type: type[APIStatusError],
+    kind: str | None,
+) -> None:
+    emulator.schedule(fault)
+    with pytest.raises(error_type) as caught:
+        await client.chat(HELLO)
+    error = caught.value
+    assert error.status == fault.status
+    if kind is not None:
+        assert isinstance(error, RateLimitError)
+        assert error.kind == kind
+    if fault.retry_after:
+        assert error.headers["retry-after"] == fault.retry_after
+    assert error.request_id
+
+
+async def test_non_sse_200_shows_the_start_of_the_body(client: QwenClient) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        await client.chat(HELLO, extra_headers=Fault(content_type="application/json").header())
+    assert "expected a text/event-stream response" in str(caught.value)
+    frame = caught.value.frame
+    assert isinstance(frame, bytes)
+    assert b"chat.completion" in frame
+
+
+# --- failures after the stream started: nothing received is lost ---
+
+
+async def test_in_band_error_after_content(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(error_after_events=5))
+    received: list[str] = []
+    with pytest.raises(InBandError) as caught:
+        async with client.stream_chat(HELLO) as stream:
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content or "")
+    error = caught.value
+    assert error.code == "data_inspection_failed"
+    assert error.partial is not None
+    assert error.partial.content == "".join(received)
+    assert len(received) == 5
+    assert expected(HELLO).content.startswith(error.partial.content)
+    assert not error.partial.complete
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(drop_after_events=6), Fault(no_done=True), Fault(drop_after_bytes=1000)],
+    ids=["drop-after-events", "no-done", "drop-after-bytes"],
+)
+async def test_cut_streams_raise_incomplete_with_the_partial(
+    client: QwenClient, emulator: Emulator, fault: Fault
+) -> None:
+    emulator.schedule(fault)
+    with pytest.raises(IncompleteStreamError) as caught:
+        await client.chat(HELLO)
+    partial = caught.value.partial
+    assert partial is not None
+    assert partial.content
+    assert expected(HELLO).content.startswith(partial.content)
+    assert partial.content != expected(HELLO).content or fault.no_done
+
+
+async def test_drop_at_every_kind_of_offset_never_passes_off_a_truncated_answer(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    full = expected(ENGLISH).content
+    total_bytes = (await client.chat(ENGLISH)).timing.bytes_received
+    for offset in range(0, total_bytes, max(1, total_bytes // 60)):
+        emulator.schedule(Fault(drop_after_bytes=offset))
+        try:
+            result = await client.chat(ENGLISH)
+        except IncompleteStreamError as error:
+            assert error.partial is not None
+            assert full.startswith(error.partial.content), offset
+        else:
+            assert result.complete
+            assert result.content == full, offset
+
+
+async def test_malformed_frame_is_a_protocol_error_with_partial(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    emulator.schedule(Fault(malformed_after_events=4))
+    with pytest.raises(ProtocolError) as caught:
+        await client.chat(HELLO)
+    assert caught.value.partial is not None
+    assert expected(HELLO).content.startswith(caught.value.partial.content)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(line_ending="\r"),
+        Fault(line_ending="\r\n"),
+        Fault(write_bytes=1),
+        Fault(write_bytes=7, line_ending="\r"),
+    ],
+    ids=["CR", "CRLF", "one-byte-writes", "7-byte-writes-CR"],
+)
+async def test_wire_variants_decode_identically(
+    client: QwenClient, emulator: Emulator, fault: Fault
+) -> None:
+    emulator.schedule(fault)
+    result = await client.chat(HELLO)
+    assert result.complete
+    assert result.content == expected(HELLO).content
+
+
+async def test_huge_event_over_the_limit(emulator: Emulator) -> None:
+    emulator.schedule(Fault(huge_event_bytes=200_000))
+    async with QwenClient(KEY, emulator.base_url, max_event_bytes=64 * 1024) as qwen:
+        with pytest.raises(EventTooLargeError) as caught:
+            await qwen.chat(HELLO)
+    assert caught.value.partial is not None
+    assert caught.value.max_event_bytes == 64 * 1024
+
+
+async def test_huge_event_under_the_limit_is_fine(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(huge_event_bytes=1_000_000))
+    result = await client.chat(HELLO)
+    assert result.complete
+    assert result.content.endswith(expected(HELLO).content)
+
+
+# --- timeouts ---
+
+
+async def test_first_token_timeout() -> None:
+    config = EmulatorConfig(api_key=KEY, ttft_s=5.0, itl_s=0.0)
+    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+        with pytest.raises(FirstTokenTimeoutError) as caught:
+            await qwen.chat(HELLO, timeouts=Timeouts(first_token_s=0.2))
+        assert caught.value.timeout_s == 0.2
+        assert caught.value.partial is not None
+        assert caught.value.partial.content == ""
+
+
+async def test_idle_timeout_keeps_the_partial(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(stall_after_events=4, stall_s=5.0))
+    with pytest.raises(IdleTimeoutError) as caught:
+        await client.chat(HELLO, timeouts=Timeouts(idle_s=0.2))
+    partial = caught.value.partial
+    assert partial is not None
+    assert partial.content
+    assert expected(HELLO).content.startswith(partial.content)
+
+
+async def test_keep_alive_comments_do_not_reset_the_idle_timeout(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    emulator.schedule(Fault(stall_after_events=4, stall_s=5.0, keepalive_every_s=0.05))
+    with pytest.raises(IdleTimeoutError):
+        await client.chat(HELLO, timeouts=Timeouts(idle_s=0.3))
+
+
+async def test_a_stall_shorter_than_the_idle_timeout_is_fine(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    emulator.schedule(Fault(stall_after_events=4, stall_s=0.1, keepalive_every_s=0.02))
+    result = await client.chat(HELLO, timeouts=Timeouts(idle_s=5.0))
+    assert result.content == expected(HELLO).content
+
+
+async def test_total_timeout() -> None:
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05)
+    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+        with pytest.raises(TotalTimeoutError) as caught:
+            await qwen.chat(HELLO, timeouts=Timeouts(total_s=0.3))
+    partial = caught.value.partial
+    assert partial is not None
+    assert expected(HELLO).content.startswith(partial.content)
+
+
+async def test_connect_timeout_against_a_full_backlog() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    port = listener.getsockname()[1]
+    try:
+        # Fill the accept queue so that further SYNs are dropped and connect() hangs.
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        async with QwenClient(KEY, f"http://127.0.0.1:{port}/v1") as qwen:
+            with pytest.raises(ConnectTimeoutError) as caught:
+                await qwen.chat(HELLO, timeouts=Timeouts(connect_s=0.3))
+        assert caught.value.timeout_s == 0.3
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_connection_refused_is_a_transport_error() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    async with QwenClient(SECRET_KEY, f"http://127.0.0.1:{port}/v1") as qwen:
+        with pytest.raises(TransportError) as caught:
+            await qwen.chat(HELLO)
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert_key_absent(caught.value, SECRET_KEY)
+
+
+# --- leaving early releases the connection ---
+
+
+async def test_break_releases_the_connection(client: QwenClient, emulator: Emulator) -> None:
+    async with client.stream_chat(HELLO) as stream:
+        async for _ in stream:
+            break
+    assert not stream.result.complete
+    await settle(emulator)
+    assert emulator.active_streams == 0
+
+
+async def test_consumer_exception_releases_the_connection(
+    client: QwenClient, emulator: Emulator
+) -> None:
+    with pytest.raises(KeyError):
+        async with client.stream_chat(HELLO) as stream:
+            async for _ in stream:
+                raise KeyError("consumer bug")
+    await settle(emulator)
+    assert emulator.active_streams == 0
+
+
+async def test_cancellation_releases_the_connection() -> None:
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05)
+    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+        task = asyncio.create_task(qwen.chat(HELLO))
+        await asyncio.sleep(0.15)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await settle(server)
+        assert server.active_streams == 0
+
+
+@pytest.mark.timeout(300)
+async def test_ten_thousand_streams_with_random_cancellations_leak_nothing() -> None:
+    rng = random.Random(1)
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.0, answer_tokens=4)
+    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+        semaphore = asyncio.Semaphore(100)
+        completed = 0
+
+        async def one(action: int) -> None:
+            nonlocal completed
+            async with semaphore:
+                if action == 0:  # break after the first chunk
+                    async with qwen.stream_chat(HELLO) as stream:
+                        async for _ in stream:
+                            break
+                elif action == 1:  # cancelled from outside mid-flight
+                    task = asyncio.create_task(qwen.chat(HELLO))
+                    await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+                    else:
+                        completed += 1
+                else:
+                    result = await qwen.chat(HELLO)
+                    assert result.complete
+                    completed += 1
+
+        await asyncio.gather(*(one(rng.randrange(3)) for _ in range(10_000)))
+        await settle(server)
+        assert server.active_streams == 0
+        assert completed > 3000
+        connector = qwen._require_session().connector
+        assert connector is not None
+        # Every connection is either idle in the pool or closed; none is still held.
+        await asyncio.sleep(0)
+        assert len(connector._acquired) == 0
+
+
+# --- configuration and the key ---
+
+
+def assert_key_absent(error: BaseException, key: str) -> None:
+    seen: BaseException | None = error
+    while seen is not None:
+        assert key not in repr(seen)
+        assert key not in str(seen)
+        assert key not in repr(vars(seen))
+        seen = seen.__cause__ or seen.__context__
+
+
+def test_missing_key_is_a_clear_error_before_any_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    monkeypatch.delenv("QWEN_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="DASHSCOPE_API_KEY"):
+        QwenClient()
+
+
+def test_key_from_the_environment_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    monkeypatch.setenv("QWEN_API_KEY", SECRET_KEY)
+    client = QwenClient(region="singapore")
+    assert client.base_url == "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
+    assert SECRET_KEY not in repr(client)
+    assert SECRET_KEY not in repr(vars(client)).replace(f"Bearer {SECRET_KEY}", "")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-dashscope")
+    assert "sk-test-dashscope" not in repr(QwenClient())
+
+
+def test_plain_http_to_a_remote_host_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="plain http"):
+        QwenClient(KEY, "http://example.com/v1")
+    assert QwenClient(KEY, "http://example.com/v1", allow_insecure_http=True).base_url
+    assert QwenClient(KEY, "http://localhost:8000/v1").base_url
+    assert QwenClient(KEY, "http://[::1]:8000/v1").base_url
+
+
+def test_unknown_region_and_bad_url() -> None:
+    with pytest.raises(ConfigurationError, match="unknown region"):
+        QwenClient(KEY, region="mars")
+    with pytest.raises(ConfigurationError, match="base_url"):
+        QwenClient(KEY, "ftp://host/v1")
+
+
+async def test_using_a_closed_client_is_a_clear_error() -> None:
+    client = QwenClient(KEY, "http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigurationError, match="not open"):
+        await client.chat(HELLO)
+
+
+async def test_result_before_the_end_is_partial(client: QwenClient) -> None:
+    async with client.stream_chat(HELLO) as stream:
+        first = await anext(aiter(stream))
+        assert first.choices[0].delta.role == "assistant"
+        assert not stream.result.complete
+        await collect(stream)
+    assert stream.result.complete
+
+
+async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(status=503))
+    with pytest.raises(QwenSSEError):
+        await client.chat(HELLO)
