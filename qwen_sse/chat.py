@@ -107,6 +107,10 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     ``content``, ``reasoning_content``, ``tool_calls`` and ``finish_reason`` are those of
     choice 0; ``choices`` holds every choice when ``n > 1``. ``request_id`` is the
     ``x-request-id`` header when the client saw one, else the chunk id's uuid.
+
+    Set by the client: ``attempts`` (HTTP requests made, retries and resumes included),
+    ``resumes`` (continuations spliced in after a broken stream), and ``queue_wait_s``
+    (time spent waiting for a limiter before the first request, apart from the network).
     """
 
     choices: tuple[ChoiceResult, ...] = ()
@@ -116,6 +120,9 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     model: str = ""
     complete: bool = False
     timing: StreamTiming = StreamTiming()
+    attempts: int = 1
+    resumes: int = 0
+    queue_wait_s: float = 0.0
 
     @property
     def content(self) -> str:
@@ -180,6 +187,14 @@ class ChatAccumulator:
         self.usage: Usage | None = None
         self._choices: dict[int, _ChoiceState] = {}
         self._token_times: list[float] = []
+
+    def reset(self) -> None:
+        """Forget everything folded in so far (a retry starts over); keeps the start time."""
+        self.id = ""
+        self.model = ""
+        self.usage = None
+        self._choices = {}
+        self._token_times = []
 
     @property
     def has_text(self) -> bool:
@@ -287,7 +302,8 @@ class ChatStreamDecoder:
     ``feed_eof`` call, or at once when no chunk precedes it; ``error`` shows it meanwhile,
     so a caller that must not wait for more bytes checks it after each ``feed``.
     ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
-    Bytes after ``[DONE]`` are counted and otherwise ignored.
+    Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
+    several streams (a resumed answer) fold into one result.
     """
 
     __slots__ = (
@@ -306,9 +322,10 @@ class ChatStreamDecoder:
         started_at_s: float = 0.0,
         request_id: str = "",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        accumulator: ChatAccumulator | None = None,
     ) -> None:
         self._sse = SSEDecoder(max_event_bytes)
-        self.accumulator = ChatAccumulator(started_at_s, request_id)
+        self.accumulator = accumulator or ChatAccumulator(started_at_s, request_id)
         self.done = False
         self.error: QwenSSEError | None = None
         self.bytes_received = 0

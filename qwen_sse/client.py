@@ -12,15 +12,25 @@ The read loop is ``resp.content.iter_any()`` feeding the decoder: never ``readli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+import functools
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
 import msgspec
 
-from qwen_sse.chat import ChatResult, ChatStreamDecoder
-from qwen_sse.chunks import ChatCompletionChunk
+from qwen_sse.chat import ChatAccumulator, ChatResult, ChatStreamDecoder
+from qwen_sse.chunks import (
+    ChatCompletionChunk,
+    CompletionTokensDetails,
+    PromptTokensDetails,
+    Usage,
+)
 from qwen_sse.config import (
     Timeouts,
     check_transport_security,
@@ -37,11 +47,14 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
+    RateLimitError,
     RequestTimeoutError,
     TotalTimeoutError,
     TransportError,
     status_error,
 )
+from qwen_sse.limiter import Limiter, LimitRequest, Outcome, Permit
+from qwen_sse.retry import RetryPolicy
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ChatStream", "QwenClient"]
@@ -53,6 +66,8 @@ _NON_SSE_PREVIEW_BYTES = 2048
 _KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
 
 Message = Mapping[str, Any]
+
+_log = logging.getLogger("qwen_sse.client")
 
 
 class _ErrorEnvelope(msgspec.Struct, gc=False):
@@ -100,14 +115,15 @@ class _Deadlines:
         "total_at",
     )
 
-    def __init__(self, timeouts: Timeouts, sent_at: float) -> None:
+    def __init__(self, timeouts: Timeouts, sent_at: float, call_started_at: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.timeouts = timeouts
         self.first_token_at = (
             None if timeouts.first_token_s is None else sent_at + timeouts.first_token_s
         )
-        self.total_at = None if timeouts.total_s is None else sent_at + timeouts.total_s
+        # The total deadline spans the whole call, retries and resumes included.
+        self.total_at = None if timeouts.total_s is None else call_started_at + timeouts.total_s
         self.idle_s = timeouts.idle_s
         self.last_event_at = sent_at
         self.reading = False
@@ -188,49 +204,73 @@ class ChatStream:
     the :class:`~qwen_sse.chat.ChatResult` so far (``complete`` once ``[DONE]`` arrived).
     Leaving the block early (``break``, an exception, cancellation) closes the connection
     at once. Every error raised after the response started carries ``.partial``.
+
+    Failures before any output reached the caller are retried under the client's
+    :class:`~qwen_sse.retry.RetryPolicy` (chunks without output, like the role-only first
+    chunk, are held back until output arrives, so a retry never repeats one). After
+    output, a broken stream raises, or, with ``resume`` on, is continued through
+    DashScope's partial mode and spliced into the same iteration.
     """
 
     def __init__(
         self,
         client: QwenClient,
+        *,
         url: str,
-        body: bytes,
+        body: dict[str, Any],
+        payload: bytes,
         headers: dict[str, str],
         timeouts: Timeouts,
+        retry: RetryPolicy,
     ) -> None:
         self._client = client
         self._url = url
         self._body = body
+        self._payload = payload
         self._headers = headers
         self._timeouts = timeouts
+        self._retry = retry
         self._response: aiohttp.ClientResponse | None = None
         self._reader: AsyncIterator[bytes] | None = None
-        self._decoder = ChatStreamDecoder(max_event_bytes=client.max_event_bytes)
+        self._accumulator = ChatAccumulator()
+        self._decoder = ChatStreamDecoder(
+            accumulator=self._accumulator, max_event_bytes=client.max_event_bytes
+        )
         self._deadlines: _Deadlines | None = None
+        self._permit: Permit | None = None
         self._chunks: list[ChatCompletionChunk] = []
         self._position = 0
+        self._held: list[ChatCompletionChunk] = []
+        self._committed = False
+        self._skip_preamble = False
+        self._failure: QwenSSEError | None = None
+        self._started = False
         self._finished = False
-        self._pending_error: QwenSSEError | None = None
         self._final: ChatResult | None = None
+        self._call_started_at = 0.0
+        self._attempts = 0
+        self._resumes = 0
+        self._queue_wait_s = 0.0
+        self._earlier_usage: list[Usage] = []
+        self._bytes_before = 0
+        self._events_before = 0
         self.status: int | None = None
         self.headers: Mapping[str, str] = {}
 
     def __repr__(self) -> str:
-        state = "finished" if self._finished else "open" if self._response else "not started"
+        state = "finished" if self._finished else "open" if self._started else "not started"
         return f"<ChatStream {self._url} {state}>"
 
     @property
     def request_id(self) -> str:
-        return self._decoder.accumulator.request_id or self.result.request_id
+        return self.result.request_id
 
     @property
     def result(self) -> ChatResult:
         """The result so far; complete once the stream ended with ``[DONE]``."""
         if self._final is not None:
             return self._final
-        deadlines = self._deadlines
-        now = deadlines.loop.time() if deadlines is not None else None
-        return self._decoder.result(now)
+        return self._snapshot()
 
     async def __aenter__(self) -> Self:
         await self._start()
@@ -242,7 +282,7 @@ class ChatStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._close(clean=False)
+        self._finish("ok" if self._decoder.done else "cancelled")
 
     def __aiter__(self) -> Self:
         return self
@@ -253,56 +293,115 @@ class ChatStream:
                 chunk = self._chunks[self._position]
                 self._position += 1
                 return chunk
-            if self._pending_error is not None:
-                error, self._pending_error = self._pending_error, None
-                raise error
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                await self._recover(failure)
+                continue
             if self._finished:
                 raise StopAsyncIteration
-            if self._response is None:
+            if not self._started:
                 await self._start()
                 continue
-            await self._read_more()
+            try:
+                await self._read_more()
+            except QwenSSEError as error:
+                self._failure = error
+
+    # -- sending -------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        if self._response is not None or self._finished:
+        """Send the first request, retrying failures before the response under the policy."""
+        if self._started:
             return
+        self._started = True
+        self._call_started_at = asyncio.get_running_loop().time()
+        self._accumulator.started_at_s = self._call_started_at
+        while True:
+            try:
+                await self._open(self._body)
+                return
+            except QwenSSEError as error:
+                await self._retry_or_raise(error)
+
+    async def _retry_or_raise(self, error: QwenSSEError) -> None:
+        """Sleep before the next attempt if the policy allows one; else raise ``error``."""
+        loop = asyncio.get_running_loop()
+        decision = self._retry.decide(
+            error,
+            attempt=self._attempts,
+            elapsed_s=loop.time() - self._call_started_at,
+            random_fraction=self._client._random.random(),
+            now_epoch_s=time.time(),
+        )
+        if not decision.retry:
+            raise self._give_up(error)
+        _log.warning(
+            "retrying in %.2f s (attempt %d of %d): %s%s",
+            decision.delay_s,
+            self._attempts + 1,
+            self._retry.max_attempts,
+            decision.reason,
+            _request_id_note(error),
+        )
+        await self._client._sleep(decision.delay_s)
+        # A retry starts over: nothing of the failed attempt reached the caller.
+        self._accumulator.reset()
+        self._held = []
+
+    async def _open(self, body: dict[str, Any]) -> None:
+        """One HTTP request: admission, send, status and content-type checks."""
+        self._attempts += 1
+        limiter = self._client.limiter
+        if limiter is not None:
+            request = LimitRequest(
+                model=str(body.get("model", "")),
+                messages=body.get("messages", ()),
+                max_tokens=body.get("max_tokens") or body.get("max_completion_tokens"),
+            )
+            waited_from = asyncio.get_running_loop().time()
+            self._permit = await limiter.acquire(request)
+            self._queue_wait_s += asyncio.get_running_loop().time() - waited_from
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
-        deadlines = self._deadlines = _Deadlines(self._timeouts, sent_at)
-        self._decoder.accumulator.started_at_s = sent_at
+        deadlines = self._deadlines = _Deadlines(self._timeouts, sent_at, self._call_started_at)
+        if self._accumulator.has_text:
+            deadlines.first_token_arrived()
         session = self._client._require_session()
+        # Only a continuation differs from the original body, and it is plain JSON too.
+        payload = self._payload if body is self._body else msgspec.json.encode(body)
         try:
             deadlines.arm()
             response = await session.post(
                 self._url,
-                data=self._body,
+                data=payload,
                 headers=self._headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self._timeouts.connect_s, connect=None
-                ),
+                timeout=self._client._request_timeout(self._timeouts),
             )
         except asyncio.CancelledError:
-            self._fail_timeout_or_reraise()
+            self._timeout_or_reraise()
             raise
         except aiohttp.ClientError as error:
-            self._close(clean=False)
+            self._release_permit("error")
             raise _map_client_error(error, self._timeouts, started=False) from _cause(error)
-        except QwenSSEError:
-            self._close(clean=False)
-            raise
         finally:
             deadlines.reading = False
         self._response = response
         self.status = response.status
         self.headers = response.headers
         request_id = response.headers.get("x-request-id", "")
-        self._decoder.accumulator.request_id = request_id
+        if not self._accumulator.request_id:
+            self._accumulator.request_id = request_id
         if response.status >= 400:
             await self._raise_for_status(response, request_id)
         content_type = response.headers.get("content-type", "")
         if not content_type.lower().startswith("text/event-stream"):
             await self._raise_not_sse(response, content_type, request_id)
+        self._bytes_before += self._decoder.bytes_received
+        self._events_before += self._decoder.events
+        self._decoder = ChatStreamDecoder(
+            accumulator=self._accumulator, max_event_bytes=self._client.max_event_bytes
+        )
         self._reader = response.content.iter_any().__aiter__()
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
@@ -311,10 +410,10 @@ class ChatStream:
         except aiohttp.ClientError:
             body = b""
         finally:
-            self._close(clean=False)
+            self._close_response(clean=False)
         code, message, body_request_id = _error_fields(body)
         kept = {k: v for k in _KEPT_ERROR_HEADERS if (v := response.headers.get(k)) is not None}
-        raise status_error(
+        error = status_error(
             status=response.status,
             code=code,
             message=message or (response.reason or ""),
@@ -322,6 +421,8 @@ class ChatStream:
             body=body.decode("utf-8", "replace"),
             headers=kept,
         )
+        self._release_permit("throttled" if _is_throttling(error) else "error")
+        raise error
 
     async def _raise_not_sse(
         self, response: aiohttp.ClientResponse, content_type: str, request_id: str
@@ -331,7 +432,8 @@ class ChatStream:
         except aiohttp.ClientError:
             head = b""
         finally:
-            self._close(clean=False)
+            self._close_response(clean=False)
+        self._release_permit("error")
         code, message, body_request_id = _error_fields(head)
         if code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
             raise InBandError(code=code, message=message, request_id=request_id or body_request_id)
@@ -339,6 +441,8 @@ class ChatStream:
             f"expected a text/event-stream response, got {content_type or 'no content type'!r}",
             frame=head,
         )
+
+    # -- reading -------------------------------------------------------------------------
 
     async def _read_more(self) -> None:
         reader = self._reader
@@ -352,73 +456,177 @@ class ChatStream:
         except StopAsyncIteration:
             data = b""
         except asyncio.CancelledError:
-            self._fail_timeout_or_reraise()
+            self._timeout_or_reraise()
             raise
         except aiohttp.ClientError as error:
+            self._close_response(clean=False)
             failure = _map_client_error(error, self._timeouts, started=True)
-            failure.__cause__ = _cause(error)
-            raise self._fail(failure) from failure.__cause__
-        except QwenSSEError as error:
-            raise self._fail(error) from None
+            raise failure from _cause(error)
         finally:
             deadlines.reading = False
         now = deadlines.loop.time()
         if not data:
-            try:
-                decoder.feed_eof(now)
-            finally:
-                self._close(clean=decoder.done)
+            self._close_response(clean=False)
+            decoder.feed_eof(now)
             return
         events_before = decoder.events
         try:
             chunks = decoder.feed(data, now)
         except QwenSSEError:
-            self._close(clean=False)
+            self._close_response(clean=False)
             raise
         if decoder.events != events_before:
             deadlines.last_event_at = now
             if deadlines.first_token_at is not None and _has_output(decoder, chunks):
                 deadlines.first_token_arrived()
-        self._chunks = chunks
+        if self._committed and not self._skip_preamble:
+            self._chunks = chunks
+        else:
+            self._stage(chunks, decoder.done)
         self._position = 0
         if decoder.done:
-            self._close(clean=True)
+            self._close_response(clean=True)
+            self._finish("ok")
         elif decoder.error is not None:
-            # Deliver what preceded the failure, then raise it without waiting for more bytes.
-            self._pending_error = decoder.error
-            self._close(clean=False)
+            # Deliver what preceded the failure, then handle it without waiting for bytes.
+            self._close_response(clean=False)
+            self._failure = decoder.error
 
-    def _fail(self, error: QwenSSEError) -> QwenSSEError:
-        failure = self._decoder.fail(error, self._now())
-        self._close(clean=False)
-        return failure
+    def _stage(self, chunks: list[ChatCompletionChunk], done: bool) -> None:
+        """Before output: hold chunks back; after a resume: drop the new role preamble."""
+        if self._skip_preamble:
+            kept = list(itertools.dropwhile(_is_preamble, chunks))
+            self._skip_preamble = not kept and not done
+            self._chunks = kept
+            return
+        self._held.extend(chunks)
+        if done or any(not _is_preamble(chunk) for chunk in chunks):
+            self._committed = True
+            self._chunks, self._held = self._held, []
+        else:
+            self._chunks = []
 
-    def _fail_timeout_or_reraise(self) -> None:
-        """On CancelledError: raise our timeout if it caused it, else close (caller re-raises)."""
+    # -- failures ------------------------------------------------------------------------
+
+    async def _recover(self, error: QwenSSEError) -> None:
+        """Retry (before output), resume (after output, if allowed), or raise ``error``."""
+        self._close_response(clean=False)
+        if not self._committed:
+            self._release_permit("error")
+            await self._retry_or_raise(error)
+            while True:
+                try:
+                    await self._open(self._body)
+                    return
+                except QwenSSEError as again:
+                    await self._retry_or_raise(again)
+        body = self._resume_body(error)
+        if body is None:
+            raise self._give_up(error)
+        self._release_permit("error")
+        self._resumes += 1
+        _log.warning(
+            "resuming a broken stream after %d characters (resume %d of %d): %s%s",
+            len(self._accumulator.result(complete=False).content),
+            self._resumes,
+            self._retry.max_resumes,
+            error,
+            _request_id_note(error),
+        )
+        if self._accumulator.usage is not None:
+            self._earlier_usage.append(self._accumulator.usage)
+            self._accumulator.usage = None
+        try:
+            await self._open(body)
+        except QwenSSEError as refused:
+            error.add_note(f"resuming failed: {refused}")
+            raise self._give_up(error) from refused
+        self._skip_preamble = True
+
+    def _resume_body(self, error: QwenSSEError) -> dict[str, Any] | None:
+        """The continuation request for a broken stream, or None where resume cannot apply."""
+        policy = self._retry
+        if not policy.resume or self._resumes >= policy.max_resumes:
+            return None
+        if not isinstance(error, IncompleteStreamError | IdleTimeoutError | TransportError):
+            return None
+        body = self._body
+        if body.get("enable_thinking") is True or body.get("n", 1) != 1:
+            return None
+        so_far = self._accumulator.result(complete=False)
+        if so_far.tool_calls or so_far.reasoning_content or not so_far.content:
+            return None
+        messages = list(body.get("messages", ()))
+        prefix = ""
+        if messages and messages[-1].get("role") == "assistant" and messages[-1].get("partial"):
+            prefix = str(messages.pop().get("content") or "")
+        messages.append({"role": "assistant", "content": prefix + so_far.content, "partial": True})
+        return {**body, "messages": messages}
+
+    def _give_up(self, error: QwenSSEError) -> QwenSSEError:
+        """Finish with ``error``: attach the partial result and the attempt count."""
+        if self._attempts > 1:
+            error.add_note(f"gave up after {self._attempts} attempts")
+        self._finish("throttled" if _is_throttling(error) else "error")
+        error.partial = self._final
+        return error
+
+    def _timeout_or_reraise(self) -> None:
+        """On CancelledError: raise our timeout if it caused it, else clean up (the caller
+        re-raises the cancellation)."""
         deadlines = self._deadlines
         timeout = deadlines.cancelled() if deadlines is not None else None
+        self._close_response(clean=False)
         if timeout is None:
-            self._close(clean=False)
+            self._finish("cancelled")
             return
-        raise self._fail(timeout) from None
+        raise timeout from None
 
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+    # -- ending --------------------------------------------------------------------------
 
-    def _close(self, *, clean: bool) -> None:
+    def _snapshot(self) -> ChatResult:
+        decoder = self._decoder
+        now = self._deadlines.loop.time() if self._deadlines is not None else None
+        result = self._accumulator.result(
+            complete=decoder.done,
+            now_s=now,
+            bytes_received=self._bytes_before + decoder.bytes_received,
+            events=self._events_before + decoder.events,
+        )
+        usage = _sum_usage([*self._earlier_usage, result.usage])
+        return msgspec.structs.replace(
+            result,
+            usage=usage,
+            attempts=max(1, self._attempts),
+            resumes=self._resumes,
+            queue_wait_s=self._queue_wait_s,
+        )
+
+    def _close_response(self, *, clean: bool) -> None:
         """Release the connection: back to the pool after ``[DONE]``, else closed."""
         if self._deadlines is not None:
             self._deadlines.stop()
         response = self._response
-        if response is not None and not response.closed:
+        if response is not None:
+            self._response = None
             if clean:
                 response.release()
             else:
                 response.close()
+
+    def _release_permit(self, outcome: Outcome) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            permit.release(usage=self._accumulator.usage, outcome=outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        """End the call for good (idempotent): connection, permit, final result."""
+        self._close_response(clean=False)
+        self._release_permit(outcome)
         if not self._finished:
             self._finished = True
-            if self._response is not None and self._final is None:
-                self._final = self._decoder.result(self._now() if self._deadlines else None)
+            if self._started and self._final is None:
+                self._final = self._snapshot()
 
 
 class QwenClient:
@@ -432,6 +640,11 @@ class QwenClient:
     whose pool holds up to ``max_connections`` connections (streams hold one each).
     The key never appears in a repr, log line, or exception; it is refused over plain
     ``http://`` to a non-loopback host unless ``allow_insecure_http=True``.
+
+    ``retry`` is the :class:`~qwen_sse.retry.RetryPolicy` (``NO_RETRIES`` turns retries
+    off; ``RetryPolicy(resume=True)`` resumes broken streams); ``limiter`` admits every
+    request (:mod:`qwen_sse.limiter`). ``sleep`` and ``random_source`` are the clock and
+    the jitter source of retries, replaceable in tests.
     """
 
     def __init__(
@@ -442,16 +655,24 @@ class QwenClient:
         *,
         model: str = "qwen-plus",
         timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        limiter: Limiter | None = None,
         max_connections: int = 4096,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         include_usage: bool = True,
         allow_insecure_http: bool = False,
         default_headers: Mapping[str, str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random_source: random.Random | None = None,
     ) -> None:
         self.base_url = resolve_base_url(base_url, region)
         check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)
         self.model = model
         self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self.limiter = limiter
+        self._sleep = sleep
+        self._random = random_source or random.Random()
         self.max_connections = max_connections
         self.max_event_bytes = max_event_bytes
         self.include_usage = include_usage
@@ -493,6 +714,11 @@ class QwenClient:
             )
         return self._session
 
+    @staticmethod
+    @functools.cache
+    def _request_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s, connect=None)
+
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             raise ConfigurationError(
@@ -512,6 +738,7 @@ class QwenClient:
         model: str | None = None,
         *,
         timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
         extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> ChatStream:
@@ -533,10 +760,12 @@ class QwenClient:
         headers = self._headers if not extra_headers else {**self._headers, **extra_headers}
         return ChatStream(
             self,
-            f"{self.base_url}/chat/completions",
-            payload,
-            headers,
-            timeouts or self.timeouts,
+            url=f"{self.base_url}/chat/completions",
+            body=body,
+            payload=payload,
+            headers=headers,
+            timeouts=timeouts or self.timeouts,
+            retry=retry or self.retry,
         )
 
     async def chat(
@@ -545,17 +774,60 @@ class QwenClient:
         model: str | None = None,
         *,
         timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
         extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> ChatResult:
         """Stream a completion to its end and return the :class:`ChatResult`."""
         stream = self.stream_chat(
-            messages, model, timeouts=timeouts, extra_headers=extra_headers, **params
+            messages, model, timeouts=timeouts, retry=retry, extra_headers=extra_headers, **params
         )
         async with stream:
             async for _ in stream:
                 pass
         return stream.result
+
+
+def _is_preamble(chunk: ChatCompletionChunk) -> bool:
+    """A chunk that carries no output: no text, tool call, finish reason or usage."""
+    if chunk.usage is not None:
+        return False
+    for choice in chunk.choices:
+        delta = choice.delta
+        if delta.content or delta.reasoning_content or delta.tool_calls or choice.finish_reason:
+            return False
+    return True
+
+
+def _sum_usage(parts: Iterable[Usage | None]) -> Usage | None:
+    """Usage summed over the attempts of a resumed stream (None when none reported any)."""
+    present = [usage for usage in parts if usage is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    cached = [u.prompt_tokens_details.cached_tokens for u in present if u.prompt_tokens_details]
+    reasoning = [
+        u.completion_tokens_details.reasoning_tokens for u in present if u.completion_tokens_details
+    ]
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in present),
+        completion_tokens=sum(u.completion_tokens for u in present),
+        total_tokens=sum(u.total_tokens for u in present),
+        prompt_tokens_details=PromptTokensDetails(sum(c or 0 for c in cached)) if cached else None,
+        completion_tokens_details=(
+            CompletionTokensDetails(sum(r or 0 for r in reasoning)) if reasoning else None
+        ),
+    )
+
+
+def _is_throttling(error: QwenSSEError) -> bool:
+    return isinstance(error, RateLimitError) and error.kind != "billing"
+
+
+def _request_id_note(error: QwenSSEError) -> str:
+    request_id = getattr(error, "request_id", "") or (
+        error.partial.request_id if error.partial is not None else ""
+    )
+    return f" (request id {request_id})" if request_id else ""
 
 
 def _has_output(decoder: ChatStreamDecoder, chunks: list[ChatCompletionChunk]) -> bool:

@@ -35,6 +35,7 @@ from qwen_sse.errors import (
     TotalTimeoutError,
     TransportError,
 )
+from qwen_sse.retry import NO_RETRIES
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -50,8 +51,13 @@ async def emulator() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 async def client(emulator: Emulator) -> AsyncIterator[QwenClient]:
-    async with QwenClient(KEY, emulator.base_url) as qwen:
+    async with QwenClient(KEY, emulator.base_url, retry=NO_RETRIES) as qwen:
         yield qwen
+
+
+def plain_client(server: Emulator) -> QwenClient:
+    """A client of ``server`` that never retries, so each fault shows as it is."""
+    return QwenClient(KEY, server.base_url, retry=NO_RETRIES)
 
 
 def expected(messages: list[dict[str, Any]], **params: Any) -> Any:
@@ -120,7 +126,7 @@ async def test_chat_returns_the_result_and_sends_params_at_top_level(
 
 
 async def test_without_include_usage_there_is_no_usage(emulator: Emulator) -> None:
-    async with QwenClient(KEY, emulator.base_url, include_usage=False) as qwen:
+    async with QwenClient(KEY, emulator.base_url, include_usage=False, retry=NO_RETRIES) as qwen:
         result = await qwen.chat(HELLO)
     assert "stream_options" not in emulator.requests[-1].body
     assert result.usage is None
@@ -187,7 +193,7 @@ async def test_tool_call_stream_chunk_by_chunk(client: QwenClient) -> None:
 
 
 async def test_wrong_key_is_an_authentication_error(emulator: Emulator) -> None:
-    async with QwenClient(SECRET_KEY, emulator.base_url) as qwen:
+    async with QwenClient(SECRET_KEY, emulator.base_url, retry=NO_RETRIES) as qwen:
         with pytest.raises(AuthenticationError) as caught:
             await qwen.chat(HELLO)
     error = caught.value
@@ -340,7 +346,9 @@ async def test_wire_variants_decode_identically(
 
 async def test_huge_event_over_the_limit(emulator: Emulator) -> None:
     emulator.schedule(Fault(huge_event_bytes=200_000))
-    async with QwenClient(KEY, emulator.base_url, max_event_bytes=64 * 1024) as qwen:
+    async with QwenClient(
+        KEY, emulator.base_url, max_event_bytes=64 * 1024, retry=NO_RETRIES
+    ) as qwen:
         with pytest.raises(EventTooLargeError) as caught:
             await qwen.chat(HELLO)
     assert caught.value.partial is not None
@@ -359,7 +367,10 @@ async def test_huge_event_under_the_limit_is_fine(client: QwenClient, emulator: 
 
 async def test_first_token_timeout() -> None:
     config = EmulatorConfig(api_key=KEY, ttft_s=5.0, itl_s=0.0)
-    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+    ):
         with pytest.raises(FirstTokenTimeoutError) as caught:
             await qwen.chat(HELLO, timeouts=Timeouts(first_token_s=0.2))
         assert caught.value.timeout_s == 0.2
@@ -395,7 +406,10 @@ async def test_a_stall_shorter_than_the_idle_timeout_is_fine(
 
 async def test_total_timeout() -> None:
     config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05)
-    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+    ):
         with pytest.raises(TotalTimeoutError) as caught:
             await qwen.chat(HELLO, timeouts=Timeouts(total_s=0.3))
     partial = caught.value.partial
@@ -417,7 +431,7 @@ async def test_connect_timeout_against_a_full_backlog() -> None:
             with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
             fillers.append(filler)
-        async with QwenClient(KEY, f"http://127.0.0.1:{port}/v1") as qwen:
+        async with QwenClient(KEY, f"http://127.0.0.1:{port}/v1", retry=NO_RETRIES) as qwen:
             with pytest.raises(ConnectTimeoutError) as caught:
                 await qwen.chat(HELLO, timeouts=Timeouts(connect_s=0.3))
         assert caught.value.timeout_s == 0.3
@@ -432,7 +446,7 @@ async def test_connection_refused_is_a_transport_error() -> None:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    async with QwenClient(SECRET_KEY, f"http://127.0.0.1:{port}/v1") as qwen:
+    async with QwenClient(SECRET_KEY, f"http://127.0.0.1:{port}/v1", retry=NO_RETRIES) as qwen:
         with pytest.raises(TransportError) as caught:
             await qwen.chat(HELLO)
     assert f"127.0.0.1:{port}" in str(caught.value)
@@ -464,7 +478,10 @@ async def test_consumer_exception_releases_the_connection(
 
 async def test_cancellation_releases_the_connection() -> None:
     config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05)
-    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+    ):
         task = asyncio.create_task(qwen.chat(HELLO))
         await asyncio.sleep(0.15)
         task.cancel()
@@ -478,7 +495,10 @@ async def test_cancellation_releases_the_connection() -> None:
 async def test_ten_thousand_streams_with_random_cancellations_leak_nothing() -> None:
     rng = random.Random(1)
     config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.0, answer_tokens=4)
-    async with Emulator(config) as server, QwenClient(KEY, server.base_url) as qwen:
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+    ):
         semaphore = asyncio.Semaphore(100)
         completed = 0
 
