@@ -341,7 +341,7 @@ class ChatStream:
             self._attempts + 1,
             self._retry.max_attempts,
             decision.reason,
-            _request_id_note(error),
+            self._request_id_note(error),
         )
         await self._client._sleep(decision.delay_s)
         # A retry starts over: nothing of the failed attempt reached the caller.
@@ -531,7 +531,7 @@ class ChatStream:
             self._resumes,
             self._retry.max_resumes,
             error,
-            _request_id_note(error),
+            self._request_id_note(error),
         )
         if self._accumulator.usage is not None:
             self._earlier_usage.append(self._accumulator.usage)
@@ -562,6 +562,10 @@ class ChatStream:
             prefix = str(messages.pop().get("content") or "")
         messages.append({"role": "assistant", "content": prefix + so_far.content, "partial": True})
         return {**body, "messages": messages}
+
+    def _request_id_note(self, error: QwenSSEError) -> str:
+        request_id = getattr(error, "request_id", "") or self._accumulator.request_id
+        return f" (request id {request_id})" if request_id else ""
 
     def _give_up(self, error: QwenSSEError) -> QwenSSEError:
         """Finish with ``error``: attach the partial result and the attempt count."""
@@ -821,13 +825,6 @@ def _sum_usage(parts: Iterable[Usage | None]) -> Usage | None:
 
 def _is_throttling(error: QwenSSEError) -> bool:
     return isinstance(error, RateLimitError) and error.kind != "billing"
-
-
-def _request_id_note(error: QwenSSEError) -> str:
-    request_id = getattr(error, "request_id", "") or (
-        error.partial.request_id if error.partial is not None else ""
-    )
-    return f" (request id {request_id})" if request_id else ""
 
 
 def _has_output(decoder: ChatStreamDecoder, chunks: list[ChatCompletionChunk]) -> bool:

@@ -4,14 +4,14 @@ Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random 
 Time and randomness arrive as arguments (``elapsed_s``, ``now_epoch_s``,
 ``random_fraction``), so every decision is reproducible in a test.
 
-Retried: connection failures, connect timeouts, a stream that failed before its first byte
-or first token, HTTP 408, 409, 429 that means throttling (RPM, TPM, burst), and 5xx. Never
-retried: other 4xx, billing 429s (``CommodityNotPurchased``, ``PrepaidBillOverdue``,
-``PostpaidBillOverdue``, an exhausted plan), in-band errors (moderation is deliberate), and
-protocol errors. A server's ``x-should-retry: true|false`` overrides the status rule.
-Delays: ``retry-after-ms``, else ``Retry-After`` (seconds or an HTTP date), capped by
-``max_retry_after_s``; else exponential backoff with full jitter, ``initial_delay_s``
-doubling up to ``max_delay_s``.
+Retried: connection failures, connect timeouts, a stream that failed or stalled before its
+first token (a total timeout is final), HTTP 408, 409, 429 that means throttling (RPM, TPM,
+burst), and 5xx. Never retried: other 4xx, billing 429s (``CommodityNotPurchased``,
+``PrepaidBillOverdue``, ``PostpaidBillOverdue``, an exhausted plan), in-band errors
+(moderation is deliberate), and protocol errors. A server's ``x-should-retry: true|false``
+overrides the status rule. Delays: ``retry-after-ms``, else ``Retry-After`` (seconds or an
+HTTP date), capped by ``max_retry_after_s``; else exponential backoff with full jitter,
+``initial_delay_s`` doubling up to ``max_delay_s``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from qwen_sse.errors import (
     ConfigurationError,
     ConnectTimeoutError,
     FirstTokenTimeoutError,
+    IdleTimeoutError,
     IncompleteStreamError,
     QwenSSEError,
     RateLimitError,
@@ -129,7 +130,7 @@ def classify(error: QwenSSEError) -> tuple[bool, str]:
         return False, f"HTTP {error.status} is not retryable"
     if isinstance(error, TransportError | ConnectTimeoutError):
         return True, str(error)
-    if isinstance(error, FirstTokenTimeoutError | IncompleteStreamError):
+    if isinstance(error, FirstTokenTimeoutError | IdleTimeoutError | IncompleteStreamError):
         return True, f"{error} (before the first token)"
     return False, f"{type(error).__name__} is not retryable"
 

@@ -69,3 +69,8 @@ def test_missing_key_exits_2(
 def test_bad_param_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--mock", "--param", "novalue", "hi"]) == 2
     assert "KEY=JSON" in capsys.readouterr().err
+
+
+def test_invalid_retry_option_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--mock", "--max-attempts", "0", "hi"]) == 2
+    assert "max_attempts must be at least 1" in capsys.readouterr().err

@@ -9,7 +9,10 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qwen_sse.chunks import ChatCompletionChunk
 from qwen_sse.client import QwenClient
@@ -35,7 +38,7 @@ from qwen_sse.errors import (
     TotalTimeoutError,
     TransportError,
 )
-from qwen_sse.retry import NO_RETRIES
+from qwen_sse.retry import NO_RETRIES, RetryPolicy
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -599,3 +602,292 @@ async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> 
     emulator.schedule(Fault(status=503))
     with pytest.raises(QwenSSEError):
         await client.chat(HELLO)
+
+
+# --- retries (before any output reached the caller) ---
+
+
+class FakeSleep:
+    """Records the delays the client asks for and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay_s: float) -> None:
+        self.delays.append(delay_s)
+
+
+def retrying_client(
+    server: Emulator, sleep: FakeSleep, policy: RetryPolicy | None = None, key: str = KEY
+) -> QwenClient:
+    return QwenClient(
+        key,
+        server.base_url,
+        retry=policy or RetryPolicy(),
+        sleep=sleep,
+        random_source=random.Random(7),
+    )
+
+
+async def test_503_503_then_200_is_one_complete_result(emulator: Emulator) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(Fault(status=503), Fault(status=503))
+    async with retrying_client(emulator, sleep) as qwen:
+        result = await qwen.chat(HELLO)
+    assert result.complete
+    assert result.content == expected(HELLO).content
+    assert result.attempts == 3
+    assert len(emulator.requests) == 3
+    jitter = random.Random(7)
+    policy = RetryPolicy()
+    assert sleep.delays == pytest.approx(
+        [policy.backoff_s(1, jitter.random()), policy.backoff_s(2, jitter.random())]
+    )
+
+
+async def test_retry_after_is_honoured(emulator: Emulator) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(Fault(status=429, retry_after="1"))
+    async with retrying_client(emulator, sleep) as qwen:
+        result = await qwen.chat(HELLO)
+    assert sleep.delays == [1.0]
+    assert result.attempts == 2
+
+
+async def test_retry_after_ms_is_honoured(emulator: Emulator) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(Fault(status=503, retry_after_ms="150", retry_after="9"))
+    async with retrying_client(emulator, sleep) as qwen:
+        await qwen.chat(HELLO)
+    assert sleep.delays == [0.15]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(status=429, code="CommodityNotPurchased"), Fault(status=400)],
+    ids=["billing-429", "400"],
+)
+async def test_final_errors_are_not_retried(emulator: Emulator, fault: Fault) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(fault)
+    async with retrying_client(emulator, sleep) as qwen:
+        with pytest.raises(APIStatusError):
+            await qwen.chat(HELLO)
+    assert sleep.delays == []
+    assert len(emulator.requests) == 1
+
+
+async def test_wrong_key_is_not_retried(emulator: Emulator) -> None:
+    sleep = FakeSleep()
+    async with retrying_client(emulator, sleep, key=SECRET_KEY) as qwen:
+        with pytest.raises(AuthenticationError):
+            await qwen.chat(HELLO)
+    assert sleep.delays == []
+    assert len(emulator.requests) == 1
+
+
+async def test_connection_refused_retries_then_fails_clearly() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    sleep = FakeSleep()
+    client = QwenClient(KEY, f"http://127.0.0.1:{port}/v1", sleep=sleep)
+    async with client as qwen:
+        with pytest.raises(TransportError) as caught:
+            await qwen.chat(HELLO)
+    assert len(sleep.delays) == 2
+    assert "gave up after 3 attempts" in caught.value.__notes__
+
+
+async def test_the_deadline_bounds_the_retries(emulator: Emulator) -> None:
+    policy = RetryPolicy(deadline_s=0.3, initial_delay_s=0.05, max_delay_s=0.05, max_attempts=1000)
+    emulator.schedule(*[Fault(status=503)] * 1000)
+    async with QwenClient(KEY, emulator.base_url, retry=policy) as qwen:
+        with pytest.raises(ServerError) as caught:
+            await qwen.chat(HELLO)
+    attempts = len(emulator.requests)
+    assert 2 <= attempts < 1000
+    assert f"gave up after {attempts} attempts" in caught.value.__notes__
+
+
+async def test_a_stream_cut_before_the_first_token_is_retried_without_repeating_chunks(
+    emulator: Emulator,
+) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(Fault(drop_after_events=1))  # only the role chunk gets through
+    async with retrying_client(emulator, sleep) as qwen, qwen.stream_chat(HELLO) as stream:
+        chunks = await collect(stream)
+    roles = [c for c in chunks if c.choices and c.choices[0].delta.role]
+    assert len(roles) == 1
+    assert stream.result.content == expected(HELLO).content
+    assert stream.result.attempts == 2
+
+
+async def test_retries_and_resumes_are_logged_without_the_key(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    sleep = FakeSleep()
+    emulator.schedule(Fault(status=503), Fault(drop_after_events=8))
+    policy = RetryPolicy(resume=True)
+    with caplog.at_level("WARNING", logger="qwen_sse.client"):
+        async with retrying_client(emulator, sleep, policy) as qwen:
+            result = await qwen.chat(HELLO)
+    assert result.resumes == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("retrying in") and "HTTP 503" in m for m in messages)
+    assert any(m.startswith("resuming a broken stream") and "request id" in m for m in messages)
+    assert all(KEY not in m for m in messages)
+
+
+# --- resume by continuation (after output reached the caller) ---
+
+
+async def raw_stream(server: Emulator, body: dict[str, Any], fault: Fault | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {KEY}", **(fault.header() if fault else {})}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.base_url}/chat/completions", json=body, headers=headers) as response,
+    ):
+        return await response.read()
+
+
+def interesting_offsets(data: bytes) -> set[int]:
+    """Byte offsets of the cases the issue names, in the raw stream ``data``."""
+    offsets = {data.index(b"data: [DONE]"), data.index(b'"content"') + 3}
+    multibyte = next(i for i, byte in enumerate(data) if byte >= 0xC0)
+    offsets.add(multibyte + 1)  # inside a UTF-8 character
+    if b"\r\n" in data:
+        offsets.add(data.index(b"\r\n", 200) + 1)  # between CR and LF
+    return offsets
+
+
+@pytest.mark.parametrize("line_ending", ["\n", "\r\n"], ids=["LF", "CRLF"])
+async def test_resume_at_every_offset_returns_exactly_the_full_answer(
+    emulator: Emulator, line_ending: str
+) -> None:
+    body = {
+        "model": "qwen-plus",
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    data = await raw_stream(emulator, body, Fault(line_ending=line_ending))  # type: ignore[arg-type]
+    full = expected(HELLO).content
+    offsets = set(range(1, len(data), 41)) | interesting_offsets(data)
+    sleep = FakeSleep()
+    async with retrying_client(emulator, sleep, RetryPolicy(resume=True)) as qwen:
+        for offset in sorted(offsets):
+            emulator.schedule(Fault(drop_after_bytes=offset, line_ending=line_ending))  # type: ignore[arg-type]
+            async with qwen.stream_chat(HELLO) as stream:
+                delivered = [
+                    c.choices[0].delta.content or "" for c in await collect(stream) if c.choices
+                ]
+            result = stream.result
+            assert result.complete, offset
+            assert "".join(delivered) == full, offset
+            assert result.content == full, offset
+            assert result.attempts == 2, offset
+
+
+async def test_resume_sums_usage_and_says_the_prompt_grew(emulator: Emulator) -> None:
+    body = {"model": "qwen-plus", "messages": HELLO, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    data = await raw_stream(emulator, body)
+    whole = await retrying_client(emulator, FakeSleep()).__aenter__()
+    try:
+        plain = await whole.chat(HELLO)
+        emulator.schedule(Fault(drop_after_bytes=data.index(b"data: [DONE]")))
+        resumed = await whole.chat(HELLO, retry=RetryPolicy(resume=True))
+    finally:
+        await whole.close()
+    assert plain.usage is not None
+    assert resumed.usage is not None
+    assert resumed.resumes == 1
+    assert resumed.content == plain.content
+    # Both attempts reported usage: the sum counts the first answer and the prompt twice.
+    assert resumed.usage.prompt_tokens > 2 * plain.usage.prompt_tokens
+    assert resumed.usage.completion_tokens >= plain.usage.completion_tokens
+
+
+async def test_resume_does_not_apply_in_thinking_mode(emulator: Emulator) -> None:
+    emulator.schedule(Fault(drop_after_events=10))
+    async with retrying_client(emulator, FakeSleep(), RetryPolicy(resume=True)) as qwen:
+        with pytest.raises(IncompleteStreamError) as caught:
+            await qwen.chat(HELLO, enable_thinking=True)
+    assert caught.value.partial is not None
+    assert caught.value.partial.reasoning_content
+    assert len(emulator.requests) == 1
+
+
+async def test_resume_does_not_apply_with_a_tool_call_in_flight(emulator: Emulator) -> None:
+    emulator.schedule(Fault(drop_after_events=4))
+    messages = [{"role": "user", "content": "Use get_weather for Hangzhou"}]
+    async with retrying_client(emulator, FakeSleep(), RetryPolicy(resume=True)) as qwen:
+        with pytest.raises(IncompleteStreamError) as caught:
+            await qwen.chat(messages, tools=[WEATHER_TOOL])
+    assert caught.value.partial is not None
+    assert caught.value.partial.tool_calls
+
+
+async def test_a_rejected_resume_falls_back_to_the_partial(emulator: Emulator) -> None:
+    emulator.schedule(
+        Fault(drop_after_events=8),
+        Fault(status=400, code="invalid_parameter_error", message="partial mode not supported"),
+    )
+    async with retrying_client(emulator, FakeSleep(), RetryPolicy(resume=True)) as qwen:
+        with pytest.raises(IncompleteStreamError) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert error.partial is not None
+    assert expected(HELLO).content.startswith(error.partial.content)
+    assert any("resuming failed: HTTP 400" in note for note in error.__notes__)
+
+
+async def test_resume_after_an_idle_timeout(emulator: Emulator) -> None:
+    emulator.schedule(Fault(stall_after_events=6, stall_s=5.0))
+    async with retrying_client(emulator, FakeSleep(), RetryPolicy(resume=True)) as qwen:
+        result = await qwen.chat(HELLO, timeouts=Timeouts(idle_s=0.2))
+    assert result.content == expected(HELLO).content
+    assert result.resumes == 1
+
+
+_fault_choices = st.one_of(
+    st.builds(lambda n: Fault(drop_after_bytes=n), st.integers(0, 6000)),
+    st.builds(lambda n: Fault(drop_after_events=n), st.integers(0, 45)),
+    st.builds(lambda n: Fault(error_after_events=n), st.integers(2, 45)),
+    st.just(Fault(status=503)),
+    st.just(Fault(no_done=True)),
+)
+
+
+@given(st.lists(_fault_choices, max_size=4), st.booleans())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_no_content_is_lost_or_duplicated_under_random_faults(
+    faults: list[Fault], resume: bool
+) -> None:
+    async def scenario() -> None:
+        config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.0)
+        policy = RetryPolicy(resume=resume, max_attempts=3, max_resumes=4)
+        async with Emulator(config) as server:
+            server.schedule(*faults)
+            delivered: list[str] = []
+            client = QwenClient(KEY, server.base_url, retry=policy, sleep=FakeSleep())
+            async with client as qwen:
+                try:
+                    async with qwen.stream_chat(ENGLISH) as stream:
+                        async for chunk in stream:
+                            if chunk.choices:
+                                delivered.append(chunk.choices[0].delta.content or "")
+                    outcome = stream.result
+                except QwenSSEError as error:
+                    assert error.partial is not None
+                    outcome = error.partial
+            full = expected(ENGLISH).content
+            assert "".join(delivered) == outcome.content
+            if outcome.complete:
+                assert outcome.content == full
+            else:
+                assert full.startswith(outcome.content)
+
+    asyncio.run(scenario())

@@ -16,6 +16,7 @@ from qwen_sse.client import QwenClient
 from qwen_sse.config import Timeouts
 from qwen_sse.emulator import Emulator, EmulatorConfig
 from qwen_sse.errors import QwenSSEError
+from qwen_sse.retry import RetryPolicy
 
 _MOCK_KEY = "sk-mock"
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
@@ -41,12 +42,28 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow sending the key over plain http to a non-loopback host",
     )
+    resilience = parser.add_argument_group("retries")
+    resilience.add_argument(
+        "--max-attempts",
+        type=int,
+        default=RetryPolicy().max_attempts,
+        help="requests per call, retries included (1: no retries; default %(default)s)",
+    )
+    resilience.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stream that breaks mid-answer (DashScope partial mode)",
+    )
     limits = parser.add_argument_group("timeouts (seconds; 0 switches one off)")
     defaults = Timeouts()
     limits.add_argument("--connect-timeout", type=float, default=defaults.connect_s)
     limits.add_argument("--first-token-timeout", type=float, default=defaults.first_token_s)
     limits.add_argument("--idle-timeout", type=float, default=defaults.idle_s)
     limits.add_argument("--total-timeout", type=float, default=0.0)
+
+
+def retry_from(args: argparse.Namespace) -> RetryPolicy:
+    return RetryPolicy(max_attempts=args.max_attempts, resume=args.resume)
 
 
 def timeouts_from(args: argparse.Namespace) -> Timeouts:
@@ -79,6 +96,7 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
         region=args.region,
         model=args.model,
         timeouts=timeouts_from(args),
+        retry=retry_from(args),
         allow_insecure_http=args.allow_insecure_http,
     ) as client:
         yield client
@@ -211,7 +229,8 @@ def summary_line(result: ChatResult) -> str:
 
 
 def _report_error(error: QwenSSEError, err: TextIO) -> None:
-    print(f"qwen-sse: error: {error}", file=err)
+    notes = "; ".join(getattr(error, "__notes__", ()))
+    print(f"qwen-sse: error: {error}" + (f" ({notes})" if notes else ""), file=err)
     partial = error.partial
     if partial is not None and (partial.content or partial.reasoning_content):
         received = len(partial.content) + len(partial.reasoning_content)
