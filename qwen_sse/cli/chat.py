@@ -86,7 +86,11 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
         async with (
             Emulator(config) as emulator,
             QwenClient(
-                _MOCK_KEY, emulator.base_url, model=args.model, timeouts=timeouts_from(args)
+                _MOCK_KEY,
+                emulator.base_url,
+                model=args.model,
+                timeouts=timeouts_from(args),
+                retry=retry_from(args),
             ) as client,
         ):
             yield client
