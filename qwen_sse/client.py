@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Protocol, Self
 
 import aiohttp
 import msgspec
@@ -54,10 +54,11 @@ from qwen_sse.errors import (
     status_error,
 )
 from qwen_sse.limiter import Limiter, LimitRequest, Outcome, Permit
+from qwen_sse.native import NativeStreamDecoder, native_request_body
 from qwen_sse.retry import RetryPolicy
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
-__all__ = ["ChatStream", "QwenClient"]
+__all__ = ["ChatStream", "QwenClient", "WireTap"]
 
 _USER_AGENT = "qwen-sse/0.1.0"
 _ERROR_BODY_MAX_BYTES = 64 * 1024
@@ -68,6 +69,25 @@ _KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-req
 Message = Mapping[str, Any]
 
 _log = logging.getLogger("qwen_sse.client")
+_NATIVE_CHAT_PATH = "/services/aigc/text-generation/generation"
+
+
+class WireTap(Protocol):
+    """Sees the wire of every attempt, for logging or recording it. Times are seconds since
+    that attempt's request was sent; headers come with the key redacted. Callbacks run on
+    the read path: they must be quick and must not raise."""
+
+    def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
+        """An attempt is about to be sent."""
+
+    def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
+        """The response head arrived."""
+
+    def data(self, chunk: bytes, at_s: float) -> None:
+        """One read of the response body, exactly as received."""
+
+    def end(self, *, at_s: float, outcome: Outcome, error: QwenSSEError | None) -> None:
+        """The attempt ended: ``ok``, ``cancelled`` by the caller, or with ``error``."""
 
 
 class _ErrorEnvelope(msgspec.Struct, gc=False):
@@ -233,9 +253,7 @@ class ChatStream:
         self._response: aiohttp.ClientResponse | None = None
         self._reader: AsyncIterator[bytes] | None = None
         self._accumulator = ChatAccumulator()
-        self._decoder = ChatStreamDecoder(
-            accumulator=self._accumulator, max_event_bytes=client.max_event_bytes
-        )
+        self._decoder = self._new_decoder()
         self._deadlines: _Deadlines | None = None
         self._permit: Permit | None = None
         self._chunks: list[ChatCompletionChunk] = []
@@ -254,6 +272,9 @@ class ChatStream:
         self._earlier_usage: list[Usage] = []
         self._bytes_before = 0
         self._events_before = 0
+        self._tap = client.wire_tap
+        self._tap_open = False
+        self._sent_at = 0.0
         self.status: int | None = None
         self.headers: Mapping[str, str] = {}
 
@@ -307,6 +328,17 @@ class ChatStream:
             except QwenSSEError as error:
                 self._failure = error
 
+    def _new_decoder(self) -> ChatStreamDecoder:
+        max_event_bytes = self._client.max_event_bytes
+        if self._client.protocol == "native":
+            parameters = self._body.get("parameters", {})
+            return NativeStreamDecoder(
+                incremental=parameters.get("incremental_output", True) is not False,
+                accumulator=self._accumulator,
+                max_event_bytes=max_event_bytes,
+            )
+        return ChatStreamDecoder(accumulator=self._accumulator, max_event_bytes=max_event_bytes)
+
     # -- sending -------------------------------------------------------------------------
 
     async def _start(self) -> None:
@@ -353,22 +385,24 @@ class ChatStream:
         self._attempts += 1
         limiter = self._client.limiter
         if limiter is not None:
-            request = LimitRequest(
-                model=str(body.get("model", "")),
-                messages=body.get("messages", ()),
-                max_tokens=body.get("max_tokens") or body.get("max_completion_tokens"),
-            )
+            request = _limit_request(body)
             waited_from = asyncio.get_running_loop().time()
             self._permit = await limiter.acquire(request)
             self._queue_wait_s += asyncio.get_running_loop().time() - waited_from
         loop = asyncio.get_running_loop()
-        sent_at = loop.time()
+        sent_at = self._sent_at = loop.time()
         deadlines = self._deadlines = _Deadlines(self._timeouts, sent_at, self._call_started_at)
         if self._accumulator.has_text:
             deadlines.first_token_arrived()
         session = self._client._require_session()
         # Only a continuation differs from the original body, and it is plain JSON too.
         payload = self._payload if body is self._body else msgspec.json.encode(body)
+        tap = self._tap
+        if tap is not None:
+            tap.request(
+                method="POST", url=self._url, headers=_redacted(self._headers), body=payload
+            )
+            self._tap_open = True
         try:
             deadlines.arm()
             response = await session.post(
@@ -383,10 +417,14 @@ class ChatStream:
             raise
         except aiohttp.ClientError as error:
             self._release_permit("error")
-            raise _map_client_error(error, self._timeouts, started=False) from _cause(error)
+            failure = _map_client_error(error, self._timeouts, started=False)
+            self._tap_end(failure)
+            raise failure from _cause(error)
         finally:
             deadlines.reading = False
         self._response = response
+        if tap is not None:
+            tap.response(status=response.status, headers=response.headers, at_s=self._since_sent())
         self.status = response.status
         self.headers = response.headers
         request_id = response.headers.get("x-request-id", "")
@@ -399,9 +437,7 @@ class ChatStream:
             await self._raise_not_sse(response, content_type, request_id)
         self._bytes_before += self._decoder.bytes_received
         self._events_before += self._decoder.events
-        self._decoder = ChatStreamDecoder(
-            accumulator=self._accumulator, max_event_bytes=self._client.max_event_bytes
-        )
+        self._decoder = self._new_decoder()
         self._reader = response.content.iter_any().__aiter__()
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
@@ -411,6 +447,8 @@ class ChatStream:
             body = b""
         finally:
             self._close_response(clean=False)
+        if self._tap is not None:
+            self._tap.data(body, self._since_sent())
         code, message, body_request_id = _error_fields(body)
         kept = {k: v for k in _KEPT_ERROR_HEADERS if (v := response.headers.get(k)) is not None}
         error = status_error(
@@ -422,6 +460,7 @@ class ChatStream:
             headers=kept,
         )
         self._release_permit("throttled" if _is_throttling(error) else "error")
+        self._tap_end(error)
         raise error
 
     async def _raise_not_sse(
@@ -433,14 +472,22 @@ class ChatStream:
             head = b""
         finally:
             self._close_response(clean=False)
+        if self._tap is not None:
+            self._tap.data(head, self._since_sent())
         self._release_permit("error")
         code, message, body_request_id = _error_fields(head)
+        error: QwenSSEError
         if code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
-            raise InBandError(code=code, message=message, request_id=request_id or body_request_id)
-        raise ProtocolError(
-            f"expected a text/event-stream response, got {content_type or 'no content type'!r}",
-            frame=head,
-        )
+            error = InBandError(
+                code=code, message=message, request_id=request_id or body_request_id
+            )
+        else:
+            error = ProtocolError(
+                f"expected a text/event-stream response, got {content_type or 'none'!r}",
+                frame=head,
+            )
+        self._tap_end(error)
+        raise error
 
     # -- reading -------------------------------------------------------------------------
 
@@ -465,6 +512,8 @@ class ChatStream:
         finally:
             deadlines.reading = False
         now = deadlines.loop.time()
+        if self._tap is not None:
+            self._tap.data(data, now - self._sent_at)
         if not data:
             self._close_response(clean=False)
             decoder.feed_eof(now)
@@ -486,6 +535,7 @@ class ChatStream:
         self._position = 0
         if decoder.done:
             self._close_response(clean=True)
+            self._tap_end(None)
             self._finish("ok")
         elif decoder.error is not None:
             # Deliver what preceded the failure, then handle it without waiting for bytes.
@@ -511,6 +561,7 @@ class ChatStream:
     async def _recover(self, error: QwenSSEError) -> None:
         """Retry (before output), resume (after output, if allowed), or raise ``error``."""
         self._close_response(clean=False)
+        self._tap_end(error)
         if not self._committed:
             self._release_permit("error")
             await self._retry_or_raise(error)
@@ -547,6 +598,8 @@ class ChatStream:
         """The continuation request for a broken stream, or None where resume cannot apply."""
         policy = self._retry
         if not policy.resume or self._resumes >= policy.max_resumes:
+            return None
+        if self._client.protocol == "native":
             return None
         if not isinstance(error, IncompleteStreamError | IdleTimeoutError | TransportError):
             return None
@@ -618,6 +671,18 @@ class ChatStream:
             else:
                 response.close()
 
+    def _since_sent(self) -> float:
+        return asyncio.get_running_loop().time() - self._sent_at
+
+    def _tap_end(self, error: QwenSSEError | None, outcome: Outcome | None = None) -> None:
+        if self._tap is not None and self._tap_open:
+            self._tap_open = False
+            if outcome is None:
+                outcome = (
+                    "ok" if error is None else "throttled" if _is_throttling(error) else "error"
+                )
+            self._tap.end(at_s=self._since_sent(), outcome=outcome, error=error)
+
     def _release_permit(self, outcome: Outcome) -> None:
         permit, self._permit = self._permit, None
         if permit is not None:
@@ -626,6 +691,8 @@ class ChatStream:
     def _finish(self, outcome: Outcome) -> None:
         """End the call for good (idempotent): connection, permit, final result."""
         self._close_response(clean=False)
+        if self._tap_open:
+            self._tap_end(None, outcome)
         self._release_permit(outcome)
         if not self._finished:
             self._finished = True
@@ -644,6 +711,10 @@ class QwenClient:
     whose pool holds up to ``max_connections`` connections (streams hold one each).
     The key never appears in a repr, log line, or exception; it is refused over plain
     ``http://`` to a non-loopback host unless ``allow_insecure_http=True``.
+
+    ``protocol="native"`` speaks DashScope's native protocol (``base_url`` then names the
+    ``.../api/v1`` root) and yields the same chunks and result. ``wire_tap`` receives every
+    request, response head and raw body piece with its arrival time (:class:`WireTap`).
 
     ``retry`` is the :class:`~qwen_sse.retry.RetryPolicy` (``NO_RETRIES`` turns retries
     off; ``RetryPolicy(resume=True)`` resumes broken streams); ``limiter`` admits every
@@ -668,8 +739,17 @@ class QwenClient:
         default_headers: Mapping[str, str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random_source: random.Random | None = None,
+        protocol: Literal["compatible", "native"] = "compatible",
+        wire_tap: WireTap | None = None,
     ) -> None:
-        self.base_url = resolve_base_url(base_url, region)
+        if protocol not in ("compatible", "native"):
+            raise ConfigurationError(f"protocol must be 'compatible' or 'native', got {protocol!r}")
+        self.protocol = protocol
+        self.wire_tap = wire_tap
+        self.base_url = resolve_base_url(base_url, region, native=protocol == "native")
+        self._chat_url = self.base_url + (
+            _NATIVE_CHAT_PATH if protocol == "native" else "/chat/completions"
+        )
         check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)
         self.model = model
         self.timeouts = timeouts or Timeouts()
@@ -689,6 +769,8 @@ class QwenClient:
             **(default_headers or {}),
             "Authorization": f"Bearer {key}",
         }
+        if protocol == "native":
+            self._headers["X-DashScope-SSE"] = "enable"
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -749,14 +831,13 @@ class QwenClient:
         """A :class:`ChatStream` for one streamed completion; nothing is sent until it is
         entered or iterated. ``params`` go into the JSON body at top level (DashScope wants
         ``enable_thinking``, ``enable_search``, ``top_k`` ... there)."""
-        body: dict[str, Any] = {
-            "model": model or self.model,
-            "messages": list(messages),
-            "stream": True,
-        }
-        if self.include_usage:
-            body["stream_options"] = {"include_usage": True}
-        body.update(params)
+        if self.protocol == "native":
+            body = native_request_body(model or self.model, list(messages), params)
+        else:
+            body = {"model": model or self.model, "messages": list(messages), "stream": True}
+            if self.include_usage:
+                body["stream_options"] = {"include_usage": True}
+            body.update(params)
         try:
             payload = msgspec.json.encode(body)
         except (TypeError, msgspec.EncodeError) as error:
@@ -764,7 +845,7 @@ class QwenClient:
         headers = self._headers if not extra_headers else {**self._headers, **extra_headers}
         return ChatStream(
             self,
-            url=f"{self.base_url}/chat/completions",
+            url=self._chat_url,
             body=body,
             payload=payload,
             headers=headers,
@@ -790,6 +871,23 @@ class QwenClient:
             async for _ in stream:
                 pass
         return stream.result
+
+
+def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: "Bearer ***" if name.lower() == "authorization" else value
+        for name, value in headers.items()
+    }
+
+
+def _limit_request(body: Mapping[str, Any]) -> LimitRequest:
+    """What a limiter needs to know of a compatible-mode or native request body."""
+    parameters = body.get("parameters") or {}
+    messages = body.get("messages") or (body.get("input") or {}).get("messages") or ()
+    max_tokens = (
+        body.get("max_tokens") or body.get("max_completion_tokens") or parameters.get("max_tokens")
+    )
+    return LimitRequest(model=str(body.get("model", "")), messages=messages, max_tokens=max_tokens)
 
 
 def _is_preamble(chunk: ChatCompletionChunk) -> bool:

@@ -17,6 +17,7 @@ from qwen_sse.errors import ConfigurationError
 __all__ = [
     "API_KEY_ENV_VARS",
     "DEFAULT_REGION",
+    "NATIVE_REGIONS",
     "REGIONS",
     "Timeouts",
     "check_transport_security",
@@ -32,6 +33,11 @@ REGIONS: Mapping[str, str] = {
     "us": "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
     "hongkong": "https://cn-hongkong.dashscope.aliyuncs.com/compatible-mode/v1",
 }
+NATIVE_REGIONS: Mapping[str, str] = {
+    region: url.removesuffix("/compatible-mode/v1") + "/api/v1" for region, url in REGIONS.items()
+}
+"""Base URLs of the native protocol: the same hosts with ``/api/v1`` (protocol.md documents
+Beijing's; the others follow the same pattern)."""
 DEFAULT_REGION = "beijing"
 API_KEY_ENV_VARS = ("DASHSCOPE_API_KEY", "QWEN_API_KEY")
 
@@ -72,8 +78,9 @@ def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = Non
     )
 
 
-def resolve_base_url(base_url: str | None, region: str | None) -> str:
-    """``base_url`` if given (any OpenAI-compatible server), else the region's endpoint."""
+def resolve_base_url(base_url: str | None, region: str | None, *, native: bool = False) -> str:
+    """``base_url`` if given (any OpenAI-compatible server), else the region's endpoint
+    (its native-protocol one with ``native``)."""
     if base_url:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -81,7 +88,7 @@ def resolve_base_url(base_url: str | None, region: str | None) -> str:
         return base_url.rstrip("/")
     name = (region or DEFAULT_REGION).lower()
     try:
-        return REGIONS[name]
+        return (NATIVE_REGIONS if native else REGIONS)[name]
     except KeyError:
         known = ", ".join(REGIONS)
         raise ConfigurationError(f"unknown region {region!r}; known regions: {known}") from None

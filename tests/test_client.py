@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -791,8 +793,12 @@ async def test_resume_at_every_offset_returns_exactly_the_full_answer(
 
 
 async def test_resume_sums_usage_and_says_the_prompt_grew(emulator: Emulator) -> None:
-    body = {"model": "qwen-plus", "messages": HELLO, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "qwen-plus",
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     data = await raw_stream(emulator, body)
     whole = await retrying_client(emulator, FakeSleep()).__aenter__()
     try:
@@ -891,3 +897,112 @@ def test_no_content_is_lost_or_duplicated_under_random_faults(
                 assert full.startswith(outcome.content)
 
     asyncio.run(scenario())
+
+
+# --- the native protocol and the wire tap ---
+
+NATIVE_FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
+
+
+@pytest.fixture
+async def native_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A tiny server answering the native path with the recorded native stream."""
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append({"headers": dict(request.headers), "body": await request.json()})
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream;charset=UTF-8", "x-request-id": "r-n"}
+        )
+        await response.prepare(request)
+        data = NATIVE_FIXTURE.read_bytes()
+        for start in range(0, len(data), 97):
+            await response.write(data[start : start + 97])
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/v1/services/aigc/text-generation/generation", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_native_protocol_yields_the_same_chunks_and_result(
+    native_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    base_url, seen = native_server
+    qwen = QwenClient(KEY, base_url, protocol="native", retry=NO_RETRIES)
+    async with qwen, qwen.stream_chat(HELLO, "qwen-plus", enable_thinking=False) as stream:
+        chunks = await collect(stream)
+    result = stream.result
+    assert result.complete
+    assert result.content == "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert result.content.startswith("I am Qwen")
+    assert result.finish_reason == "stop"
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (26, 66)
+    (request,) = seen
+    assert request["headers"]["X-DashScope-SSE"] == "enable"
+    assert request["body"] == {
+        "model": "qwen-plus",
+        "input": {"messages": HELLO},
+        "parameters": {
+            "result_format": "message",
+            "incremental_output": True,
+            "enable_thinking": False,
+        },
+    }
+
+
+def test_native_region_urls() -> None:
+    assert QwenClient(KEY, region="singapore", protocol="native").base_url == (
+        "https://dashscope-intl.aliyuncs.com/api/v1"
+    )
+    with pytest.raises(ConfigurationError, match="protocol"):
+        QwenClient(KEY, protocol="grpc")  # type: ignore[arg-type]
+
+
+class RecordingTap:
+    """A wire tap that keeps everything it is shown."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
+        self.calls.append(("request", (method, url, dict(headers), body)))
+
+    def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
+        self.calls.append(("response", (status, at_s)))
+
+    def data(self, chunk: bytes, at_s: float) -> None:
+        self.calls.append(("data", (chunk, at_s)))
+
+    def end(self, *, at_s: float, outcome: str, error: QwenSSEError | None) -> None:
+        self.calls.append(("end", (outcome, error)))
+
+
+async def test_the_wire_tap_sees_every_byte_and_never_the_key() -> None:
+    tap = RecordingTap()
+    async with Emulator(EmulatorConfig(api_key=None, ttft_s=0, itl_s=0)) as open_server:
+        client = QwenClient(SECRET_KEY, open_server.base_url, wire_tap=tap, sleep=FakeSleep())
+        open_server.schedule(Fault(status=503))
+        async with client as qwen:
+            result = await qwen.chat(HELLO)
+        kinds = [kind for kind, _ in tap.calls]
+        assert kinds[:4] == ["request", "response", "data", "end"]  # the 503 attempt
+        assert kinds[4:6] == ["request", "response"]
+        assert kinds[-1] == "end"
+        assert tap.calls[3][1][0] == "error"
+        assert tap.calls[-1][1] == ("ok", None)
+        body = b"".join(args[0] for kind, args in tap.calls[6:] if kind == "data")
+        assert len(body) == result.timing.bytes_received == open_server.requests[-1].bytes_sent
+        times = [args[1] for kind, args in tap.calls[6:] if kind == "data"]
+        assert times == sorted(times)
+        assert SECRET_KEY not in repr(tap.calls)
+        assert tap.calls[0][1][2]["Authorization"] == "Bearer ***"

@@ -1,0 +1,156 @@
+"""Tests of qwen_sse.native: DashScope's native frames decode to the same chunks and result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen_sse.chat import ChatResult
+from qwen_sse.errors import InBandError, IncompleteStreamError, ProtocolError, QwenSSEError
+from qwen_sse.native import NativeStreamDecoder, native_request_body
+from tests.chunkings import every_chunking
+
+FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
+
+
+def run(pieces: list[bytes], *, incremental: bool = True) -> ChatResult:
+    decoder = NativeStreamDecoder(incremental=incremental)
+    for piece in pieces:
+        decoder.feed(piece)
+    decoder.feed_eof()
+    return decoder.result()
+
+
+def failure(data: bytes) -> QwenSSEError:
+    decoder = NativeStreamDecoder()
+    with pytest.raises(QwenSSEError) as caught:
+        decoder.feed(data)
+        decoder.feed_eof()
+    return caught.value
+
+
+def frame(content: str, finish: str = "null", output_tokens: int = 1, **message: Any) -> str:
+    body = {
+        "output": {
+            "choices": [
+                {
+                    "message": {"content": content, "role": "assistant", **message},
+                    "finish_reason": finish,
+                }
+            ]
+        },
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": output_tokens,
+            "total_tokens": 5 + output_tokens,
+        },
+        "request_id": "rid-native",
+    }
+    return json.dumps(body, ensure_ascii=False)
+
+
+def native_stream(*frames: str, event: str = "result", status: int = 200) -> bytes:
+    return "".join(
+        f"id:{n}\nevent:{event}\n:HTTP_STATUS/{status}\ndata:{f}\n\n"
+        for n, f in enumerate(frames, 1)
+    ).encode()
+
+
+def test_fixture_decodes_under_every_chunking() -> None:
+    data = FIXTURE.read_bytes()
+    expected = "".join(
+        json.loads(line[5:])["output"]["choices"][0]["message"]["content"]
+        for line in data.decode().splitlines()
+        if line.startswith("data:")
+    )
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.complete, label
+        assert result.content == expected, label
+        assert result.finish_reason == "stop"
+        assert result.usage is not None
+        assert (
+            result.usage.prompt_tokens,
+            result.usage.completion_tokens,
+            result.usage.total_tokens,
+        ) == (26, 66, 92)
+        assert result.request_id == "d30a9914-ac97-9102-b746-ce0cb35e3fa2"
+
+
+def test_cumulative_output_is_turned_into_deltas() -> None:
+    data = native_stream(frame("我是"), frame("我是通义"), frame("我是通义千问。", "stop", 3))
+    decoder = NativeStreamDecoder(incremental=False)
+    chunks = decoder.feed(data)
+    assert [c.choices[0].delta.content for c in chunks] == ["我是", "通义", "千问。"]
+    assert decoder.done
+    assert decoder.result().content == "我是通义千问。"
+
+
+def test_cumulative_output_that_does_not_extend_is_a_protocol_error() -> None:
+    decoder = NativeStreamDecoder(incremental=False)
+    with pytest.raises(ProtocolError, match="does not extend"):
+        decoder.feed(native_stream(frame("abc"), frame("xyz")))
+        decoder.feed_eof()
+
+
+def test_reasoning_content_in_native_frames() -> None:
+    data = native_stream(
+        frame("", reasoning_content="想一想"),
+        frame("答案", finish="stop", output_tokens=4),
+    )
+    result = run([data])
+    assert result.reasoning_content == "想一想"
+    assert result.content == "答案"
+
+
+def test_text_result_format() -> None:
+    body = {"output": {"text": "hello", "finish_reason": "stop"}, "request_id": "r"}
+    result = run([native_stream(json.dumps(body))])
+    assert result.content == "hello"
+    assert result.finish_reason == "stop"
+
+
+def test_error_frame_becomes_an_in_band_error_with_partial() -> None:
+    error_frame = json.dumps(
+        {
+            "code": "DataInspectionFailed",
+            "message": "Output data may contain inappropriate content.",
+            "request_id": "rid-native",
+        }
+    )
+    data = native_stream(frame("部分")) + native_stream(error_frame, event="error", status=400)
+    error = failure(data)
+    assert isinstance(error, InBandError)
+    assert error.code == "DataInspectionFailed"
+    assert error.request_id == "rid-native"
+    assert error.partial is not None
+    assert error.partial.content == "部分"
+
+
+def test_stream_without_a_finish_reason_is_incomplete() -> None:
+    error = failure(native_stream(frame("half"), frame(" way")))
+    assert isinstance(error, IncompleteStreamError)
+    assert error.partial is not None
+    assert error.partial.content == "half way"
+
+
+def test_malformed_frame() -> None:
+    error = failure(native_stream(frame("ok"), '{"output": '))
+    assert isinstance(error, ProtocolError)
+
+
+def test_request_body() -> None:
+    messages: list[object] = [{"role": "user", "content": "hi"}]
+    body = native_request_body("qwen-plus", messages, {"enable_thinking": False})
+    assert body == {
+        "model": "qwen-plus",
+        "input": {"messages": messages},
+        "parameters": {
+            "result_format": "message",
+            "incremental_output": True,
+            "enable_thinking": False,
+        },
+    }
