@@ -49,6 +49,7 @@ from qwen_sse.errors import (
     QwenSSEError,
     RateLimitError,
     RequestTimeoutError,
+    StreamInterruptedError,
     TotalTimeoutError,
     TransportError,
     status_error,
@@ -949,5 +950,5 @@ def _map_client_error(
         return TransportError(f"HTTP exchange failed: {error.status} {error.message}")
     if started:
         reason = str(error) or type(error).__name__
-        return IncompleteStreamError(f"connection lost mid-stream: {reason}")
+        return StreamInterruptedError(f"connection lost mid-stream: {reason}")
     return TransportError(f"request failed: {error or type(error).__name__}")

@@ -12,7 +12,9 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
     ├── StreamError                   the stream began (HTTP 200) but did not end properly
     │   ├── InBandError               a data frame carried {"error": {...}}
     │   └── IncompleteStreamError     the stream ended, or was cut, without its end marker
+    │       └── StreamInterruptedError  the connection broke mid-stream
     ├── TransportError                the connection failed (refused, reset, TLS, DNS)
+    ├── QueueTimeoutError             a limiter did not admit the request in time; nothing sent
     ├── RequestTimeoutError           a deadline passed; subclasses say which one
     │   ├── ConnectTimeoutError
     │   ├── FirstTokenTimeoutError
@@ -56,11 +58,13 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
+    "QueueTimeoutError",
     "QwenSSEError",
     "RateLimitError",
     "RequestTimeoutError",
     "ServerError",
     "StreamError",
+    "StreamInterruptedError",
     "TokenLimitError",
     "TotalTimeoutError",
     "TransportError",
@@ -183,8 +187,28 @@ class IncompleteStreamError(StreamError):
     """The stream ended or was cut before its end marker (``data: [DONE]``)."""
 
 
+class StreamInterruptedError(IncompleteStreamError):
+    """The connection broke mid-stream (reset, aborted, incomplete chunked body)."""
+
+
 class TransportError(QwenSSEError):
     """The connection could not be made or broke (refused, reset, TLS, DNS)."""
+
+
+class QueueTimeoutError(QwenSSEError):
+    """A limiter kept the request queued for longer than its ``queue_timeout_s``; the
+    request was never sent. ``model`` is the request's model, ``waited_s`` the time spent
+    queued."""
+
+    def __init__(self, *, timeout_s: float, waited_s: float, model: str = "") -> None:
+        what = f"a {model} request" if model else "the request"
+        super().__init__(
+            f"{what} waited {waited_s:.3g} s for admission by the limiter, over "
+            f"queue_timeout_s={timeout_s:g}; it was not sent"
+        )
+        self.timeout_s = timeout_s
+        self.waited_s = waited_s
+        self.model = model
 
 
 class RequestTimeoutError(QwenSSEError, builtins.TimeoutError):

@@ -15,7 +15,7 @@ from qwen_sse.chunks import encode_chunk
 from qwen_sse.client import QwenClient
 from qwen_sse.config import Timeouts
 from qwen_sse.emulator import Emulator, EmulatorConfig
-from qwen_sse.errors import QwenSSEError
+from qwen_sse.errors import ConfigurationError, QwenSSEError
 from qwen_sse.retry import RetryPolicy
 
 _MOCK_KEY = "sk-mock"
@@ -36,6 +36,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--mock",
         action="store_true",
         help="start the built-in DashScope emulator in-process: no key, no network",
+    )
+    target.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="an extra request header (repeatable), e.g. an emulator fault",
     )
     target.add_argument(
         "--allow-insecure-http",
@@ -62,6 +69,16 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--total-timeout", type=float, default=0.0)
 
 
+def headers_from(args: argparse.Namespace) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--header wants NAME:VALUE, got {item!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
 def retry_from(args: argparse.Namespace) -> RetryPolicy:
     return RetryPolicy(max_attempts=args.max_attempts, resume=args.resume)
 
@@ -79,8 +96,9 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 
 
 @contextlib.asynccontextmanager
-async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
-    """The client the options describe; with ``--mock``, pointed at a fresh emulator."""
+async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator[QwenClient]:
+    """The client the options describe; with ``--mock``, pointed at a fresh emulator.
+    ``options`` go to :class:`QwenClient` as they are (e.g. ``wire_tap``)."""
     if args.mock:
         config = EmulatorConfig(api_key=None, ttft_s=0.15, itl_s=0.02, jitter_s=0.01)
         async with (
@@ -91,6 +109,8 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
                 model=args.model,
                 timeouts=timeouts_from(args),
                 retry=retry_from(args),
+                default_headers=headers_from(args),
+                **options,
             ) as client,
         ):
             yield client
@@ -102,6 +122,8 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[QwenClient]:
         timeouts=timeouts_from(args),
         retry=retry_from(args),
         allow_insecure_http=args.allow_insecure_http,
+        default_headers=headers_from(args),
+        **options,
     ) as client:
         yield client
 
@@ -114,6 +136,14 @@ def add_parser(subparsers: Any) -> None:
         "the answer, then a one-line summary on stderr. The key comes from "
         "DASHSCOPE_API_KEY or QWEN_API_KEY.",
     )
+    add_prompt_options(parser)
+    parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
+    add_connection_options(parser)
+    parser.set_defaults(func=run)
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """The prompt and the request options, shared by chat and trace."""
     parser.add_argument("prompt", help="the user message ('-' reads it from stdin)")
     parser.add_argument("--system", help="a system message to send first")
     parser.add_argument("--thinking", action="store_true", help="send enable_thinking: true")
@@ -128,9 +158,17 @@ def add_parser(subparsers: Any) -> None:
         metavar="KEY=JSON",
         help="extra top-level body field, e.g. --param top_k=20 (repeatable)",
     )
-    parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
-    add_connection_options(parser)
-    parser.set_defaults(func=run)
+
+
+def request_from(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(messages, params)`` from the prompt options; ``ValueError`` names a bad option."""
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = _params(args)
+    messages: list[dict[str, Any]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": prompt})
+    return messages, params
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,15 +196,10 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-        params = _params(args)
+        messages, params = request_from(args)
     except ValueError as error:
         print(f"qwen-sse chat: {error}", file=sys.stderr)
         return 2
-    messages: list[dict[str, Any]] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
-    messages.append({"role": "user", "content": prompt})
     return asyncio.run(_chat(args, messages, params))
 
 
@@ -199,7 +232,7 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
             print(summary_line(stream.result), file=sys.stderr)
     except QwenSSEError as error:
         out.flush()
-        _report_error(error, sys.stderr)
+        report_error(error, sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
     return 0
 
@@ -232,7 +265,8 @@ def summary_line(result: ChatResult) -> str:
     return " · ".join(parts)
 
 
-def _report_error(error: QwenSSEError, err: TextIO) -> None:
+def report_error(error: QwenSSEError, err: TextIO) -> None:
+    """One line for the error (and its notes); a second when an answer was cut short."""
     notes = "; ".join(getattr(error, "__notes__", ()))
     print(f"qwen-sse: error: {error}" + (f" ({notes})" if notes else ""), file=err)
     partial = error.partial

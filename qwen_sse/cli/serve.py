@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
+from qwen_sse.errors import QwenSSEError
+from qwen_sse.recording import ReplayServer, load_recording
 
 _DEFAULTS = EmulatorConfig()
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -58,6 +60,11 @@ def add_parser(subparsers: Any) -> None:
         "--fault", metavar="JSON", help="default fault for every request, e.g. '{\"status\": 429}'"
     )
     parser.add_argument(
+        "--replay",
+        metavar="RECORDING",
+        help="serve a recording (qwen-sse trace --record) byte for byte with its timing",
+    )
+    parser.add_argument(
         "--exit-after-s",
         type=float,
         metavar="SECONDS",
@@ -67,6 +74,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replay:
+        return _run_replay(args)
     try:
         fault = msgspec.json.decode(args.fault, type=Fault) if args.fault else None
         config = EmulatorConfig(
@@ -96,13 +105,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_replay(args: argparse.Namespace) -> int:
+    try:
+        server = ReplayServer(load_recording(args.replay), host=args.host, port=args.port)
+    except QwenSSEError as error:
+        print(f"qwen-sse serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve_replay(server, args.exit_after_s))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as error:
+        print(
+            f"qwen-sse serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+async def _serve_replay(server: ReplayServer, exit_after_s: float | None) -> None:
+    async with server:
+        print(
+            f"qwen-sse serve: replaying {server.attempts} recorded response(s) at {server.base_url}"
+        )
+        print(
+            "every POST gets the next one, with its original timing; stop with Ctrl-C", flush=True
+        )
+        await _wait(exit_after_s)
+
+
+async def _wait(exit_after_s: float | None) -> None:
+    if exit_after_s is None:
+        await asyncio.Event().wait()
+    else:
+        await asyncio.sleep(exit_after_s)
+
+
 async def _serve(config: EmulatorConfig, host: str, port: int, exit_after_s: float | None) -> None:
     async with Emulator(config, host=host, port=port) as emulator:
         _announce(emulator, config)
-        if exit_after_s is None:
-            await asyncio.Event().wait()
-        else:
-            await asyncio.sleep(exit_after_s)
+        await _wait(exit_after_s)
 
 
 def _announce(emulator: Emulator, config: EmulatorConfig) -> None:

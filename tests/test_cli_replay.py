@@ -1,0 +1,100 @@
+"""Tests of ``qwen-sse replay`` and ``serve --replay``: recordings decode and play back
+exactly as they were received."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from qwen_sse.chunks import encode_chunk
+from qwen_sse.cli import main
+from qwen_sse.client import QwenClient
+from qwen_sse.emulator import Emulator, EmulatorConfig
+from qwen_sse.recording import Recorder, ReplayServer, load_recording
+from qwen_sse.retry import NO_RETRIES
+
+KEY = "sk-test"
+HELLO = [{"role": "user", "content": "你好"}]
+
+
+async def record_live(path: Path, *, itl_s: float = 0.0) -> list[str]:
+    """One live call against the emulator, recorded; returns its chunks as JSON lines."""
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=itl_s, answer_tokens=12)
+    with path.open("w", encoding="utf-8") as file:
+        async with Emulator(config) as server:
+            client = QwenClient(KEY, server.base_url, wire_tap=Recorder(file), retry=NO_RETRIES)
+            async with client, client.stream_chat(HELLO) as stream:
+                return [encode_chunk(chunk).decode() async for chunk in stream]
+
+
+async def test_a_recording_replays_to_exactly_the_live_chunks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "live.jsonl"
+    live = await record_live(path)
+    status = await asyncio.to_thread(main, ["replay", "--json", str(path)])
+    assert status == 0
+    assert capsys.readouterr().out.splitlines() == live
+
+
+async def test_replay_shows_the_trace_view(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "live.jsonl"
+    await record_live(path)
+    assert await asyncio.to_thread(main, ["replay", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "=== attempt 1: POST" in out
+    assert "complete: yes" in out
+    assert "anomalies: none" in out
+
+
+class ReadTimes:
+    """A wire tap keeping the arrival time of every read."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def request(self, **_: object) -> None:
+        pass
+
+    def response(self, **_: object) -> None:
+        pass
+
+    def data(self, chunk: bytes, at_s: float) -> None:
+        self.times.append(at_s)
+
+    def end(self, **_: object) -> None:
+        pass
+
+
+async def test_serving_a_recording_reproduces_its_timing_and_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "paced.jsonl"
+    await record_live(path, itl_s=0.04)
+    (attempt,) = load_recording(path)
+    recorded = [at for at, _ in attempt.pieces]
+    taps = ReadTimes()
+    async with ReplayServer([attempt]) as server:
+        client = QwenClient(KEY, server.base_url, wire_tap=taps, retry=NO_RETRIES)
+        async with client:
+            result = await client.chat(HELLO)
+    assert result.complete
+    replayed = taps.times[: len(recorded)]
+    assert len(replayed) == len(recorded)
+    recorded_gaps = [b - a for a, b in itertools.pairwise(recorded)]
+    replayed_gaps = [b - a for a, b in itertools.pairwise(replayed)]
+    differences = [abs(x - y) for x, y in zip(recorded_gaps, replayed_gaps, strict=True)]
+    # Within a few milliseconds at the client, as a median over every gap.
+    assert statistics.median(differences) < 0.005
+
+
+def test_a_file_that_is_not_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"not": "a recording"}) + "\n")
+    assert main(["replay", str(path)]) == 2
+    assert "not a qwen-sse recording" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""Tests of ``qwen-sse trace``: the wire of a call against the emulator, faults flagged."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qwen_sse.cli import main
+from qwen_sse.emulator import FAULT_HEADER, Fault
+
+SECRET = "sk-test-trace-secret-0123456789abcdef"
+
+
+def trace_with(fault: Fault, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    header = f"{FAULT_HEADER}: {fault.to_json()}"
+    status = main(["trace", "--mock", "--max-tokens", "6", "--header", header, *extra, "hi"])
+    out, _ = capsys.readouterr()
+    assert status in (0, 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fault", "anomaly"),
+    [
+        (Fault(stall_after_events=3, stall_s=0.4, keepalive_every_s=0.1), "!! stall:"),
+        (Fault(no_done=True), "!! missing-done:"),
+        (Fault(error_after_events=3), "!! in-band-error:"),
+        (Fault(malformed_after_events=3), "!! broken-json:"),
+    ],
+    ids=["stall", "no-done", "in-band-error", "malformed"],
+)
+def test_each_fault_shows_its_anomaly(
+    fault: Fault, anomaly: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = trace_with(fault, capsys, "--stall-ms", "250", "--max-attempts", "1")
+    assert anomaly in out
+    assert "=== summary" in out
+
+
+def test_keep_alives_and_line_endings_are_visible(capsys: pytest.CaptureFixture[str]) -> None:
+    fault = Fault(stall_after_events=2, stall_s=0.25, keepalive_every_s=0.05, line_ending="\r\n")
+    out = trace_with(fault, capsys, "--stall-ms", "1000")
+    assert ": comment ' keep-alive'" in out
+    assert "\\r\\n" in out
+    assert "anomalies: none" in out
+
+
+def test_a_clean_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "--mock", "--max-tokens", "4", "你好"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("=== attempt 1: POST http://127.0.0.1:")
+    assert "  > Authorization: Bearer ***" in out
+    assert "< HTTP 200" in out
+    assert re.search(r"\[\s+\d+\.\d ms\] \+\d+ B", out)
+    assert "event #1 message:" in out
+    assert "[DONE]" in out
+    assert "first byte" in out
+    assert "anomalies: none" in out
+
+
+@pytest.fixture
+def served_with_secret_key() -> Iterator[str]:
+    """``qwen-sse serve`` in a subprocess that accepts only SECRET; yields its base URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qwen_sse",
+            "serve",
+            "--port",
+            "0",
+            "--api-key",
+            SECRET,
+            "--ttft-ms",
+            "0",
+            "--itl-ms",
+            "1",
+            "--exit-after-s",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/compatible-mode/v1)", line)
+        assert match, line
+        yield match.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_no_trace_or_recording_contains_the_key(
+    served_with_secret_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", SECRET)
+    record = tmp_path / "call.jsonl"
+    args = ["trace", "--base-url", served_with_secret_key, "--record", str(record), "hi"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "complete: yes" in out
+    assert main(["replay", str(record)]) == 0
+    replayed, _ = capsys.readouterr()
+    for text in (out, err, record.read_text("utf-8"), replayed):
+        assert SECRET not in text
+        assert SECRET[10:] not in text
+    assert "Bearer ***" in record.read_text("utf-8")
+
+
+def test_an_unwritable_recording_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "--mock", "--record", "/nonexistent/dir/r.jsonl", "hi"]) == 2
+    assert "cannot write /nonexistent/dir/r.jsonl" in capsys.readouterr().err

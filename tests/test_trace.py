@@ -1,0 +1,134 @@
+"""Tests of qwen_sse.trace: the trace view and each anomaly it flags, on synthetic wires."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from qwen_sse.trace import TraceView
+
+HEADERS = {"content-type": "text/event-stream", "x-request-id": "rid-trace"}
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-rid-trace",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+def usage_chunk(completion_tokens: int) -> bytes:
+    usage = {"prompt_tokens": 5, "completion_tokens": completion_tokens, "total_tokens": 99}
+    return f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+
+
+def trace(
+    reads: list[tuple[float, bytes]], *, protocol: str = "compatible"
+) -> tuple[TraceView, str]:
+    out = io.StringIO()
+    view = TraceView(out, protocol=protocol, stall_ms=500)
+    view.request(
+        method="POST", url="http://x/v1", headers={"Authorization": "Bearer ***"}, body=b"{}"
+    )
+    view.response(status=200, headers=HEADERS, at_s=0.01)
+    for at_s, data in reads:
+        view.data(data, at_s)
+    view.end(at_s=reads[-1][0] if reads else 0.0, outcome="ok", error=None)
+    out.write(view.summary())
+    return view, out.getvalue()
+
+
+def kinds(view: TraceView) -> list[str]:
+    return [anomaly.kind for anomaly in view.anomalies]
+
+
+def test_a_clean_stream_has_no_anomalies_and_a_full_summary() -> None:
+    view, text = trace(
+        [
+            (0.10, chunk("")),
+            (0.20, chunk("你好")),
+            (0.25, chunk("世界") + chunk("", "stop")),
+            (0.30, usage_chunk(2) + b"data: [DONE]\n\n"),
+        ]
+    )
+    assert kinds(view) == []
+    assert "event #2 message:" in text
+    assert "first byte 100.0 ms, first token 200.0 ms" in text
+    assert "usage: prompt 5, completion 2" in text
+    assert "request id rid-trace" in text
+    assert "anomalies: none" in text
+    assert "complete: yes" in text
+
+
+def test_line_endings_and_comments_are_shown() -> None:
+    _, text = trace([(0.1, b": keep-alive\r\n" + chunk("a").replace(b"\n", b"\r"))])
+    assert "| : keep-alive\\r\\n" in text
+    assert ": comment ' keep-alive'" in text
+    assert '"content":"a"' in text
+    assert "\\r" in text
+
+
+def test_stall() -> None:
+    view, _ = trace([(0.1, chunk("a")), (1.5, chunk("b", "stop") + b"data: [DONE]\n\n")])
+    assert kinds(view) == ["stall"]
+    assert view.anomalies[0].at_ms == 1500
+
+
+def test_missing_done() -> None:
+    view, _ = trace([(0.1, chunk("a", "stop"))])
+    assert kinds(view) == ["missing-done"]
+
+
+def test_native_streams_need_no_done() -> None:
+    frame = {
+        "output": {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]},
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    data = f"id:1\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(frame)}\n\n".encode()
+    view, text = trace([(0.1, data)], protocol="native")
+    assert kinds(view) == []
+    assert "comment 'HTTP_STATUS/200'" in text
+
+
+def test_in_band_error() -> None:
+    error = b'data: {"error": {"code": "data_inspection_failed", "message": "m"}}\n\n'
+    view, _ = trace([(0.1, chunk("a")), (0.2, error)])
+    assert "in-band-error" in kinds(view)
+
+
+def test_joined_frames() -> None:
+    joined = b'data: {"choices": []}\ndata: {"choices": []}\n\n'
+    view, _ = trace([(0.1, joined + b"data: [DONE]\n\n")])
+    assert kinds(view) == ["joined-frames"]
+
+
+def test_json_broken_by_a_raw_line_feed() -> None:
+    broken = b'data: {"choices": [{"delta":\n{"content": "x"}}]}\n\n'
+    view, _ = trace([(0.1, broken + b"data: [DONE]\n\n")])
+    assert kinds(view) == ["stray-line", "broken-json"]
+    assert "raw line feed" in view.anomalies[1].detail
+
+
+def test_non_utf8_bytes_but_not_a_character_split_across_reads() -> None:
+    text_chunk = chunk("通义")
+    cut = text_chunk.index("通".encode()) + 1
+    view, _ = trace([(0.1, text_chunk[:cut]), (0.2, text_chunk[cut:] + b"data: [DONE]\n\n")])
+    assert kinds(view) == []
+    view, _ = trace([(0.1, b'data: {"x": "\xff"}\n\n' + b"data: [DONE]\n\n")])
+    assert "non-utf8" in kinds(view)
+
+
+def test_usage_that_contradicts_the_text() -> None:
+    view, _ = trace([(0.1, chunk("three words here") + usage_chunk(40) + b"data: [DONE]\n\n")])
+    assert kinds(view) == ["usage-mismatch"]
+    assert "completion_tokens is 40" in view.anomalies[0].detail
+
+
+def test_summary_has_gap_percentiles() -> None:
+    reads = [(0.1 + n * 0.05, chunk(f"w{n}")) for n in range(10)]
+    reads.append((0.7, chunk("", "stop") + b"data: [DONE]\n\n"))
+    _, text = trace(reads)
+    assert "inter-token gaps ms: p50 50.0" in text
