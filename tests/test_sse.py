@@ -431,3 +431,25 @@ def test_encoder_rejects_unknown_line_ending() -> None:
         SSEEncoder("\n\r")
     with pytest.raises(ValueError, match="comment"):
         encode_comment("a\nb")
+
+
+@given(
+    st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)),
+    st.lists(st.integers(0, 2000), max_size=10),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_plain_data_streams_under_any_chunking(
+    values: list[str], cuts: list[int], with_id: bool
+) -> None:
+    # Streams of nothing but "data: x" events take the decoder's fast path; they must
+    # decode exactly as the reference algorithm says, whatever the read boundaries.
+    head = "id: 9\n\n" if with_id else ""
+    data = (head + "".join(f"data: {value}\n\n" for value in values)).encode()
+    bounds = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+    expected = reference_decode(data)
+    assert as_tuples(decode_pieces(pieces)) == expected
+    decoder = SSEDecoder()
+    frames = [frame for piece in pieces for frame in decoder.feed_frames(piece)]
+    assert frames == [("message", d.encode()) for d, _, _, _ in expected]
