@@ -40,3 +40,14 @@ def test_bench_sse_quick() -> None:
 def test_bench_tokens_quick() -> None:
     document = run_quick("bench_tokens.py")
     assert {"first_load", "counting", "prompts"} <= document.keys()
+
+
+@pytest.mark.timeout(300)
+def test_bench_client_quick() -> None:
+    document = run_quick("bench_client.py", "--repeat", "1")
+    assert {"server", "results", "targets"} <= document.keys()
+    text = json.dumps(document["results"])
+    for name in ("raw aiohttp", "qwen-sse", "openai", "httpx-sse", "aiohttp lines"):
+        assert name in text
+    for workload in ("bulk", "paced", "memory"):
+        assert workload in text
