@@ -7,6 +7,7 @@ import asyncio
 import json
 import shlex
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -91,8 +92,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"qwen-sse serve: invalid setting: {error}", file=sys.stderr)
         return 2
+    return _run_until_stopped(_serve(config, args.host, args.port, args.exit_after_s), args)
+
+
+def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
     try:
-        asyncio.run(_serve(config, args.host, args.port, args.exit_after_s))
+        asyncio.run(server)
     except KeyboardInterrupt:
         # Ctrl-C is how this command is meant to end.
         return 0
@@ -111,17 +116,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     except QwenSSEError as error:
         print(f"qwen-sse serve: {error}", file=sys.stderr)
         return 2
-    try:
-        asyncio.run(_serve_replay(server, args.exit_after_s))
-    except KeyboardInterrupt:
-        return 0
-    except OSError as error:
-        print(
-            f"qwen-sse serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return _run_until_stopped(_serve_replay(server, args.exit_after_s), args)
 
 
 async def _serve_replay(server: ReplayServer, exit_after_s: float | None) -> None:
