@@ -129,6 +129,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import benchenv
+
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.context import SpawnProcess
@@ -1287,36 +1289,9 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # Environment and output
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Hardware", "Processor")):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
     packages = ("qwen-sse", "aiohttp", "msgspec", "openai", "httpx", "httpx2", "httpx-sse")
-    return {
-        "python": sys.version,
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "event_loop": "asyncio default (selector)",
-        "packages": {name: _version(name) for name in packages},
-    }
+    return {**benchenv.environment(packages), "event_loop": "asyncio default (selector)"}
 
 
 def _short(status: str) -> str:

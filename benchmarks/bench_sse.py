@@ -94,7 +94,6 @@ import importlib
 import importlib.metadata
 import itertools
 import json
-import os
 import platform
 import random
 import statistics
@@ -104,6 +103,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import benchenv
 
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.sse import SSEDecoder
@@ -643,36 +644,8 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # Environment and output
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Hardware", "Processor")):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
-    return {
-        "python": sys.version,
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "packages": {
-            name: _version(name)
-            for name in ("qwen-sse", "msgspec", "openai", "httpx-sse", "httpx", "httpx2")
-        },
-    }
+    return benchenv.environment(("qwen-sse", "msgspec", "openai", "httpx-sse", "httpx", "httpx2"))
 
 
 def _size(size: int) -> str:
