@@ -19,8 +19,16 @@ Faults (:class:`Fault`) come from three places; the first that has one wins:
 
 A request is checked in this order: fault header syntax (400), API key (401), the fault's
 ``status``, the body (400), the model (404), moderation, input length and ``max_tokens``
-against the model's limits (400), partial mode with thinking (400); then it is answered,
-streamed or not, with the fault's stream effects.
+against the model's limits (400), partial mode with thinking (400), the rate limits (429);
+then it is answered, streamed or not, with the fault's stream effects.
+
+Rate limits (:attr:`EmulatorConfig.rpm`, :attr:`EmulatorConfig.tpm`) are DashScope's: per
+API key and per model, over a sliding window of ``limit_window_s`` (a minute by default,
+seconds in tests). A request is admitted when the requests admitted in the last window,
+plus this one, stay within ``rpm``, and their total tokens (prompt plus completion, known
+in advance because answers are deterministic), plus this one's, within ``tpm``; else it is
+answered 429 ``limit_requests`` (RPM, checked first) or 429 ``insufficient_quota``
+"Allocated quota exceeded..." (TPM). A refused request is not counted.
 """
 
 from __future__ import annotations
@@ -188,6 +196,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     no ``max_tokens``. ``models`` are the known model names. ``fault`` applies to every
     request that has no fault of its own. ``record_requests`` keeps every request in
     :attr:`Emulator.requests`; a long-running server turns it off to bound its memory.
+    ``rpm`` and ``tpm`` limit requests and tokens per API key and model over a sliding
+    window of ``limit_window_s`` (None: unlimited; see the module).
     """
 
     api_key: str | None = "sk-test"
@@ -199,12 +209,19 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...] = DEFAULT_MODELS
     fault: Fault | None = None
     record_requests: bool = True
+    rpm: int | None = None
+    tpm: int | None = None
+    limit_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("ttft_s", "itl_s", "jitter_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         _check_count("answer_tokens", self.answer_tokens, 1)
+        _check_count("rpm", self.rpm, 1)
+        _check_count("tpm", self.tpm, 1)
+        if not self.limit_window_s > 0:
+            raise ValueError(f"limit_window_s must be positive, got {self.limit_window_s}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -576,6 +593,8 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str, str]] = {
         "The service is temporarily unavailable, please try again later.",
     ),
 }
+_TPM_CODE = "insufficient_quota"
+_TPM_MESSAGE = "Allocated quota exceeded, please increase your quota limit."
 _IN_BAND_CODE = "data_inspection_failed"
 _IN_BAND_MESSAGE = "Output data may contain inappropriate content."
 
@@ -904,6 +923,33 @@ class _Streamer:
 
 
 # ---------------------------------------------------------------------------------------
+# Rate limits
+
+
+class _RateWindow:
+    """What one API key sent to one model during the last window: when each admitted
+    request arrived and its tokens."""
+
+    __slots__ = ("requests", "tokens_in_window")
+
+    def __init__(self) -> None:
+        self.requests: deque[tuple[float, int]] = deque()
+        self.tokens_in_window = 0
+
+    def admit(self, now_s: float, tokens: int, config: EmulatorConfig) -> None:
+        """Count the request, or raise the 429 DashScope answers when it is over a limit."""
+        requests = self.requests
+        while requests and requests[0][0] <= now_s - config.limit_window_s:
+            self.tokens_in_window -= requests.popleft()[1]
+        if config.rpm is not None and len(requests) + 1 > config.rpm:
+            raise _Reject(429)
+        if config.tpm is not None and self.tokens_in_window + tokens > config.tpm:
+            raise _Reject(429, _TPM_CODE, _TPM_MESSAGE)
+        requests.append((now_s, tokens))
+        self.tokens_in_window += tokens
+
+
+# ---------------------------------------------------------------------------------------
 # The server
 
 
@@ -931,6 +977,8 @@ class Emulator:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self._models = frozenset(self.config.models)
+        # Keyed by a digest of the API key, so that the server keeps no key it was sent.
+        self._rate_windows: dict[tuple[bytes, str], _RateWindow] = {}
 
     @property
     def port(self) -> int:
@@ -1074,11 +1122,22 @@ class Emulator:
         headers = self._headers(exchange, "application/json")
         return web.Response(status=reject.status, body=_encode(body), headers=headers)
 
-    def _check_key(self, request: web.Request) -> None:
+    def _check_key(self, request: web.Request) -> str:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         expected = self.config.api_key
         if scheme.lower() != "bearer" or not key or (expected is not None and key != expected):
             raise _Reject(401)
+        return key
+
+    def _check_rate(self, key: str, model: str, tokens: int) -> None:
+        config = self.config
+        if config.rpm is None and config.tpm is None:
+            return
+        account = (hashlib.blake2b(key.encode(), digest_size=16).digest(), model)
+        window = self._rate_windows.get(account)
+        if window is None:
+            window = self._rate_windows[account] = _RateWindow()
+        window.admit(time.monotonic(), tokens, config)
 
     async def _respond(self, exchange: _Exchange, raw: bytes) -> web.StreamResponse:
         record = exchange.record
@@ -1087,7 +1146,7 @@ class Emulator:
             record.body = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             record.body = None
-        self._check_key(exchange.request)
+        key = self._check_key(exchange.request)
         if fault is not None and fault.status is not None:
             raise _Reject(fault.status, fault.code, fault.message)
         body, messages = self._check_body(record.body)
@@ -1097,6 +1156,7 @@ class Emulator:
             body, seed=self.config.seed, answer_tokens=self.config.answer_tokens
         )
         usage = _usage(body, answer, prompt_tokens)
+        self._check_rate(key, body["model"], usage["total_tokens"])
         content_type = fault.content_type if fault is not None else None
         if body.get("stream") is not True or (content_type and "json" in content_type.lower()):
             return self._completion(exchange, body, answer, usage)
