@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qwen_sse.cli import chat, decode, replay, serve, tokens, trace
+from qwen_sse.cli import bench, chat, decode, replay, serve, tokens, trace
 
-_COMMANDS = (chat, decode, replay, serve, tokens, trace)
+_COMMANDS = (bench, chat, decode, replay, serve, tokens, trace)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,103 @@
+"""The live progress line of a run on a terminal: done, rate, running percentiles, errors.
+
+Edge layer (bench). It writes to a text stream only when that stream is a terminal, and
+never to stdout (where the report and JSON go). Imports
+:mod:`qwen_sse.bench.metrics` only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TextIO
+
+from qwen_sse.bench.metrics import RequestRecord, percentile
+
+__all__ = ["LiveProgress", "Sample", "sample_of"]
+
+Sample = tuple[bool, float | None, float | None]
+"""What the live line needs of a finished request: ``(ok, ttft_s, tpot_s)``."""
+
+_WINDOW = 2000
+
+
+def sample_of(record: RequestRecord) -> Sample:
+    return (record.ok, record.ttft_s, record.tpot_s)
+
+
+class LiveProgress:
+    """A one-line status redrawn in place, at most every ``interval_s``.
+
+    ``planned`` is the number of measured requests expected (None when the run is bounded
+    by time, ``duration_s``). Percentiles are over the latest ``2000`` requests, so the
+    line follows the run as it changes. Inert unless ``stream`` is a terminal.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        planned: int | None,
+        duration_s: float | None = None,
+        interval_s: float = 0.5,
+    ) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.planned = planned
+        self.duration_s = duration_s
+        self.interval_s = interval_s
+        self.done = 0
+        self.failed = 0
+        self._ttft: deque[float] = deque(maxlen=_WINDOW)
+        self._tpot: deque[float] = deque(maxlen=_WINDOW)
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+        self._drawn = False
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        for ok, ttft_s, tpot_s in samples:
+            self.done += 1
+            if not ok:
+                self.failed += 1
+                continue
+            if ttft_s is not None:
+                self._ttft.append(ttft_s)
+            if tpot_s is not None:
+                self._tpot.append(tpot_s)
+
+    def line(self, elapsed_s: float) -> str:
+        """The status text (without control characters)."""
+        of = f"/{self.planned}" if self.planned is not None else ""
+        span = f"/{self.duration_s:.0f}" if self.duration_s is not None else ""
+        rate = self.done / elapsed_s if elapsed_s > 0 else 0.0
+        parts = [f"{elapsed_s:5.1f}{span} s", f"{self.done}{of} done", f"{rate:.1f} req/s"]
+        if self._ttft:
+            ordered = sorted(self._ttft)
+            parts.append(
+                f"TTFT p50 {percentile(ordered, 50) * 1000:.0f} ms"
+                f" p99 {percentile(ordered, 99) * 1000:.0f} ms"
+            )
+        if self._tpot:
+            parts.append(f"TPOT p50 {percentile(sorted(self._tpot), 50) * 1000:.1f} ms")
+        parts.append(f"{self.failed} errors")
+        return " · ".join(parts)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Redraw the line if ``interval_s`` has passed since the last time (or ``force``)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < self.interval_s:
+            return
+        self._drawn_at = now
+        self._drawn = True
+        self.stream.write("\r\x1b[2K" + self.line(now - self._started))
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state and end the line, so later output starts on its own."""
+        if self.enabled and self._drawn:
+            self.refresh(force=True)
+            self.stream.write("\n")
+            self.stream.flush()

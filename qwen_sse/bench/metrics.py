@@ -1,0 +1,350 @@
+"""Per-request measurements and the figures computed from them, under vLLM's definitions.
+
+Edge layer (bench). Pure: results in, records out, records in, numbers out; no clock
+and no I/O, so the asyncio runner and the Locust user (under gevent) share it. Imports
+only the core (:mod:`qwen_sse.chat`, :mod:`qwen_sse.tokens`).
+
+Definitions (those of vLLM's ``benchmark_serving``, so results compare side by side):
+
+* TTFT: from sending the request to the first content or reasoning text (the role-only
+  first chunk does not count).
+* ITL: every gap between consecutive text-bearing chunks, pooled over all requests.
+* TPOT, per request with more than one output token: ``(e2e - ttft) / (output_tokens - 1)``.
+* E2EL: from sending the request to the end of its stream.
+* Percentiles interpolate linearly between closest ranks (numpy's default); ``std`` is
+  the population standard deviation. Only successful requests count; failed ones are
+  counted by error type.
+* Throughputs divide by the measured window: from the first measured request's send to
+  the last measured request's end.
+* Goodput: successful requests per second that meet every SLO given (a request with one
+  output token has TPOT 0 for this purpose).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from qwen_sse.chat import ChatResult
+from qwen_sse.tokens import count_tokens
+
+__all__ = [
+    "METRICS",
+    "RequestRecord",
+    "Slo",
+    "describe",
+    "max_concurrency",
+    "output_tokens_of",
+    "peak_output_tokens_per_s",
+    "percentile",
+    "percentile_key",
+    "record_of",
+    "summarize",
+    "token_arrivals_s",
+    "tpot_of",
+]
+
+TokenSource = Literal["usage", "local"]
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+"""The latency metrics, in vLLM's key spelling (``mean_ttft_ms``, ``p99_itl_ms``, ...)."""
+
+
+class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything measured about one request. Times are seconds; instants (``*_at_s``)
+    count from the start of the run, on one clock shared by every worker.
+
+    * ``scheduled_at_s``: when the schedule meant it to go (closed loop: when its slot
+      became free); ``schedule_lag_s``: how late the client got round to it.
+    * ``queue_wait_s``: waiting after that for a free place under ``--max-concurrency``
+      (and for the client's limiter, if any), before the request was sent at ``sent_at_s``.
+    * ``ttft_s``, ``itl_s`` (every inter-token gap), ``e2e_s``, ``tpot_s``: from the send.
+    * ``output_tokens`` and ``prompt_tokens``, each with its source: ``"usage"`` when the
+      server reported it, ``"local"`` when counted with the Qwen tokenizer.
+    * ``ok`` is False when the request failed; ``error_type`` is then the exception's class
+      name, ``error`` its message and ``status`` the HTTP status, if one came.
+    """
+
+    index: int
+    worker: int
+    scheduled_at_s: float
+    schedule_lag_s: float
+    queue_wait_s: float
+    sent_at_s: float
+    ttft_s: float | None
+    itl_s: list[float]
+    e2e_s: float
+    tpot_s: float | None
+    output_tokens: int
+    output_tokens_source: TokenSource
+    prompt_tokens: int
+    prompt_tokens_source: TokenSource
+    ok: bool
+    error_type: str | None = None
+    error: str | None = None
+    status: int | None = None
+    attempts: int = 1
+    finish_reason: str | None = None
+    request_id: str = ""
+
+    @property
+    def end_at_s(self) -> float:
+        return self.sent_at_s + self.e2e_s
+
+
+class Slo(msgspec.Struct, frozen=True, kw_only=True):
+    """Service-level objectives for goodput, in milliseconds; None leaves one out."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def met_by(self, record: RequestRecord) -> bool:
+        """True when the (successful) request meets every objective set."""
+        if not record.ok:
+            return False
+        checks = (
+            (self.ttft_ms, record.ttft_s),
+            (self.tpot_ms, record.tpot_s if record.tpot_s is not None else 0.0),
+            (self.e2el_ms, record.e2e_s),
+        )
+        return all(
+            limit is None or (value is not None and value * 1000 <= limit)
+            for limit, value in checks
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            name: value
+            for name, value in (
+                ("ttft", self.ttft_ms),
+                ("tpot", self.tpot_ms),
+                ("e2el", self.e2el_ms),
+            )
+            if value is not None
+        }
+
+
+def tpot_of(e2e_s: float, ttft_s: float | None, output_tokens: int) -> float | None:
+    """vLLM's time per output token after the first; None below two tokens."""
+    if ttft_s is None or output_tokens < 2:
+        return None
+    return (e2e_s - ttft_s) / (output_tokens - 1)
+
+
+def output_tokens_of(result: ChatResult) -> tuple[int, TokenSource]:
+    """Output tokens of a result: the server's ``completion_tokens`` when it reported usage,
+    else the Qwen token count of everything it streamed (reasoning, content, tool-call
+    arguments)."""
+    if result.usage is not None:
+        return result.usage.completion_tokens, "usage"
+    text = "".join(
+        choice.reasoning_content
+        + choice.content
+        + "".join(call.function.arguments for call in choice.tool_calls)
+        for choice in result.choices
+    )
+    return count_tokens(text), "local"
+
+
+def record_of(
+    result: ChatResult | None,
+    *,
+    index: int,
+    worker: int,
+    scheduled_at_s: float,
+    schedule_lag_s: float,
+    queue_wait_s: float,
+    sent_at_s: float,
+    elapsed_s: float,
+    prompt_tokens: int,
+    error: BaseException | None = None,
+) -> RequestRecord:
+    """The record of one request from its (possibly partial, possibly missing) result.
+
+    ``elapsed_s`` is the caller's own measure of send-to-end, used when the result has no
+    end time of its own (a request that failed before any response).
+    """
+    timing = result.timing if result is not None else None
+    ttft_s = timing.ttft_s if timing is not None else None
+    e2e_s = timing.total_s if timing is not None and timing.total_s is not None else elapsed_s
+    if result is not None:
+        output_tokens, output_source = output_tokens_of(result)
+    else:
+        output_tokens, output_source = 0, "local"
+    usage = result.usage if result is not None else None
+    status = getattr(error, "status", None)
+    return RequestRecord(
+        index=index,
+        worker=worker,
+        scheduled_at_s=scheduled_at_s,
+        schedule_lag_s=schedule_lag_s,
+        queue_wait_s=queue_wait_s + (result.queue_wait_s if result is not None else 0.0),
+        sent_at_s=sent_at_s,
+        ttft_s=ttft_s,
+        itl_s=list(timing.inter_token_gaps_s) if timing is not None else [],
+        e2e_s=e2e_s,
+        tpot_s=tpot_of(e2e_s, ttft_s, output_tokens),
+        output_tokens=output_tokens,
+        output_tokens_source=output_source,
+        prompt_tokens=usage.prompt_tokens if usage is not None else prompt_tokens,
+        prompt_tokens_source="usage" if usage is not None else "local",
+        ok=error is None,
+        error_type=type(error).__name__ if error is not None else None,
+        error=str(error) if error is not None else None,
+        status=status if isinstance(status, int) else None,
+        attempts=result.attempts if result is not None else 1,
+        finish_reason=result.finish_reason if result is not None else None,
+        request_id=result.request_id if result is not None else "",
+    )
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of ``ordered`` (ascending, non-empty), linear interpolation
+    between closest ranks, as ``numpy.percentile`` computes it by default."""
+    if not ordered:
+        raise ValueError("percentile of no values")
+    position = (len(ordered) - 1) * p / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def percentile_key(p: float, metric: str) -> str:
+    """vLLM's key of a percentile: ``p99_ttft_ms``, ``p99.9_itl_ms``."""
+    word = str(int(p)) if float(p).is_integer() else str(p)
+    return f"p{word}_{metric}_ms"
+
+
+def describe(
+    values_s: Iterable[float], metric: str, percentiles: Sequence[float]
+) -> dict[str, Any]:
+    """``mean_/median_/std_/p<N>_<metric>_ms`` of values in seconds; None when there are none."""
+    ordered = sorted(values_s)
+    out: dict[str, Any] = {}
+    if not ordered:
+        out[f"mean_{metric}_ms"] = out[f"median_{metric}_ms"] = out[f"std_{metric}_ms"] = None
+        for p in percentiles:
+            out[percentile_key(p, metric)] = None
+        return out
+    out[f"mean_{metric}_ms"] = statistics.fmean(ordered) * 1000
+    out[f"median_{metric}_ms"] = percentile(ordered, 50) * 1000
+    out[f"std_{metric}_ms"] = statistics.pstdev(ordered) * 1000
+    for p in percentiles:
+        out[percentile_key(p, metric)] = percentile(ordered, p) * 1000
+    return out
+
+
+def token_arrivals_s(record: RequestRecord) -> list[float]:
+    """When each text-bearing chunk of the request arrived, from the start of the run."""
+    if record.ttft_s is None:
+        return []
+    at = record.sent_at_s + record.ttft_s
+    times = [at]
+    for gap in record.itl_s:
+        at += gap
+        times.append(at)
+    return times
+
+
+def peak_output_tokens_per_s(records: Iterable[RequestRecord]) -> float:
+    """The most output tokens that arrived within one whole second of the run.
+
+    A request's tokens are spread evenly over its text-bearing chunks (a chunk may carry
+    several tokens); seconds are counted from the run's start.
+    """
+    buckets: defaultdict[int, float] = defaultdict(float)
+    for record in records:
+        if not record.ok:
+            continue
+        arrivals = token_arrivals_s(record)
+        if not arrivals:
+            continue
+        share = record.output_tokens / len(arrivals)
+        for at in arrivals:
+            buckets[math.floor(at)] += share
+    return float(max(buckets.values(), default=0.0))
+
+
+def max_concurrency(records: Iterable[RequestRecord]) -> int:
+    """The most requests in flight at once (half-open intervals from send to end)."""
+    edges: list[tuple[float, int]] = []
+    for record in records:
+        edges.append((record.sent_at_s, 1))
+        edges.append((record.end_at_s, -1))
+    # An end sorts before a send at the same instant: the intervals are half-open.
+    edges.sort()
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    *,
+    percentiles: Sequence[float],
+    slo: Slo | None = None,
+) -> dict[str, Any]:
+    """The figures of a run from its measured records, with vLLM's keys.
+
+    ``duration`` (s), ``completed``, ``failed``, token totals, ``request_throughput``,
+    ``request_goodput`` (None without SLOs), ``output_throughput``,
+    ``total_token_throughput``, ``max_output_tokens_per_s``, ``max_concurrent_requests``,
+    ``mean_/median_/std_/p<N>_`` of ``ttft``, ``tpot``, ``itl``, ``e2el`` (ms); and beyond
+    vLLM: ``send_rate`` (requests sent per second over the send span), schedule lag and
+    queue wait statistics, ``errors`` by type and where the token counts came from.
+    """
+    ok = [record for record in records if record.ok]
+    if records:
+        start = min(record.sent_at_s for record in records)
+        end = max(record.end_at_s for record in records)
+        duration = max(end - start, 1e-9)
+    else:
+        duration = 0.0
+    total_input = sum(record.prompt_tokens for record in ok)
+    total_output = sum(record.output_tokens for record in ok)
+
+    def per_second(amount: float) -> float:
+        return amount / duration if duration else 0.0
+
+    good = sum(1 for record in ok if slo is not None and slo.met_by(record))
+    out: dict[str, Any] = {
+        "duration": duration,
+        "completed": len(ok),
+        "failed": len(records) - len(ok),
+        "total_input_tokens": total_input,
+        "total_output_tokens": total_output,
+        "request_throughput": per_second(len(ok)),
+        "request_goodput": per_second(good) if slo is not None else None,
+        "output_throughput": per_second(total_output),
+        "total_token_throughput": per_second(total_input + total_output),
+        "max_output_tokens_per_s": peak_output_tokens_per_s(ok),
+        "max_concurrent_requests": max_concurrency(records),
+    }
+    out.update(describe((r.ttft_s for r in ok if r.ttft_s is not None), "ttft", percentiles))
+    out.update(describe((r.tpot_s for r in ok if r.tpot_s is not None), "tpot", percentiles))
+    out.update(describe((gap for r in ok for gap in r.itl_s), "itl", percentiles))
+    out.update(describe((r.e2e_s for r in ok), "e2el", percentiles))
+    out["send_rate"] = _send_rate(records)
+    out.update(describe((r.schedule_lag_s for r in records), "schedule_lag", percentiles))
+    out.update(describe((r.queue_wait_s for r in records), "queue_wait", percentiles))
+    out["errors"] = dict(Counter(r.error_type or "unknown" for r in records if not r.ok))
+    out["output_tokens_source"] = dict(Counter(r.output_tokens_source for r in ok))
+    out["prompt_tokens_source"] = dict(Counter(r.prompt_tokens_source for r in ok))
+    return out
+
+
+def _send_rate(records: Sequence[RequestRecord]) -> float | None:
+    """Requests sent per second: ``(n - 1)`` over the span from the first to the last send."""
+    if len(records) < 2:
+        return None
+    sends = [record.sent_at_s for record in records]
+    span = max(sends) - min(sends)
+    return (len(records) - 1) / span if span > 0 else None

@@ -1,0 +1,213 @@
+"""What a run leaves behind: the summary table, and the JSON, JSONL and CSV files.
+
+Edge layer (bench). Text and files only; it computes no figure (they all come in the
+summary document from :mod:`qwen_sse.bench.benchmark`). The table follows vLLM's layout
+so the two read alike; the verdict on the client opens it when the client was saturated.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from qwen_sse.bench.metrics import RequestRecord, percentile_key
+from qwen_sse.bench.schema import CSV_COLUMNS
+
+__all__ = [
+    "format_summary",
+    "format_sweep",
+    "saturation_banner",
+    "write_csv",
+    "write_json",
+    "write_jsonl",
+]
+
+_WIDTH = 50
+_SECTIONS = (
+    ("ttft", "TTFT", "Time to First Token"),
+    ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
+    ("itl", "ITL", "Inter-token Latency"),
+    ("e2el", "E2EL", "End-to-end Latency"),
+)
+
+
+def _row(label: str, value: Any, digits: int = 2) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, float):
+        text = f"{value:.{digits}f}"
+    else:
+        text = str(value)
+    return f"{label:<40} {text}"
+
+
+def _rule(title: str = "", fill: str = "-") -> str:
+    return f"{title:{fill}^{_WIDTH}}" if title else fill * _WIDTH
+
+
+def saturation_banner(summary: dict[str, Any]) -> list[str]:
+    """The loud warning of a saturated client (no lines when it was not)."""
+    if not summary.get("client_saturated"):
+        return []
+    lines = [
+        "!" * _WIDTH,
+        "!! CLIENT SATURATED: these figures are limited by",
+        "!! the load generator, not only by the server.",
+    ]
+    lines += [f"!! - {reason}" for reason in summary.get("client_saturation_reasons", [])]
+    lines.append("!" * _WIDTH)
+    return lines
+
+
+def _load_line(summary: dict[str, Any]) -> str:
+    load = summary["load"]
+    if load["mode"] == "closed":
+        text = f"closed loop, concurrency {load['concurrency']}"
+        if load.get("ramp_up_s"):
+            text += f", ramp-up {load['ramp_up_s']:g} s"
+    else:
+        rate = load.get("rate")
+        text = f"open loop, {'all at once' if rate is None else f'{rate:g} req/s'}"
+        if rate is not None:
+            text += f" {load['arrivals']}"
+            if load["arrivals"] == "gamma":
+                text += f" (burstiness {load['burstiness']:g})"
+        if load.get("max_concurrency"):
+            text += f", at most {load['max_concurrency']} in flight"
+    if load["workers"] > 1:
+        text += f", {load['workers']} workers"
+    return text
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human-readable report of one run (vLLM's layout, plus the client's health)."""
+    lines = saturation_banner(summary)
+    lines.append(_rule(" Serving Benchmark Result ", "="))
+    lines.append(_row("Model:", summary["model_id"]))
+    lines.append(_row("Load:", _load_line(summary)))
+    lines.append(_row("Successful requests:", summary["completed"]))
+    lines.append(_row("Failed requests:", summary["failed"]))
+    lines.append(_row("Benchmark duration (s):", summary["duration"]))
+    lines.append(_row("Total input tokens:", summary["total_input_tokens"]))
+    lines.append(_row("Total generated tokens:", summary["total_output_tokens"]))
+    lines.append(_row("Request throughput (req/s):", summary["request_throughput"]))
+    if summary["request_goodput"] is not None:
+        slo = ", ".join(f"{k} <= {v:g} ms" for k, v in summary["goodput_slo_ms"].items())
+        lines.append(_row("Request goodput (req/s):", summary["request_goodput"]))
+        lines.append(_row("  under SLOs:", slo))
+    lines.append(_row("Output token throughput (tok/s):", summary["output_throughput"]))
+    lines.append(_row("Peak output token throughput (tok/s):", summary["max_output_tokens_per_s"]))
+    lines.append(_row("Total token throughput (tok/s):", summary["total_token_throughput"]))
+    lines.append(_row("Peak concurrent requests:", summary["max_concurrent_requests"]))
+    if summary["load"]["mode"] == "open":
+        lines.append(_row("Send rate achieved (req/s):", summary["send_rate"]))
+    for metric, short, title in _SECTIONS:
+        lines.append(_rule(title))
+        lines.append(_row(f"Mean {short} (ms):", summary[f"mean_{metric}_ms"]))
+        lines.append(_row(f"Median {short} (ms):", summary[f"median_{metric}_ms"]))
+        for p in summary["percentiles"]:
+            word = percentile_key(p, metric).split("_", 1)[0].upper()
+            lines.append(_row(f"{word} {short} (ms):", summary[percentile_key(p, metric)]))
+    if summary["errors"]:
+        lines.append(_rule("Errors"))
+        lines += [_row(f"{kind}:", count) for kind, count in sorted(summary["errors"].items())]
+    lines += _client_lines(summary)
+    lines.append(_rule(fill="="))
+    return "\n".join(lines)
+
+
+def _client_lines(summary: dict[str, Any]) -> list[str]:
+    client = summary["client"]
+    lag = client["loop_lag_ms"]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    sources = summary["output_tokens_source"]
+    counted = ", ".join(
+        f"{'server usage' if source == 'usage' else 'local tokenizer'} ({count})"
+        for source, count in sorted(sources.items())
+    )
+    verdict = "YES, see the warning above" if summary["client_saturated"] else "no"
+    top_key = percentile_key(max(summary["percentiles"], default=50.0), "schedule_lag")
+    top = top_key.split("_", 1)[0]
+    lines = [
+        _rule("Client (load generator)"),
+        _row(
+            "Event-loop lag p50/p90/p99/max (ms):",
+            " / ".join(ms(lag[key]) for key in ("median", "p90", "p99", "max")),
+        ),
+        _row(
+            f"Schedule lag mean/p50/{top.upper()} (ms):",
+            " / ".join(
+                ms(summary[key])
+                for key in ("mean_schedule_lag_ms", "median_schedule_lag_ms", top_key)
+            ),
+        ),
+        _row("CPU of the busiest worker:", f"{client['cpu_fraction_max']:.0%} of a core"),
+        _row("Output tokens counted by:", counted or "-"),
+        _row("Client limited the figures:", verdict),
+    ]
+    if summary["load"]["mode"] == "open" and summary["load"].get("max_concurrency"):
+        lines.insert(3, _row("Mean queue wait for a slot (ms):", summary["mean_queue_wait_ms"]))
+    return lines
+
+
+def format_sweep(sweep: dict[str, Any]) -> str:
+    """One line per level of a sweep, and where and why it stopped."""
+    unit = "req/s" if sweep["kind"] == "rates" else "conc"
+    header = (
+        f"{unit:>8} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'ITL p50':>8} {'E2E p50':>9} {'errors':>6}  client"
+    )
+    lines = [header, "-" * len(header)]
+    for level, run in zip(sweep["levels"], sweep["runs"], strict=False):
+
+        def ms(key: str, run: dict[str, Any] = run) -> str:
+            value = run.get(key)
+            return "-" if value is None else f"{value:.1f}"
+
+        lines.append(
+            f"{level:>8g} {run['request_throughput']:>8.2f} {run['output_throughput']:>9.1f} "
+            f"{ms('median_ttft_ms'):>9} {ms(percentile_key(99, 'ttft')):>9} "
+            f"{ms('median_itl_ms'):>8} {ms('median_e2el_ms'):>9} {run['failed']:>6}  "
+            f"{'SATURATED' if run['client_saturated'] else 'ok'}"
+        )
+    if sweep["saturated_at"] is not None:
+        lines.append(f"stopped at {sweep['saturated_at']:g}: {sweep['stop_reason']}")
+    else:
+        lines.append("no saturation within the levels given")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, document: dict[str, Any]) -> None:
+    """Write a summary or sweep document as indented JSON."""
+    Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
+def write_jsonl(path: str | Path, records: Iterable[RequestRecord]) -> None:
+    """One JSON object a line, every field of every record (``itl_s`` in full)."""
+    encoder = msgspec.json.Encoder()
+    with Path(path).open("wb") as out:
+        for record in records:
+            out.write(encoder.encode(record) + b"\n")
+
+
+def write_csv(path: str | Path, records: Sequence[RequestRecord]) -> None:
+    """One row a request, :data:`~qwen_sse.bench.schema.CSV_COLUMNS`; ``itl_s`` summarised."""
+    with Path(path).open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            row: dict[str, Any] = msgspec.to_builtins(record)
+            gaps = row.pop("itl_s")
+            row["itl_count"] = len(gaps)
+            row["itl_mean_s"] = statistics.fmean(gaps) if gaps else ""
+            row["itl_max_s"] = max(gaps) if gaps else ""
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})

@@ -1,0 +1,308 @@
+"""One shard of a load test, run in the current event loop: send, measure, record.
+
+Edge layer (bench). It drives :class:`~qwen_sse.client.QwenClient` (the public API) under
+a closed or an open loop, times every request on the loop's clock, and watches the loop
+itself with a :class:`~qwen_sse.bench.monitor.LoopMonitor`. One process runs one shard;
+:mod:`qwen_sse.bench.workers` runs several in parallel. It must not print (progress goes
+to the ``on_record`` callback) and must not import the modules that run it (workers,
+benchmark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import resource
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+
+from qwen_sse.bench.metrics import RequestRecord, record_of
+from qwen_sse.bench.monitor import ClientLoad, LoopMonitor
+from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, slot_start_s
+from qwen_sse.bench.workload import RequestSpec, Workload
+from qwen_sse.chat import ChatResult
+from qwen_sse.client import QwenClient
+from qwen_sse.config import Timeouts
+from qwen_sse.errors import QwenSSEError
+from qwen_sse.retry import NO_RETRIES
+from qwen_sse.tokens import count_tokens
+
+__all__ = ["ShardPlan", "ShardResult", "Target", "raise_open_files_limit", "run_shard"]
+
+OnRecord = Callable[[RequestRecord], None]
+
+# What "as many as allowed" means under an unlimited hard limit (Linux's default nr_open).
+_UNLIMITED_FILES = 1 << 20
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the load goes. ``api_key`` None reads it from the environment in each worker
+    (so that it never travels between processes); ``timeouts`` bound every request."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeouts: Timeouts = Timeouts()
+    allow_insecure_http: bool = False
+
+
+class ShardPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What one worker sends.
+
+    * ``shape``: this worker's share of the load (its slots or its concurrency cap).
+    * ``slots``: closed loop, the global numbers of this worker's slots (for ramp-up
+      offsets), out of ``total_slots``.
+    * ``indices``: the request indices, in order; None (closed loop with a duration) means
+      ``worker, worker + workers, ...`` for as long as the run lasts.
+    * ``arrivals_s``: open loop, the intended send time of each index.
+    * ``duration_s``: closed loop, stop sending new requests after this long.
+    * ``warmup``: requests with a lower index are sent but not recorded.
+    * ``params``: extra body fields for every request (DashScope's parameters).
+    """
+
+    worker: int = 0
+    workers: int = 1
+    shape: ClosedLoop | OpenLoop
+    slots: list[int] = []
+    total_slots: int = 1
+    indices: list[int] | None
+    arrivals_s: list[float] | None = None
+    duration_s: float | None = None
+    warmup: int = 0
+    workload: Workload
+    params: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        shape = self.shape
+        if isinstance(shape, ClosedLoop):
+            if len(self.slots) != shape.concurrency:
+                raise ValueError(
+                    f"a closed loop of {shape.concurrency} needs as many slots, got {self.slots}"
+                )
+            if any(not 0 <= slot < self.total_slots for slot in self.slots):
+                raise ValueError(f"slots must lie below total_slots ({self.total_slots})")
+            if self.indices is None and self.duration_s is None:
+                raise ValueError("a closed loop without indices needs a duration")
+        elif self.indices is None or self.arrivals_s is None:
+            raise ValueError("an open loop needs its indices and their arrival times")
+        elif len(self.indices) != len(self.arrivals_s):
+            raise ValueError("an open loop needs one arrival time per index")
+
+
+class ShardResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The measured (not warm-up) records of one worker and what its monitor saw."""
+
+    worker: int
+    records: list[RequestRecord]
+    load: ClientLoad
+
+
+def raise_open_files_limit() -> int | None:
+    """Raise this process's open-file soft limit as far as the hard limit allows; return
+    the limit now in force (None: unlimited). One connection is one file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    wanted = _UNLIMITED_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft < wanted:
+        # The kernel may cap an "unlimited" hard limit lower (fs.nr_open): keep what is.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def prepare(plan: ShardPlan) -> dict[int, RequestSpec]:
+    """The requests of a plan with a known list of indices, built before the clock starts
+    (so that building prompts never competes with reading streams). It also loads the
+    tokenizer, which counts output tokens when a server reports no usage: loading it
+    mid-run would stall the loop for a good fraction of a second."""
+    count_tokens("qwen-sse bench")
+    if plan.indices is None:
+        return {}
+    return {index: plan.workload.request(index) for index in plan.indices}
+
+
+def connections_needed(shape: ClosedLoop | OpenLoop, slots: int) -> int:
+    """The client's connection-pool size: never below the requests in flight, else waiting
+    for a pooled connection would be counted as time to first token. 0 means no limit."""
+    if isinstance(shape, ClosedLoop):
+        return max(slots, 1)
+    return shape.max_concurrency or 0
+
+
+async def run_shard(
+    plan: ShardPlan,
+    target: Target,
+    *,
+    specs: dict[int, RequestSpec] | None = None,
+    start_at: float | None = None,
+    on_record: OnRecord | None = None,
+) -> ShardResult:
+    """Run ``plan`` against ``target`` in the running loop and return what it measured.
+
+    ``specs`` are the prepared requests (:func:`prepare`; built here when None).
+    ``start_at`` is the loop-clock instant of the run's start, shared by every worker
+    (now when None); all recorded instants count from it. Each measured record is passed
+    to ``on_record`` as it completes.
+    """
+    open_files = raise_open_files_limit()
+    prepared = specs if specs is not None else prepare(plan)
+    client = QwenClient(
+        target.api_key,
+        target.base_url,
+        model=target.model,
+        timeouts=target.timeouts,
+        # A load test measures each attempt as it is: a retry would hide a failure and
+        # fold its time into a latency.
+        retry=NO_RETRIES,
+        max_connections=connections_needed(plan.shape, len(plan.slots)),
+        allow_insecure_http=target.allow_insecure_http,
+    )
+    loop = asyncio.get_running_loop()
+    shard = _Shard(
+        plan=plan,
+        target=target,
+        client=client,
+        specs=prepared,
+        on_record=on_record,
+    )
+    # Everything built so far lives for the whole run: keep the collector off it, so its
+    # pauses (which stall the loop) stay short.
+    gc.collect()
+    gc.freeze()
+    try:
+        async with client:
+            origin = shard.origin = start_at if start_at is not None else loop.time()
+            delay = origin - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            monitor = LoopMonitor(worker=plan.worker, origin=origin)
+            monitor.start()
+            try:
+                if isinstance(plan.shape, ClosedLoop):
+                    await shard.closed_loop(plan.shape)
+                else:
+                    await shard.open_loop(plan.shape)
+            finally:
+                load = monitor.stop(open_files_limit=open_files)
+    finally:
+        gc.unfreeze()
+    return ShardResult(worker=plan.worker, records=shard.records, load=load)
+
+
+class _Shard:
+    """The running state of one shard: the client, the clock origin, the records."""
+
+    def __init__(
+        self,
+        *,
+        plan: ShardPlan,
+        target: Target,
+        client: QwenClient,
+        specs: dict[int, RequestSpec],
+        on_record: OnRecord | None,
+    ) -> None:
+        self.plan = plan
+        self.target = target
+        self.client = client
+        self.specs = specs
+        self.origin = 0.0
+        self.on_record = on_record
+        self.records: list[RequestRecord] = []
+        self.loop = asyncio.get_running_loop()
+
+    def _spec(self, index: int) -> RequestSpec:
+        spec = self.specs.pop(index, None)
+        return spec if spec is not None else self.plan.workload.request(index)
+
+    async def _sleep_until(self, when: float) -> None:
+        delay = when - self.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def closed_loop(self, shape: ClosedLoop) -> None:
+        plan = self.plan
+        indices: Iterator[int] = (
+            iter(plan.indices)
+            if plan.indices is not None
+            else itertools.count(plan.worker, plan.workers)
+        )
+        stop_at = None if plan.duration_s is None else self.origin + plan.duration_s
+
+        async def slot(number: int) -> None:
+            ready_at = self.origin + slot_start_s(number, plan.total_slots, shape.ramp_up_s)
+            await self._sleep_until(ready_at)
+            # Slots share one iterator; asyncio switches tasks only at awaits, so each
+            # index is taken exactly once.
+            for index in indices:
+                if stop_at is not None and self.loop.time() >= stop_at:
+                    return
+                await self._request(self._spec(index), ready_at - self.origin, None)
+                ready_at = self.loop.time()
+
+        await asyncio.gather(*(slot(number) for number in plan.slots))
+
+    async def open_loop(self, shape: OpenLoop) -> None:
+        plan = self.plan
+        assert plan.indices is not None
+        assert plan.arrivals_s is not None
+        cap = asyncio.Semaphore(shape.max_concurrency) if shape.max_concurrency else None
+        tasks: list[asyncio.Task[None]] = []
+        for index, at_s in zip(plan.indices, plan.arrivals_s, strict=True):
+            when = self.origin + at_s
+            await self._sleep_until(when)
+            request = self._request(self._spec(index), at_s, cap)
+            tasks.append(asyncio.create_task(request))
+        await asyncio.gather(*tasks)
+
+    async def _request(
+        self, spec: RequestSpec, scheduled_at_s: float, cap: asyncio.Semaphore | None
+    ) -> None:
+        """Send one request; ``scheduled_at_s`` is its intended instant from the origin."""
+        loop = self.loop
+        dispatched = loop.time()
+        scheduled = self.origin + scheduled_at_s
+        if cap is not None:
+            await cap.acquire()
+        sent = loop.time()
+        params = dict(self.plan.params)
+        if spec.max_tokens is not None:
+            params["max_tokens"] = spec.max_tokens
+        result: ChatResult | None = None
+        error: BaseException | None = None
+        try:
+            stream = self.client.stream_chat(spec.messages, self.target.model, **params)
+            async with stream:
+                async for _ in stream:
+                    pass
+            result = stream.result
+        except QwenSSEError as failure:
+            result, error = failure.partial, failure
+        except Exception as failure:
+            # One odd failure must not end a run: it is recorded by its type instead.
+            error = failure
+        finally:
+            if cap is not None:
+                cap.release()
+        ended = loop.time()
+        if spec.index < self.plan.warmup:
+            return
+        record = record_of(
+            result,
+            index=spec.index,
+            worker=self.plan.worker,
+            scheduled_at_s=scheduled_at_s,
+            schedule_lag_s=max(0.0, dispatched - scheduled),
+            queue_wait_s=sent - dispatched,
+            sent_at_s=sent - self.origin,
+            elapsed_s=ended - sent,
+            prompt_tokens=spec.prompt_tokens,
+            error=error,
+        )
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)

@@ -1,0 +1,350 @@
+"""The documented shapes of ``qwen-sse bench``'s output files, as JSON Schemas (draft 2020-12).
+
+Edge layer (bench). Data only; imports nothing from the package. The tests validate real
+outputs against these, so the documentation cannot drift from the files:
+
+* :data:`SUMMARY_SCHEMA`: the JSON summary (``--json``), vLLM's keys plus the load, the
+  workload and the verdict on the client.
+* :data:`RECORD_SCHEMA`: one line of the per-request JSONL (``--jsonl``).
+* :data:`SWEEP_SCHEMA`: the JSON of a sweep (``--sweep-*`` with ``--json``).
+* :data:`CSV_COLUMNS`: the header of the per-request CSV (``--csv``); list fields are
+  summarised there (``itl_count``, ``itl_mean_s``, ``itl_max_s``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CSV_COLUMNS",
+    "RECORD_SCHEMA",
+    "SUMMARY_SCHEMA",
+    "SUMMARY_SCHEMA_ID",
+    "SWEEP_SCHEMA",
+    "SWEEP_SCHEMA_ID",
+]
+
+SUMMARY_SCHEMA_ID = "urn:qwen-sse:bench-summary:1"
+SWEEP_SCHEMA_ID = "urn:qwen-sse:bench-sweep:1"
+
+_NUMBER = {"type": "number"}
+_COUNT = {"type": "integer", "minimum": 0}
+_MS = {"type": ["number", "null"], "minimum": 0}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_SOURCES = {
+    "type": "object",
+    "propertyNames": {"enum": ["usage", "local"]},
+    "additionalProperties": _COUNT,
+}
+_LAG = {
+    "type": "object",
+    "required": ["mean", "median", "p90", "p99", "max"],
+    "additionalProperties": _MS,
+}
+
+_STAT_NAMES = ("ttft", "tpot", "itl", "e2el", "schedule_lag", "queue_wait")
+
+RECORD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:qwen-sse:bench-record:1",
+    "title": "One request of a qwen-sse bench run (a line of the --jsonl file)",
+    "description": (
+        "Seconds throughout. Instants (*_at_s) count from the start of the run, on one "
+        "clock shared by all workers. scheduled_at_s + schedule_lag_s is when the client "
+        "got round to the request; + queue_wait_s is sent_at_s. ttft_s, itl_s, e2e_s and "
+        "tpot_s count from sent_at_s."
+    ),
+    "type": "object",
+    "required": [
+        "index",
+        "worker",
+        "scheduled_at_s",
+        "schedule_lag_s",
+        "queue_wait_s",
+        "sent_at_s",
+        "ttft_s",
+        "itl_s",
+        "e2e_s",
+        "tpot_s",
+        "output_tokens",
+        "output_tokens_source",
+        "prompt_tokens",
+        "prompt_tokens_source",
+        "ok",
+        "error_type",
+        "error",
+        "status",
+        "attempts",
+        "finish_reason",
+        "request_id",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "index": {**_COUNT, "description": "position in the run; warm-up requests come first"},
+        "worker": {**_COUNT, "description": "the worker process that sent it"},
+        "scheduled_at_s": {**_NUMBER, "description": "when the schedule meant it to go"},
+        "schedule_lag_s": {"type": "number", "minimum": 0},
+        "queue_wait_s": {
+            "type": "number",
+            "minimum": 0,
+            "description": "waiting under --max-concurrency (or a limiter) before sending",
+        },
+        "sent_at_s": _NUMBER,
+        "ttft_s": {
+            "type": ["number", "null"],
+            "description": "to the first content or reasoning text; null if none came",
+        },
+        "itl_s": {
+            "type": "array",
+            "items": {"type": "number"},
+            "description": "every gap between consecutive text-bearing chunks",
+        },
+        "e2e_s": {"type": "number", "minimum": 0},
+        "tpot_s": {
+            "type": ["number", "null"],
+            "description": "(e2e_s - ttft_s) / (output_tokens - 1); null below 2 tokens",
+        },
+        "output_tokens": _COUNT,
+        "output_tokens_source": {"enum": ["usage", "local"]},
+        "prompt_tokens": _COUNT,
+        "prompt_tokens_source": {"enum": ["usage", "local"]},
+        "ok": {"type": "boolean"},
+        "error_type": {"type": ["string", "null"], "description": "the exception's class"},
+        "error": {"type": ["string", "null"]},
+        "status": {"type": ["integer", "null"], "description": "HTTP status of a failure"},
+        "attempts": {"type": "integer", "minimum": 1},
+        "finish_reason": {"type": ["string", "null"]},
+        "request_id": {"type": "string"},
+    },
+}
+
+
+def _stat_properties() -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for name in _STAT_NAMES:
+        for kind in ("mean", "median", "std"):
+            properties[f"{kind}_{name}_ms"] = _MS
+    return properties
+
+
+def _stat_required() -> list[str]:
+    return [f"{kind}_{name}_ms" for name in _STAT_NAMES for kind in ("mean", "median", "std")]
+
+
+SUMMARY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SUMMARY_SCHEMA_ID,
+    "title": "Summary of a qwen-sse bench run (the --json file)",
+    "description": (
+        "Keys shared with vLLM's benchmark_serving mean the same there and here: "
+        "durations in seconds, latencies in milliseconds, throughputs per second. "
+        "Figures over no data are null. p<N>_<metric>_ms exist for every N in "
+        "'percentiles'. Percentiles are computed from the merged raw records of every "
+        "worker, never from per-worker figures."
+    ),
+    "type": "object",
+    "required": [
+        "schema",
+        "date",
+        "backend",
+        "model_id",
+        "tokenizer_id",
+        "base_url",
+        "num_prompts",
+        "request_rate",
+        "burstiness",
+        "max_concurrency",
+        "load",
+        "workload",
+        "params",
+        "percentiles",
+        "goodput_slo_ms",
+        "duration",
+        "completed",
+        "failed",
+        "total_input_tokens",
+        "total_output_tokens",
+        "request_throughput",
+        "request_goodput",
+        "output_throughput",
+        "total_token_throughput",
+        "max_output_tokens_per_s",
+        "max_concurrent_requests",
+        "send_rate",
+        "errors",
+        "output_tokens_source",
+        "prompt_tokens_source",
+        "client_saturated",
+        "client_saturation_reasons",
+        "client",
+        "python",
+        *_stat_required(),
+    ],
+    "properties": {
+        "schema": {"const": SUMMARY_SCHEMA_ID},
+        "date": {"type": "string", "description": "UTC, ISO 8601"},
+        "backend": {"const": "openai-chat"},
+        "model_id": {"type": "string"},
+        "tokenizer_id": {"const": "qwen"},
+        "base_url": {"type": "string"},
+        "num_prompts": {
+            "type": ["integer", "null"],
+            "description": "measured requests planned; null when bounded by time only",
+        },
+        "request_rate": {
+            "oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "inf"}],
+            "description": "open loop: the configured rate; closed loop: 'inf' (vLLM's way)",
+        },
+        "burstiness": {"type": ["number", "null"]},
+        "max_concurrency": {"type": ["integer", "null"], "minimum": 1},
+        "load": {
+            "type": "object",
+            "required": ["mode", "requests", "duration_s", "warmup", "workers", "seed"],
+            "properties": {
+                "mode": {"enum": ["closed", "open"]},
+                "requests": {"type": ["integer", "null"]},
+                "duration_s": _NULLABLE_NUMBER,
+                "warmup": _COUNT,
+                "workers": {"type": "integer", "minimum": 1},
+                "seed": {"type": "integer"},
+                "concurrency": {"type": "integer", "minimum": 1},
+                "ramp_up_s": {"type": "number", "minimum": 0},
+                "rate": _NULLABLE_NUMBER,
+                "arrivals": {"enum": ["poisson", "gamma", "constant"]},
+                "burstiness": _NUMBER,
+                "max_concurrency": {"type": ["integer", "null"]},
+            },
+        },
+        "workload": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["synthetic", "file"]}},
+        },
+        "params": {"type": "object"},
+        "percentiles": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 100}},
+        "goodput_slo_ms": {
+            "type": ["object", "null"],
+            "propertyNames": {"enum": ["ttft", "tpot", "e2el"]},
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
+        "duration": {"type": "number", "minimum": 0, "description": "seconds of the window"},
+        "completed": _COUNT,
+        "failed": _COUNT,
+        "total_input_tokens": _COUNT,
+        "total_output_tokens": _COUNT,
+        "request_throughput": {"type": "number", "minimum": 0},
+        "request_goodput": _MS,
+        "output_throughput": {"type": "number", "minimum": 0},
+        "total_token_throughput": {"type": "number", "minimum": 0},
+        "max_output_tokens_per_s": {"type": "number", "minimum": 0},
+        "max_concurrent_requests": _COUNT,
+        "send_rate": {
+            "type": ["number", "null"],
+            "description": "(requests - 1) over the span from the first send to the last",
+        },
+        "errors": {"type": "object", "additionalProperties": _COUNT},
+        "output_tokens_source": _SOURCES,
+        "prompt_tokens_source": _SOURCES,
+        "client_saturated": {
+            "type": "boolean",
+            "description": "true when the client, not the server, may have limited the figures",
+        },
+        "client_saturation_reasons": {"type": "array", "items": {"type": "string"}},
+        "client": {
+            "type": "object",
+            "required": [
+                "loop_lag_ms",
+                "cpu_fraction_max",
+                "schedule_lag_p90_ms",
+                "schedule_lag_first_tenth_ms",
+                "schedule_lag_last_tenth_ms",
+                "workers",
+                "thresholds",
+            ],
+            "properties": {
+                "loop_lag_ms": _LAG,
+                "cpu_fraction_max": {"type": "number", "minimum": 0},
+                "schedule_lag_p90_ms": _MS,
+                "schedule_lag_first_tenth_ms": _MS,
+                "schedule_lag_last_tenth_ms": _MS,
+                "workers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "worker",
+                            "cpu_fraction",
+                            "cpu_fraction_max",
+                            "loop_lag_ms",
+                            "open_files_limit",
+                        ],
+                        "properties": {
+                            "worker": _COUNT,
+                            "cpu_fraction": {"type": "number", "minimum": 0},
+                            "cpu_fraction_max": {"type": "number", "minimum": 0},
+                            "loop_lag_ms": _LAG,
+                            "open_files_limit": {"type": ["integer", "null"]},
+                        },
+                    },
+                },
+                "thresholds": {
+                    "type": "object",
+                    "required": ["max_loop_lag_ms", "max_cpu_fraction", "max_schedule_lag_ms"],
+                    "additionalProperties": _NUMBER,
+                },
+            },
+        },
+        "python": {"type": "string"},
+        **_stat_properties(),
+    },
+    "patternProperties": {
+        r"^p[0-9]+(\.[0-9]+)?_(ttft|tpot|itl|e2el|schedule_lag|queue_wait)_ms$": _MS,
+    },
+    "additionalProperties": False,
+}
+
+SWEEP_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SWEEP_SCHEMA_ID,
+    "title": "A sweep of qwen-sse bench runs (--sweep-rates or --sweep-concurrency)",
+    "type": "object",
+    "required": ["schema", "kind", "levels", "runs", "saturated_at", "stop_reason"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": SWEEP_SCHEMA_ID},
+        "kind": {"enum": ["rates", "concurrency"]},
+        "levels": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
+        "runs": {"type": "array", "items": SUMMARY_SCHEMA},
+        "saturated_at": {
+            "type": ["number", "null"],
+            "description": "the level at which the sweep stopped; null if it ran them all",
+        },
+        "stop_reason": {"type": ["string", "null"]},
+    },
+}
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "index",
+    "worker",
+    "scheduled_at_s",
+    "schedule_lag_s",
+    "queue_wait_s",
+    "sent_at_s",
+    "ttft_s",
+    "itl_count",
+    "itl_mean_s",
+    "itl_max_s",
+    "e2e_s",
+    "tpot_s",
+    "output_tokens",
+    "output_tokens_source",
+    "prompt_tokens",
+    "prompt_tokens_source",
+    "ok",
+    "error_type",
+    "error",
+    "status",
+    "attempts",
+    "finish_reason",
+    "request_id",
+)

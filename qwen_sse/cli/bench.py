@@ -1,0 +1,369 @@
+"""``qwen-sse bench``: load-test a streaming chat endpoint; report vLLM's figures and whether
+the client itself was the bottleneck.
+
+The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
+``--jsonl``, ``--csv`` and ``--plot`` write files. Exit status: 0 when the run finished
+(whatever the figures), 1 when no request succeeded or the run could not complete, 2 for
+invalid options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from qwen_sse.bench.benchmark import BenchConfig, BenchResult
+from qwen_sse.bench.benchmark import run as run_benchmark
+from qwen_sse.bench.live import LiveProgress
+from qwen_sse.bench.metrics import Slo
+from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
+from qwen_sse.bench.monitor import Thresholds
+from qwen_sse.bench.plot import write_charts
+from qwen_sse.bench.report import (
+    format_summary,
+    format_sweep,
+    saturation_banner,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
+from qwen_sse.bench.runner import Target
+from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
+from qwen_sse.bench.sweep import SweepKind, run_sweep
+from qwen_sse.bench.workers import WorkerError
+from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
+from qwen_sse.cli.chat import add_connection_options, timeouts_from
+from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
+from qwen_sse.emulator import EmulatorConfig
+from qwen_sse.errors import ConfigurationError
+
+_GOODPUT_KEYS = ("ttft", "tpot", "e2el")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="load-test an endpoint: TTFT, TPOT, ITL, throughput, goodput",
+        description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
+        "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
+        "request_throughput, ...). The client watches its own event-loop lag, CPU and "
+        "schedule lag, and says loudly when it, not the server, limited the figures.",
+    )
+    load = parser.add_argument_group("load")
+    shape = load.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--concurrency", type=int, help="closed loop: requests kept in flight (default 1)"
+    )
+    shape.add_argument("--rate", type=float, help="open loop: requests per second ('inf': all)")
+    shape.add_argument("--sweep-concurrency", metavar="N,N,...", help="closed-loop levels")
+    shape.add_argument("--sweep-rates", metavar="R,R,...", help="open-loop levels, req/s")
+    load.add_argument(
+        "--arrivals",
+        choices=ARRIVALS,
+        default="poisson",
+        help="open loop: gaps between arrivals (default poisson)",
+    )
+    load.add_argument(
+        "--burstiness",
+        type=float,
+        default=1.0,
+        help="gamma arrivals' shape: <1 burstier, >1 steadier than Poisson (default 1)",
+    )
+    load.add_argument("--max-concurrency", type=int, help="open loop: cap on requests in flight")
+    load.add_argument("--requests", type=int, help="measured requests (default 100)")
+    load.add_argument("--duration", type=float, metavar="SECONDS", help="stop sending after this")
+    load.add_argument(
+        "--warmup", type=int, default=0, help="requests sent first and left out of the figures"
+    )
+    load.add_argument(
+        "--ramp-up",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="closed loop: start the slots evenly over this long, not all at once",
+    )
+    load.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
+    load.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the load, one event loop each"
+    )
+    work = parser.add_argument_group("workload")
+    work.add_argument(
+        "--input-tokens", type=int, default=256, help="synthetic prompt size (default 256)"
+    )
+    work.add_argument(
+        "--output-tokens", type=int, default=128, help="max_tokens to ask for (default 128)"
+    )
+    work.add_argument(
+        "--prompts",
+        metavar="FILE.jsonl",
+        help='prompts file: a JSON object a line, {"prompt": ...} or {"messages": [...]}',
+    )
+    work.add_argument("--thinking", action="store_true", help="send enable_thinking: true")
+    work.add_argument("--search", action="store_true", help="send enable_search: true")
+    work.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra top-level body field of every request (repeatable)",
+    )
+    figures = parser.add_argument_group("figures")
+    figures.add_argument(
+        "--percentiles",
+        default="90,95,99",
+        help="percentiles to report besides the median (default 90,95,99)",
+    )
+    figures.add_argument(
+        "--goodput",
+        nargs="+",
+        metavar="KEY:MS",
+        help="SLOs for goodput, e.g. --goodput ttft:500 tpot:50 e2el:5000",
+    )
+    figures.add_argument(
+        "--max-loop-lag-ms",
+        type=float,
+        default=Thresholds().max_loop_lag_ms,
+        help="client verdict: event-loop lag p90 limit (default 10)",
+    )
+    figures.add_argument(
+        "--max-cpu-percent",
+        type=float,
+        default=Thresholds().max_cpu_fraction * 100,
+        help="client verdict: CPU limit per worker, %% of a core (default 90)",
+    )
+    figures.add_argument(
+        "--max-schedule-lag-ms",
+        type=float,
+        default=Thresholds().max_schedule_lag_ms,
+        help="client verdict: schedule lag p90 and growth limit (default 10)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="FILE", help="write the summary (or sweep) as JSON")
+    out.add_argument("--jsonl", metavar="FILE", help="write every request as a JSON line")
+    out.add_argument("--csv", metavar="FILE", help="write every request as a CSV row")
+    out.add_argument("--plot", metavar="DIR", help="write PNG charts (needs qwen-sse[plot])")
+    out.add_argument("--quiet", action="store_true", help="no live progress line")
+    mock = parser.add_argument_group("emulator timing (with --mock)")
+    mock.add_argument("--mock-ttft-ms", type=float, default=150.0)
+    mock.add_argument("--mock-itl-ms", type=float, default=20.0)
+    mock.add_argument("--mock-jitter-ms", type=float, default=10.0)
+    add_connection_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, sweep = _config(args)
+        if args.plot is not None and sweep is not None:
+            raise ConfigurationError("--plot draws one run; leave it out of a sweep")
+        if sweep is not None and (args.jsonl or args.csv):
+            raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
+        with _endpoint(args) as target:
+            if sweep is None:
+                return _single(args, config, target)
+            return _sweep(args, config, target, *sweep)
+    except (ConfigurationError, ValueError) as error:
+        print(f"qwen-sse bench: {error}", file=sys.stderr)
+        return 2
+    except WorkerError as error:
+        print(f"qwen-sse bench: {error}", file=sys.stderr)
+        return 1
+
+
+def _single(args: argparse.Namespace, config: BenchConfig, target: Target) -> int:
+    live = None if args.quiet else _live(config)
+    result = run_benchmark(config, target, live=live)
+    _write_files(args, result)
+    print(format_summary(result.summary))
+    _warn(result.summary)
+    return 0 if result.summary["completed"] else 1
+
+
+def _sweep(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    kind: SweepKind,
+    levels: list[float],
+) -> int:
+    def level(level_config: BenchConfig) -> BenchResult:
+        live = None if args.quiet else _live(level_config)
+        return run_benchmark(level_config, target, live=live)
+
+    def show(value: float, result: BenchResult) -> None:
+        summary = result.summary
+        print(
+            f"qwen-sse bench: level {value:g}: {summary['request_throughput']:.2f} req/s, "
+            f"TTFT p50 {summary['median_ttft_ms'] or 0:.1f} ms, "
+            f"{summary['failed']} failed"
+            + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
+            file=sys.stderr,
+        )
+
+    document = run_sweep(config, kind, levels, level, on_level=show)
+    if args.json:
+        write_json(args.json, document)
+    print(format_sweep(document))
+    return 0 if any(run["completed"] for run in document["runs"]) else 1
+
+
+def _live(config: BenchConfig) -> LiveProgress:
+    return LiveProgress(sys.stderr, planned=config.planned_requests(), duration_s=config.duration_s)
+
+
+def _write_files(args: argparse.Namespace, result: BenchResult) -> None:
+    if args.json:
+        write_json(args.json, result.summary)
+    if args.jsonl:
+        write_jsonl(args.jsonl, result.records)
+    if args.csv:
+        write_csv(args.csv, result.records)
+    if args.plot:
+        for path in write_charts(result.summary, result.records, result.loads, args.plot):
+            print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
+
+
+def _warn(summary: dict[str, Any]) -> None:
+    for line in saturation_banner(summary):
+        print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
+    """The target of the run; with ``--mock``, an emulator in a child process."""
+    timeouts = timeouts_from(args)
+    if args.mock:
+        emulator = EmulatorConfig(
+            ttft_s=args.mock_ttft_ms / 1000,
+            itl_s=args.mock_itl_ms / 1000,
+            jitter_s=args.mock_jitter_ms / 1000,
+            seed=args.seed,
+            # One piece longer than asked, so max_tokens ends every answer, as it does
+            # on a model that has more to say ("length").
+            answer_tokens=args.output_tokens + 1,
+        )
+        with MockServer(emulator) as server:
+            yield Target(
+                base_url=server.base_url, model=args.model, api_key=MOCK_API_KEY, timeouts=timeouts
+            )
+        return
+    base_url = resolve_base_url(args.base_url, args.region)
+    check_transport_security(base_url, allow_insecure_http=args.allow_insecure_http)
+    # Fail now, not in every worker; the key itself stays in the environment.
+    resolve_api_key(None)
+    yield Target(
+        base_url=base_url,
+        model=args.model,
+        timeouts=timeouts,
+        allow_insecure_http=args.allow_insecure_http,
+    )
+
+
+def _config(args: argparse.Namespace) -> tuple[BenchConfig, tuple[SweepKind, list[float]] | None]:
+    sweep: tuple[SweepKind, list[float]] | None = None
+    shape: ClosedLoop | OpenLoop
+    if args.sweep_rates:
+        rates = _numbers(args.sweep_rates, "--sweep-rates")
+        sweep = ("rates", rates)
+        shape = _open(args, min(rates))
+    elif args.sweep_concurrency:
+        levels = _numbers(args.sweep_concurrency, "--sweep-concurrency")
+        sweep = ("concurrency", levels)
+        shape = ClosedLoop(concurrency=max(1, int(min(levels))), ramp_up_s=args.ramp_up)
+    elif args.rate is not None:
+        shape = _open(args, args.rate)
+    else:
+        if args.max_concurrency is not None:
+            raise ConfigurationError("--max-concurrency caps an open loop: give --rate too")
+        shape = ClosedLoop(concurrency=args.concurrency or 1, ramp_up_s=args.ramp_up)
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = 100
+    config = BenchConfig(
+        shape=shape,
+        workload=_workload(args),
+        requests=requests,
+        duration_s=args.duration,
+        warmup=args.warmup,
+        workers=args.workers,
+        seed=args.seed,
+        params=_params(args),
+        percentiles=_numbers(args.percentiles, "--percentiles"),
+        slo=_slo(args.goodput),
+        thresholds=Thresholds(
+            max_loop_lag_ms=args.max_loop_lag_ms,
+            max_cpu_fraction=args.max_cpu_percent / 100,
+            max_schedule_lag_ms=args.max_schedule_lag_ms,
+        ),
+    )
+    return config, sweep
+
+
+def _open(args: argparse.Namespace, rate: float) -> OpenLoop:
+    return OpenLoop(
+        rate=rate,
+        arrivals=args.arrivals,
+        burstiness=args.burstiness,
+        max_concurrency=args.max_concurrency,
+    )
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    if args.prompts:
+        return read_prompts(args.prompts, output_tokens=args.output_tokens)
+    return SyntheticWorkload(
+        input_tokens=args.input_tokens, output_tokens=args.output_tokens, seed=args.seed
+    )
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigurationError(
+            f"{option} wants numbers separated by commas, got {text!r}"
+        ) from None
+    if not values or any(math.isnan(value) for value in values):
+        raise ConfigurationError(f"{option} wants numbers separated by commas, got {text!r}")
+    return values
+
+
+def _slo(items: list[str] | None) -> Slo | None:
+    if not items:
+        return None
+    limits: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or key not in _GOODPUT_KEYS:
+            raise ConfigurationError(
+                f"--goodput wants KEY:MS with KEY one of {', '.join(_GOODPUT_KEYS)}, got {item!r}"
+            )
+        try:
+            limits[key] = float(value)
+        except ValueError:
+            raise ConfigurationError(f"--goodput {item!r}: {value!r} is not a number") from None
+        if limits[key] < 0:
+            raise ConfigurationError(f"--goodput {item!r}: an SLO cannot be negative")
+    return Slo(ttft_ms=limits.get("ttft"), tpot_ms=limits.get("tpot"), e2el_ms=limits.get("e2el"))
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.thinking:
+        params["enable_thinking"] = True
+    if args.search:
+        params["enable_search"] = True
+    for item in args.param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"--param wants KEY=JSON, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw  # a bare word is a string
+    return params

@@ -1,0 +1,83 @@
+"""Bench results built from made-up records, for the tests of what reads them (the report,
+the charts, the schemas, the live line): every key real, no network, no clock."""
+
+from __future__ import annotations
+
+from qwen_sse.bench.benchmark import BenchConfig, BenchResult, compose
+from qwen_sse.bench.metrics import RequestRecord, Slo, tpot_of
+from qwen_sse.bench.monitor import ClientLoad, Thresholds
+from qwen_sse.bench.runner import ShardResult, Target
+from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
+from qwen_sse.bench.workload import SyntheticWorkload
+
+TARGET = Target(base_url="http://127.0.0.1:1/compatible-mode/v1", model="qwen-plus")
+
+
+def made_up_record(index: int, *, ok: bool = True, worker: int = 0) -> RequestRecord:
+    ttft_s = 0.1 + index % 5 * 0.01 if ok else None
+    itl_s = [0.02 + (index + k) % 3 * 0.001 for k in range(9)] if ok else []
+    e2e_s = (ttft_s or 0.0) + sum(itl_s) if ok else 0.05
+    output_tokens = 10 if ok else 0
+    return RequestRecord(
+        index=index,
+        worker=worker,
+        scheduled_at_s=index * 0.05,
+        schedule_lag_s=0.0002,
+        queue_wait_s=0.0,
+        sent_at_s=index * 0.05 + 0.0002,
+        ttft_s=ttft_s,
+        itl_s=itl_s,
+        e2e_s=e2e_s,
+        tpot_s=tpot_of(e2e_s, ttft_s, output_tokens),
+        output_tokens=output_tokens,
+        output_tokens_source="usage",
+        prompt_tokens=32,
+        prompt_tokens_source="usage",
+        ok=ok,
+        error_type=None if ok else "RateLimitError",
+        error=None if ok else "HTTP 429 limit_requests",
+        status=None if ok else 429,
+        request_id=f"req-{index}",
+    )
+
+
+def made_up_load(lag_ms: float, worker: int = 0) -> ClientLoad:
+    return ClientLoad(
+        worker=worker,
+        interval_s=0.01,
+        lag_s=[lag_ms / 1000] * 200,
+        lag_at_s=[k * 0.01 for k in range(200)],
+        cpu=[(1.0, 0.2), (2.0, 0.25)],
+        cpu_s=0.5,
+        wall_s=2.0,
+        open_files_limit=65536,
+    )
+
+
+def made_up_result(
+    *,
+    requests: int = 40,
+    failed: int = 2,
+    lag_ms: float = 0.3,
+    open_loop: bool = False,
+    slo: Slo | None = None,
+) -> BenchResult:
+    """A result as :func:`~qwen_sse.bench.benchmark.compose` makes it; ``lag_ms`` over
+    10 makes the client saturated."""
+    shape: ClosedLoop | OpenLoop = (
+        OpenLoop(rate=20.0, arrivals="gamma", burstiness=0.5, max_concurrency=4)
+        if open_loop
+        else ClosedLoop(concurrency=4, ramp_up_s=0.5)
+    )
+    config = BenchConfig(
+        shape=shape,
+        workload=SyntheticWorkload(input_tokens=32, output_tokens=10),
+        requests=requests,
+        warmup=4,
+        slo=slo,
+        thresholds=Thresholds(),
+    )
+    records = [made_up_record(4 + i, ok=i >= failed) for i in range(requests)]
+    return compose(
+        config, TARGET, [ShardResult(worker=0, records=records, load=made_up_load(lag_ms))]
+    )

@@ -1,0 +1,130 @@
+"""The client's self-measurement and the verdict on whether it limited the figures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from qwen_sse.bench.metrics import RequestRecord
+from qwen_sse.bench.monitor import ClientLoad, LoopMonitor, Thresholds, assess
+
+
+def load(
+    lag_ms: list[float], cpu_s: float = 0.1, wall_s: float = 1.0, worker: int = 0
+) -> ClientLoad:
+    return ClientLoad(
+        worker=worker,
+        interval_s=0.01,
+        lag_s=[lag / 1000 for lag in lag_ms],
+        lag_at_s=[index * 0.01 for index in range(len(lag_ms))],
+        cpu=[(1.0, cpu_s / wall_s)],
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        open_files_limit=1024,
+    )
+
+
+def record(scheduled_at_s: float, lag_s: float) -> RequestRecord:
+    fields: dict[str, Any] = {
+        "index": 0,
+        "worker": 0,
+        "scheduled_at_s": scheduled_at_s,
+        "schedule_lag_s": lag_s,
+        "queue_wait_s": 0.0,
+        "sent_at_s": scheduled_at_s + lag_s,
+        "ttft_s": 0.1,
+        "itl_s": [],
+        "e2e_s": 0.1,
+        "tpot_s": None,
+        "output_tokens": 1,
+        "output_tokens_source": "usage",
+        "prompt_tokens": 1,
+        "prompt_tokens_source": "usage",
+        "ok": True,
+    }
+    return RequestRecord(**fields)
+
+
+async def test_the_monitor_sees_a_blocked_loop_and_an_idle_one() -> None:
+    monitor = LoopMonitor(interval_s=0.005, origin=asyncio.get_running_loop().time())
+    monitor.start()
+    await asyncio.sleep(0.1)
+    idle = monitor.stop()
+    assert idle.lag_s
+    assert max(idle.lag_s) < 0.05
+    assert idle.cpu_fraction < 0.9
+    monitor = LoopMonitor(interval_s=0.005)
+    monitor.start()
+    await asyncio.sleep(0.01)
+    # Deliberately block the loop: the next timer fires about this much late.
+    time.sleep(0.06)  # noqa: ASYNC251 - the blocking is the point
+    await asyncio.sleep(0.01)
+    blocked = monitor.stop(open_files_limit=77)
+    assert max(blocked.lag_s) >= 0.04
+    assert blocked.open_files_limit == 77
+    assert len(blocked.lag_s) == len(blocked.lag_at_s)
+
+
+def test_a_quiet_client_is_trusted() -> None:
+    verdict = assess([load([0.2] * 100)], [record(t / 10, 0.0001) for t in range(50)], Thresholds())
+    assert not verdict.saturated
+    assert verdict.reasons == []
+    assert verdict.figures["loop_lag_ms"]["median"] == pytest.approx(0.2)
+    assert verdict.figures["workers"][0]["open_files_limit"] == 1024
+
+
+def test_loop_lag_past_the_threshold_saturates() -> None:
+    verdict = assess([load([0.2] * 80 + [30.0] * 20)], [], Thresholds(max_loop_lag_ms=10))
+    assert verdict.saturated
+    assert "event-loop lag p90 30.0 ms exceeds 10 ms" in verdict.reasons[0]
+
+
+def test_lag_percentiles_pool_every_worker() -> None:
+    # Neither worker alone has a p90 above 10 ms; both together do.
+    loads = [load([0.1] * 85 + [50.0] * 15, worker=0), load([0.1] * 85 + [50.0] * 15, worker=1)]
+    assert assess(loads, [], Thresholds()).saturated
+    assert assess(loads, [], Thresholds(max_loop_lag_ms=60)).reasons == []
+
+
+def test_a_busy_worker_saturates() -> None:
+    loads = [load([0.1] * 10, cpu_s=0.2, worker=0), load([0.1] * 10, cpu_s=0.95, worker=1)]
+    verdict = assess(loads, [], Thresholds())
+    assert verdict.saturated
+    assert verdict.reasons == [verdict.reasons[0]]
+    assert verdict.reasons[0].startswith("worker 1 used 95% of a CPU core")
+    assert verdict.figures["cpu_fraction_max"] == pytest.approx(0.95)
+
+
+def test_schedule_lag_high_or_growing_saturates() -> None:
+    late = [record(t / 10, 0.05) for t in range(100)]
+    reasons = assess([load([0.1])], late, Thresholds()).reasons
+    assert any(reason.startswith("schedule lag p90 50.0 ms") for reason in reasons)
+    growing = [record(t / 10, t * 0.0005) for t in range(100)]
+    verdict = assess([load([0.1])], growing, Thresholds(max_schedule_lag_ms=40))
+    assert verdict.saturated
+    assert any("schedule lag grew from" in reason for reason in verdict.reasons)
+    assert (
+        verdict.figures["schedule_lag_last_tenth_ms"]
+        > verdict.figures["schedule_lag_first_tenth_ms"]
+    )
+
+
+def test_no_samples_no_verdict() -> None:
+    verdict = assess([], [], Thresholds())
+    assert not verdict.saturated
+    assert verdict.figures["loop_lag_ms"]["p90"] is None
+
+
+def test_too_few_open_files_for_the_connections_saturates() -> None:
+    records = [record(0.0, 0.0) for _ in range(40)]
+    tight = msgspec.structs.replace(load([0.1]), open_files_limit=80)
+    verdict = assess([tight], records, Thresholds())
+    assert verdict.reasons == [
+        "worker 0 may open only 80 files for 40 connections in flight: raise the hard limit "
+        "(ulimit -Hn) or use more --workers"
+    ]
+    assert not assess([load([0.1])], records, Thresholds()).saturated

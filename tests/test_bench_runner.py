@@ -1,0 +1,170 @@
+"""One shard against the emulator on loopback: closed and open loops, warm-up, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from qwen_sse import errors
+from qwen_sse.bench.metrics import RequestRecord
+from qwen_sse.bench.runner import (
+    ShardPlan,
+    Target,
+    connections_needed,
+    prepare,
+    raise_open_files_limit,
+    run_shard,
+)
+from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
+from qwen_sse.bench.workload import SyntheticWorkload
+from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
+
+WORKLOAD = SyntheticWorkload(input_tokens=20, output_tokens=3)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig(api_key=None, ttft_s=0.02, itl_s=0.005)) as server:
+        yield server
+
+
+def target(server: Emulator) -> Target:
+    return Target(base_url=server.base_url, model="qwen-plus", api_key="sk-any")
+
+
+async def test_a_closed_loop_records_the_measured_requests(emulator: Emulator) -> None:
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=3, ramp_up_s=0.03),
+        slots=[0, 1, 2],
+        total_slots=3,
+        indices=list(range(9)),
+        warmup=3,
+        workload=WORKLOAD,
+        params={"temperature": 0.5},
+    )
+    seen: list[RequestRecord] = []
+    result = await run_shard(plan, target(emulator), on_record=seen.append)
+    assert sorted(r.index for r in result.records) == list(range(3, 9))
+    assert seen == result.records
+    assert len(emulator.requests) == 9
+    body = emulator.requests[-1].body
+    assert body["temperature"] == 0.5
+    assert body["max_tokens"] == 3
+    for record in result.records:
+        assert record.ok
+        assert record.ttft_s is not None
+        assert record.ttft_s >= 0.02
+        assert len(record.itl_s) == 2
+        assert record.output_tokens_source == "usage"
+        assert record.prompt_tokens == 20
+        assert record.sent_at_s >= record.scheduled_at_s
+    assert result.load.lag_s
+    assert result.load.open_files_limit is None or result.load.open_files_limit > 0
+
+
+async def test_a_closed_loop_with_a_duration_stops_sending(emulator: Emulator) -> None:
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=2),
+        slots=[0, 1],
+        total_slots=2,
+        indices=None,
+        duration_s=0.3,
+        workload=WORKLOAD,
+    )
+    result = await run_shard(plan, target(emulator))
+    assert result.records
+    assert max(r.sent_at_s for r in result.records) < 0.3
+    # Indices count from the worker by the number of workers: 0, 1, 2, ...
+    assert sorted(r.index for r in result.records) == list(range(len(result.records)))
+
+
+async def test_an_open_loop_keeps_its_schedule_and_queues_under_a_cap(emulator: Emulator) -> None:
+    arrivals = [0.0, 0.0, 0.0, 0.05]
+    plan = ShardPlan(
+        shape=OpenLoop(rate=80.0, max_concurrency=1),
+        indices=[0, 1, 2, 3],
+        arrivals_s=arrivals,
+        workload=WORKLOAD,
+    )
+    result = await run_shard(plan, target(emulator))
+    records = sorted(result.records, key=lambda r: r.index)
+    assert [r.scheduled_at_s for r in records] == pytest.approx(arrivals)
+    # One at a time: the second and third waited for the first (and the second).
+    assert records[0].queue_wait_s < 0.01
+    assert records[1].queue_wait_s > 0.02
+    assert records[2].queue_wait_s > records[1].queue_wait_s
+    for record in records:
+        assert record.schedule_lag_s < 0.05
+        assert record.sent_at_s == pytest.approx(
+            record.scheduled_at_s + record.schedule_lag_s + record.queue_wait_s, abs=1e-3
+        )
+
+
+async def test_failures_are_recorded_by_type(emulator: Emulator) -> None:
+    emulator.schedule(Fault(status=429), Fault(drop_after_events=2))
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=1),
+        slots=[0],
+        indices=[0, 1, 2],
+        workload=WORKLOAD,
+    )
+    result = await run_shard(plan, target(emulator))
+    first, second, third = sorted(result.records, key=lambda r: r.index)
+    assert (first.ok, first.error_type, first.status) == (False, "RateLimitError", 429)
+    assert second.ok is False
+    assert second.error_type is not None
+    assert issubclass(getattr(errors, second.error_type), errors.QwenSSEError)
+    assert second.ttft_s is not None  # what arrived before the drop is kept
+    assert third.ok
+
+
+async def test_an_unreachable_endpoint_fails_every_request_quickly() -> None:
+    plan = ShardPlan(shape=ClosedLoop(concurrency=1), slots=[0], indices=[0, 1], workload=WORKLOAD)
+    unreachable = Target(base_url="http://127.0.0.1:9/v1", model="qwen-plus", api_key="k")
+    result = await asyncio.wait_for(run_shard(plan, unreachable), timeout=30)
+    assert [r.error_type for r in result.records] == ["TransportError", "TransportError"]
+
+
+def test_prepare_builds_the_plans_requests() -> None:
+    plan = ShardPlan(shape=ClosedLoop(concurrency=1), slots=[0], indices=[4, 6], workload=WORKLOAD)
+    specs = prepare(plan)
+    assert sorted(specs) == [4, 6]
+    assert specs[6].prompt_tokens == 20
+    timed = ShardPlan(
+        shape=ClosedLoop(concurrency=1), slots=[0], indices=None, duration_s=1, workload=WORKLOAD
+    )
+    assert prepare(timed) == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"shape": ClosedLoop(concurrency=2), "slots": [0], "indices": [0]}, "needs as many slots"),
+        ({"shape": ClosedLoop(concurrency=1), "slots": [3], "indices": [0]}, "below total_slots"),
+        ({"shape": ClosedLoop(concurrency=1), "slots": [0], "indices": None}, "needs a duration"),
+        ({"shape": OpenLoop(rate=1), "indices": [0]}, "indices and their arrival times"),
+        ({"shape": OpenLoop(rate=1), "indices": [0], "arrivals_s": []}, "one arrival time"),
+    ],
+)
+def test_inconsistent_plans_are_refused(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ShardPlan(workload=WORKLOAD, **fields)
+
+
+def test_the_pool_never_holds_fewer_connections_than_requests_in_flight() -> None:
+    assert connections_needed(ClosedLoop(concurrency=5), 5) == 5
+    assert connections_needed(OpenLoop(rate=1, max_concurrency=7), 0) == 7
+    assert connections_needed(OpenLoop(rate=1), 0) == 0  # no limit
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = raise_open_files_limit()
+    assert limit is not None
+    assert limit >= soft
+    if hard != resource.RLIM_INFINITY:
+        assert limit == hard

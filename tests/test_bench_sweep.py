@@ -1,0 +1,103 @@
+"""Sweeps: each level's configuration, and where saturation stops them (no I/O here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from qwen_sse.bench.benchmark import BenchConfig, BenchResult
+from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
+from qwen_sse.bench.sweep import SweepRule, config_at, run_sweep, saturation
+from qwen_sse.bench.workload import SyntheticWorkload
+from qwen_sse.errors import ConfigurationError
+
+BASE = BenchConfig(
+    shape=ClosedLoop(concurrency=1, ramp_up_s=0.2),
+    workload=SyntheticWorkload(input_tokens=16, output_tokens=4),
+    requests=10,
+)
+
+
+def summary(throughput: float, *, failed: int = 0, saturated: bool = False) -> dict[str, Any]:
+    return {
+        "request_throughput": throughput,
+        "completed": 100 - failed,
+        "failed": failed,
+        "client_saturated": saturated,
+        "client_saturation_reasons": ["event-loop lag p90 40.0 ms exceeds 10 ms"]
+        if saturated
+        else [],
+    }
+
+
+def test_levels_set_the_rate_or_the_concurrency() -> None:
+    open_base = msgspec.structs.replace(
+        BASE, shape=OpenLoop(rate=1, arrivals="gamma", burstiness=0.5, max_concurrency=8)
+    )
+    shape = config_at(open_base, "rates", 20).shape
+    assert shape == OpenLoop(rate=20, arrivals="gamma", burstiness=0.5, max_concurrency=8)
+    assert config_at(BASE, "rates", 3).shape == OpenLoop(rate=3)
+    assert config_at(BASE, "concurrency", 16).shape == ClosedLoop(concurrency=16, ramp_up_s=0.2)
+    assert config_at(BASE, "concurrency", 16).requests == 10
+    with pytest.raises(ConfigurationError, match="whole number"):
+        config_at(BASE, "concurrency", 1.5)
+
+
+def test_the_rules_of_saturation() -> None:
+    rule = SweepRule()
+    assert saturation("rates", 10, summary(9.5), None, rule) is None
+    assert "fell short of the offered 10" in (
+        saturation("rates", 10, summary(8.0), None, rule) or ""
+    )
+    assert saturation("concurrency", 8, summary(20.0), summary(10.0), rule) is None
+    gained_little = saturation("concurrency", 16, summary(21.0), summary(20.0), rule)
+    assert gained_little is not None
+    assert "gained less than 10%" in gained_little
+    assert "6 of 100 requests failed" in (
+        saturation("rates", 1, summary(1.0, failed=6), None, rule) or ""
+    )
+    client = saturation("rates", 1, summary(1.0, saturated=True), None, rule)
+    assert client is not None
+    assert client.startswith("the client saturated: event-loop lag")
+
+
+def fake_runs(throughputs: dict[float, float]) -> tuple[list[BenchConfig], Any]:
+    seen: list[BenchConfig] = []
+
+    def run_level(config: BenchConfig) -> BenchResult:
+        seen.append(config)
+        shape = config.shape
+        level = shape.rate if isinstance(shape, OpenLoop) else shape.concurrency
+        return BenchResult(summary=summary(throughputs[level]), records=[], loads=[])
+
+    return seen, run_level
+
+
+def test_a_sweep_climbs_until_the_endpoint_saturates() -> None:
+    seen, run_level = fake_runs({1: 1.0, 2: 2.0, 4: 3.0, 8: 3.0})
+    levels: list[float] = []
+    document = run_sweep(
+        BASE, "rates", [8, 1, 4, 2], run_level, on_level=lambda v, _: levels.append(v)
+    )
+    assert levels == [1, 2, 4]
+    assert [config.shape.rate for config in seen] == [1, 2, 4]  # type: ignore[union-attr]
+    assert document["levels"] == [1, 2, 4]
+    assert document["saturated_at"] == 4
+    assert "fell short" in document["stop_reason"]
+    assert len(document["runs"]) == 3
+
+
+def test_a_sweep_that_never_saturates_runs_every_level() -> None:
+    _, run_level = fake_runs({1: 10.0, 2: 20.0, 4: 40.0})
+    document = run_sweep(BASE, "concurrency", [1, 2, 4], run_level)
+    assert document["levels"] == [1, 2, 4]
+    assert document["saturated_at"] is None
+    assert document["stop_reason"] is None
+
+
+def test_a_sweep_needs_levels() -> None:
+    _, run_level = fake_runs({})
+    with pytest.raises(ConfigurationError, match="at least one level"):
+        run_sweep(BASE, "rates", [], run_level)
