@@ -352,7 +352,8 @@ class ChatStreamDecoder:
             frames = self._sse.feed_frames(data)
         except EventTooLargeError as error:
             chunks = self._decode_frames(error.events, now_s)
-            self._fail(error, now_s)
+            if self.error is None:  # an error frame before the overflow is the real cause
+                self._fail(error, now_s)
             return self._deliver(chunks)
         return self._deliver(self._decode_frames(frames, now_s))
 

@@ -12,6 +12,7 @@ The read loop is ``resp.content.iter_any()`` feeding the decoder: never ``readli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -64,6 +65,7 @@ __all__ = ["ChatStream", "QwenClient", "WireTap"]
 _USER_AGENT = "qwen-sse/0.1.0"
 _ERROR_BODY_MAX_BYTES = 64 * 1024
 _NON_SSE_PREVIEW_BYTES = 2048
+_ERROR_BODY_WAIT_S = 30.0
 # Response headers kept on HTTP errors: what a retry policy or a human needs.
 _KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
 
@@ -119,8 +121,10 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
 class _Deadlines:
     """One lazily re-armed timer per stream instead of a timeout context per read.
 
-    A context per read costs microseconds each; here each read costs two attribute
-    stores, and the timer callback does the arithmetic only when it fires.
+    A context per read costs microseconds each; here each read costs a clock reading and a
+    few attribute stores, and the timer callback does the arithmetic only when it fires.
+    The idle timeout counts only time spent waiting in reads since the last event, so a
+    consumer that is slow between chunks never makes the server look silent.
     """
 
     __slots__ = (
@@ -128,8 +132,9 @@ class _Deadlines:
         "first_token_at",
         "handle",
         "idle_s",
-        "last_event_at",
+        "idle_waited_s",
         "loop",
+        "read_started_at",
         "reading",
         "task",
         "timeouts",
@@ -146,7 +151,8 @@ class _Deadlines:
         # The total deadline spans the whole call, retries and resumes included.
         self.total_at = None if timeouts.total_s is None else call_started_at + timeouts.total_s
         self.idle_s = timeouts.idle_s
-        self.last_event_at = sent_at
+        self.idle_waited_s = 0.0
+        self.read_started_at = sent_at
         self.reading = False
         self.fired: RequestTimeoutError | None = None
         self.handle: asyncio.TimerHandle | None = None
@@ -156,6 +162,10 @@ class _Deadlines:
         self.first_token_at = None
         self.stop()
 
+    def read_done(self, now: float, *, event: bool) -> None:
+        """A read returned: an event restarts the idle count, anything else adds to it."""
+        self.idle_waited_s = 0.0 if event else self.idle_waited_s + now - self.read_started_at
+
     def expired(self, now: float) -> RequestTimeoutError | None:
         """The timeout that has passed at ``now``, if any (total first: it is the widest)."""
         t = self.timeouts
@@ -164,26 +174,25 @@ class _Deadlines:
         if self.first_token_at is not None and now >= self.first_token_at:
             return FirstTokenTimeoutError(timeout_s=t.first_token_s or 0.0)
         idle_s = self.idle_s
-        if (
-            idle_s is not None
-            and self.first_token_at is None
-            and now >= self.last_event_at + idle_s
-        ):
-            return IdleTimeoutError(timeout_s=idle_s)
+        if idle_s is not None and self.first_token_at is None:
+            waited = self.idle_waited_s + (now - self.read_started_at if self.reading else 0.0)
+            if waited >= idle_s:
+                return IdleTimeoutError(timeout_s=idle_s)
         return None
 
     def _next_deadline(self) -> float | None:
         candidates = [self.total_at, self.first_token_at]
         if self.idle_s is not None and self.first_token_at is None:
-            candidates.append(self.last_event_at + self.idle_s)
+            candidates.append(self.read_started_at + self.idle_s - self.idle_waited_s)
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
     def arm(self) -> None:
         """Before a read: raise if a deadline already passed, else make sure a timer runs."""
         self.task = asyncio.current_task()
+        self.read_started_at = now = self.loop.time()
         if self.handle is None:
-            expired = self.expired(self.loop.time())
+            expired = self.expired(now)
             if expired is not None:
                 raise expired
             when = self._next_deadline()
@@ -349,15 +358,30 @@ class ChatStream:
         self._started = True
         self._call_started_at = asyncio.get_running_loop().time()
         self._accumulator.started_at_s = self._call_started_at
-        while True:
-            try:
-                await self._open(self._body)
-                return
-            except QwenSSEError as error:
-                await self._retry_or_raise(error)
+        await self._open_with_retries(self._body)
+
+    async def _open_with_retries(self, body: dict[str, Any]) -> None:
+        """Open ``body``, retrying under the policy; anything that escapes (the final error,
+        a cancellation) ends the call with its connection and permit released."""
+        try:
+            while True:
+                try:
+                    await self._open(body)
+                    return
+                except QwenSSEError as error:
+                    await self._retry_or_raise(error)
+        except BaseException:
+            self._finish("cancelled")  # no effect after _give_up, which finished already
+            raise
 
     async def _retry_or_raise(self, error: QwenSSEError) -> None:
-        """Sleep before the next attempt if the policy allows one; else raise ``error``."""
+        """Sleep before the next attempt if the policy allows one; else raise ``error``.
+
+        The failed attempt's connection, permit and tap are closed first (each at most once).
+        """
+        self._close_response(clean=False)
+        self._release_permit("throttled" if _is_throttling(error) else "error")
+        self._tap_end(error)
         loop = asyncio.get_running_loop()
         decision = self._retry.decide(
             error,
@@ -376,7 +400,11 @@ class ChatStream:
             decision.reason,
             self._request_id_note(error),
         )
-        await self._client._sleep(decision.delay_s)
+        try:
+            await self._client._sleep(decision.delay_s)
+        except BaseException:
+            self._finish("cancelled")
+            raise
         # A retry starts over: nothing of the failed attempt reached the caller.
         self._accumulator.reset()
         self._held = []
@@ -404,6 +432,8 @@ class ChatStream:
                 method="POST", url=self._url, headers=_redacted(self._headers), body=payload
             )
             self._tap_open = True
+        failure: QwenSSEError | None = None
+        cause: BaseException | None = None
         try:
             deadlines.arm()
             response = await session.post(
@@ -417,19 +447,25 @@ class ChatStream:
             self._timeout_or_reraise()
             raise
         except aiohttp.ClientError as error:
-            self._release_permit("error")
             failure = _map_client_error(error, self._timeouts, started=False)
-            self._tap_end(failure)
-            raise failure from _cause(error)
+            cause = _cause(error)
+        except ValueError as error:
+            # aiohttp refuses malformed headers (e.g. control characters in extra headers).
+            failure = ConfigurationError(f"the request could not be sent: {error}")
         finally:
             deadlines.reading = False
+        if failure is not None:
+            # Raised outside the except block, so that no aiohttp error (which may hold the
+            # request headers, key included) stays reachable as __context__.
+            raise failure from cause
         self._response = response
         if tap is not None:
             tap.response(status=response.status, headers=response.headers, at_s=self._since_sent())
         self.status = response.status
         self.headers = response.headers
         request_id = response.headers.get("x-request-id", "")
-        if not self._accumulator.request_id:
+        if not self._committed:
+            # The result is this attempt's (a resume keeps the first answer's id).
             self._accumulator.request_id = request_id
         if response.status >= 400:
             await self._raise_for_status(response, request_id)
@@ -441,11 +477,31 @@ class ChatStream:
         self._decoder = self._new_decoder()
         self._reader = response.content.iter_any().__aiter__()
 
+    async def _read_body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """Up to ``limit`` bytes of a body that is not a stream, read to its end within the
+        call's deadlines (an error body is short: at most ``_ERROR_BODY_WAIT_S``); what
+        arrived before a deadline or a broken connection is kept."""
+        deadlines = self._deadlines
+        assert deadlines is not None
+        now = deadlines.loop.time()
+        limits = [now + _ERROR_BODY_WAIT_S, deadlines.total_at, deadlines.first_token_at]
+        if deadlines.idle_s is not None:
+            limits.append(now + deadlines.idle_s)
+        pieces: list[bytes] = []
+        size = 0
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+            async with asyncio.timeout_at(min(t for t in limits if t is not None)):
+                while size < limit:
+                    piece = await response.content.read(limit - size)
+                    if not piece:
+                        break
+                    pieces.append(piece)
+                    size += len(piece)
+        return b"".join(pieces)
+
     async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
         try:
-            body = await response.content.read(_ERROR_BODY_MAX_BYTES)
-        except aiohttp.ClientError:
-            body = b""
+            body = await self._read_body(response, _ERROR_BODY_MAX_BYTES)
         finally:
             self._close_response(clean=False)
         if self._tap is not None:
@@ -468,9 +524,7 @@ class ChatStream:
         self, response: aiohttp.ClientResponse, content_type: str, request_id: str
     ) -> None:
         try:
-            head = await response.content.read(_NON_SSE_PREVIEW_BYTES)
-        except aiohttp.ClientError:
-            head = b""
+            head = await self._read_body(response, _NON_SSE_PREVIEW_BYTES)
         finally:
             self._close_response(clean=False)
         if self._tap is not None:
@@ -478,7 +532,11 @@ class ChatStream:
         self._release_permit("error")
         code, message, body_request_id = _error_fields(head)
         error: QwenSSEError
-        if code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
+        native_error = _native_error_frame(head) if self._client.protocol == "native" else None
+        if native_error is not None:
+            # DashScope sends native error frames under application/json at times.
+            error = native_error
+        elif code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
             error = InBandError(
                 code=code, message=message, request_id=request_id or body_request_id
             )
@@ -498,20 +556,25 @@ class ChatStream:
         assert reader is not None
         assert deadlines is not None
         decoder = self._decoder
+        failure: QwenSSEError | None = None
+        cause: BaseException | None = None
+        data = b""
         try:
             deadlines.arm()
             data = await reader.__anext__()
         except StopAsyncIteration:
-            data = b""
+            pass
         except asyncio.CancelledError:
             self._timeout_or_reraise()
             raise
         except aiohttp.ClientError as error:
-            self._close_response(clean=False)
             failure = _map_client_error(error, self._timeouts, started=True)
-            raise failure from _cause(error)
+            cause = _cause(error)
         finally:
             deadlines.reading = False
+        if failure is not None:
+            self._close_response(clean=False)
+            raise failure from cause
         now = deadlines.loop.time()
         if self._tap is not None:
             self._tap.data(data, now - self._sent_at)
@@ -525,10 +588,10 @@ class ChatStream:
         except QwenSSEError:
             self._close_response(clean=False)
             raise
-        if decoder.events != events_before:
-            deadlines.last_event_at = now
-            if deadlines.first_token_at is not None and _has_output(decoder, chunks):
-                deadlines.first_token_arrived()
+        event = decoder.events != events_before
+        deadlines.read_done(now, event=event)
+        if event and deadlines.first_token_at is not None and _has_output(decoder, chunks):
+            deadlines.first_token_arrived()
         if self._committed and not self._skip_preamble:
             self._chunks = chunks
         else:
@@ -564,14 +627,9 @@ class ChatStream:
         self._close_response(clean=False)
         self._tap_end(error)
         if not self._committed:
-            self._release_permit("error")
             await self._retry_or_raise(error)
-            while True:
-                try:
-                    await self._open(self._body)
-                    return
-                except QwenSSEError as again:
-                    await self._retry_or_raise(again)
+            await self._open_with_retries(self._body)
+            return
         body = self._resume_body(error)
         if body is None:
             raise self._give_up(error)
@@ -593,6 +651,9 @@ class ChatStream:
         except QwenSSEError as refused:
             error.add_note(f"resuming failed: {refused}")
             raise self._give_up(error) from refused
+        except BaseException:
+            self._finish("cancelled")
+            raise
         self._skip_preamble = True
 
     def _resume_body(self, error: QwenSSEError) -> dict[str, Any] | None:
@@ -609,6 +670,10 @@ class ChatStream:
             return None
         so_far = self._accumulator.result(complete=False)
         if so_far.tool_calls or so_far.reasoning_content or not so_far.content:
+            return None
+        if so_far.finish_reason is not None:
+            # The answer is whole; only its usage or end marker was lost. Continuing it
+            # would bill a request and could append text to a finished answer.
             return None
         messages = list(body.get("messages", ()))
         prefix = ""
@@ -872,6 +937,14 @@ class QwenClient:
             async for _ in stream:
                 pass
         return stream.result
+
+
+def _native_error_frame(head: bytes) -> InBandError | None:
+    """The error a native ``event:error`` frame in ``head`` carries, if it holds one."""
+    decoder = NativeStreamDecoder()
+    with contextlib.suppress(QwenSSEError):
+        decoder.feed(head)
+    return decoder.error if isinstance(decoder.error, InBandError) else None
 
 
 def _redacted(headers: Mapping[str, str]) -> dict[str, str]:

@@ -65,14 +65,21 @@ class Timeouts(msgspec.Struct, frozen=True):
 
 
 def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """The key from the argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY``."""
-    if api_key:
-        return api_key
+    """The key from the argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY``;
+    surrounding whitespace (a key read from a file) is dropped, and a key with whitespace or
+    control characters inside is refused without being shown."""
+    candidates = [("the api_key argument", api_key or "")]
     env = os.environ if environ is None else environ
-    for name in API_KEY_ENV_VARS:
-        value = env.get(name, "").strip()
-        if value:
-            return value
+    candidates += [(name, env.get(name, "")) for name in API_KEY_ENV_VARS]
+    for source, raw in candidates:
+        key = raw.strip()
+        if not key:
+            continue
+        if any(ch.isspace() or not ch.isprintable() for ch in key):
+            raise ConfigurationError(
+                f"the API key from {source} contains whitespace or control characters"
+            )
+        return key
     raise ConfigurationError(
         "no API key: pass api_key=... or set DASHSCOPE_API_KEY (or QWEN_API_KEY)"
     )

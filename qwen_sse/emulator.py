@@ -1,4 +1,4 @@
-"""A local emulator of DashScope's OpenAI-compatible chat endpoint, with fault injection.
+"""A local emulator of DashScope's chat endpoints (compatible mode and native), with faults.
 
 Edge layer: an ``aiohttp.web`` server built on the core (SSE framing, token counting, model
 limits); it must not import the client, the limiter or the CLI. The tests, ``qwen-sse chat
@@ -11,6 +11,25 @@ DashScope's quirks, the usage chunk, ``data: [DONE]``, HTTP error bodies
 ``{"error": {message, type, param, code}, "request_id"}`` and partial mode. Its answers are
 a pure function of the request (:func:`emulated_answer`), so a test can predict every piece.
 
+It also answers DashScope's native protocol at :data:`NATIVE_PATH`: the body
+``{"model", "input": {"messages"}, "parameters": {...}}`` gets the answer of the equivalent
+compatible body (``model``, ``messages`` and the parameters at the top level), under the
+same checks, limits and faults. With ``X-DashScope-SSE: enable`` it streams frames like
+protocol.md's: ``id:<n>``, ``event:result``, a ``:HTTP_STATUS/200`` comment, then
+``data:{"output": {"choices": [{"message": {...}, "finish_reason": "null"}]}, "usage":
+{"total_tokens", "output_tokens", "input_tokens"}, "request_id"}`` with no space after the
+colons; one frame per piece, no role-only frame, usage cumulative in every frame (output
+tokens so far), and a last frame with empty content and the real finish reason instead of
+``[DONE]``. ``parameters.incremental_output`` (default false, as DashScope's) false repeats
+the whole ``content`` and ``reasoning_content`` so far in each frame (tool-call arguments
+stay fragments); ``result_format: "text"`` (the default, as DashScope's; it refuses
+``enable_thinking`` and ``tools``) gives ``{"output": {"finish_reason", "text"}}``.
+Without the header the answer is one JSON ``{"output", "usage", "request_id"}``. Errors
+are native too: HTTP bodies ``{"code", "message", "request_id"}`` with DashScope's native
+codes (``InvalidApiKey``, ``ModelNotFound``, ``InvalidParameter``,
+``DataInspectionFailed``, ``Throttling.RateQuota``, ``Throttling.AllocationQuota``...),
+and in-band ``event:error`` frames with ``:HTTP_STATUS/400``.
+
 Faults (:class:`Fault`) come from three places; the first that has one wins:
 
 1. the server's queue, filled by :meth:`Emulator.schedule` (every chat request takes one);
@@ -18,9 +37,10 @@ Faults (:class:`Fault`) come from three places; the first that has one wins:
 3. :attr:`EmulatorConfig.fault`, the server default.
 
 A request is checked in this order: fault header syntax (400), API key (401), the fault's
-``status``, the body (400), the model (404), moderation, input length and ``max_tokens``
-against the model's limits (400), partial mode with thinking (400), the rate limits (429);
-then it is answered, streamed or not, with the fault's stream effects.
+``status``, the body (400; a native body's envelope first), the model (404), moderation,
+input length and ``max_tokens`` against the model's limits (400), partial mode with
+thinking (400), the rate limits (429); then it is answered, streamed or not, with the
+fault's stream effects.
 
 Rate limits (:attr:`EmulatorConfig.rpm`, :attr:`EmulatorConfig.tpm`) are DashScope's: per
 API key and per model, over a sliding window of ``limit_window_s`` (a minute by default,
@@ -28,22 +48,24 @@ seconds in tests). A request is admitted when the requests admitted in the last 
 plus this one, stay within ``rpm``, and their total tokens (prompt plus completion, known
 in advance because answers are deterministic), plus this one's, within ``tpm``; else it is
 answered 429 ``limit_requests`` (RPM, checked first) or 429 ``insufficient_quota``
-"Allocated quota exceeded..." (TPM). A refused request is not counted.
+"Allocated quota exceeded..." (TPM). A refused request is not counted. Both protocols
+count against the same limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Protocol, Self
 
 import msgspec
 from aiohttp import web
@@ -60,6 +82,8 @@ __all__ = [
     "DEFAULT_MODELS",
     "FAULT_HEADER",
     "MODERATION_TRIGGER",
+    "NATIVE_PATH",
+    "NATIVE_SSE_HEADER",
     "EmulatedAnswer",
     "Emulator",
     "EmulatorConfig",
@@ -74,7 +98,14 @@ FAULT_HEADER = "X-Emulator-Fault"
 """Request header carrying a JSON :class:`Fault` for that request only."""
 
 CHAT_PATH = "/compatible-mode/v1/chat/completions"
-"""The path the emulator answers (``POST``); ``base_url`` is everything before ``/chat``."""
+"""The compatible-mode path (``POST``); ``base_url`` is everything before ``/chat``."""
+
+NATIVE_PATH = "/api/v1/services/aigc/text-generation/generation"
+"""The native-protocol path (``POST``); ``native_base_url`` is everything before
+``/services``."""
+
+NATIVE_SSE_HEADER = "X-DashScope-SSE"
+"""The request header that asks for a native stream (value ``enable``)."""
 
 DEFAULT_MODELS = tuple(MODEL_LIMITS)
 """The models of protocol.md's table (:data:`qwen_sse.models.MODEL_LIMITS`); by default any
@@ -128,6 +159,15 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
       value is that many bytes (its content padded with ``x``; at least the chunk's JSON).
     * ``content_type``: the 200 response's content type; a type containing ``json`` gets
       the non-streaming ``chat.completion`` body, any other the usual event stream.
+
+    Native requests take the same faults, their codes in DashScope's native spelling
+    (``limit_requests`` is ``Throttling.RateQuota``, ``data_inspection_failed``
+    ``DataInspectionFailed``...; other codes as given). Their events are frames (``id``,
+    ``event``, the ``:HTTP_STATUS`` comment and the data); ``error_after_events`` sends an
+    ``event:error`` frame; ``no_done`` ends before the frame with the finish reason;
+    ``huge_event_bytes`` pads the content of a frame after the first; a native stream
+    keeps its frames under any ``content_type``, as DashScope sends error frames under
+    ``application/json``.
     """
 
     status: int | None = None
@@ -565,6 +605,21 @@ def _usage(body: Mapping[str, Any], answer: EmulatedAnswer, prompt_tokens: int) 
     return usage
 
 
+def _tool_calls(answer: EmulatedAnswer) -> list[dict[str, Any]]:
+    """The answer's tool calls as a whole message carries them."""
+    return [
+        {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        for index, ((name, arguments), call_id) in enumerate(
+            zip(answer.tool_calls, answer.tool_call_ids, strict=True)
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # Errors
 
@@ -597,6 +652,21 @@ _TPM_CODE = "insufficient_quota"
 _TPM_MESSAGE = "Allocated quota exceeded, please increase your quota limit."
 _IN_BAND_CODE = "data_inspection_failed"
 _IN_BAND_MESSAGE = "Output data may contain inappropriate content."
+# The native protocol spells DashScope's codes its own way; codes not listed are the same.
+_NATIVE_CODES = {
+    "invalid_parameter_error": "InvalidParameter",
+    "invalid_api_key": "InvalidApiKey",
+    "model_not_found": "ModelNotFound",
+    "data_inspection_failed": "DataInspectionFailed",
+    "limit_requests": "Throttling.RateQuota",
+    "insufficient_quota": "Throttling.AllocationQuota",
+    "limit_burst_rate": "Throttling.BurstRate",
+    "internal_error": "InternalError",
+}
+
+
+def _native_code(code: str) -> str:
+    return _NATIVE_CODES.get(code, code)
 
 
 class _Reject(Exception):
@@ -810,6 +880,238 @@ class _Frames:
     def done(self) -> bytes:
         return self.data(DONE_MARKER.encode())
 
+    def numbered(self, frame: bytes, number: int) -> bytes:
+        # Compatible-mode events carry no id.
+        return frame
+
+
+class _FaultFrames(Protocol):
+    """What :class:`_Streamer` needs of a protocol's frames to apply a fault."""
+
+    def numbered(self, frame: bytes, number: int) -> bytes:
+        """``frame`` as sent as the ``number``-th event (from 1)."""
+
+    def error(self, code: str, message: str) -> bytes:
+        """The in-band error frame."""
+
+    def malformed(self) -> bytes:
+        """A frame whose data is broken JSON."""
+
+    def huge(self, size: int) -> bytes:
+        """A text frame whose data line value is ``size`` bytes (at least its JSON)."""
+
+
+# ---------------------------------------------------------------------------------------
+# The native protocol
+
+_NATIVE_ONLY_PARAMETERS = frozenset({"result_format", "incremental_output"})
+
+
+class _NativeOptions(NamedTuple):
+    text_format: bool
+    incremental: bool
+
+
+def _from_native(body: Any) -> tuple[dict[str, Any], _NativeOptions]:
+    """The compatible body equivalent to a native one, and the native output options.
+
+    The compatible body is checked as any other afterwards; only the native envelope is
+    checked here (400 ``InvalidParameter``).
+    """
+    if not isinstance(body, dict):
+        raise _bad_request("The request body is not a JSON object.")
+    inputs = body.get("input")
+    if not isinstance(inputs, dict):
+        raise _bad_request("input must be an object with messages.")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise _bad_request("parameters must be an object.")
+    result_format = parameters.get("result_format", "text")
+    if result_format not in ("message", "text"):
+        raise _bad_request("result_format should be 'message' or 'text'.")
+    incremental = parameters.get("incremental_output", False)
+    if not isinstance(incremental, bool):
+        raise _bad_request("incremental_output should be a boolean.")
+    text_format = result_format == "text"
+    if text_format and (parameters.get("enable_thinking") is True or parameters.get("tools")):
+        raise _bad_request("enable_thinking and tools need result_format 'message'.")
+    compatible = {
+        name: value for name, value in parameters.items() if name not in _NATIVE_ONLY_PARAMETERS
+    }
+    compatible["model"] = body.get("model")
+    compatible["messages"] = inputs.get("messages")
+    return compatible, _NativeOptions(text_format, incremental)
+
+
+def _native_usage(input_tokens: int, output_tokens: int, reasoning: int | None) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "total_tokens": input_tokens + output_tokens,
+        "output_tokens": output_tokens,
+        "input_tokens": input_tokens,
+    }
+    if reasoning is not None:
+        usage["output_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+# Characters that end a run of letters for good: the pre-tokenizer never joins a letter to
+# one of them, and NFC never composes them with what precedes them.
+_SETTLING_CHARS = frozenset(" ,.!?…，。！？、；：")
+
+
+class _TokenTally:
+    """The token count of a growing text, always equal to ``count_tokens`` of the whole.
+
+    BPE never crosses a pre-tokenizer boundary, and the pre-tokenizer splits between a
+    letter and a following character of :data:`_SETTLING_CHARS` whatever comes next, so
+    the text before the last such boundary is counted once and only the rest is recounted
+    as the text grows.
+    """
+
+    __slots__ = ("_settled", "_tail")
+
+    def __init__(self) -> None:
+        self._settled = 0
+        self._tail = ""
+
+    def add(self, text: str) -> int:
+        """Append ``text``; the count of everything added so far."""
+        tail = self._tail + text
+        for cut in range(len(tail) - 1, 0, -1):
+            if tail[cut] in _SETTLING_CHARS and tail[cut - 1].isalpha():
+                self._settled += count_tokens(tail[:cut])
+                tail = tail[cut:]
+                break
+        self._tail = tail
+        return self._settled + _count_text_tokens(tail)
+
+
+class _NativeFrames:
+    """Builds one native response's frames, in the order they are sent.
+
+    Every frame carries the usage so far: the prompt, and the output tokens of the text
+    built so far (reasoning counted apart, as the compatible mode bills it). The ``id:``
+    line is added as a frame is sent (:meth:`numbered`), so injected frames keep the ids
+    in sequence.
+    """
+
+    __slots__ = (
+        "_content",
+        "_end",
+        "_eol",
+        "_error_head",
+        "_incremental",
+        "_input_tokens",
+        "_output_tally",
+        "_output_tokens",
+        "_reasoning",
+        "_reasoning_tally",
+        "_reasoning_tokens",
+        "_request_id",
+        "_result_head",
+        "_text_format",
+        "_thinking",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        line_ending: str,
+        options: _NativeOptions,
+        *,
+        thinking: bool,
+        input_tokens: int,
+    ) -> None:
+        eol = line_ending.encode()
+        self._eol = eol
+        self._end = eol * 2
+        self._result_head = b"".join((b"event:result", eol, b":HTTP_STATUS/200", eol, b"data:"))
+        self._error_head = b"".join((b"event:error", eol, b":HTTP_STATUS/400", eol, b"data:"))
+        self._request_id = request_id
+        self._text_format = options.text_format
+        self._incremental = options.incremental
+        self._thinking = thinking
+        self._input_tokens = input_tokens
+        self._reasoning = ""
+        self._content = ""
+        self._reasoning_tally = _TokenTally()
+        self._output_tally = _TokenTally()
+        self._reasoning_tokens = 0
+        self._output_tokens = 0
+
+    def numbered(self, frame: bytes, number: int) -> bytes:
+        return b"".join((b"id:", str(number).encode(), self._eol, frame))
+
+    def piece(self, piece: Piece, call_id: str, name: str) -> bytes:
+        """The frame of one piece; ``call_id`` and ``name`` are set on a call's first."""
+        if piece.kind == "reasoning_content":
+            self._reasoning += piece.text
+            self._reasoning_tokens = self._reasoning_tally.add(piece.text)
+            reasoning = piece.text if self._incremental else self._reasoning
+            return self._message("", None, reasoning=reasoning)
+        self._output_tokens = self._output_tally.add(piece.text)
+        if piece.kind == "content":
+            self._content += piece.text
+            return self._text(piece.text if self._incremental else self._content)
+        function = {"name": name, "arguments": piece.text} if call_id else {"arguments": piece.text}
+        call = {"index": piece.call_index, "id": call_id, "type": "function", "function": function}
+        return self._message(self._so_far(self._content), [call])
+
+    def finish(self, reason: str) -> bytes:
+        """The last frame: no new text, the real finish reason."""
+        content = self._so_far(self._content)
+        if self._text_format:
+            return self._frame({"finish_reason": reason, "text": content})
+        return self._message(content, None, finish_reason=reason)
+
+    def error(self, code: str, message: str) -> bytes:
+        payload = {"code": _native_code(code), "message": message, "request_id": self._request_id}
+        return b"".join((self._error_head, _encode(payload), self._end))
+
+    def malformed(self) -> bytes:
+        return b"".join(
+            (self._result_head, b'{"output":{"choices":[{"message":{"content":"broken', self._end)
+        )
+
+    def huge(self, size: int) -> bytes:
+        bare = len(self._text("")) - len(self._result_head) - len(self._end)
+        return self._text("x" * max(0, size - bare))
+
+    def _so_far(self, text: str) -> str:
+        return "" if self._incremental else text
+
+    def _text(self, text: str) -> bytes:
+        if self._text_format:
+            return self._frame({"finish_reason": "null", "text": text})
+        return self._message(text, None)
+
+    def _message(
+        self,
+        content: str,
+        tool_calls: list[dict[str, Any]] | None,
+        *,
+        reasoning: str | None = None,
+        finish_reason: str = "null",
+    ) -> bytes:
+        message: dict[str, Any] = {"content": content}
+        if self._thinking:
+            message["reasoning_content"] = (
+                reasoning if reasoning is not None else self._so_far(self._reasoning)
+            )
+        if tool_calls is not None:
+            message["tool_calls"] = tool_calls
+        message["role"] = "assistant"
+        return self._frame({"choices": [{"message": message, "finish_reason": finish_reason}]})
+
+    def _frame(self, output: dict[str, Any]) -> bytes:
+        usage = _native_usage(
+            self._input_tokens,
+            self._reasoning_tokens + self._output_tokens,
+            self._reasoning_tokens if self._thinking else None,
+        )
+        payload = {"output": output, "usage": usage, "request_id": self._request_id}
+        return b"".join((self._result_head, _encode(payload), self._end))
+
 
 class _Streamer:
     """Writes one response's events, applying the fault's stream effects on the way."""
@@ -823,6 +1125,7 @@ class _Streamer:
         "_request",
         "_resp",
         "_stalled",
+        "no_done",
         "record",
     )
 
@@ -830,7 +1133,7 @@ class _Streamer:
         self,
         request: web.Request,
         resp: web.StreamResponse,
-        frames: _Frames,
+        frames: _FaultFrames,
         fault: Fault | None,
         record: RecordedRequest,
     ) -> None:
@@ -842,13 +1145,17 @@ class _Streamer:
         self._stalled = False
         self._malformed_sent = False
         self._huge_sent = False
+        self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
 
     async def event(self, frame: bytes) -> None:
         if self._fault is not None:
             await self._before_event(self._fault)
-        await self._send(frame)
+        await self._emit(frame)
+
+    async def _emit(self, frame: bytes) -> None:
+        await self._send(self._frames.numbered(frame, self.record.events_sent + 1))
         self.record.events_sent += 1
 
     async def _before_event(self, fault: Fault) -> None:
@@ -860,12 +1167,11 @@ class _Streamer:
             if sent == fault.drop_after_events:
                 await self._drop()
             if sent == fault.error_after_events:
-                await self._send(
+                await self._emit(
                     self._frames.error(
                         fault.code or _IN_BAND_CODE, fault.message or _IN_BAND_MESSAGE
                     )
                 )
-                self.record.events_sent += 1
                 raise _Stop("in_band_error", aborted=False)
             if sent == fault.malformed_after_events and not self._malformed_sent:
                 self._malformed_sent = True
@@ -875,8 +1181,7 @@ class _Streamer:
                 frame = self._frames.huge(fault.huge_event_bytes)
             else:
                 return
-            await self._send(frame)
-            self.record.events_sent += 1
+            await self._emit(frame)
 
     async def _stall(self, fault: Fault) -> None:
         every = fault.keepalive_every_s
@@ -957,10 +1262,11 @@ class Emulator:
     """The emulated DashScope server; an async context manager that starts and closes it.
 
     It listens on ``host``:``port`` (loopback, port chosen by the OS, by default) and
-    answers ``POST {base_url}/chat/completions``. ``requests`` records every chat request
-    (unless ``config.record_requests`` is off), ``active_streams`` counts the responses
-    being streamed. :meth:`close` cancels in-flight handlers, so a client in the middle of
-    a stream sees its connection close.
+    answers ``POST {base_url}/chat/completions`` and, in the native protocol,
+    ``POST {native_base_url}/services/aigc/text-generation/generation``. ``requests``
+    records every chat request of either protocol (unless ``config.record_requests`` is
+    off), ``active_streams`` counts the responses being streamed. :meth:`close` cancels
+    in-flight handlers, so a client in the middle of a stream sees its connection close.
     """
 
     def __init__(
@@ -990,8 +1296,18 @@ class Emulator:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT/compatible-mode/v1``; chat is ``POST {base_url}/chat/completions``."""
+        return f"{self._origin}/compatible-mode/v1"
+
+    @property
+    def native_base_url(self) -> str:
+        """``http://HOST:PORT/api/v1``, the native protocol's root (``QwenClient(...,
+        protocol="native")`` takes it as ``base_url``)."""
+        return f"{self._origin}/api/v1"
+
+    @property
+    def _origin(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/compatible-mode/v1"
+        return f"http://{host}:{self.port}"
 
     @property
     def active_streams(self) -> int:
@@ -999,16 +1315,18 @@ class Emulator:
         return self._active_streams
 
     def schedule(self, *faults: Fault) -> None:
-        """Queue faults: each next chat request takes one, before any other fault source."""
+        """Queue faults: each next chat request (of either protocol) takes one, before any
+        other fault source."""
         self._queue.extend(faults)
 
     async def start(self) -> None:
-        """Start listening; ``port`` and ``base_url`` are valid afterwards."""
+        """Start listening; ``port`` and the base URLs are valid afterwards."""
         if self._runner is not None:
             raise RuntimeError("the emulator is already started")
         # Large enough for long-context requests (the input-length check counts tokens).
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post(CHAT_PATH, self._handle)
+        app.router.add_post(NATIVE_PATH, self._handle_native)
         # handler_cancellation: a client that disconnects cancels its handler at once, so
         # active_streams drops even during a stall.
         runner = web.AppRunner(
@@ -1056,7 +1374,10 @@ class Emulator:
 
     # -- request handling ---------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle_native(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, native=True)
+
+    async def _handle(self, request: web.Request, *, native: bool = False) -> web.StreamResponse:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
@@ -1066,7 +1387,7 @@ class Emulator:
         record.request_id = str(uuid.UUID(bytes=_digest(16, "request", self.config.seed, number)))
         if self.config.record_requests:
             self.requests.append(record)
-        exchange = _Exchange(request, record, number, time.monotonic())
+        exchange = _Exchange(request, record, number, time.monotonic(), native)
         try:
             raw = await request.read()
             record.fault = self._pick_fault(request)
@@ -1110,15 +1431,23 @@ class Emulator:
         record = exchange.record
         record.status = reject.status
         record.outcome = "http_error"
-        body = {
-            "error": {
+        body: dict[str, Any]
+        if exchange.native:
+            body = {
+                "code": _native_code(reject.code),
                 "message": reject.message,
-                "type": reject.type,
-                "param": None,
-                "code": reject.code,
-            },
-            "request_id": record.request_id,
-        }
+                "request_id": record.request_id,
+            }
+        else:
+            body = {
+                "error": {
+                    "message": reject.message,
+                    "type": reject.type,
+                    "param": None,
+                    "code": reject.code,
+                },
+                "request_id": record.request_id,
+            }
         headers = self._headers(exchange, "application/json")
         return web.Response(status=reject.status, body=_encode(body), headers=headers)
 
@@ -1149,7 +1478,11 @@ class Emulator:
         key = self._check_key(exchange.request)
         if fault is not None and fault.status is not None:
             raise _Reject(fault.status, fault.code, fault.message)
-        body, messages = self._check_body(record.body)
+        native: _NativeOptions | None = None
+        compatible = record.body
+        if exchange.native:
+            compatible, native = _from_native(record.body)
+        body, messages = self._check_body(compatible)
         prompt_tokens = _prompt_tokens(body, messages)
         self._check_content(body, messages, prompt_tokens)
         answer = emulated_answer(
@@ -1157,10 +1490,52 @@ class Emulator:
         )
         usage = _usage(body, answer, prompt_tokens)
         self._check_rate(key, body["model"], usage["total_tokens"])
+        if native is not None:
+            return await self._respond_native(exchange, body, answer, usage, native)
         content_type = fault.content_type if fault is not None else None
         if body.get("stream") is not True or (content_type and "json" in content_type.lower()):
             return self._completion(exchange, body, answer, usage)
-        return await self._stream(exchange, body, answer, usage)
+        line_ending = fault.line_ending if fault is not None else "\n"
+        frames = _Frames(
+            f"chatcmpl-{record.request_id}", body["model"], int(time.time()), line_ending
+        )
+        include_usage = isinstance(options := body.get("stream_options"), dict) and (
+            options.get("include_usage") is True
+        )
+        return await self._stream(
+            exchange,
+            frames,
+            functools.partial(
+                _send_compatible,
+                frames=frames,
+                answer=answer,
+                usage=usage if include_usage else None,
+            ),
+        )
+
+    async def _respond_native(
+        self,
+        exchange: _Exchange,
+        body: dict[str, Any],
+        answer: EmulatedAnswer,
+        usage: dict[str, Any],
+        options: _NativeOptions,
+    ) -> web.StreamResponse:
+        record = exchange.record
+        thinking = body.get("enable_thinking") is True
+        if exchange.request.headers.get(NATIVE_SSE_HEADER, "").lower() != "enable":
+            return self._native_completion(exchange, answer, usage, options, thinking=thinking)
+        fault = record.fault
+        frames = _NativeFrames(
+            record.request_id,
+            fault.line_ending if fault is not None else "\n",
+            options,
+            thinking=thinking,
+            input_tokens=usage["prompt_tokens"],
+        )
+        return await self._stream(
+            exchange, frames, functools.partial(_send_native, frames=frames, answer=answer)
+        )
 
     def _check_body(self, body: Any) -> tuple[dict[str, Any], list[Any]]:
         if not isinstance(body, dict):
@@ -1220,17 +1595,7 @@ class Emulator:
         if body.get("enable_thinking") is True:
             message["reasoning_content"] = answer.reasoning
         if answer.tool_calls:
-            message["tool_calls"] = [
-                {
-                    "index": index,
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": arguments},
-                }
-                for index, ((name, arguments), call_id) in enumerate(
-                    zip(answer.tool_calls, answer.tool_call_ids, strict=True)
-                )
-            ]
+            message["tool_calls"] = _tool_calls(answer)
         record = exchange.record
         completion = {
             "choices": [
@@ -1255,23 +1620,57 @@ class Emulator:
         record.outcome = "completed"
         return web.Response(body=_encode(completion), headers=headers)
 
+    def _native_completion(
+        self,
+        exchange: _Exchange,
+        answer: EmulatedAnswer,
+        usage: dict[str, Any],
+        options: _NativeOptions,
+        *,
+        thinking: bool,
+    ) -> web.Response:
+        output: dict[str, Any]
+        if options.text_format:
+            output = {"finish_reason": answer.finish_reason, "text": answer.content}
+        else:
+            message: dict[str, Any] = {"content": answer.content}
+            if thinking:
+                message["reasoning_content"] = answer.reasoning
+            if answer.tool_calls:
+                message["tool_calls"] = _tool_calls(answer)
+            message["role"] = "assistant"
+            output = {"choices": [{"finish_reason": answer.finish_reason, "message": message}]}
+        record = exchange.record
+        details = usage.get("completion_tokens_details")
+        payload = {
+            "output": output,
+            "usage": _native_usage(
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                details["reasoning_tokens"] if details is not None else None,
+            ),
+            "request_id": record.request_id,
+        }
+        fault = record.fault
+        content_type = fault.content_type if fault is not None else None
+        headers = self._headers(exchange, content_type or "application/json")
+        record.status = 200
+        record.outcome = "completed"
+        return web.Response(body=_encode(payload), headers=headers)
+
     async def _stream(
         self,
         exchange: _Exchange,
-        body: dict[str, Any],
-        answer: EmulatedAnswer,
-        usage: dict[str, Any],
+        frames: _FaultFrames,
+        send: Callable[[_Streamer, _Pacer], Awaitable[Outcome]],
     ) -> web.StreamResponse:
+        """Stream a 200 response: ``send`` writes its events and says how it ended."""
         record = exchange.record
         fault = record.fault
         content_type = fault.content_type if fault is not None else None
         headers = self._headers(exchange, content_type or "text/event-stream;charset=utf-8")
         headers["Cache-Control"] = "no-cache"
         resp = web.StreamResponse(headers=headers)
-        line_ending = fault.line_ending if fault is not None else "\n"
-        frames = _Frames(
-            f"chatcmpl-{record.request_id}", body["model"], int(time.time()), line_ending
-        )
         streamer = _Streamer(exchange.request, resp, frames, fault, record)
         pacer = _Pacer(self.config, exchange.number)
         record.status = 200
@@ -1282,17 +1681,7 @@ class Emulator:
             # a server accepts the request before the model has produced anything.
             await resp.write(b"")
             await pacer.first()
-            await streamer.event(frames.role())
-            await _stream_pieces(streamer, frames, answer, pacer)
-            await streamer.event(frames.finish(answer.finish_reason))
-            options = body.get("stream_options")
-            if isinstance(options, dict) and options.get("include_usage") is True:
-                await streamer.event(frames.usage(usage))
-            if fault is not None and fault.no_done:
-                record.outcome = "no_done"
-            else:
-                await streamer.event(frames.done())
-                record.outcome = "completed"
+            record.outcome = await send(streamer, pacer)
         except _Stop as stop:
             record.outcome = stop.outcome
             if stop.aborted:
@@ -1314,6 +1703,7 @@ class _Exchange:
     record: RecordedRequest
     number: int
     started_s: float
+    native: bool
 
 
 class _Pacer:
@@ -1336,6 +1726,46 @@ class _Pacer:
         delay = max(0.0, base_s + self._rng.uniform(-jitter, jitter)) if jitter else base_s
         if delay:
             await asyncio.sleep(delay)
+
+
+async def _send_compatible(
+    streamer: _Streamer,
+    pacer: _Pacer,
+    *,
+    frames: _Frames,
+    answer: EmulatedAnswer,
+    usage: dict[str, Any] | None,
+) -> Outcome:
+    """A compatible-mode stream: role chunk, pieces, finish, usage (if asked), ``[DONE]``."""
+    await streamer.event(frames.role())
+    await _stream_pieces(streamer, frames, answer, pacer)
+    await streamer.event(frames.finish(answer.finish_reason))
+    if usage is not None:
+        await streamer.event(frames.usage(usage))
+    if streamer.no_done:
+        return "no_done"
+    await streamer.event(frames.done())
+    return "completed"
+
+
+async def _send_native(
+    streamer: _Streamer, pacer: _Pacer, *, frames: _NativeFrames, answer: EmulatedAnswer
+) -> Outcome:
+    """A native stream: one frame per piece, then the frame with the finish reason."""
+    announced: set[int] = set()
+    for number, piece in enumerate(answer.pieces):
+        if number:
+            await pacer.next()
+        call_id = name = ""
+        if piece.kind == "arguments" and piece.call_index not in announced:
+            announced.add(piece.call_index)
+            call_id = answer.tool_call_ids[piece.call_index]
+            name = answer.tool_calls[piece.call_index][0]
+        await streamer.event(frames.piece(piece, call_id, name))
+    if streamer.no_done:
+        return "no_done"
+    await streamer.event(frames.finish(answer.finish_reason))
+    return "completed"
 
 
 async def _stream_pieces(

@@ -349,7 +349,7 @@ def status_error(
     cls: type[APIStatusError]
     if status == 400:
         lowered = message.lower()
-        if code == "data_inspection_failed":
+        if code in ("data_inspection_failed", "DataInspectionFailed"):
             cls = ContentFilterError
         elif "input length" in lowered or "context length" in lowered or "too long" in lowered:
             cls = ContextLengthError

@@ -31,6 +31,7 @@ from qwen_sse.errors import EventTooLargeError
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "MAX_RETRY_MS",
     "SSEComment",
     "SSEDecoder",
     "SSEEncoder",
@@ -66,6 +67,16 @@ class SSEComment(msgspec.Struct, frozen=True, gc=False):
     """A comment line (``:`` and what follows, without the colon): keep-alives, status."""
 
     text: str
+
+
+MAX_RETRY_MS = 2**63 - 1
+"""``retry`` values above this (292 million years) are clamped to it: Python refuses to
+parse integers of more than 4300 digits, and no reconnection waits that long anyway."""
+
+
+def _retry_ms(digits: bytes) -> int:
+    significant = digits.lstrip(b"0")
+    return MAX_RETRY_MS if len(significant) > 19 else min(int(digits), MAX_RETRY_MS)
 
 
 def _decode(raw: bytes | bytearray) -> str:
@@ -308,7 +319,7 @@ class SSEDecoder:
                     if b"\x00" not in value:
                         id_buffer = _decode(value)
                 elif field == b"retry" and _DIGITS.fullmatch(value):
-                    retry = self.reconnection_time_ms = int(value)
+                    retry = self.reconnection_time_ms = _retry_ms(value)
         finally:
             self._data = data
             self._data_bytes = data_bytes

@@ -389,3 +389,12 @@ def test_every_frame_is_checked_for_an_error_key(error_frame: str) -> None:
     assert error.error_message == "m"
     assert error.partial is not None
     assert error.partial.content == "a"
+
+
+def test_an_error_frame_before_an_oversized_event_stays_the_reported_error() -> None:
+    decoder = ChatStreamDecoder(max_event_bytes=300)
+    data = stream(delta_frame(content="hi"), IN_BAND_ERROR, delta_frame(content="x" * 1000))
+    chunks = decoder.feed(data)
+    assert [c.choices[0].delta.content for c in chunks] == ["hi"]
+    with pytest.raises(InBandError):
+        decoder.feed_eof()

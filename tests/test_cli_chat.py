@@ -74,3 +74,19 @@ def test_bad_param_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_invalid_retry_option_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--mock", "--max-attempts", "0", "hi"]) == 2
     assert "max_attempts must be at least 1" in capsys.readouterr().err
+
+
+def test_native_mock_chat_gives_the_same_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--mock", "--native", "你好"]) == 0
+    out, err = capsys.readouterr()
+    assert out == mock_answer("你好") + "\n"
+    assert "prompt +" in err.strip().splitlines()[-1]
+
+
+def test_native_json_lines_are_the_decoded_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--mock", "--native", "--json", "--max-tokens", "3", "hi"]) == 0
+    chunks = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks] == [None] * 3 + ["length"]
+    text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in chunks)
+    assert text == mock_answer("hi", max_tokens=3)
+    assert chunks[-1]["usage"]["total_tokens"] > 0

@@ -61,7 +61,7 @@ async def serve(*args: str) -> AsyncIterator[Served]:
         assert match, first
         rest = [
             (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
-            for _ in range(2)
+            for _ in range(3)
         ]
         yield Served(process, match[1], first + "".join(rest))
     finally:
@@ -92,6 +92,7 @@ async def test_serve_answers_a_request_and_stops_on_ctrl_c() -> None:
         decoder.feed_eof()
         assert decoder.result().content == emulated_answer(BODY).content
         assert "curl -N" in served.banner
+        assert "native protocol at http://127.0.0.1:" in served.banner
         assert f"{served.base_url}/chat/completions" in served.banner
         assert "Bearer sk-test" in served.banner
 

@@ -120,3 +120,32 @@ def test_no_trace_or_recording_contains_the_key(
 def test_an_unwritable_recording_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "--mock", "--record", "/nonexistent/dir/r.jsonl", "hi"]) == 2
     assert "cannot write /nonexistent/dir/r.jsonl" in capsys.readouterr().err
+
+
+def test_a_native_trace_against_the_emulator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "--native", "--mock", "--max-tokens", "4", "hi"]) == 0
+    out = capsys.readouterr().out
+    assert "POST http://127.0.0.1:" in out
+    assert "/api/v1/services/aigc/text-generation/generation" in out
+    assert "  > X-DashScope-SSE: enable" in out
+    assert "    | id:1\\n" in out
+    assert "    | event:result\\n" in out
+    assert ": comment 'HTTP_STATUS/200'" in out
+    assert "event #1 result id=1:" in out
+    assert "event #5 result id=5:" in out
+    assert '"finish_reason":"length"' in out
+    assert "[DONE]" not in out
+    assert "complete: yes" in out
+    assert "anomalies: none" in out
+
+
+def test_a_native_error_frame_shows_as_an_in_band_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = trace_with(Fault(error_after_events=2), capsys, "--native", "--max-attempts", "1")
+    assert "    | event:error\\n" in out
+    assert ": comment 'HTTP_STATUS/400'" in out
+    assert "event #3 error id=3:" in out
+    assert "!! in-band-error:" in out
+    assert "DataInspectionFailed" in out
+    assert "!! missing-done" not in out

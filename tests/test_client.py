@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import re
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.chunks import ChatCompletionChunk
 from qwen_sse.client import QwenClient
 from qwen_sse.config import Timeouts
-from qwen_sse.emulator import Emulator, EmulatorConfig, Fault, emulated_answer
+from qwen_sse.emulator import NATIVE_PATH, Emulator, EmulatorConfig, Fault, emulated_answer
 from qwen_sse.errors import (
     APIStatusError,
     AuthenticationError,
+    BadRequestError,
     ConfigurationError,
     ConnectTimeoutError,
     ContentFilterError,
@@ -33,6 +38,7 @@ from qwen_sse.errors import (
     InBandError,
     IncompleteStreamError,
     NotFoundError,
+    PermissionDeniedError,
     ProtocolError,
     QwenSSEError,
     RateLimitError,
@@ -40,6 +46,7 @@ from qwen_sse.errors import (
     TotalTimeoutError,
     TransportError,
 )
+from qwen_sse.limiter import ConcurrencyLimiter
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
 
 KEY = "sk-test"
@@ -781,10 +788,20 @@ async def test_resume_at_every_offset_returns_exactly_the_full_answer(
     async with retrying_client(emulator, sleep, RetryPolicy(resume=True)) as qwen:
         for offset in sorted(offsets):
             emulator.schedule(Fault(drop_after_bytes=offset, line_ending=line_ending))  # type: ignore[arg-type]
-            async with qwen.stream_chat(HELLO) as stream:
-                delivered = [
-                    c.choices[0].delta.content or "" for c in await collect(stream) if c.choices
-                ]
+            delivered: list[str] = []
+            try:
+                async with qwen.stream_chat(HELLO) as stream:
+                    async for chunk in stream:
+                        if chunk.choices:
+                            delivered.append(chunk.choices[0].delta.content or "")
+            except IncompleteStreamError as error:
+                # Only a cut after the answer finished is not resumed: it stays an error,
+                # with the whole answer and its finish reason in the partial.
+                assert error.partial is not None
+                assert error.partial.finish_reason == "stop", offset
+                assert error.partial.content == full, offset
+                assert finished_by(data[:offset]), offset
+                continue
             result = stream.result
             assert result.complete, offset
             assert "".join(delivered) == full, offset
@@ -792,18 +809,18 @@ async def test_resume_at_every_offset_returns_exactly_the_full_answer(
             assert result.attempts == 2, offset
 
 
-async def test_resume_sums_usage_and_says_the_prompt_grew(emulator: Emulator) -> None:
-    body = {
-        "model": "qwen-plus",
-        "messages": HELLO,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    data = await raw_stream(emulator, body)
+def finished_by(prefix: bytes) -> bool:
+    """Whether these first bytes of a stream already carry its finish reason."""
+    decoder = ChatStreamDecoder()
+    decoder.feed(prefix)
+    return decoder.result().finish_reason is not None
+
+
+async def test_a_resumed_usage_counts_the_prefix_in_the_prompt(emulator: Emulator) -> None:
     whole = await retrying_client(emulator, FakeSleep()).__aenter__()
     try:
         plain = await whole.chat(HELLO)
-        emulator.schedule(Fault(drop_after_bytes=data.index(b"data: [DONE]")))
+        emulator.schedule(Fault(drop_after_events=8))
         resumed = await whole.chat(HELLO, retry=RetryPolicy(resume=True))
     finally:
         await whole.close()
@@ -811,9 +828,9 @@ async def test_resume_sums_usage_and_says_the_prompt_grew(emulator: Emulator) ->
     assert resumed.usage is not None
     assert resumed.resumes == 1
     assert resumed.content == plain.content
-    # Both attempts reported usage: the sum counts the first answer and the prompt twice.
-    assert resumed.usage.prompt_tokens > 2 * plain.usage.prompt_tokens
-    assert resumed.usage.completion_tokens >= plain.usage.completion_tokens
+    # The cut attempt reported no usage; the continuation's prompt holds the text so far.
+    assert resumed.usage.prompt_tokens > plain.usage.prompt_tokens
+    assert resumed.usage.completion_tokens < plain.usage.completion_tokens
 
 
 async def test_resume_does_not_apply_in_thinking_mode(emulator: Emulator) -> None:
@@ -1006,3 +1023,288 @@ async def test_the_wire_tap_sees_every_byte_and_never_the_key() -> None:
         assert times == sorted(times)
         assert SECRET_KEY not in repr(tap.calls)
         assert tap.calls[0][1][2]["Authorization"] == "Bearer ***"
+
+
+# --- the native protocol against the emulator ---
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def native_client(server: Emulator, api_key: str = KEY) -> QwenClient:
+    """A native-protocol client of ``server`` that never retries."""
+    return QwenClient(api_key, server.native_base_url, protocol="native", retry=NO_RETRIES)
+
+
+@pytest.mark.parametrize(
+    ("messages", "params"),
+    [
+        (HELLO, {}),
+        (ENGLISH, {"enable_thinking": True}),
+        (ENGLISH, {"max_tokens": 5}),
+        ([{"role": "user", "content": "get_weather for Paris"}], {"tools": [WEATHER_TOOL]}),
+    ],
+    ids=["plain", "thinking", "max-tokens", "tool-call"],
+)
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "cumulative"])
+async def test_native_client_gets_what_the_compatible_client_gets(
+    client: QwenClient,
+    emulator: Emulator,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    incremental: bool,
+) -> None:
+    compatible = await client.chat(messages, **params)
+    async with native_client(emulator) as qwen:
+        native = await qwen.chat(messages, incremental_output=incremental, **params)
+    assert native.complete
+    assert native.content == compatible.content
+    assert native.reasoning_content == compatible.reasoning_content
+    assert native.tool_calls == compatible.tool_calls
+    assert native.finish_reason == compatible.finish_reason
+    assert native.usage == compatible.usage
+    request = emulator.requests[-1]
+    assert request.path == NATIVE_PATH
+    assert native.request_id == request.request_id
+
+
+async def test_native_in_band_error_after_content(emulator: Emulator) -> None:
+    emulator.schedule(Fault(error_after_events=5))
+    received: list[str] = []
+    async with native_client(emulator) as qwen:
+        with pytest.raises(InBandError) as caught:
+            async with qwen.stream_chat(HELLO) as stream:
+                async for chunk in stream:
+                    received.append(chunk.choices[0].delta.content or "")
+    error = caught.value
+    assert error.code == "DataInspectionFailed"
+    assert error.request_id == emulator.requests[-1].request_id
+    assert error.partial is not None
+    assert error.partial.content == "".join(received)
+    assert len(received) == 5
+    assert expected(HELLO).content.startswith(error.partial.content)
+    assert not error.partial.complete
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type"),
+    [
+        (Fault(drop_after_events=6), IncompleteStreamError),
+        (Fault(no_done=True), IncompleteStreamError),
+        (Fault(drop_after_bytes=1000), IncompleteStreamError),
+        (Fault(malformed_after_events=4), ProtocolError),
+    ],
+    ids=["drop-after-events", "no-done", "drop-after-bytes", "malformed"],
+)
+async def test_native_broken_streams_raise_with_the_partial(
+    emulator: Emulator, fault: Fault, error_type: type[QwenSSEError]
+) -> None:
+    emulator.schedule(fault)
+    async with native_client(emulator) as qwen:
+        with pytest.raises(error_type) as caught:
+            await qwen.chat(HELLO)
+    partial = caught.value.partial
+    assert partial is not None
+    assert partial.content
+    assert expected(HELLO).content.startswith(partial.content)
+    assert not partial.complete
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_type", "kind"),
+    [
+        (Fault(status=429, retry_after="1"), RateLimitError, "rpm"),
+        (Fault(status=429, code="insufficient_quota"), RateLimitError, "tpm"),
+        (Fault(status=429, code="CommodityNotPurchased"), RateLimitError, "billing"),
+        (Fault(status=403), PermissionDeniedError, None),
+        (Fault(status=500), ServerError, None),
+        (Fault(status=503), ServerError, None),
+    ],
+)
+async def test_native_status_faults_map_to_the_same_typed_errors(
+    emulator: Emulator,
+    fault: Fault,
+    error_type: type[APIStatusError],
+    kind: str | None,
+) -> None:
+    emulator.schedule(fault)
+    async with native_client(emulator) as qwen:
+        with pytest.raises(error_type) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert error.status == fault.status
+    if kind is not None:
+        assert isinstance(error, RateLimitError)
+        assert error.kind == kind
+    if fault.retry_after:
+        assert error.headers["retry-after"] == fault.retry_after
+    assert error.request_id == emulator.requests[-1].request_id
+
+
+async def test_native_request_errors_map_to_the_same_typed_errors(emulator: Emulator) -> None:
+    async with native_client(emulator, SECRET_KEY) as qwen:
+        with pytest.raises(AuthenticationError) as refused:
+            await qwen.chat(HELLO)
+    assert (refused.value.status, refused.value.code) == (401, "InvalidApiKey")
+    assert refused.value.request_id == emulator.requests[-1].request_id
+    assert_key_absent(refused.value, SECRET_KEY)
+    async with native_client(emulator) as qwen:
+        with pytest.raises(NotFoundError) as unknown:
+            await qwen.chat(HELLO, "qwen-nonexistent")
+        assert unknown.value.code == "ModelNotFound"
+        with pytest.raises(ContextLengthError):
+            await qwen.chat([{"role": "user", "content": "长文本测试。" * 20000}], "qwen-max")
+        with pytest.raises(BadRequestError) as moderated:
+            await qwen.chat([{"role": "user", "content": "[[moderate-input]] hi"}])
+        assert moderated.value.code == "DataInspectionFailed"
+
+
+# --- regressions from review: raw servers that misbehave in precise ways ---
+
+RawHandler = Callable[[asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[str]:
+    """A bare HTTP/1.1 server on loopback: ``handler(writer, n)`` writes the n-th answer."""
+    count = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            count += 1
+            await handler(writer, count)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def sse_answer(text: str) -> bytes:
+    events = (
+        frame([{"index": 0, "delta": {"role": "assistant", "content": ""}}]),
+        frame([{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]),
+    )
+    body = "".join(f"data: {e}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: r-ok\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def frame(choices: list[dict[str, Any]]) -> str:
+    return json.dumps({"id": "chatcmpl-x", "choices": choices})
+
+
+async def test_a_timed_out_attempt_gives_its_permit_back_before_the_retry() -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await asyncio.sleep(1.0)  # no response head in time
+        writer.write(sse_answer("hi"))
+        await writer.drain()
+
+    limiter = ConcurrencyLimiter(1, queue_timeout_s=2.0)
+    async with raw_server(handler) as url:
+        client = QwenClient(
+            KEY, url, limiter=limiter, timeouts=Timeouts(first_token_s=0.2), sleep=FakeSleep()
+        )
+        async with client:
+            result = await client.chat(HELLO)
+    assert result.content == "hi"
+    assert result.attempts == 2
+    assert result.request_id == "r-ok"
+    assert limiter.in_flight == 0
+
+
+async def test_an_error_body_is_read_whole_and_a_cancelled_read_frees_the_permit() -> None:
+    body = json.dumps({"error": {"code": "PrepaidBillOverdue", "message": "pay"}}).encode()
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n")
+        writer.write(f"content-length: {len(body)}\r\n\r\n".encode() + body[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05 if n == 1 else 5.0)  # the rest comes later, or never
+        writer.write(body[20:])
+        await writer.drain()
+
+    sleep = FakeSleep()
+    limiter = ConcurrencyLimiter(1)
+    async with (
+        raw_server(handler) as url,
+        QwenClient(KEY, url, sleep=sleep, limiter=limiter) as qwen,
+    ):
+        with pytest.raises(RateLimitError) as caught:
+            await qwen.chat(HELLO)
+        assert caught.value.kind == "billing"  # so it was not retried
+        assert sleep.delays == []
+        task = asyncio.create_task(qwen.chat(HELLO))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert limiter.in_flight == 0
+
+
+async def test_a_slow_consumer_is_not_an_idle_server(emulator: Emulator) -> None:
+    received: list[str] = []
+    async with (
+        plain_client(emulator) as qwen,
+        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=0.1)) as stream,
+    ):
+        async for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+            if len(received) in (2, 5):
+                await asyncio.sleep(0.3)  # the whole answer waits in the buffer meanwhile
+    assert stream.result.complete
+    assert "".join(received) == expected(ENGLISH).content
+
+
+async def test_after_a_retry_the_request_id_is_the_answers(emulator: Emulator) -> None:
+    emulator.schedule(Fault(status=503))
+    async with retrying_client(emulator, FakeSleep()) as qwen:
+        result = await qwen.chat(HELLO)
+    assert result.request_id == emulator.requests[-1].request_id
+    assert result.request_id != emulator.requests[0].request_id
+
+
+async def test_a_broken_response_head_leaves_no_key_in_the_exception_chain() -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(handler) as url, QwenClient(SECRET_KEY, url, retry=NO_RETRIES) as qwen:
+        with pytest.raises(TransportError) as caught:
+            await qwen.chat(HELLO)
+    seen: BaseException | None = caught.value
+    while seen is not None:
+        assert not isinstance(seen, aiohttp.ClientResponseError)
+        seen = seen.__cause__ or seen.__context__
+    assert_key_absent(caught.value, SECRET_KEY)
+
+
+async def test_a_native_error_frame_under_a_json_content_type_is_an_in_band_error(
+    emulator: Emulator,
+) -> None:
+    emulator.schedule(Fault(content_type="application/json", error_after_events=0))
+    async with native_client(emulator) as qwen:
+        with pytest.raises(InBandError) as caught:
+            await qwen.chat(HELLO)
+    assert caught.value.code == "DataInspectionFailed"

@@ -81,3 +81,13 @@ def test_timeouts_validate() -> None:
 def test_redact_key_shows_at_most_a_prefix() -> None:
     assert redact_key("sk-test-0123456789abcdef") == "sk-***"
     assert redact_key("short") == "***"
+
+
+def test_a_key_read_from_a_file_loses_its_newline_and_a_broken_key_is_refused() -> None:
+    assert resolve_api_key("sk-test-abc\n", {}) == "sk-test-abc"
+    assert resolve_api_key(None, {"DASHSCOPE_API_KEY": " sk-test-env \n"}) == "sk-test-env"
+    with pytest.raises(ConfigurationError, match="whitespace or control") as caught:
+        resolve_api_key("sk-test with-space", {})
+    assert "with-space" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="DASHSCOPE_API_KEY"):
+        resolve_api_key(None, {"DASHSCOPE_API_KEY": "sk-test\x00x"})

@@ -7,9 +7,11 @@ The emulator's streams are parsed with the core decoders (``SSEDecoder``,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -23,6 +25,8 @@ from qwen_sse.emulator import (
     DEFAULT_MODELS,
     FAULT_HEADER,
     MODERATION_TRIGGER,
+    NATIVE_PATH,
+    NATIVE_SSE_HEADER,
     EmulatedAnswer,
     Emulator,
     EmulatorConfig,
@@ -36,6 +40,7 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
 )
+from qwen_sse.native import NativeStreamDecoder
 from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder
 from qwen_sse.tokens import count_message_tokens, count_tokens, message_token_count
 
@@ -106,6 +111,7 @@ async def post(
     key: str | None = KEY,
     fault: Fault | None = None,
     headers: dict[str, str] | None = None,
+    url: str | None = None,
 ) -> Received:
     sent = {"Authorization": f"Bearer {key}"} if key is not None else {}
     if fault is not None:
@@ -114,7 +120,7 @@ async def post(
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     data = bytearray()
     error: aiohttp.ClientError | None = None
-    url = f"{emu.base_url}/chat/completions"
+    url = url or f"{emu.base_url}/chat/completions"
     async with session.post(url, data=payload, headers=sent) as resp:
         try:
             async for piece in resp.content.iter_any():
@@ -1017,3 +1023,507 @@ async def test_base_url_needs_a_started_emulator() -> None:
 
 def test_piece_is_a_plain_tuple() -> None:
     assert Piece("content", "hi") == ("content", "hi", 0)
+
+
+# --- the native protocol ------------------------------------------------------------------------
+
+NATIVE_FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
+NATIVE_FRAME = re.compile(rb"id:(\d+)\nevent:(\w+)\n:HTTP_STATUS/(\d+)\ndata:([^\n]*)\n\n")
+NATIVE_IN_BAND = b"Output data may contain inappropriate content."
+
+
+def native_body(messages: list[dict[str, Any]] | None = None, **parameters: Any) -> dict[str, Any]:
+    """A native body asking for the message format and incremental output (``parameters``
+    add to or override those)."""
+    return {
+        "model": "qwen-plus",
+        "input": {"messages": USER_EN if messages is None else messages},
+        "parameters": {"result_format": "message", "incremental_output": True, **parameters},
+    }
+
+
+def compatible_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The compatible body whose answer a native body gets."""
+    return {
+        "model": body["model"],
+        "messages": body["input"]["messages"],
+        **body.get("parameters", {}),
+    }
+
+
+async def post_native(
+    session: aiohttp.ClientSession,
+    emu: Emulator,
+    body: Any,
+    *,
+    stream: bool = True,
+    key: str | None = KEY,
+    fault: Fault | None = None,
+) -> Received:
+    headers = {NATIVE_SSE_HEADER: "enable"} if stream else {}
+    url = emu.native_base_url + "/services/aigc/text-generation/generation"
+    return await post(session, emu, body, key=key, fault=fault, headers=headers, url=url)
+
+
+def native_frames(body: bytes) -> list[tuple[int, str, Any]]:
+    """``(id, event, data JSON)`` of every frame of an LF native stream that is nothing but
+    frames laid out as DashScope's, its status comment matching its event."""
+    matches = list(NATIVE_FRAME.finditer(body))
+    assert b"".join(match[0] for match in matches) == body
+    for match in matches:
+        assert (match[2], match[3]) in ((b"result", b"200"), (b"error", b"400"))
+    return [(int(match[1]), match[2].decode(), json.loads(match[4])) for match in matches]
+
+
+def native_result(body: bytes, *, incremental: bool = True) -> ChatResult:
+    """Decode a whole native stream; raises what the native decoder raises."""
+    decoder = NativeStreamDecoder(incremental=incremental)
+    decoder.feed(body)
+    decoder.feed_eof()
+    return decoder.result()
+
+
+def native_normalized(body: bytes) -> bytes:
+    return re.sub(rb'"request_id":"[0-9a-f-]+"', b'"request_id":""', body)
+
+
+def shape(value: Any) -> Any:
+    """The keys and value types of a JSON value, recursively."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value]
+    return type(value).__name__
+
+
+def native_error_of(received: Received) -> dict[str, Any]:
+    assert received.headers["Content-Type"].startswith("application/json")
+    body: dict[str, Any] = json.loads(received.body)
+    assert set(body) == {"code", "message", "request_id"}
+    assert body["request_id"] == received.headers["x-request-id"]
+    return body
+
+
+def prefixes(pieces: list[str]) -> list[str]:
+    return list(itertools.accumulate(pieces))
+
+
+async def test_native_stream_has_the_fixtures_frames_piece_by_piece(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = native_body()
+    received = await post_native(session, emu, body)
+    assert received.status == 200
+    assert received.error is None
+    assert received.headers["Content-Type"].startswith("text/event-stream")
+    request_id = received.headers["x-request-id"]
+    frames = native_frames(received.body)
+    answer = emulated_answer(compatible_of(body))
+    pieces = texts(answer, "content")
+
+    fixture_shape = shape(native_frames(NATIVE_FIXTURE.read_bytes())[0][2])
+    del fixture_shape["usage"]["prompt_tokens_details"]  # the emulator has no context cache
+    assert [(frame_id, event) for frame_id, event, _ in frames] == [
+        (number, "result") for number in range(1, len(pieces) + 2)
+    ]
+    assert all(shape(data) == fixture_shape for _, _, data in frames)
+    choices = [data["output"]["choices"][0] for _, _, data in frames]
+    assert [choice["message"]["content"] for choice in choices[:-1]] == pieces
+    assert [choice["finish_reason"] for choice in choices] == ["null"] * len(pieces) + ["stop"]
+    assert choices[-1]["message"] == {"content": "", "role": "assistant"}
+    assert {data["request_id"] for _, _, data in frames} == {request_id}
+    prompt = count_message_tokens(USER_EN)
+    for (_, _, data), text in zip(frames, [*prefixes(pieces), answer.content], strict=True):
+        output = count_tokens(text)
+        assert data["usage"] == {
+            "total_tokens": prompt + output,
+            "output_tokens": output,
+            "input_tokens": prompt,
+        }
+    assert b"[DONE]" not in received.body
+
+    result = native_result(received.body)
+    assert result.complete
+    assert (result.content, result.finish_reason) == (answer.content, "stop")
+    assert result.usage is not None
+    assert result.usage.completion_tokens == count_tokens(answer.content)
+
+    [record] = emu.requests
+    assert record.path == NATIVE_PATH
+    assert record.body == body
+    assert record.headers[NATIVE_SSE_HEADER] == "enable"
+    assert record.outcome == "completed"
+    assert record.events_sent == len(frames)
+    assert record.bytes_sent == len(received.body)
+    assert record.request_id == request_id
+
+
+async def test_native_answer_and_usage_equal_the_compatible_modes(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    for extra in ({}, {"enable_thinking": True}, {"max_tokens": 5}):
+        native = native_result((await post_native(session, emu, native_body(**extra))).body)
+        compatible = chat_chunks((await post(session, emu, chat_body(**extra))).body)[1]
+        assert native.reasoning_content == compatible.reasoning_content
+        assert native.content == compatible.content
+        assert native.finish_reason == compatible.finish_reason
+        assert native.usage == compatible.usage
+
+
+async def test_native_cumulative_output_repeats_the_text_so_far(
+    session: aiohttp.ClientSession,
+) -> None:
+    # Long enough, and in Chinese, for the running token counts to be worth checking.
+    async with Emulator(EmulatorConfig(ttft_s=0, itl_s=0, answer_tokens=150)) as emu:
+        body = native_body(USER_ZH)
+        del body["parameters"]["incremental_output"]  # DashScope's default: cumulative
+        received = await post_native(session, emu, body)
+    answer = emulated_answer(compatible_of(body), answer_tokens=150)
+    datas = [data for _, _, data in native_frames(received.body)]
+    so_far = [*prefixes(texts(answer, "content")), answer.content]
+    assert [d["output"]["choices"][0]["message"]["content"] for d in datas] == so_far
+    assert [d["usage"]["output_tokens"] for d in datas] == [count_tokens(t) for t in so_far]
+    assert native_result(received.body, incremental=False).content == answer.content
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+async def test_native_text_format(
+    emu: Emulator, session: aiohttp.ClientSession, incremental: bool
+) -> None:
+    body: dict[str, Any] = {"model": "qwen-plus", "input": {"messages": USER_EN}}
+    if incremental:
+        body["parameters"] = {"incremental_output": True}  # the text format is the default
+    received = await post_native(session, emu, body)
+    answer = emulated_answer(compatible_of(body))
+    pieces = texts(answer, "content")
+    outputs = [data["output"] for _, _, data in native_frames(received.body)]
+    expected = pieces if incremental else prefixes(pieces)
+    assert outputs == [
+        *({"finish_reason": "null", "text": text} for text in expected),
+        {"finish_reason": "stop", "text": "" if incremental else answer.content},
+    ]
+    result = native_result(received.body, incremental=incremental)
+    assert (result.content, result.finish_reason) == (answer.content, "stop")
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_native_thinking_streams_reasoning_first(
+    emu: Emulator, session: aiohttp.ClientSession, incremental: bool
+) -> None:
+    body = native_body(enable_thinking=True, incremental_output=incremental)
+    received = await post_native(session, emu, body)
+    answer = emulated_answer(compatible_of(body))
+    reasoning = texts(answer, "reasoning_content")
+    content = texts(answer, "content")
+    datas = [data for _, _, data in native_frames(received.body)]
+    messages = [d["output"]["choices"][0]["message"] for d in datas]
+    if incremental:
+        shown = [("", text) for text in reasoning] + [(text, "") for text in content] + [("", "")]
+    else:
+        shown = [("", text) for text in prefixes(reasoning)]
+        shown += [(text, answer.reasoning) for text in prefixes(content)]
+        shown += [(answer.content, answer.reasoning)]
+    assert messages == [
+        {"content": text, "reasoning_content": thought, "role": "assistant"}
+        for text, thought in shown
+    ]
+    reasoning_so_far = [*prefixes(reasoning), *[answer.reasoning] * (len(content) + 1)]
+    content_so_far = [""] * len(reasoning) + [*prefixes(content), answer.content]
+    for data, thought, text in zip(datas, reasoning_so_far, content_so_far, strict=True):
+        assert data["usage"]["output_tokens"] == count_tokens(thought) + count_tokens(text)
+        assert data["usage"]["output_tokens_details"] == {"reasoning_tokens": count_tokens(thought)}
+    result = native_result(received.body, incremental=incremental)
+    assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+    assert result.usage is not None
+    assert result.usage.completion_tokens_details is not None
+    assert result.usage.completion_tokens_details.reasoning_tokens == count_tokens(answer.reasoning)
+
+
+async def test_native_tool_call_frames(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    body = native_body([{"role": "user", "content": "get_weather in Paris"}], tools=[WEATHER])
+    received = await post_native(session, emu, body)
+    answer = emulated_answer(compatible_of(body))
+    datas = [data for _, _, data in native_frames(received.body)]
+    messages = [d["output"]["choices"][0]["message"] for d in datas]
+    calls = [message.pop("tool_calls") for message in messages[:-1]]
+    assert all(message == {"content": "", "role": "assistant"} for message in messages)
+    fragments = texts(answer, "arguments")
+    assert calls[0] == [
+        {
+            "index": 0,
+            "id": answer.tool_call_ids[0],
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": fragments[0]},
+        }
+    ]
+    assert [call for [call] in calls[1:]] == [
+        {"index": 0, "id": "", "type": "function", "function": {"arguments": fragment}}
+        for fragment in fragments[1:]
+    ]
+    assert datas[-1]["output"]["choices"][0]["finish_reason"] == "tool_calls"
+    [call] = native_result(received.body).tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == (
+        answer.tool_call_ids[0],
+        "get_weather",
+        answer.tool_calls[0][1],
+    )
+    assert datas[-1]["usage"]["output_tokens"] == count_tokens(answer.tool_calls[0][1])
+
+
+async def test_native_without_the_sse_header_answers_one_json(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = native_body(enable_thinking=True)
+    received = await post_native(session, emu, body, stream=False)
+    assert received.status == 200
+    assert received.headers["Content-Type"] == "application/json"
+    answer = emulated_answer(compatible_of(body))
+    compatible = raw_frames((await post(session, emu, chat_body(enable_thinking=True))).body)
+    usage = compatible[-2]["usage"]
+    assert json.loads(received.body) == {
+        "output": {
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "message": {
+                        "content": answer.content,
+                        "reasoning_content": answer.reasoning,
+                        "role": "assistant",
+                    },
+                }
+            ]
+        },
+        "usage": {
+            "total_tokens": usage["total_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens_details": usage["completion_tokens_details"],
+        },
+        "request_id": received.headers["x-request-id"],
+    }
+    text_body = {"model": "qwen-plus", "input": {"messages": USER_EN}}
+    text = json.loads((await post_native(session, emu, text_body, stream=False)).body)
+    assert text["output"] == {"finish_reason": "stop", "text": emulated_answer(chat_body()).content}
+
+
+async def test_native_http_errors_have_native_bodies(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    wrong_key = await post_native(session, emu, native_body(), key="sk-wrong")
+    assert wrong_key.status == 401
+    assert native_error_of(wrong_key)["code"] == "InvalidApiKey"
+    assert emu.requests[-1].outcome == "http_error"
+
+    unknown = await post_native(session, emu, {**native_body(), "model": "qwen-nonexistent"})
+    assert unknown.status == 404
+    error = native_error_of(unknown)
+    assert error["code"] == "ModelNotFound"
+    assert "qwen-nonexistent" in error["message"]
+
+    moderated = native_body([{"role": "user", "content": f"say {MODERATION_TRIGGER}"}])
+    received = await post_native(session, emu, moderated)
+    assert received.status == 400
+    assert native_error_of(received)["code"] == "DataInspectionFailed"
+
+    long_text = [{"role": "user", "content": "streaming tokens " * 16_000}]
+    received = await post_native(session, emu, {**native_body(long_text), "model": "qwen-max"})
+    assert received.status == 400
+    error = native_error_of(received)
+    assert error["code"] == "InvalidParameter"
+    assert "Range of input length should be [1, 30720]" in error["message"]
+
+    received = await post_native(session, emu, native_body(max_tokens=40_000))
+    assert received.status == 400
+    assert "Range of max_tokens should be [1, 32768]" in native_error_of(received)["message"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"model": "qwen-plus"}).encode(),
+        json.dumps({"model": "qwen-plus", "input": "hi"}).encode(),
+        json.dumps({"model": "qwen-plus", "input": {"messages": []}}).encode(),
+        json.dumps({"input": {"messages": USER_EN}}).encode(),
+        json.dumps({**native_body(), "parameters": "fast"}).encode(),
+        json.dumps(native_body(result_format="json")).encode(),
+        json.dumps(native_body(incremental_output="yes")).encode(),
+        json.dumps(native_body(result_format="text", enable_thinking=True)).encode(),
+        json.dumps(native_body(result_format="text", tools=[WEATHER])).encode(),
+    ],
+)
+async def test_malformed_native_request_is_400(
+    emu: Emulator, session: aiohttp.ClientSession, payload: bytes
+) -> None:
+    received = await post_native(session, emu, payload)
+    assert received.status == 400
+    assert native_error_of(received)["code"] == "InvalidParameter"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (Fault(status=429), "Throttling.RateQuota"),
+        (Fault(status=429, code="insufficient_quota"), "Throttling.AllocationQuota"),
+        (Fault(status=429, code="CommodityNotPurchased"), "CommodityNotPurchased"),
+        (Fault(status=500), "InternalError"),
+        (Fault(status=503), "ServiceUnavailable"),
+        (Fault(status=403, code="Model.AccessDenied"), "Model.AccessDenied"),
+    ],
+)
+async def test_native_fault_status_answers_with_native_codes(
+    emu: Emulator, session: aiohttp.ClientSession, fault: Fault, code: str
+) -> None:
+    received = await post_native(session, emu, native_body(), fault=fault)
+    assert received.status == fault.status
+    error = native_error_of(received)
+    assert error["code"] == code
+    assert error["message"]
+
+
+async def test_native_and_compatible_requests_share_the_rate_limits(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Emulator(EmulatorConfig(ttft_s=0, itl_s=0, rpm=2)) as emu:
+        statuses = [
+            (await post_native(session, emu, native_body())).status,
+            (await post(session, emu, chat_body())).status,
+        ]
+        refused = await post_native(session, emu, native_body())
+    assert statuses == [200, 200]
+    assert refused.status == 429
+    assert native_error_of(refused)["code"] == "Throttling.RateQuota"
+
+    answer = emulated_answer(chat_body())
+    tokens = count_message_tokens(USER_EN) + count_tokens(answer.content)
+    async with Emulator(EmulatorConfig(ttft_s=0, itl_s=0, tpm=tokens)) as emu:
+        assert (await post_native(session, emu, native_body())).status == 200
+        refused = await post_native(session, emu, native_body())
+    assert refused.status == 429
+    error = native_error_of(refused)
+    assert error["code"] == "Throttling.AllocationQuota"
+    assert error["message"].startswith("Allocated quota exceeded")
+
+
+async def test_native_in_band_error_frame_then_the_end(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post_native(session, emu, native_body(), fault=Fault(error_after_events=3))
+    assert received.error is None  # a clean end of the body
+    frames = native_frames(received.body)
+    assert [(frame_id, event) for frame_id, event, _ in frames] == [
+        (1, "result"),
+        (2, "result"),
+        (3, "result"),
+        (4, "error"),
+    ]
+    request_id = received.headers["x-request-id"].encode()
+    assert received.body.endswith(
+        b'id:4\nevent:error\n:HTTP_STATUS/400\ndata:{"code":"DataInspectionFailed","message":"'
+        + NATIVE_IN_BAND
+        + b'","request_id":"'
+        + request_id
+        + b'"}\n\n'
+    )
+    with pytest.raises(InBandError) as caught:
+        native_result(received.body)
+    assert caught.value.code == "DataInspectionFailed"
+    assert caught.value.partial is not None
+    answer = emulated_answer(compatible_of(native_body()))
+    assert caught.value.partial.content == "".join(texts(answer, "content")[:3])
+    assert emu.requests[0].outcome == "in_band_error"
+
+
+async def test_native_no_done_ends_before_the_finishing_frame(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post_native(session, emu, native_body(), fault=Fault(no_done=True))
+    assert received.error is None
+    frames = native_frames(received.body)
+    answer = emulated_answer(compatible_of(native_body()))
+    assert len(frames) == len(answer.pieces)
+    assert all(data["output"]["choices"][0]["finish_reason"] == "null" for _, _, data in frames)
+    with pytest.raises(IncompleteStreamError) as caught:
+        native_result(received.body)
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == answer.content
+    assert emu.requests[0].outcome == "no_done"
+
+
+async def test_native_drops_and_stalls(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    dropped = await post_native(session, emu, native_body(), fault=Fault(drop_after_events=2))
+    assert isinstance(dropped.error, aiohttp.ClientPayloadError)
+    assert len(native_frames(dropped.body)) == 2
+    assert emu.requests[-1].outcome == "dropped"
+
+    cut = await post_native(session, emu, native_body(), fault=Fault(drop_after_bytes=100))
+    assert isinstance(cut.error, aiohttp.ClientPayloadError)
+    assert len(cut.body) == 100
+
+    fault = Fault(stall_after_events=2, stall_s=0.06, keepalive_every_s=0.02)
+    stalled = await post_native(session, emu, native_body(), fault=fault)
+    items = SSEDecoder().feed_with_comments(stalled.body)
+    labels = [item.text if isinstance(item, SSEComment) else "event" for item in items]
+    assert labels[:4] == ["HTTP_STATUS/200", "event"] * 2
+    keepalives = [i for i, label in enumerate(labels) if label == " keep-alive"]
+    assert keepalives
+    assert keepalives == list(range(4, 4 + len(keepalives)))
+    assert native_result(stalled.body).content == emulated_answer(chat_body()).content
+
+
+async def test_native_malformed_frame_keeps_the_ids_in_order(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post_native(session, emu, native_body(), fault=Fault(malformed_after_events=2))
+    ids = [int(line[3:]) for line in received.body.split(b"\n") if line.startswith(b"id:")]
+    assert ids == list(range(1, len(ids) + 1))
+    events = SSEDecoder().feed(received.body)
+    assert events[2].data == '{"output":{"choices":[{"message":{"content":"broken'
+    assert events[2].event == "result"
+    with pytest.raises(ProtocolError):
+        native_result(received.body)
+
+
+@pytest.mark.parametrize("line_ending", ["\r\n", "\r"])
+async def test_native_line_endings_and_byte_writes_give_the_same_stream(
+    emu: Emulator, session: aiohttp.ClientSession, line_ending: str
+) -> None:
+    body = native_body(USER_ZH, enable_thinking=True)
+    plain = await post_native(session, emu, body)
+    fault = Fault(line_ending=line_ending, write_bytes=3)  # type: ignore[arg-type]
+    received = await post_native(session, emu, body, fault=fault)
+    assert native_normalized(received.body.replace(line_ending.encode(), b"\n")) == (
+        native_normalized(plain.body)
+    )
+    answer = emulated_answer(compatible_of(body))
+    result = native_result(received.body)
+    assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+
+
+async def test_native_huge_frame_and_json_content_type(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    size = 200_000
+    huge = await post_native(session, emu, native_body(), fault=Fault(huge_event_bytes=size))
+    events = SSEDecoder().feed(huge.body)
+    assert len(events[1].data.encode()) == size
+    assert set(json.loads(events[1].data)["output"]["choices"][0]["message"]["content"]) == {"x"}
+    with pytest.raises(EventTooLargeError):
+        decoder = NativeStreamDecoder(max_event_bytes=64 * 1024)
+        decoder.feed(huge.body)
+        decoder.feed_eof()
+
+    # DashScope sends native error frames under application/json too: the frames stay.
+    fault = Fault(content_type="application/json", error_after_events=0)
+    received = await post_native(session, emu, native_body(), fault=fault)
+    assert received.headers["Content-Type"] == "application/json"
+    [(frame_id, event, data)] = native_frames(received.body)
+    assert (frame_id, event, data["code"]) == (1, "error", "DataInspectionFailed")
+
+
+async def test_native_base_url(emu: Emulator) -> None:
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/api/v1", emu.native_base_url)
+    assert emu.native_base_url + "/services/aigc/text-generation/generation" == (
+        emu.base_url.removesuffix("/compatible-mode/v1") + NATIVE_PATH
+    )

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen_sse.errors import EventTooLargeError
-from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder, SSEEncoder, encode_comment
+from qwen_sse.sse import (
+    MAX_RETRY_MS,
+    ServerSentEvent,
+    SSEComment,
+    SSEDecoder,
+    SSEEncoder,
+    encode_comment,
+)
 from tests.chunkings import LINE_ENDINGS, every_chunking, with_line_ending
 
 Expected = list[tuple[str, str, str, int | None]]
@@ -453,3 +460,9 @@ def test_plain_data_streams_under_any_chunking(
     decoder = SSEDecoder()
     frames = [frame for piece in pieces for frame in decoder.feed_frames(piece)]
     assert frames == [("message", d.encode()) for d, _, _, _ in expected]
+
+
+def test_an_enormous_retry_is_clamped_not_a_crash() -> None:
+    digits = "9" * 5000
+    events = decode_pieces([f"retry: {digits}\ndata: a\n\nretry: 007\ndata: b\n\n".encode()])
+    assert [e.retry for e in events] == [MAX_RETRY_MS, 7]

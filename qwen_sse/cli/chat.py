@@ -97,23 +97,23 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 
 @contextlib.asynccontextmanager
 async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator[QwenClient]:
-    """The client the options describe; with ``--mock``, pointed at a fresh emulator.
-    ``options`` go to :class:`QwenClient` as they are (e.g. ``wire_tap``)."""
+    """The client the options describe; with ``--mock``, pointed at a fresh emulator (at
+    its native root when ``options`` ask for ``protocol="native"``). ``options`` go to
+    :class:`QwenClient` as they are (e.g. ``wire_tap``, ``protocol``)."""
     if args.mock:
         config = EmulatorConfig(api_key=None, ttft_s=0.15, itl_s=0.02, jitter_s=0.01)
-        async with (
-            Emulator(config) as emulator,
-            QwenClient(
+        async with Emulator(config) as emulator:
+            native = options.get("protocol") == "native"
+            async with QwenClient(
                 _MOCK_KEY,
-                emulator.base_url,
+                emulator.native_base_url if native else emulator.base_url,
                 model=args.model,
                 timeouts=timeouts_from(args),
                 retry=retry_from(args),
                 default_headers=headers_from(args),
                 **options,
-            ) as client,
-        ):
-            yield client
+            ) as client:
+                yield client
         return
     async with QwenClient(
         base_url=args.base_url,
@@ -138,6 +138,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_prompt_options(parser)
     parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
+    parser.add_argument("--native", action="store_true", help="use DashScope's native protocol")
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -156,7 +157,8 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="extra top-level body field, e.g. --param top_k=20 (repeatable)",
+        help="extra body field, e.g. --param top_k=20 (repeatable; at the top level, or "
+        "under parameters with --native)",
     )
 
 
@@ -207,7 +209,8 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
     out = sys.stdout
     styled = out.isatty()
     try:
-        async with open_client(args) as client:
+        protocol = "native" if args.native else "compatible"
+        async with open_client(args, protocol=protocol) as client:
             async with client.stream_chat(messages, args.model, **params) as stream:
                 phase = ""
                 async for chunk in stream:

@@ -168,6 +168,7 @@ def _announce(emulator: Emulator, config: EmulatorConfig) -> None:
         )
     )
     print(f"qwen-sse serve: DashScope emulator at {emulator.base_url}")
+    print(f"native protocol at {emulator.native_base_url}")
     print(f"accepting {accepted}; stop with Ctrl-C")
     print(f"try: {curl}", flush=True)
     if emulator.host not in _LOOPBACK:

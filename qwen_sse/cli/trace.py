@@ -71,9 +71,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"qwen-sse trace: {error}", file=sys.stderr)
         return 2
-    if args.native and args.mock:
-        print("qwen-sse trace: the emulator speaks the compatible mode only", file=sys.stderr)
-        return 2
     record: IO[str] | None = None
     if args.record:
         try:
