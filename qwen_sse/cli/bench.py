@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
-from qwen_sse.cli.chat import add_connection_options, timeouts_from
+from qwen_sse.cli.chat import add_connection_options, parse_params, timeouts_from
 from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
@@ -358,12 +357,5 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         params["enable_thinking"] = True
     if args.search:
         params["enable_search"] = True
-    for item in args.param:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigurationError(f"--param wants KEY=JSON, got {item!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw  # a bare word is a string
+    params.update(parse_params(args.param))
     return params

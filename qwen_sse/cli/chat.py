@@ -185,10 +185,17 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         params["temperature"] = args.temperature
     if args.seed is not None:
         params["seed"] = args.seed
-    for item in args.param:
+    params.update(parse_params(args.param))
+    return params
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``--param KEY=JSON`` options as body fields; a value that is not JSON is a string."""
+    params: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--param wants KEY=JSON, got {item!r}")
+            raise ConfigurationError(f"--param wants KEY=JSON, got {item!r}")
         try:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
