@@ -45,6 +45,8 @@ _BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _DIGITS = re.compile(rb"[0-9]+")
 
+_SIMPLE_MIN_BYTES = 512
+
 # What SSEDecoder._feed emits: events; events and comments; (type, data bytes) frames.
 _EVENTS, _EVENTS_AND_COMMENTS, _FRAMES = range(3)
 
@@ -198,7 +200,12 @@ class SSEDecoder:
                 data = data[1:]
                 if not data:
                     return
-        if mode != _EVENTS_AND_COMMENTS and self._feed_simple(data, out, mode):
+        # Small reads hold at most an event or two: the fast path would not pay for its checks.
+        if (
+            len(data) >= _SIMPLE_MIN_BYTES
+            and mode != _EVENTS_AND_COMMENTS
+            and self._feed_simple(data, out, mode)
+        ):
             return
         if b"\r" in data:
             lines = _LINE_BREAK.split(data)

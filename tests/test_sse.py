@@ -441,8 +441,11 @@ def test_encoder_rejects_unknown_line_ending() -> None:
 
 
 @given(
-    st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)),
-    st.lists(st.integers(0, 2000), max_size=10),
+    st.lists(
+        st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=40),
+        max_size=80,
+    ),
+    st.lists(st.integers(0, 4000), max_size=6),
     st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
