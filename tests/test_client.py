@@ -72,6 +72,11 @@ def plain_client(server: Emulator) -> QwenClient:
     return QwenClient(KEY, server.base_url, retry=NO_RETRIES)
 
 
+def native_client(server: Emulator, api_key: str = KEY) -> QwenClient:
+    """A native-protocol client of ``server`` that never retries."""
+    return QwenClient(api_key, server.native_base_url, protocol="native", retry=NO_RETRIES)
+
+
 def expected(messages: list[dict[str, Any]], **params: Any) -> Any:
     body = {"model": "qwen-plus", "messages": messages, **params}
     return emulated_answer(body, answer_tokens=EmulatorConfig().answer_tokens)
@@ -234,26 +239,29 @@ async def test_input_moderation(client: QwenClient) -> None:
     assert caught.value.code == "data_inspection_failed"
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["compatible", "native"])
 @pytest.mark.parametrize(
     ("fault", "error_type", "kind"),
     [
         (Fault(status=429, retry_after="1"), RateLimitError, "rpm"),
         (Fault(status=429, code="insufficient_quota"), RateLimitError, "tpm"),
         (Fault(status=429, code="CommodityNotPurchased"), RateLimitError, "billing"),
+        (Fault(status=403), PermissionDeniedError, None),
         (Fault(status=500), ServerError, None),
         (Fault(status=503), ServerError, None),
     ],
 )
 async def test_status_faults_map_to_typed_errors(
-    client: QwenClient,
     emulator: Emulator,
     fault: Fault,
     error_type: type[APIStatusError],
     kind: str | None,
+    native: bool,
 ) -> None:
     emulator.schedule(fault)
-    with pytest.raises(error_type) as caught:
-        await client.chat(HELLO)
+    async with native_client(emulator) if native else plain_client(emulator) as qwen:
+        with pytest.raises(error_type) as caught:
+            await qwen.chat(HELLO)
     error = caught.value
     assert error.status == fault.status
     if kind is not None:
@@ -261,7 +269,7 @@ async def test_status_faults_map_to_typed_errors(
         assert error.kind == kind
     if fault.retry_after:
         assert error.headers["retry-after"] == fault.retry_after
-    assert error.request_id
+    assert error.request_id == emulator.requests[-1].request_id
 
 
 async def test_non_sse_200_shows_the_start_of_the_body(client: QwenClient) -> None:
@@ -1036,11 +1044,6 @@ WEATHER_TOOL = {
 }
 
 
-def native_client(server: Emulator, api_key: str = KEY) -> QwenClient:
-    """A native-protocol client of ``server`` that never retries."""
-    return QwenClient(api_key, server.native_base_url, protocol="native", retry=NO_RETRIES)
-
-
 @pytest.mark.parametrize(
     ("messages", "params"),
     [
@@ -1113,37 +1116,6 @@ async def test_native_broken_streams_raise_with_the_partial(
     assert partial.content
     assert expected(HELLO).content.startswith(partial.content)
     assert not partial.complete
-
-
-@pytest.mark.parametrize(
-    ("fault", "error_type", "kind"),
-    [
-        (Fault(status=429, retry_after="1"), RateLimitError, "rpm"),
-        (Fault(status=429, code="insufficient_quota"), RateLimitError, "tpm"),
-        (Fault(status=429, code="CommodityNotPurchased"), RateLimitError, "billing"),
-        (Fault(status=403), PermissionDeniedError, None),
-        (Fault(status=500), ServerError, None),
-        (Fault(status=503), ServerError, None),
-    ],
-)
-async def test_native_status_faults_map_to_the_same_typed_errors(
-    emulator: Emulator,
-    fault: Fault,
-    error_type: type[APIStatusError],
-    kind: str | None,
-) -> None:
-    emulator.schedule(fault)
-    async with native_client(emulator) as qwen:
-        with pytest.raises(error_type) as caught:
-            await qwen.chat(HELLO)
-    error = caught.value
-    assert error.status == fault.status
-    if kind is not None:
-        assert isinstance(error, RateLimitError)
-        assert error.kind == kind
-    if fault.retry_after:
-        assert error.headers["retry-after"] == fault.retry_after
-    assert error.request_id == emulator.requests[-1].request_id
 
 
 async def test_native_request_errors_map_to_the_same_typed_errors(emulator: Emulator) -> None:
