@@ -16,28 +16,30 @@ from qwen_sse.emulator import FAULT_HEADER, Fault
 SECRET = "sk-test-trace-secret-0123456789abcdef"
 
 
-def trace_with(fault: Fault, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+def trace_with(
+    fault: Fault, capsys: pytest.CaptureFixture[str], *extra: str, status: int = 0
+) -> str:
     header = f"{FAULT_HEADER}: {fault.to_json()}"
-    status = main(["trace", "--mock", "--max-tokens", "6", "--header", header, *extra, "hi"])
-    out, _ = capsys.readouterr()
-    assert status in (0, 1)
-    return out
+    assert (
+        main(["trace", "--mock", "--max-tokens", "6", "--header", header, *extra, "hi"]) == status
+    )
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    ("fault", "anomaly"),
+    ("fault", "anomaly", "status"),
     [
-        (Fault(stall_after_events=3, stall_s=0.4, keepalive_every_s=0.1), "!! stall:"),
-        (Fault(no_done=True), "!! missing-done:"),
-        (Fault(error_after_events=3), "!! in-band-error:"),
-        (Fault(malformed_after_events=3), "!! broken-json:"),
+        (Fault(stall_after_events=3, stall_s=0.4, keepalive_every_s=0.1), "!! stall:", 0),
+        (Fault(no_done=True), "!! missing-done:", 1),
+        (Fault(error_after_events=3), "!! in-band-error:", 1),
+        (Fault(malformed_after_events=3), "!! broken-json:", 1),
     ],
     ids=["stall", "no-done", "in-band-error", "malformed"],
 )
 def test_each_fault_shows_its_anomaly(
-    fault: Fault, anomaly: str, capsys: pytest.CaptureFixture[str]
+    fault: Fault, anomaly: str, status: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = trace_with(fault, capsys, "--stall-ms", "250", "--max-attempts", "1")
+    out = trace_with(fault, capsys, "--stall-ms", "250", "--max-attempts", "1", status=status)
     assert anomaly in out
     assert "=== summary" in out
 
@@ -142,7 +144,9 @@ def test_a_native_trace_against_the_emulator(capsys: pytest.CaptureFixture[str])
 def test_a_native_error_frame_shows_as_an_in_band_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = trace_with(Fault(error_after_events=2), capsys, "--native", "--max-attempts", "1")
+    out = trace_with(
+        Fault(error_after_events=2), capsys, "--native", "--max-attempts", "1", status=1
+    )
     assert "    | event:error\\n" in out
     assert ": comment 'HTTP_STATUS/400'" in out
     assert "event #3 error id=3:" in out
