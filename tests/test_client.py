@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,7 @@ from qwen_sse.errors import (
 )
 from qwen_sse.limiter import ConcurrencyLimiter
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
+from tests.rawserver import raw_server, sse_answer
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -1134,52 +1133,6 @@ async def test_native_request_errors_map_to_the_same_typed_errors(emulator: Emul
 
 # --- regressions from review: raw servers that misbehave in precise ways ---
 
-RawHandler = Callable[[asyncio.StreamWriter, int], Awaitable[None]]
-
-
-@asynccontextmanager
-async def raw_server(handler: RawHandler) -> AsyncIterator[str]:
-    """A bare HTTP/1.1 server on loopback: ``handler(writer, n)`` writes the n-th answer."""
-    count = 0
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal count
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-            await reader.readexactly(length)
-            count += 1
-            await handler(writer, count)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def sse_answer(text: str) -> bytes:
-    events = (
-        frame([{"index": 0, "delta": {"role": "assistant", "content": ""}}]),
-        frame([{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]),
-    )
-    body = "".join(f"data: {e}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
-    return (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: r-ok\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-
-
-def frame(choices: list[dict[str, Any]]) -> str:
-    return json.dumps({"id": "chatcmpl-x", "choices": choices})
-
 
 async def test_a_timed_out_attempt_gives_its_permit_back_before_the_retry() -> None:
     async def handler(writer: asyncio.StreamWriter, n: int) -> None:
@@ -1189,9 +1142,13 @@ async def test_a_timed_out_attempt_gives_its_permit_back_before_the_retry() -> N
         await writer.drain()
 
     limiter = ConcurrencyLimiter(1, queue_timeout_s=2.0)
-    async with raw_server(handler) as url:
+    async with raw_server(handler) as server:
         client = QwenClient(
-            KEY, url, limiter=limiter, timeouts=Timeouts(first_token_s=0.2), sleep=FakeSleep()
+            KEY,
+            server.url,
+            limiter=limiter,
+            timeouts=Timeouts(first_token_s=0.2),
+            sleep=FakeSleep(),
         )
         async with client:
             result = await client.chat(HELLO)
@@ -1215,8 +1172,8 @@ async def test_an_error_body_is_read_whole_and_a_cancelled_read_frees_the_permit
     sleep = FakeSleep()
     limiter = ConcurrencyLimiter(1)
     async with (
-        raw_server(handler) as url,
-        QwenClient(KEY, url, sleep=sleep, limiter=limiter) as qwen,
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=sleep, limiter=limiter) as qwen,
     ):
         with pytest.raises(RateLimitError) as caught:
             await qwen.chat(HELLO)
@@ -1258,7 +1215,10 @@ async def test_a_broken_response_head_leaves_no_key_in_the_exception_chain() -> 
         writer.write(b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n")
         await writer.drain()
 
-    async with raw_server(handler) as url, QwenClient(SECRET_KEY, url, retry=NO_RETRIES) as qwen:
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
         with pytest.raises(TransportError) as caught:
             await qwen.chat(HELLO)
     seen: BaseException | None = caught.value
