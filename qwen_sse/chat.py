@@ -3,10 +3,13 @@
 Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random or logging;
 time arrives as ``now_s`` arguments from the caller's clock.
 
-Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; a frame with a
-top-level ``error`` object is an :class:`~qwen_sse.errors.InBandError`; the ``choices: []``
-chunk carries usage; input that ends before ``[DONE]`` is an
-:class:`~qwen_sse.errors.IncompleteStreamError`; malformed JSON is a
+Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; an answer is
+complete only when every choice that arrived has its finish reason **and** ``[DONE]``
+arrived, so ``[DONE]`` before a finish reason (llama.cpp's server ends an interrupted
+stream that way) and input that ends before ``[DONE]`` are both an
+:class:`~qwen_sse.errors.IncompleteStreamError`; a frame with a top-level ``error`` object
+is an :class:`~qwen_sse.errors.InBandError`; the ``choices: []`` chunk carries usage
+(normal after the finish chunk); malformed JSON is a
 :class:`~qwen_sse.errors.ProtocolError`. Every such error carries ``.partial``.
 Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
 non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import ClassVar
 
 import msgspec
 
@@ -103,6 +107,11 @@ class StreamTiming(msgspec.Struct, frozen=True, gc=False):
 
 class ChatResult(msgspec.Struct, frozen=True, gc=False):
     """A whole streamed answer (``complete``) or what arrived before a failure.
+
+    ``complete`` is True only when every choice received its finish reason and the
+    protocol's end marker arrived (``data: [DONE]``; natively, the frame that carries the
+    finish reason); anything less is a truncated answer, raised as an error whose
+    ``.partial`` is this result with ``complete`` False.
 
     ``content``, ``reasoning_content``, ``tool_calls`` and ``finish_reason`` are those of
     choice 0; ``choices`` holds every choice when ``n > 1``. ``request_id`` is the
@@ -200,6 +209,17 @@ class ChatAccumulator:
     def has_text(self) -> bool:
         """True once any content or reasoning text has arrived."""
         return bool(self._token_times)
+
+    def unfinished_choices(self) -> list[int]:
+        """Indices of the choices that arrived without a finish reason yet, ascending."""
+        return sorted(
+            index for index, state in self._choices.items() if state.finish_reason is None
+        )
+
+    @property
+    def has_choices(self) -> bool:
+        """True once any chunk carried a choice."""
+        return bool(self._choices)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
         """Fold one chunk in."""
@@ -302,9 +322,15 @@ class ChatStreamDecoder:
     ``feed_eof`` call, or at once when no chunk precedes it; ``error`` shows it meanwhile,
     so a caller that must not wait for more bytes checks it after each ``feed``.
     ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
+    ``[DONE]`` completes the answer (``done``) only when at least one choice arrived and
+    every choice has its finish reason; otherwise it is an :class:`IncompleteStreamError`
+    naming the choices without one (a truncated answer is never ``complete``).
     Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
     several streams (a resumed answer) fold into one result.
     """
+
+    # How the end-of-input error names the protocol's end marker.
+    _END_MARKER: ClassVar[str] = "data: [DONE]"
 
     __slots__ = (
         "_sse",
@@ -333,7 +359,8 @@ class ChatStreamDecoder:
         self.events = 0
 
     def result(self, now_s: float | None = None) -> ChatResult:
-        """The result so far; ``complete`` once ``[DONE]`` has arrived."""
+        """The result so far; ``complete`` once ``[DONE]`` arrived after every choice's
+        finish reason."""
         return self.accumulator.result(
             complete=self.done,
             now_s=now_s,
@@ -373,8 +400,8 @@ class ChatStreamDecoder:
         decode = chunk_decoder.decode
         for _, data in frames:
             if data == _DONE_BYTES:
-                self.done = True
                 self.events += 1
+                self._end_marker(now_s, len(out))
                 break
             try:
                 chunk = decode(data)
@@ -394,6 +421,30 @@ class ChatStreamDecoder:
             out.append(chunk)
         self.events += len(out)
         return out
+
+    def _end_marker(self, now_s: float, undelivered_events: int) -> None:
+        """``[DONE]`` arrived: the answer is complete only if every choice has finished.
+
+        ``undelivered_events`` are the chunks of this batch not yet added to ``events``."""
+        unfinished = self.accumulator.unfinished_choices()
+        if self.accumulator.has_choices and not unfinished:
+            self.done = True
+            return
+        if not unfinished:
+            missing = "no choice arrived"
+        elif len(unfinished) == 1:
+            missing = f"choice {unfinished[0]} has no finish_reason"
+        else:
+            missing = f"choices {', '.join(map(str, unfinished))} have no finish_reason"
+        events = self.events + undelivered_events
+        error = IncompleteStreamError(
+            f"stream ended with data: [DONE] but {missing}"
+            f" ({events} events, {self.bytes_received} bytes)"
+        )
+        error.partial = self.accumulator.result(
+            complete=False, now_s=now_s, bytes_received=self.bytes_received, events=events
+        )
+        self.error = error
 
     def _frame_error(self, data: bytes) -> QwenSSEError | None:
         """For a frame that is not a valid chunk: its in-band error, if it is one (for
@@ -428,7 +479,7 @@ class ChatStreamDecoder:
             else ""
         )
         error = IncompleteStreamError(
-            f"stream ended without data: [DONE] after {self.events} events and "
+            f"stream ended without {self._END_MARKER} after {self.events} events and "
             f"{self.bytes_received} bytes{detail}"
         )
         self._fail(error, now_s)

@@ -19,6 +19,8 @@ change with the protocol.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 
 from qwen_sse.chat import ChatAccumulator, ChatStreamDecoder
@@ -88,10 +90,13 @@ class NativeStreamDecoder(ChatStreamDecoder):
     """:class:`~qwen_sse.chat.ChatStreamDecoder` for the native protocol.
 
     ``incremental`` says whether the request set ``incremental_output`` (the default);
-    without it each frame repeats the whole text so far. ``done`` turns true at the frame
-    with a real finish reason; input that ends before it is an
+    without it each frame repeats the whole text so far. There is no ``[DONE]``: ``done``
+    turns true at the frame that gives the last unfinished choice a real finish reason
+    (not ``"null"``); input that ends before that (even a clean EOF) is an
     :class:`~qwen_sse.errors.IncompleteStreamError`.
     """
+
+    _END_MARKER: ClassVar[str] = "a finish reason for every choice"
 
     __slots__ = ("_cumulative", "incremental")
 
@@ -145,7 +150,9 @@ class NativeStreamDecoder(ChatStreamDecoder):
                 break
             add(chunk, now_s)
             out.append(chunk)
-            if any(choice.finish_reason is not None for choice in chunk.choices):
+            # Complete once every choice seen has its finish reason; a stream that ends
+            # with "null" on every frame is cut, however cleanly it closes.
+            if chunk.choices and not self.accumulator.unfinished_choices():
                 self.done = True
                 break
         return out

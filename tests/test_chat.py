@@ -161,6 +161,7 @@ def test_tool_call_id_and_name_are_never_concatenated_or_overwritten_by_empty() 
         delta_frame(tool_calls=[{"index": 0, "id": "call_1", "function": {"name": "f"}}]),
         delta_frame(tool_calls=[{"index": 0, "id": "", "function": {"name": ""}}]),
         delta_frame(tool_calls=[{"index": 0, "id": None, "function": {"name": None}}]),
+        delta_frame(finish_reason="tool_calls"),
     )
     (call,) = run([data]).tool_calls
     assert (call.id, call.function.name, call.type) == ("call_1", "f", "function")
@@ -280,7 +281,10 @@ def test_oversized_event_keeps_earlier_chunks() -> None:
 
 def test_bytes_after_done_are_ignored_and_counted() -> None:
     decoder = ChatStreamDecoder()
-    decoder.feed(stream(delta_frame(content="a")) + stream(delta_frame(content="b")))
+    decoder.feed(
+        stream(delta_frame(content="a", finish_reason="stop"))
+        + stream(delta_frame(content="b", finish_reason="stop"))
+    )
     decoder.feed(b"data: more\n\n")
     assert decoder.feed_eof() == []
     assert decoder.result().content == "a"
@@ -305,7 +309,7 @@ def test_timing_uses_the_first_text_not_the_role_chunk() -> None:
 def test_feed_events_accepts_parsed_events() -> None:
     sse = SSEDecoder()
     decoder = ChatStreamDecoder()
-    chunks = decoder.feed_events(sse.feed(stream(delta_frame(content="hé"))))
+    chunks = decoder.feed_events(sse.feed(stream(delta_frame(content="hé", finish_reason="stop"))))
     assert [c.choices[0].delta.content for c in chunks] == ["hé"]
     assert decoder.done
 
