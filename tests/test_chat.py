@@ -402,3 +402,148 @@ def test_an_error_frame_before_an_oversized_event_stays_the_reported_error() -> 
     assert [c.choices[0].delta.content for c in chunks] == ["hi"]
     with pytest.raises(InBandError):
         decoder.feed_eof()
+
+
+# --- an answer is complete only with every choice's finish reason and [DONE] ---
+
+USAGE_FRAME = frame([], usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+
+
+@pytest.mark.parametrize("line_ending", LINE_ENDINGS, ids=["LF", "CRLF", "CR"])
+def test_done_without_a_finish_reason_is_incomplete_under_every_chunking(
+    line_ending: str,
+) -> None:
+    # llama.cpp's server ends an interrupted stream this way: text, no finish reason, [DONE].
+    data = stream(
+        delta_frame(role="assistant", content=""),
+        delta_frame(content="half "),
+        delta_frame(content="an answer"),
+        line_ending=line_ending,
+    )
+    for label, pieces in every_chunking(data):
+        error = failure(pieces)
+        assert type(error) is IncompleteStreamError, label
+        # Under CRLF the event is dispatched at the final CR, before its LF is fed.
+        cr_first = line_ending == "\r\n" and pieces[-1] == b"\n"
+        received = len(data) - 1 if cr_first else len(data)
+        assert str(error) == (
+            f"stream ended with data: [DONE] but choice 0 has no finish_reason"
+            f" (4 events, {received} bytes)"
+        ), label
+        assert error.partial is not None
+        assert error.partial.content == "half an answer", label
+        assert error.partial.finish_reason is None
+        assert error.partial.complete is False
+        assert error.partial.timing.events == 4, label
+
+
+def test_done_as_the_only_event_is_incomplete() -> None:
+    data = stream()
+    for label, pieces in every_chunking(data):
+        error = failure(pieces)
+        assert type(error) is IncompleteStreamError, label
+        assert str(error) == (
+            f"stream ended with data: [DONE] but no choice arrived (1 events, {len(data)} bytes)"
+        ), label
+        assert error.partial is not None
+        assert error.partial.complete is False
+
+
+def test_usage_then_done_without_any_choice_is_incomplete() -> None:
+    error = failure([stream(USAGE_FRAME)])
+    assert isinstance(error, IncompleteStreamError)
+    assert "but no choice arrived" in str(error)
+    assert error.partial is not None
+    assert error.partial.usage is not None
+    assert error.partial.usage.total_tokens == 5
+
+
+def test_a_usage_only_chunk_after_the_finish_chunk_is_normal() -> None:
+    data = stream(delta_frame(content="whole", finish_reason="stop"), USAGE_FRAME)
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.complete, label
+        assert (result.content, result.finish_reason) == ("whole", "stop"), label
+
+
+def test_with_several_choices_every_one_needs_its_finish_reason() -> None:
+    finished_0 = delta_frame(index=0, content="a", finish_reason="stop")
+    unfinished_1 = delta_frame(index=1, content="b")
+    unfinished_2 = delta_frame(index=2, content="c")
+    error = failure([stream(finished_0, unfinished_1)])
+    assert isinstance(error, IncompleteStreamError)
+    assert "but choice 1 has no finish_reason" in str(error)
+    assert error.partial is not None
+    assert [c.content for c in error.partial.choices] == ["a", "b"]
+    error = failure([stream(unfinished_2, finished_0, unfinished_1)])
+    assert "but choices 1, 2 have no finish_reason" in str(error)
+    whole = stream(
+        finished_0,
+        unfinished_1,
+        delta_frame(index=1, finish_reason="length"),
+        USAGE_FRAME,
+    )
+    for label, pieces in every_chunking(whole):
+        result = run(pieces)
+        assert result.complete, label
+        assert [(c.content, c.finish_reason) for c in result.choices] == [
+            ("a", "stop"),
+            ("b", "length"),
+        ], label
+
+
+def test_done_without_a_finish_reason_shows_as_error_and_refuses_more_input() -> None:
+    decoder = ChatStreamDecoder()
+    # The chunk before [DONE] is delivered; the error waits in ``error`` meanwhile.
+    chunks = decoder.feed(stream(delta_frame(content="kept")))
+    assert [c.choices[0].delta.content for c in chunks] == ["kept"]
+    assert isinstance(decoder.error, IncompleteStreamError)
+    assert decoder.done is False
+    assert decoder.result().complete is False
+    with pytest.raises(IncompleteStreamError) as later:
+        decoder.feed(stream(delta_frame(content="late", finish_reason="stop")))
+    assert later.value is decoder.error
+    with pytest.raises(IncompleteStreamError):
+        decoder.feed_eof()
+
+
+def test_a_cut_after_the_finish_reason_but_before_done_is_incomplete() -> None:
+    # The answer's text and finish reason are whole, but the end marker never came.
+    data = stream(
+        delta_frame(role="assistant", content=""),
+        delta_frame(content="all of it"),
+        delta_frame(content="", finish_reason="stop"),
+        USAGE_FRAME,
+        done=False,
+    )
+    for label, pieces in every_chunking(data):
+        error = failure(pieces)
+        assert type(error) is IncompleteStreamError, label
+        assert str(error).startswith("stream ended without data: [DONE] after 4 events"), label
+        assert error.partial is not None
+        assert error.partial.complete is False, label
+        assert error.partial.content == "all of it", label
+        assert error.partial.finish_reason == "stop", label
+        assert error.partial.usage is not None
+        assert error.partial.usage.total_tokens == 5
+
+
+def test_reasoning_text_starts_the_time_to_first_token() -> None:
+    decoder = ChatStreamDecoder(started_at_s=50.0)
+    decoder.feed(stream(delta_frame(role="assistant", content=""), done=False), now_s=50.5)
+    decoder.feed(stream(delta_frame(reasoning_content="think"), done=False), now_s=51.0)
+    assert decoder.result().timing.ttft_s == pytest.approx(1.0)
+    decoder.feed(stream(delta_frame(content="answer"), done=False), now_s=52.0)
+    decoder.feed(stream(delta_frame(content="", finish_reason="stop")), now_s=52.5)
+    timing = decoder.result(now_s=53.0).timing
+    assert timing.ttft_s == pytest.approx(1.0)
+    assert timing.token_times_s == pytest.approx((1.0, 2.0))
+
+
+def test_reasoning_only_first_text_starts_the_accumulator_timer() -> None:
+    accumulator = ChatAccumulator(started_at_s=10.0)
+    accumulator.add(decode_chunk(delta_frame(role="assistant", content="")), now_s=10.25)
+    assert not accumulator.has_text
+    accumulator.add(decode_chunk(delta_frame(reasoning_content="hm")), now_s=10.75)
+    assert accumulator.has_text
+    assert accumulator.result(complete=False).timing.ttft_s == pytest.approx(0.75)

@@ -154,3 +154,51 @@ def test_request_body() -> None:
             "enable_thinking": False,
         },
     }
+
+
+def test_null_finish_reasons_then_a_clean_end_are_incomplete_under_every_chunking() -> None:
+    data = native_stream(frame("half"), frame(" way", output_tokens=2))
+    for label, pieces in every_chunking(data):
+        decoder = NativeStreamDecoder()
+        for piece in pieces:
+            decoder.feed(piece)
+        assert not decoder.done, label
+        with pytest.raises(IncompleteStreamError) as caught:
+            decoder.feed_eof()
+        assert str(caught.value) == (
+            f"stream ended without a finish reason for every choice after 2 events and "
+            f"{len(data)} bytes"
+        ), label
+        partial = caught.value.partial
+        assert partial is not None
+        assert (partial.content, partial.finish_reason, partial.complete) == (
+            "half way",
+            None,
+            False,
+        ), label
+
+
+def two_choices(first: tuple[str, str], second: tuple[str, str]) -> str:
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        for i, (text, finish) in enumerate((first, second))
+    ]
+    return json.dumps({"output": {"choices": choices}, "request_id": "rid-native"})
+
+
+def test_with_several_choices_the_answer_ends_when_every_one_has_finished() -> None:
+    early = native_stream(two_choices(("a", "stop"), ("b", "null")))
+    error = failure(early)
+    assert isinstance(error, IncompleteStreamError)
+    assert error.partial is not None
+    assert [c.finish_reason for c in error.partial.choices] == ["stop", None]
+    whole = native_stream(
+        two_choices(("a", "stop"), ("b", "null")), two_choices(("", "null"), ("c", "length"))
+    )
+    for label, pieces in every_chunking(whole):
+        result = run(pieces)
+        assert result.complete, label
+        assert [(c.content, c.finish_reason) for c in result.choices] == [
+            ("a", "stop"),
+            ("bc", "length"),
+        ], label
