@@ -469,3 +469,65 @@ def test_an_enormous_retry_is_clamped_not_a_crash() -> None:
     digits = "9" * 5000
     events = decode_pieces([f"retry: {digits}\ndata: a\n\nretry: 007\ndata: b\n\n".encode()])
     assert [e.retry for e in events] == [MAX_RETRY_MS, 7]
+
+
+# --- The fast path (reads of 512 bytes or more) must see fields fed in an earlier read ---
+
+_FAST_PATH_MIN_BYTES = 512
+_field_lines = st.sampled_from(["event: foo", "event:bar", "retry: 7", "retry:1500", "id: 3"])
+_padding_value = st.text(
+    st.characters(codec="utf-8", exclude_characters="\r\n"), min_size=100, max_size=150
+)
+
+
+@st.composite
+def field_then_big_read(draw: st.DrawFn) -> list[bytes]:
+    """Reads of an LF-only stream whose events carry ``event:``/``retry:``/``id:`` fields,
+    cut inside an event (after a field or a first ``data:`` line), so that the next read
+    (512 bytes or more: the rest of the event, then plain ``data:`` events) reaches the
+    decoder's fast path while a field or data line of the event is pending."""
+    pieces: list[bytes] = []
+    current = b""
+    for _ in range(draw(st.integers(1, 3))):
+        fields = draw(st.lists(_field_lines, max_size=3))
+        values = draw(st.lists(st.sampled_from(["x", "", "通义"]), min_size=1, max_size=2))
+        lines = [f"{field}\n".encode() for field in fields]
+        lines += [f"data: {value}\n".encode() for value in values]
+        cut = draw(st.integers(1, len(lines) - 1)) if len(lines) > 1 else 1
+        current += b"".join(lines[:cut])
+        pieces.append(current)
+        padding = draw(st.lists(_padding_value, min_size=5, max_size=8))
+        current = b"".join(lines[cut:]) + b"\n"
+        current += "".join(f"data: {value}\n\n" for value in padding).encode()
+        assert len(current) >= _FAST_PATH_MIN_BYTES
+    pieces.append(current)
+    return pieces
+
+
+@given(field_then_big_read())
+@settings(max_examples=200, deadline=None)
+def test_a_field_from_an_earlier_read_holds_when_a_big_read_takes_the_fast_path(
+    pieces: list[bytes],
+) -> None:
+    expected = reference_decode(b"".join(pieces))
+    assert as_tuples(decode_pieces(pieces)) == expected
+    decoder = SSEDecoder()
+    frames = [frame for piece in pieces for frame in decoder.feed_frames(piece)]
+    assert frames == [(event, data.encode()) for data, event, _, _ in expected]
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        (b"event: foo\n", ("x", "foo", "", None)),
+        (b"retry: 250\n", ("x", "message", "", 250)),
+        (b"data: a\n", ("a\nx", "message", "", None)),
+    ],
+    ids=["event", "retry", "data"],
+)
+def test_a_pending_field_then_a_big_read(
+    field: bytes, expected: tuple[str, str, str, int | None]
+) -> None:
+    big = b"data: x\n\n" + b"data: " + b"p" * _FAST_PATH_MIN_BYTES + b"\n\n"
+    events = as_tuples(decode_pieces([field, big]))
+    assert events == [expected, ("p" * _FAST_PATH_MIN_BYTES, "message", "", None)]
