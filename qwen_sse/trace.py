@@ -13,6 +13,10 @@ every event boundary with its data as compact JSON, and anomalies:
   no known field (often the rest of a JSON object broken by a raw line feed);
 * ``in-band-error``: a frame carrying ``{"error": ...}`` (or a native error frame);
 * ``missing-done``: a compatible-mode stream that ended without ``data: [DONE]``;
+* ``done-without-finish``: ``data: [DONE]`` while a choice (or every choice: none came)
+  has no finish reason, the way llama.cpp's server ends an interrupted stream: the answer
+  is truncated, whatever the clean end suggests;
+* ``missing-finish``: a native stream that ended before every choice had a finish reason;
 * ``usage-mismatch``: ``completion_tokens`` far from the Qwen token count of the text.
 
 :meth:`TraceView.summary` closes with bytes, events, time to first byte and first token,
@@ -31,7 +35,7 @@ from typing import Any, TextIO
 import msgspec
 
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
-from qwen_sse.errors import QwenSSEError
+from qwen_sse.errors import IncompleteStreamError, QwenSSEError
 from qwen_sse.limiter import Outcome
 from qwen_sse.native import NativeStreamDecoder
 from qwen_sse.sse import SSEComment, SSEDecoder
@@ -156,14 +160,30 @@ class TraceView:
             self._last_event_ms = at_ms
             self._show_event(item.event, item.id, item.data, at_ms)
         # A decoder failure was flagged as it happened; the summary reports the result.
+        failed_before = self._chat.error is not None
         with contextlib.suppress(QwenSSEError):
             self._chat.feed(chunk, at_s)
+        error = self._chat.error
+        if not failed_before and isinstance(error, IncompleteStreamError):
+            # Only [DONE] ends a fed stream as incomplete: it came before a finish reason.
+            self._flag(
+                "done-without-finish",
+                at_ms,
+                f"[DONE] without a finish reason, so the answer is truncated: {error}",
+            )
 
     def end(self, *, at_s: float, outcome: Outcome, error: QwenSSEError | None) -> None:
         at_ms = at_s * 1000
         if self._status is not None and self._status < 400 and outcome != "cancelled":
-            if not self._native and not self._chat.done and self._chat.error is None:
-                self._flag("missing-done", at_ms, "the stream ended without data: [DONE]")
+            if not self._chat.done and self._chat.error is None:
+                if self._native:
+                    self._flag(
+                        "missing-finish",
+                        at_ms,
+                        "the stream ended before every choice had a finish reason",
+                    )
+                else:
+                    self._flag("missing-done", at_ms, "the stream ended without data: [DONE]")
             self._check_usage(at_ms)
         reason = "" if error is None else f": {type(error).__name__}: {error}"
         self._print(f"[{at_ms:10.1f} ms] end of attempt {self.attempts} ({outcome}){reason}")

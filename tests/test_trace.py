@@ -113,7 +113,7 @@ def test_json_broken_by_a_raw_line_feed() -> None:
 
 
 def test_non_utf8_bytes_but_not_a_character_split_across_reads() -> None:
-    text_chunk = chunk("通义")
+    text_chunk = chunk("通义", "stop")
     cut = text_chunk.index("通".encode()) + 1
     view, _ = trace([(0.1, text_chunk[:cut]), (0.2, text_chunk[cut:] + b"data: [DONE]\n\n")])
     assert kinds(view) == []
@@ -122,7 +122,9 @@ def test_non_utf8_bytes_but_not_a_character_split_across_reads() -> None:
 
 
 def test_usage_that_contradicts_the_text() -> None:
-    view, _ = trace([(0.1, chunk("three words here") + usage_chunk(40) + b"data: [DONE]\n\n")])
+    view, _ = trace(
+        [(0.1, chunk("three words here", "stop") + usage_chunk(40) + b"data: [DONE]\n\n")]
+    )
     assert kinds(view) == ["usage-mismatch"]
     assert "completion_tokens is 40" in view.anomalies[0].detail
 
@@ -132,3 +134,33 @@ def test_summary_has_gap_percentiles() -> None:
     reads.append((0.7, chunk("", "stop") + b"data: [DONE]\n\n"))
     _, text = trace(reads)
     assert "inter-token gaps ms: p50 50.0" in text
+
+
+def test_done_without_a_finish_reason() -> None:
+    # llama.cpp's server ends an interrupted stream so: text, no finish reason, [DONE].
+    view, text = trace([(0.1, chunk("half")), (0.2, chunk(" an answer") + b"data: [DONE]\n\n")])
+    assert kinds(view) == ["done-without-finish"]
+    assert view.anomalies[0].at_ms == 200
+    assert view.anomalies[0].detail.startswith(
+        "[DONE] without a finish reason, so the answer is truncated: stream ended with "
+        "data: [DONE] but choice 0 has no finish_reason (3 events,"
+    )
+    assert "complete: no" in text
+    assert "anomalies: done-without-finish" in text
+
+
+def test_done_as_the_only_event_is_flagged() -> None:
+    view, _ = trace([(0.1, b"data: [DONE]\n\n")])
+    assert kinds(view) == ["done-without-finish"]
+    assert "no choice arrived" in view.anomalies[0].detail
+
+
+def test_a_native_stream_without_a_finish_reason() -> None:
+    frame = {
+        "output": {"choices": [{"message": {"content": "hi"}, "finish_reason": "null"}]},
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    data = f"id:1\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(frame)}\n\n".encode()
+    view, text = trace([(0.1, data)], protocol="native")
+    assert kinds(view) == ["missing-finish"]
+    assert "complete: no" in text

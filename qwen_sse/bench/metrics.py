@@ -299,7 +299,8 @@ def summarize(
     ``total_token_throughput``, ``max_output_tokens_per_s``, ``max_concurrent_requests``,
     ``mean_/median_/std_/p<N>_`` of ``ttft``, ``tpot``, ``itl``, ``e2el`` (ms); and beyond
     vLLM: ``send_rate`` (requests sent per second over the send span), schedule lag and
-    queue wait statistics, ``errors`` by type and where the token counts came from.
+    queue wait statistics, ``errors`` by type with ``error_examples`` (the first message
+    of each type: why such requests failed) and where the token counts came from.
     """
     ok = [record for record in records if record.ok]
     if records:
@@ -336,6 +337,11 @@ def summarize(
     out.update(describe((r.schedule_lag_s for r in records), "schedule_lag", percentiles))
     out.update(describe((r.queue_wait_s for r in records), "queue_wait", percentiles))
     out["errors"] = dict(Counter(r.error_type or "unknown" for r in records if not r.ok))
+    examples: dict[str, str] = {}
+    for record in records:
+        if not record.ok:
+            examples.setdefault(record.error_type or "unknown", record.error or "")
+    out["error_examples"] = examples
     out["output_tokens_source"] = dict(Counter(r.output_tokens_source for r in ok))
     out["prompt_tokens_source"] = dict(Counter(r.prompt_tokens_source for r in ok))
     return out

@@ -29,12 +29,20 @@ __all__ = [
 ]
 
 _WIDTH = 50
+# A failure example in the Errors section: enough to say why, short enough for one line.
+_EXAMPLE_CHARS = 160
 _SECTIONS = (
     ("ttft", "TTFT", "Time to First Token"),
     ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
     ("itl", "ITL", "Inter-token Latency"),
     ("e2el", "E2EL", "End-to-end Latency"),
 )
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _row(label: str, value: Any, digits: int = 2) -> str:
@@ -116,7 +124,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(_row(f"{word} {short} (ms):", summary[percentile_key(p, metric)]))
     if summary["errors"]:
         lines.append(_rule("Errors"))
-        lines += [_row(f"{kind}:", count) for kind, count in sorted(summary["errors"].items())]
+        examples = summary.get("error_examples", {})
+        for kind, count in sorted(summary["errors"].items()):
+            lines.append(_row(f"{kind}:", count))
+            if examples.get(kind):
+                lines.append(f"  e.g. {_one_line(examples[kind], _EXAMPLE_CHARS)}")
     lines += _client_lines(summary)
     lines.append(_rule(fill="="))
     return "\n".join(lines)

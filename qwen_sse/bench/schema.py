@@ -243,6 +243,11 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             "description": "(requests - 1) over the span from the first send to the last",
         },
         "errors": {"type": "object", "additionalProperties": _COUNT},
+        "error_examples": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "the first message of each error type in errors: why they failed",
+        },
         "output_tokens_source": _SOURCES,
         "prompt_tokens_source": _SOURCES,
         "client_saturated": {

@@ -29,8 +29,9 @@ def add_parser(subparsers: Any) -> None:
         description="Send one chat request and print the request (key redacted), the "
         "response head, then every read with its arrival time in ms since the request was "
         "sent, its raw lines, comments, event boundaries with compact JSON, and anomalies "
-        "(stalls, missing [DONE], in-band errors, broken or joined JSON frames, non-UTF-8 "
-        "bytes, usage that contradicts the text). Ends with a summary.",
+        "(stalls, missing [DONE], [DONE] without a finish reason, in-band errors, broken or "
+        "joined JSON frames, non-UTF-8 bytes, usage that contradicts the text). Ends with a "
+        "summary.",
     )
     add_prompt_options(parser)
     parser.add_argument("--record", metavar="FILE", help="also write a recording to FILE")
