@@ -231,7 +231,9 @@ class ChatStream:
     ``async with client.stream_chat(...) as stream`` sends the request and raises typed
     HTTP errors; ``async for chunk in stream`` yields
     :class:`~qwen_sse.chunks.ChatCompletionChunk` objects as they arrive. ``result`` is
-    the :class:`~qwen_sse.chat.ChatResult` so far (``complete`` once ``[DONE]`` arrived).
+    the :class:`~qwen_sse.chat.ChatResult` so far (``complete`` only once every choice's
+    finish reason and then the end marker arrived; ``[DONE]`` without a finish reason, as
+    llama.cpp's server ends an interrupted stream, is a cut like any other).
     Leaving the block early (``break``, an exception, cancellation) closes the connection
     at once. Every error raised after the response started carries ``.partial``.
 
@@ -298,7 +300,8 @@ class ChatStream:
 
     @property
     def result(self) -> ChatResult:
-        """The result so far; complete once the stream ended with ``[DONE]``."""
+        """The result so far; ``complete`` only once every choice received its finish
+        reason and the protocol's end marker (``[DONE]``) arrived."""
         if self._final is not None:
             return self._final
         return self._snapshot()

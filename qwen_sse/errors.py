@@ -11,7 +11,7 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
     │   └── EventTooLargeError        one SSE event outgrew max_event_bytes
     ├── StreamError                   the stream began (HTTP 200) but did not end properly
     │   ├── InBandError               a data frame carried {"error": {...}}
-    │   └── IncompleteStreamError     the stream ended, or was cut, without its end marker
+    │   └── IncompleteStreamError     truncated: no end marker, or no finish reason before it
     │       └── StreamInterruptedError  the connection broke mid-stream
     ├── TransportError                the connection failed (refused, reset, TLS, DNS)
     ├── QueueTimeoutError             a limiter did not admit the request in time; nothing sent
@@ -184,7 +184,8 @@ class InBandError(StreamError):
 
 
 class IncompleteStreamError(StreamError):
-    """The stream ended or was cut before its end marker (``data: [DONE]``)."""
+    """The answer is truncated: the stream ended or was cut before its end marker
+    (``data: [DONE]``), or the end marker came while a choice had no finish reason."""
 
 
 class StreamInterruptedError(IncompleteStreamError):
