@@ -106,3 +106,18 @@ def test_files_round_trip(tmp_path: Path) -> None:
     )
     assert ok["itl_count"] == "9"
     assert float(ok["itl_max_s"]) >= float(ok["itl_mean_s"]) > 0
+
+
+def test_each_error_type_comes_with_the_first_message_of_its_kind_on_one_line() -> None:
+    summary = made_up_result().summary
+    assert summary["error_examples"] == {"RateLimitError": "HTTP 429 limit_requests"}
+    lines = format_summary(summary).splitlines()
+    row = lines.index(f"{'RateLimitError:':<40} 2")
+    assert lines[row + 1] == "  e.g. HTTP 429 limit_requests"
+    long_message = "first line\nsecond line " + "x" * 300
+    summary["error_examples"] = {"RateLimitError": long_message}
+    lines = format_summary(summary).splitlines()
+    example = lines[lines.index(f"{'RateLimitError:':<40} 2") + 1]
+    assert example.startswith("  e.g. first line second line xxx")
+    assert example.endswith("…")
+    assert len(example) == len("  e.g. ") + 160

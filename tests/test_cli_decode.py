@@ -50,3 +50,25 @@ def test_truncated_stream_prints_what_arrived_and_fails(
 def test_unreadable_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "/nonexistent/stream.sse"]) == 2
     assert "cannot read /nonexistent/stream.sse" in capsys.readouterr().err
+
+
+def test_done_without_a_finish_reason_prints_what_arrived_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # How llama.cpp's server ends an interrupted stream: text, no finish reason, [DONE].
+    frames = [
+        {"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"content": text}}]}
+        for text in ("half ", "an answer")
+    ]
+    body = "".join(f"data: {json.dumps(frame)}\n\n" for frame in frames) + "data: [DONE]\n\n"
+    saved = tmp_path / "interrupted.sse"
+    saved.write_text(body)
+    assert main(["decode", str(saved)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "half an answer\n"
+    summary, error = err.splitlines()
+    assert summary == "finish_reason=None events=3"
+    assert error == (
+        "qwen-sse decode: stream ended with data: [DONE] but choice 0 has no finish_reason"
+        f" (3 events, {len(body)} bytes)"
+    )
