@@ -156,6 +156,44 @@ async def test_done_without_a_finish_reason_after_text_is_resumed() -> None:
     }
 
 
+async def test_done_without_a_finish_reason_in_a_read_of_its_own_is_resumed() -> None:
+    # [DONE] comes only after the caller has seen the text: the read that carries it
+    # completes no chunk, so the decoder raises at once instead of holding the error.
+    text_seen = asyncio.Event()
+    cut = INTERRUPTED.index(b"data: [DONE]")
+    continuation = response(sse_body([ROLE, text(" rest", "stop")]))
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            writer.write(INTERRUPTED[:cut])
+            await writer.drain()
+            await text_seen.wait()
+            writer.write(INTERRUPTED[cut:])
+        else:
+            writer.write(continuation)
+        await writer.drain()
+
+    received: list[str] = []
+    policy = RetryPolicy(max_attempts=1, resume=True)
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=policy) as qwen,
+        qwen.stream_chat(HELLO) as stream,
+    ):
+        async for chunk in stream:
+            received.extend(c.delta.content or "" for c in chunk.choices)
+            if "".join(received) == "half an answer":
+                text_seen.set()
+    assert "".join(received) == "half an answer rest"
+    result = stream.result
+    assert (result.content, result.finish_reason, result.complete) == (
+        "half an answer rest",
+        "stop",
+        True,
+    )
+    assert (result.resumes, len(server.requests)) == (1, 2)
+
+
 async def test_a_cut_after_the_finish_reason_but_before_done_is_not_complete() -> None:
     # With resume on, too: the answer is whole, only its end marker was lost, so it is not
     # continued (that would bill a request and could append to a finished answer).
