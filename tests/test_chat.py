@@ -547,3 +547,45 @@ def test_reasoning_only_first_text_starts_the_accumulator_timer() -> None:
     accumulator.add(decode_chunk(delta_frame(reasoning_content="hm")), now_s=10.75)
     assert accumulator.has_text
     assert accumulator.result(complete=False).timing.ttft_s == pytest.approx(0.75)
+
+
+@given(
+    pieces=st.lists(st.text(max_size=8), max_size=5),
+    finish=st.booleans(),
+    usage=st.booleans(),
+    done=st.booleans(),
+    cut=st.integers(0, 2000),
+    reads=st.lists(st.integers(0, 2000), max_size=4),
+)
+@settings(max_examples=300, deadline=None)
+def test_complete_only_with_the_finish_reason_and_done_else_a_prefix_of_the_truth(
+    *, pieces: list[str], finish: bool, usage: bool, done: bool, cut: int, reads: list[int]
+) -> None:
+    frames = [delta_frame(role="assistant", content="")]
+    frames += [delta_frame(content=piece) for piece in pieces]
+    if finish:
+        frames.append(delta_frame(content="", finish_reason="stop"))
+    if usage:
+        frames.append(USAGE_FRAME)
+    whole = stream(*frames, done=done)
+    data = whole[:cut]
+    bounds = sorted({min(r, len(data)) for r in reads})
+    chunks = [data[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)], strict=True)]
+    truth = "".join(pieces)
+    decoder = ChatStreamDecoder()
+    try:
+        for piece in chunks:
+            decoder.feed(piece)
+        decoder.feed_eof()
+    except IncompleteStreamError as error:
+        assert error.partial is not None
+        assert error.partial.complete is False
+        assert truth.startswith(error.partial.content)
+        assert not (finish and done and data == whole)
+    else:
+        result = decoder.result()
+        assert result.complete
+        assert (result.content, result.finish_reason) == (truth, "stop")
+        assert finish
+        assert done
+        assert data == whole
