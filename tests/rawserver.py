@@ -82,8 +82,8 @@ def http_response(
     content_type: str = "text/event-stream",
     headers: Iterable[str] = ("x-request-id: r-ok",),
 ) -> bytes:
-    """A whole HTTP/1.1 response with a ``content-length``."""
-    lines = [f"HTTP/1.1 {status}", f"content-type: {content_type}", *headers]
+    """A whole HTTP/1.1 response with a ``content-length``; the server closes after it."""
+    lines = [f"HTTP/1.1 {status}", f"content-type: {content_type}", "connection: close", *headers]
     lines.append(f"content-length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
