@@ -524,18 +524,22 @@ class ChatStream:
         if not self._committed:
             # The result is this attempt's (a resume keeps the first answer's id).
             self._accumulator.request_id = request_id
+        content_type = headers.get("content-type", "")
         if response.status >= 300:
             # Redirects are never followed (allow_redirects=False): the key must not travel.
-            await self._raise_for_status(response, request_id)
-        content_type = headers.get("content-type", "")
-        if not content_type.lower().startswith("text/event-stream"):
-            await self._raise_not_sse(response, content_type, request_id)
-        encoding = _unsupported_encoding(response)
-        if encoding:
+            failure = await self._status_error(response, request_id)
+        elif not content_type.lower().startswith("text/event-stream"):
+            failure = await self._not_sse_error(response, content_type, request_id)
+        elif encoding := _unsupported_encoding(response):
             self._close_response(clean=False)
-            raise ProtocolError(
+            failure = ProtocolError(
                 f"unsupported Content-Encoding {encoding!r}: the body cannot be decoded"
             )
+        if failure is not None:
+            # No frame of the raised traceback may hold the response: its repr shows the
+            # headers, which may echo the key.
+            del response, headers
+            raise failure
         self._bytes_before += self._decoder.bytes_received
         self._events_before += self._decoder.events
         self._decoder = self._new_decoder()
@@ -563,7 +567,9 @@ class ChatStream:
                     size += len(piece)
         return b"".join(pieces)
 
-    async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
+    async def _status_error(
+        self, response: aiohttp.ClientResponse, request_id: str
+    ) -> QwenSSEError:
         try:
             body = await self._read_body(response, _ERROR_BODY_MAX_BYTES)
         finally:
@@ -584,11 +590,11 @@ class ChatStream:
         self._scrubber.error(error)  # the reason phrase and the headers kept, too
         self._release_permit("throttled" if _is_throttling(error) else "error")
         self._tap_end(error)
-        raise error
+        return error
 
-    async def _raise_not_sse(
+    async def _not_sse_error(
         self, response: aiohttp.ClientResponse, content_type: str, request_id: str
-    ) -> None:
+    ) -> QwenSSEError:
         try:
             head = await self._read_body(response, _NON_SSE_PREVIEW_BYTES)
         finally:
@@ -613,7 +619,7 @@ class ChatStream:
                 frame=head,
             )
         self._tap_end(error)
-        raise error
+        return error
 
     # -- reading -------------------------------------------------------------------------
 
@@ -723,8 +729,10 @@ class ChatStream:
         try:
             await self._open_with_retries(body, continuation=True)
         except QwenSSEError as refused:
-            error.add_note(f"resuming failed: {refused}")
-            raise self._give_up(error) from refused
+            tries = self._request_attempts
+            after = f" after {tries} attempts" if tries > 1 else ""
+            error.add_note(f"resuming failed{after}: {refused}")
+            raise self._give_up(error, count_attempts=False) from refused
         self._skip_preamble = True
 
     def _resume_body(self, error: QwenSSEError) -> dict[str, Any] | None:
@@ -757,9 +765,9 @@ class ChatStream:
         request_id = getattr(error, "request_id", "") or self._accumulator.request_id
         return f" (request id {request_id})" if request_id else ""
 
-    def _give_up(self, error: QwenSSEError) -> QwenSSEError:
+    def _give_up(self, error: QwenSSEError, *, count_attempts: bool = True) -> QwenSSEError:
         """Finish with ``error``: attach the partial result and the attempt count."""
-        if self._request_attempts > 1:
+        if count_attempts and self._request_attempts > 1:
             error.add_note(f"gave up after {self._request_attempts} attempts")
         self._finish("throttled" if _is_throttling(error) else "error")
         error.partial = self._final
