@@ -44,6 +44,7 @@ from qwen_sse.errors import (
     RateLimitError,
     RedirectError,
     ServerError,
+    StreamInterruptedError,
     TotalTimeoutError,
     TransportError,
 )
@@ -306,31 +307,40 @@ async def test_in_band_error_after_content(client: QwenClient, emulator: Emulato
 async def test_cut_streams_raise_incomplete_with_the_partial(
     client: QwenClient, emulator: Emulator, fault: Fault
 ) -> None:
+    data = await raw_stream(emulator, CHAT_BODY)
+    if fault.drop_after_events is not None:
+        received = b"".join(event + b"\n\n" for event in data.split(b"\n\n")[:6])
+    elif fault.drop_after_bytes is not None:
+        received = data[: fault.drop_after_bytes]
+    else:
+        received = data.removesuffix(b"data: [DONE]\n\n")
     emulator.schedule(fault)
     with pytest.raises(IncompleteStreamError) as caught:
         await client.chat(HELLO)
     partial = caught.value.partial
     assert partial is not None
+    assert not partial.complete
+    assert partial.content == decoded(received).content
     assert partial.content
-    assert expected(HELLO).content.startswith(partial.content)
-    assert partial.content != expected(HELLO).content or fault.no_done
+    if fault.no_done:
+        assert partial.content == expected(HELLO).content
+    else:
+        assert len(partial.content) < len(expected(HELLO).content)
 
 
 async def test_drop_at_every_kind_of_offset_never_passes_off_a_truncated_answer(
     client: QwenClient, emulator: Emulator
 ) -> None:
-    full = expected(ENGLISH).content
-    total_bytes = (await client.chat(ENGLISH)).timing.bytes_received
-    for offset in range(0, total_bytes, max(1, total_bytes // 60)):
+    data = await raw_stream(emulator, {**CHAT_BODY, "messages": ENGLISH})
+    assert len(data) == (await client.chat(ENGLISH)).timing.bytes_received
+    # Every cut before the last byte loses at least the end of data: [DONE].
+    for offset in range(0, len(data), max(1, len(data) // 60)):
         emulator.schedule(Fault(drop_after_bytes=offset))
-        try:
-            result = await client.chat(ENGLISH)
-        except IncompleteStreamError as error:
-            assert error.partial is not None
-            assert full.startswith(error.partial.content), offset
-        else:
-            assert result.complete
-            assert result.content == full, offset
+        with pytest.raises(IncompleteStreamError) as caught:
+            await client.chat(ENGLISH)
+        assert caught.value.partial is not None
+        assert not caught.value.partial.complete
+        assert caught.value.partial.content == decoded(data[:offset]).content, offset
 
 
 async def test_malformed_frame_is_a_protocol_error_with_partial(
@@ -615,8 +625,11 @@ async def test_result_before_the_end_is_partial(client: QwenClient) -> None:
 
 async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> None:
     emulator.schedule(Fault(status=503))
-    with pytest.raises(QwenSSEError):
+    with pytest.raises(ServerError) as caught:
         await client.chat(HELLO)
+    assert type(caught.value) is ServerError
+    assert isinstance(caught.value, QwenSSEError)
+    assert caught.value.status == 503
 
 
 # --- retries (before any output reached the caller) ---
@@ -758,6 +771,22 @@ async def test_retries_and_resumes_are_logged_without_the_key(
 # --- resume by continuation (after output reached the caller) ---
 
 
+CHAT_BODY: dict[str, Any] = {
+    "model": "qwen-plus",
+    "messages": HELLO,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+"""The body ``client.chat(HELLO)`` sends (the emulator's answer depends on it)."""
+
+
+def decoded(prefix: bytes) -> Any:
+    """What a decoder makes of these first bytes of a stream, cut there."""
+    decoder = ChatStreamDecoder()
+    decoder.feed(prefix)
+    return decoder.result()
+
+
 async def raw_stream(server: Emulator, body: dict[str, Any], fault: Fault | None = None) -> bytes:
     headers = {"Authorization": f"Bearer {KEY}", **(fault.header() if fault else {})}
     async with (
@@ -890,6 +919,25 @@ _fault_choices = st.one_of(
 )
 
 
+def assert_the_error_the_faults_cause(
+    error: QwenSSEError, faults: list[Fault], requests: int
+) -> None:
+    """``error`` is the one the fault of the last request causes, or, when resuming failed,
+    the break it tried to resume."""
+    assert requests <= len(faults)  # a request without a fault succeeds
+    if any(note.startswith("resuming failed") for note in getattr(error, "__notes__", ())):
+        assert type(error) in (IncompleteStreamError, StreamInterruptedError)
+        return
+    fault = faults[requests - 1]
+    if fault.status is not None:
+        assert type(error) is ServerError
+        assert error.status == fault.status
+    elif fault.error_after_events is not None:
+        assert type(error) is InBandError
+    else:
+        assert type(error) in (IncompleteStreamError, StreamInterruptedError)
+
+
 @given(st.lists(_fault_choices, max_size=4), st.booleans())
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_no_content_is_lost_or_duplicated_under_random_faults(
@@ -912,6 +960,7 @@ def test_no_content_is_lost_or_duplicated_under_random_faults(
                 except QwenSSEError as error:
                     assert error.partial is not None
                     outcome = error.partial
+                    assert_the_error_the_faults_cause(error, faults, len(server.requests))
             full = expected(ENGLISH).content
             assert "".join(delivered) == outcome.content
             if outcome.complete:
@@ -1190,21 +1239,6 @@ async def test_an_error_body_is_read_whole_and_a_cancelled_read_frees_the_permit
         with pytest.raises(asyncio.CancelledError):
             await task
         assert limiter.in_flight == 0
-
-
-async def test_a_slow_consumer_is_not_an_idle_server(emulator: Emulator) -> None:
-    received: list[str] = []
-    async with (
-        plain_client(emulator) as qwen,
-        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=0.1)) as stream,
-    ):
-        async for chunk in stream:
-            if chunk.choices:
-                received.append(chunk.choices[0].delta.content or "")
-            if len(received) in (2, 5):
-                await asyncio.sleep(0.3)  # the whole answer waits in the buffer meanwhile
-    assert stream.result.complete
-    assert "".join(received) == expected(ENGLISH).content
 
 
 async def test_after_a_retry_the_request_id_is_the_answers(emulator: Emulator) -> None:
@@ -1750,3 +1784,64 @@ async def test_error_bodies_of_other_servers_keep_their_message(case: str) -> No
     assert isinstance(error, APIStatusError)
     assert error.error_message == full
     assert str(error) == shown
+
+
+# --- issue 16: tests that notice a broken deadline or pool promise ---
+
+
+async def test_the_role_only_first_chunk_does_not_stop_the_first_token_timer() -> None:
+    release = asyncio.Event()
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(sse_head() + sse_body([ROLE_FRAME], done=False))
+        await writer.drain()
+        await release.wait()  # stalls until the test is done
+
+    timeouts = Timeouts(first_token_s=0.2, idle_s=1.0)
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        try:
+            error = await raised_by(qwen.chat(HELLO, timeouts=timeouts))
+        finally:
+            release.set()
+    assert type(error) is FirstTokenTimeoutError
+    assert error.partial is not None
+    assert error.partial.content == ""
+    assert error.partial.timing.events == 1
+
+
+async def test_a_slow_consumer_is_not_an_idle_server() -> None:
+    """The server's gaps (itl_s) are 20 times shorter than idle_s, the consumer's pauses
+    longer than idle_s; after each pause the buffered chunks run out and reads wait again."""
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05, answer_tokens=60)
+    received: list[str] = []
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=1.0)) as stream,
+    ):
+        async for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+            if len(received) in (2, 30):
+                await asyncio.sleep(1.5)
+    answer = emulated_answer({"model": "qwen-plus", "messages": ENGLISH}, answer_tokens=60).content
+    assert stream.result.complete
+    assert "".join(received) == answer
+
+
+async def test_more_than_a_hundred_streams_are_open_at_once() -> None:
+    """aiohttp's default pool holds 100 connections; the client's must not stop there (a
+    101st stream would wait for a connection until its first-token timeout)."""
+    config = EmulatorConfig(api_key=KEY, ttft_s=600.0, itl_s=0.0)
+    async with Emulator(config) as server, plain_client(server) as qwen:
+        timeouts = Timeouts(first_token_s=30.0)
+        streams = [qwen.stream_chat(HELLO, timeouts=timeouts) for _ in range(150)]
+        try:
+            await asyncio.gather(*(stream.__aenter__() for stream in streams))
+            assert server.active_streams == 150
+        finally:
+            for stream in streams:
+                await stream.__aexit__(None, None, None)
