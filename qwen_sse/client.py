@@ -93,8 +93,10 @@ _NATIVE_CHAT_PATH = "/services/aigc/text-generation/generation"
 
 class WireTap(Protocol):
     """Sees the wire of every attempt, for logging or recording it. Times are seconds since
-    that attempt's request was sent; headers come with the key redacted. Callbacks run on
-    the read path: they must be quick and must not raise."""
+    that attempt's request was sent; headers come with the key redacted, and so do the
+    server's headers and body pieces, should a server echo the key (an echo split across two
+    reads is not seen). Callbacks run on the read path: they must be quick and must not
+    raise."""
 
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         """An attempt is about to be sent."""
@@ -277,7 +279,9 @@ class ChatStream:
     :class:`~qwen_sse.retry.RetryPolicy` (chunks without output, like the role-only first
     chunk, are held back until output arrives, so a retry never repeats one). After
     output, a broken stream raises, or, with ``resume`` on, is continued through
-    DashScope's partial mode and spliced into the same iteration.
+    DashScope's partial mode and spliced into the same iteration; the continuation request
+    is retried under the same policy. A redirect (3xx) is never followed: it raises
+    :class:`~qwen_sse.errors.RedirectError`.
     """
 
     def __init__(
@@ -855,8 +859,11 @@ class QwenClient:
     overrides ``region`` (``beijing`` by default, ``singapore``, ``us``, ``hongkong``).
     Use it as ``async with QwenClient() as client``; it owns one ``aiohttp.ClientSession``
     whose pool holds up to ``max_connections`` connections (streams hold one each).
-    The key never appears in a repr, log line, or exception; it is refused over plain
-    ``http://`` to a non-loopback host unless ``allow_insecure_http=True``.
+    The key never appears in a repr, log line, or exception (no raised error chains
+    aiohttp's, whose traceback frames hold the request headers; a key a server echoes is
+    replaced by its redacted form, ``sk-***``, in every error and in what the wire tap
+    sees); it is refused over plain ``http://`` to a non-loopback host unless
+    ``allow_insecure_http=True``.
 
     ``protocol="native"`` speaks DashScope's native protocol (``base_url`` then names the
     ``.../api/v1`` root) and yields the same chunks and result. ``wire_tap`` receives every

@@ -1661,6 +1661,27 @@ async def test_a_timeout_before_the_response_leaves_the_key_unreachable() -> Non
     assert_key_unreachable(error, SECRET_KEY)
 
 
+async def test_a_break_mid_stream_leaves_the_key_unreachable() -> None:
+    piece = sse_body([ROLE_FRAME, content_frame("partial answer")], done=False)
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        # A chunk announced longer than what is sent before the connection closes.
+        chunked = f"{len(piece) + 100:x}\r\n".encode() + piece
+        writer.write(sse_head("transfer-encoding: chunked") + chunked)
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert type(error) is StreamInterruptedError
+    assert error.partial is not None
+    assert error.partial.content == "partial answer"
+    assert error.__cause__ is None
+    assert_key_unreachable(error, SECRET_KEY)
+
+
 ECHO = f"Authorization: Bearer {SECRET_KEY}"
 
 
