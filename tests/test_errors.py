@@ -149,8 +149,10 @@ def test_a_3xx_is_a_redirect_error_naming_the_location(status: int) -> None:
     assert error.location == "https://elsewhere.example/v1"
     assert str(error).startswith(f"HTTP {status}: redirect to https://elsewhere.example/v1 ")
     assert "never follows redirects" in str(error)
-    assert status_error(status=status).location == ""
-    assert "redirect without a Location" in str(status_error(status=status))
+    bare = status_error(status=status)
+    assert isinstance(bare, RedirectError)
+    assert bare.location == ""
+    assert "redirect without a Location" in str(bare)
 
 
 def test_a_multi_line_server_message_gives_a_one_line_str() -> None:
