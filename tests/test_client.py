@@ -485,8 +485,10 @@ async def test_connection_refused_is_a_transport_error() -> None:
 
 
 async def test_break_releases_the_connection(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(stall_after_events=2, stall_s=60.0))  # in flight when we leave
     async with client.stream_chat(HELLO) as stream:
         async for _ in stream:
+            assert emulator.active_streams == 1
             break
     assert not stream.result.complete
     await settle(emulator)
@@ -496,9 +498,11 @@ async def test_break_releases_the_connection(client: QwenClient, emulator: Emula
 async def test_consumer_exception_releases_the_connection(
     client: QwenClient, emulator: Emulator
 ) -> None:
+    emulator.schedule(Fault(stall_after_events=2, stall_s=60.0))  # in flight when we leave
     with pytest.raises(KeyError):
         async with client.stream_chat(HELLO) as stream:
             async for _ in stream:
+                assert emulator.active_streams == 1
                 raise KeyError("consumer bug")
     await settle(emulator)
     assert emulator.active_streams == 0
