@@ -18,12 +18,16 @@ import itertools
 import logging
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 import aiohttp
 import msgspec
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import ContentEncodingError
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from qwen_sse.chat import ChatAccumulator, ChatResult, ChatStreamDecoder
 from qwen_sse.chunks import (
@@ -67,7 +71,19 @@ _ERROR_BODY_MAX_BYTES = 64 * 1024
 _NON_SSE_PREVIEW_BYTES = 2048
 _ERROR_BODY_WAIT_S = 30.0
 # Response headers kept on HTTP errors: what a retry policy or a human needs.
-_KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
+_KEPT_ERROR_HEADERS = (
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "x-request-id",
+    "location",
+)
+# The Content-Encodings aiohttp decodes; it passes any other through, still encoded.
+_DECODED_ENCODINGS = frozenset(
+    {"", "identity", "gzip", "deflate"}
+    | ({"br"} if HAS_BROTLI else set())
+    | ({"zstd"} if HAS_ZSTD else set())
+)
 
 Message = Mapping[str, Any]
 
@@ -77,8 +93,10 @@ _NATIVE_CHAT_PATH = "/services/aigc/text-generation/generation"
 
 class WireTap(Protocol):
     """Sees the wire of every attempt, for logging or recording it. Times are seconds since
-    that attempt's request was sent; headers come with the key redacted. Callbacks run on
-    the read path: they must be quick and must not raise."""
+    that attempt's request was sent; headers come with the key redacted, and so do the
+    server's headers and body pieces, should a server echo the key (an echo split across two
+    reads is not seen). Callbacks run on the read path: they must be quick and must not
+    raise."""
 
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         """An attempt is about to be sent."""
@@ -98,13 +116,15 @@ class _ErrorEnvelope(msgspec.Struct, gc=False):
     code: str | None = None
     message: str | None = None
     request_id: str | None = None
+    detail: Any = None  # FastAPI's (llama.cpp's server, vLLM): a string or validation errors
 
 
 _error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
 
 
 def _error_fields(body: bytes) -> tuple[str, str, str]:
-    """``(code, message, request_id)`` from an OpenAI- or DashScope-shaped error body."""
+    """``(code, message, request_id)`` from an OpenAI-, DashScope- or FastAPI-shaped error
+    body (``{"detail": "..."}`` or ``{"detail": [{"loc": [...], "msg": "..."}, ...]}``)."""
     try:
         envelope = _error_envelope.decode(body)
     except msgspec.DecodeError:
@@ -115,7 +135,27 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
         message = str(envelope.error.get("message") or message)
     elif isinstance(envelope.error, str):
         message = envelope.error
+    if not message and envelope.detail:
+        message = _detail_message(envelope.detail)
     return code, message, envelope.request_id or ""
+
+
+def _detail_message(detail: Any) -> str:
+    """FastAPI's ``detail``: a message, or validation errors as ``loc.path: msg`` lines."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict):
+        return str(detail.get("message") or detail.get("msg") or msgspec.json.encode(detail))
+    if isinstance(detail, list):
+        lines = []
+        for item in detail:
+            if isinstance(item, dict) and "msg" in item:
+                where = ".".join(str(part) for part in item.get("loc") or ())
+                lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                lines.append(str(item))
+        return "\n".join(lines)
+    return str(detail)
 
 
 class _Deadlines:
@@ -241,7 +281,9 @@ class ChatStream:
     :class:`~qwen_sse.retry.RetryPolicy` (chunks without output, like the role-only first
     chunk, are held back until output arrives, so a retry never repeats one). After
     output, a broken stream raises, or, with ``resume`` on, is continued through
-    DashScope's partial mode and spliced into the same iteration.
+    DashScope's partial mode and spliced into the same iteration; the continuation request
+    is retried under the same policy. A redirect (3xx) is never followed: it raises
+    :class:`~qwen_sse.errors.RedirectError`.
     """
 
     def __init__(
@@ -279,6 +321,11 @@ class ChatStream:
         self._final: ChatResult | None = None
         self._call_started_at = 0.0
         self._attempts = 0
+        # The attempts of the current request (the first, or a continuation) and when its
+        # first attempt started: the retry policy bounds each request by these.
+        self._request_attempts = 0
+        self._request_started_at = 0.0
+        self._scrubber = client._scrubber
         self._resumes = 0
         self._queue_wait_s = 0.0
         self._earlier_usage: list[Usage] = []
@@ -360,10 +407,11 @@ class ChatStream:
             return
         self._started = True
         self._call_started_at = asyncio.get_running_loop().time()
+        self._request_started_at = self._call_started_at
         self._accumulator.started_at_s = self._call_started_at
         await self._open_with_retries(self._body)
 
-    async def _open_with_retries(self, body: dict[str, Any]) -> None:
+    async def _open_with_retries(self, body: dict[str, Any], *, continuation: bool = False) -> None:
         """Open ``body``, retrying under the policy; anything that escapes (the final error,
         a cancellation) ends the call with its connection and permit released."""
         try:
@@ -372,33 +420,44 @@ class ChatStream:
                     await self._open(body)
                     return
                 except QwenSSEError as error:
-                    await self._retry_or_raise(error)
+                    await self._retry_or_raise(error, continuation=continuation)
         except BaseException:
             self._finish("cancelled")  # no effect after _give_up, which finished already
             raise
 
-    async def _retry_or_raise(self, error: QwenSSEError) -> None:
+    async def _retry_or_raise(self, error: QwenSSEError, *, continuation: bool = False) -> None:
         """Sleep before the next attempt if the policy allows one; else raise ``error``.
 
         The failed attempt's connection, permit and tap are closed first (each at most once).
+        A retry never sleeps past the total deadline (``Timeouts.total_s``): when its delay
+        would, ``error`` is raised at once, with a note saying so. ``continuation``: the
+        failed attempt continued a resumed stream, whose output so far is kept.
         """
+        self._scrubber.error(error)
         self._close_response(clean=False)
         self._release_permit("throttled" if _is_throttling(error) else "error")
         self._tap_end(error)
         loop = asyncio.get_running_loop()
+        now = loop.time()
         decision = self._retry.decide(
             error,
-            attempt=self._attempts,
-            elapsed_s=loop.time() - self._call_started_at,
+            attempt=self._request_attempts,
+            elapsed_s=now - self._request_started_at,
             random_fraction=self._client._random.random(),
             now_epoch_s=time.time(),
         )
         if not decision.retry:
             raise self._give_up(error)
+        total_s = self._timeouts.total_s
+        if total_s is not None and now + decision.delay_s >= self._call_started_at + total_s:
+            error.add_note(
+                f"not retried: waiting {decision.delay_s:g} s would pass total_s={total_s:g}"
+            )
+            raise self._give_up(error)
         _log.warning(
             "retrying in %.2f s (attempt %d of %d): %s%s",
             decision.delay_s,
-            self._attempts + 1,
+            self._request_attempts + 1,
             self._retry.max_attempts,
             decision.reason,
             self._request_id_note(error),
@@ -408,13 +467,15 @@ class ChatStream:
         except BaseException:
             self._finish("cancelled")
             raise
-        # A retry starts over: nothing of the failed attempt reached the caller.
-        self._accumulator.reset()
-        self._held = []
+        if not continuation:
+            # A retry starts over: nothing of the failed attempt reached the caller.
+            self._accumulator.reset()
+            self._held = []
 
     async def _open(self, body: dict[str, Any]) -> None:
         """One HTTP request: admission, send, status and content-type checks."""
         self._attempts += 1
+        self._request_attempts += 1
         limiter = self._client.limiter
         if limiter is not None:
             request = _limit_request(body)
@@ -436,7 +497,6 @@ class ChatStream:
             )
             self._tap_open = True
         failure: QwenSSEError | None = None
-        cause: BaseException | None = None
         try:
             deadlines.arm()
             response = await session.post(
@@ -447,34 +507,46 @@ class ChatStream:
                 timeout=self._client._request_timeout(self._timeouts),
             )
         except asyncio.CancelledError:
-            self._timeout_or_reraise()
-            raise
+            failure = self._timeout_after_cancel()
+            if failure is None:
+                raise
         except aiohttp.ClientError as error:
             failure = _map_client_error(error, self._timeouts, started=False)
-            cause = _cause(error)
         except ValueError as error:
             # aiohttp refuses malformed headers (e.g. control characters in extra headers).
             failure = ConfigurationError(f"the request could not be sent: {error}")
         finally:
             deadlines.reading = False
         if failure is not None:
-            # Raised outside the except block, so that no aiohttp error (which may hold the
-            # request headers, key included) stays reachable as __context__.
-            raise failure from cause
+            # Raised outside the except block and unchained: aiohttp's error and the frames
+            # of its traceback hold the request headers, key included.
+            raise failure from None
         self._response = response
+        headers = self._scrubber.headers(response.headers)
         if tap is not None:
-            tap.response(status=response.status, headers=response.headers, at_s=self._since_sent())
+            tap.response(status=response.status, headers=headers, at_s=self._since_sent())
         self.status = response.status
-        self.headers = response.headers
-        request_id = response.headers.get("x-request-id", "")
+        self.headers = headers
+        request_id = headers.get("x-request-id", "")
         if not self._committed:
             # The result is this attempt's (a resume keeps the first answer's id).
             self._accumulator.request_id = request_id
-        if response.status >= 400:
-            await self._raise_for_status(response, request_id)
-        content_type = response.headers.get("content-type", "")
-        if not content_type.lower().startswith("text/event-stream"):
-            await self._raise_not_sse(response, content_type, request_id)
+        content_type = headers.get("content-type", "")
+        if response.status >= 300:
+            # Redirects are never followed (allow_redirects=False): the key must not travel.
+            failure = await self._status_error(response, request_id)
+        elif not content_type.lower().startswith("text/event-stream"):
+            failure = await self._not_sse_error(response, content_type, request_id)
+        elif encoding := _unsupported_encoding(response):
+            self._close_response(clean=False)
+            failure = ProtocolError(
+                f"unsupported Content-Encoding {encoding!r}: the body cannot be decoded"
+            )
+        if failure is not None:
+            # No frame of the raised traceback may hold the response: its repr shows the
+            # headers, which may echo the key.
+            del response, headers
+            raise failure
         self._bytes_before += self._decoder.bytes_received
         self._events_before += self._decoder.events
         self._decoder = self._new_decoder()
@@ -502,11 +574,14 @@ class ChatStream:
                     size += len(piece)
         return b"".join(pieces)
 
-    async def _raise_for_status(self, response: aiohttp.ClientResponse, request_id: str) -> None:
+    async def _status_error(
+        self, response: aiohttp.ClientResponse, request_id: str
+    ) -> QwenSSEError:
         try:
             body = await self._read_body(response, _ERROR_BODY_MAX_BYTES)
         finally:
             self._close_response(clean=False)
+        body = self._scrubber.data(body)
         if self._tap is not None:
             self._tap.data(body, self._since_sent())
         code, message, body_request_id = _error_fields(body)
@@ -519,17 +594,19 @@ class ChatStream:
             body=body.decode("utf-8", "replace"),
             headers=kept,
         )
+        self._scrubber.error(error)  # the reason phrase and the headers kept, too
         self._release_permit("throttled" if _is_throttling(error) else "error")
         self._tap_end(error)
-        raise error
+        return error
 
-    async def _raise_not_sse(
+    async def _not_sse_error(
         self, response: aiohttp.ClientResponse, content_type: str, request_id: str
-    ) -> None:
+    ) -> QwenSSEError:
         try:
             head = await self._read_body(response, _NON_SSE_PREVIEW_BYTES)
         finally:
             self._close_response(clean=False)
+        head = self._scrubber.data(head)
         if self._tap is not None:
             self._tap.data(head, self._since_sent())
         self._release_permit("error")
@@ -549,7 +626,7 @@ class ChatStream:
                 frame=head,
             )
         self._tap_end(error)
-        raise error
+        return error
 
     # -- reading -------------------------------------------------------------------------
 
@@ -560,7 +637,6 @@ class ChatStream:
         assert deadlines is not None
         decoder = self._decoder
         failure: QwenSSEError | None = None
-        cause: BaseException | None = None
         data = b""
         try:
             deadlines.arm()
@@ -568,19 +644,21 @@ class ChatStream:
         except StopAsyncIteration:
             pass
         except asyncio.CancelledError:
-            self._timeout_or_reraise()
-            raise
+            failure = self._timeout_after_cancel()
+            if failure is None:
+                raise
         except aiohttp.ClientError as error:
-            failure = _map_client_error(error, self._timeouts, started=True)
-            cause = _cause(error)
+            encoding = self.headers.get("content-encoding", "")
+            failure = _map_client_error(error, self._timeouts, started=True, encoding=encoding)
         finally:
             deadlines.reading = False
         if failure is not None:
+            # Unchained, outside the except block: see _open.
             self._close_response(clean=False)
-            raise failure from cause
+            raise failure from None
         now = deadlines.loop.time()
         if self._tap is not None:
-            self._tap.data(data, now - self._sent_at)
+            self._tap.data(self._scrubber.data(data), now - self._sent_at)
         if not data:
             self._close_response(clean=False)
             decoder.feed_eof(now)
@@ -626,7 +704,11 @@ class ChatStream:
     # -- failures ------------------------------------------------------------------------
 
     async def _recover(self, error: QwenSSEError) -> None:
-        """Retry (before output), resume (after output, if allowed), or raise ``error``."""
+        """Retry (before output), resume (after output, if allowed), or raise ``error``.
+
+        A continuation is retried like any request (see :class:`RetryPolicy`); when all its
+        attempts fail, ``error`` is raised with a note naming the last failure."""
+        self._scrubber.error(error)
         self._close_response(clean=False)
         self._tap_end(error)
         if not self._committed:
@@ -649,14 +731,15 @@ class ChatStream:
         if self._accumulator.usage is not None:
             self._earlier_usage.append(self._accumulator.usage)
             self._accumulator.usage = None
+        self._request_attempts = 0
+        self._request_started_at = asyncio.get_running_loop().time()
         try:
-            await self._open(body)
+            await self._open_with_retries(body, continuation=True)
         except QwenSSEError as refused:
-            error.add_note(f"resuming failed: {refused}")
-            raise self._give_up(error) from refused
-        except BaseException:
-            self._finish("cancelled")
-            raise
+            tries = self._request_attempts
+            after = f" after {tries} attempts" if tries > 1 else ""
+            error.add_note(f"resuming failed{after}: {refused}")
+            raise self._give_up(error, count_attempts=False) from refused
         self._skip_preamble = True
 
     def _resume_body(self, error: QwenSSEError) -> dict[str, Any] | None:
@@ -689,24 +772,25 @@ class ChatStream:
         request_id = getattr(error, "request_id", "") or self._accumulator.request_id
         return f" (request id {request_id})" if request_id else ""
 
-    def _give_up(self, error: QwenSSEError) -> QwenSSEError:
+    def _give_up(self, error: QwenSSEError, *, count_attempts: bool = True) -> QwenSSEError:
         """Finish with ``error``: attach the partial result and the attempt count."""
-        if self._attempts > 1:
-            error.add_note(f"gave up after {self._attempts} attempts")
+        if count_attempts and self._request_attempts > 1:
+            error.add_note(f"gave up after {self._request_attempts} attempts")
         self._finish("throttled" if _is_throttling(error) else "error")
         error.partial = self._final
-        return error
+        return self._scrubber.error(error)
 
-    def _timeout_or_reraise(self) -> None:
-        """On CancelledError: raise our timeout if it caused it, else clean up (the caller
-        re-raises the cancellation)."""
+    def _timeout_after_cancel(self) -> RequestTimeoutError | None:
+        """On CancelledError: our timeout if it caused it, else None after cleaning up (the
+        caller re-raises the cancellation). The caller raises the timeout outside its except
+        block, so that the cancellation (its traceback runs through aiohttp's frames, which
+        hold the request headers) is not its ``__context__``."""
         deadlines = self._deadlines
         timeout = deadlines.cancelled() if deadlines is not None else None
         self._close_response(clean=False)
         if timeout is None:
             self._finish("cancelled")
-            return
-        raise timeout from None
+        return timeout
 
     # -- ending --------------------------------------------------------------------------
 
@@ -778,8 +862,11 @@ class QwenClient:
     overrides ``region`` (``beijing`` by default, ``singapore``, ``us``, ``hongkong``).
     Use it as ``async with QwenClient() as client``; it owns one ``aiohttp.ClientSession``
     whose pool holds up to ``max_connections`` connections (streams hold one each).
-    The key never appears in a repr, log line, or exception; it is refused over plain
-    ``http://`` to a non-loopback host unless ``allow_insecure_http=True``.
+    The key never appears in a repr, log line, or exception (no raised error chains
+    aiohttp's, whose traceback frames hold the request headers; a key a server echoes is
+    replaced by its redacted form, ``sk-***``, in every error and in what the wire tap
+    sees); it is refused over plain ``http://`` to a non-loopback host unless
+    ``allow_insecure_http=True``.
 
     ``protocol="native"`` speaks DashScope's native protocol (``base_url`` then names the
     ``.../api/v1`` root) and yields the same chunks and result. ``wire_tap`` receives every
@@ -831,6 +918,7 @@ class QwenClient:
         self.include_usage = include_usage
         key = resolve_api_key(api_key)
         self._redacted_key = redact_key(key)
+        self._scrubber = _KeyScrubber(key)
         self._headers = {
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
@@ -950,6 +1038,71 @@ def _native_error_frame(head: bytes) -> InBandError | None:
     return decoder.error if isinstance(decoder.error, InBandError) else None
 
 
+class _KeyScrubber:
+    """Replaces the API key with its redacted form in text a server sent: a gateway may echo
+    the ``Authorization`` header (or the bare key) in an error body, a header or a frame.
+    Its repr never shows the key."""
+
+    __slots__ = ("_key", "_key_bytes", "_redacted", "_redacted_bytes")
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._key_bytes = key.encode()
+        self._redacted = redact_key(key)
+        self._redacted_bytes = self._redacted.encode()
+
+    def __repr__(self) -> str:
+        return f"<key scrubber for {self._redacted}>"
+
+    def data(self, data: bytes) -> bytes:
+        """``data`` without the key (cheap when it is absent: one search)."""
+        if self._key_bytes in data:
+            return data.replace(self._key_bytes, self._redacted_bytes)
+        return data
+
+    def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` itself when no value holds the key, else a scrubbed copy."""
+        key = self._key
+        if not any(key in value for value in headers.values()):
+            return headers
+        return CIMultiDictProxy(
+            CIMultiDict(
+                (name, value.replace(key, self._redacted)) for name, value in headers.items()
+            )
+        )
+
+    def value(self, value: Any) -> Any:
+        """A string, bytes or a container of them without the key; other values as they are."""
+        if isinstance(value, str):
+            return value.replace(self._key, self._redacted) if self._key in value else value
+        if isinstance(value, bytes):
+            return self.data(value)
+        if isinstance(value, dict):
+            return {name: self.value(item) for name, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.value(item) for item in value)
+        return value
+
+    def error(self, error: QwenSSEError) -> QwenSSEError:
+        """``error`` with the key scrubbed from its message, notes and attributes (in place);
+        the partial result is the answer as received and stays as it is."""
+        error.args = self.value(error.args)
+        for name, item in vars(error).items():
+            if name not in ("partial", "__notes__"):
+                setattr(error, name, self.value(item))
+        notes = getattr(error, "__notes__", None)
+        if notes:
+            notes[:] = [self.value(note) for note in notes]
+        return error
+
+
+def _unsupported_encoding(response: aiohttp.ClientResponse) -> str:
+    """The response's ``Content-Encoding`` if aiohttp cannot decode it (it would pass the
+    encoded bytes through as if they were the stream), else ""."""
+    encoding = response.headers.get("content-encoding", "").strip()
+    return "" if encoding.lower() in _DECODED_ENCODINGS else encoding
+
+
 def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         name: "Bearer ***" if name.lower() == "authorization" else value
@@ -1009,22 +1162,41 @@ def _has_output(decoder: ChatStreamDecoder, chunks: list[ChatCompletionChunk]) -
     return any(choice.delta.tool_calls for chunk in chunks for choice in chunk.choices)
 
 
-def _cause(error: aiohttp.ClientError) -> BaseException | None:
-    """The aiohttp error to chain, unless it holds the request headers (and so the key)."""
-    return None if isinstance(error, aiohttp.ClientResponseError) else error
-
-
 def _map_client_error(
-    error: aiohttp.ClientError, timeouts: Timeouts, *, started: bool
+    error: aiohttp.ClientError, timeouts: Timeouts, *, started: bool, encoding: str = ""
 ) -> QwenSSEError:
-    """The one mapping of aiohttp's exceptions to the package's."""
+    """The one mapping of aiohttp's exceptions to the package's.
+
+    The result is raised ``from None``, never chained to ``error``: aiohttp's exceptions and
+    their tracebacks' frames hold the request headers, API key included. Its message keeps
+    what a human needs: aiohttp's class name and description. ``encoding`` is the
+    response's ``Content-Encoding``, to name it when its decoding fails.
+    """
+    name = type(error).__name__
+    reason = " ".join((str(error) or name).split())
     if isinstance(error, aiohttp.ServerTimeoutError) and not started:
         return ConnectTimeoutError(timeout_s=timeouts.connect_s or 0.0)
+    if isinstance(error, aiohttp.ClientSSLError):
+        return TransportError(f"TLS with {error.host}:{error.port} failed: {error.os_error}")
     if isinstance(error, aiohttp.ClientConnectorError):
         return TransportError(f"cannot connect to {error.host}:{error.port}: {error.os_error}")
     if isinstance(error, aiohttp.ClientResponseError):
         return TransportError(f"HTTP exchange failed: {error.status} {error.message}")
+    if isinstance(error, aiohttp.ClientPayloadError) and _is_decoding_failure(error):
+        return ProtocolError(
+            f"the response body cannot be decoded as Content-Encoding {encoding or '?'}: "
+            "corrupt or truncated compressed data"
+        )
     if started:
-        reason = str(error) or type(error).__name__
-        return StreamInterruptedError(f"connection lost mid-stream: {reason}")
-    return TransportError(f"request failed: {error or type(error).__name__}")
+        return StreamInterruptedError(f"connection lost mid-stream: {reason} ({name})")
+    return TransportError(f"request failed: {reason} ({name})")
+
+
+def _is_decoding_failure(error: BaseException) -> bool:
+    """True when aiohttp could not decompress the body (not when the connection broke)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ContentEncodingError | zlib.error):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

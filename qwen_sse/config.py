@@ -48,8 +48,9 @@ class Timeouts(msgspec.Struct, frozen=True):
     ``connect_s``: TCP and TLS set-up. ``first_token_s``: from sending until the first
     content or reasoning text (response headers and the role-only chunk do not stop it).
     ``idle_s``: the longest silence between SSE events; comments (keep-alives) do not
-    count as events. ``total_s``: the whole request, off by default because long
-    generations legitimately take minutes.
+    count as events. ``total_s``: the whole call, retries, their sleeps and resumes included
+    (a retry whose delay would pass it is not made: the last error is raised at once, with
+    a note); off by default because long generations legitimately take minutes.
     """
 
     connect_s: float | None = 10.0

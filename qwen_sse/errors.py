@@ -21,6 +21,7 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
     │   ├── IdleTimeoutError
     │   └── TotalTimeoutError
     └── APIStatusError                the server answered with an HTTP error status
+        ├── RedirectError             3xx: never followed (the key must not travel); .location
         ├── BadRequestError           400
         │   ├── ContextLengthError    400, the input is longer than the model accepts
         │   └── ContentFilterError    400, data_inspection_failed (moderation)
@@ -30,7 +31,8 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
         ├── RateLimitError            429; .kind says "rpm", "tpm", "burst", "billing" or ""
         └── ServerError               5xx
 
-Every error has a one-line ``str()`` naming what went wrong, and pickles with all of its
+Every error has a one-line ``str()`` naming what went wrong (a server's multi-line message
+is shown on one line; the full text stays on ``error_message``), and pickles with all of its
 attributes (so it can cross a process boundary in a load generator).
 """
 
@@ -61,6 +63,7 @@ __all__ = [
     "QueueTimeoutError",
     "QwenSSEError",
     "RateLimitError",
+    "RedirectError",
     "RequestTimeoutError",
     "ServerError",
     "StreamError",
@@ -176,7 +179,8 @@ class InBandError(StreamError):
         partial: ChatResult | None = None,
     ) -> None:
         rid = f" (request id {request_id})" if request_id else ""
-        super().__init__(f"in-band error {code or type or '?'}: {message}{rid}", partial=partial)
+        shown = _one_line(message)
+        super().__init__(f"in-band error {code or type or '?'}: {shown}{rid}", partial=partial)
         self.code = code
         self.error_message = message
         self.type = type
@@ -266,7 +270,7 @@ class APIStatusError(QwenSSEError):
         parts = [f"HTTP {status}"]
         if code:
             parts.append(code)
-        text = " ".join(parts) + (f": {message}" if message else "")
+        text = " ".join(parts) + (f": {_one_line(message)}" if message else "")
         if request_id:
             text += f" (request id {request_id})"
         super().__init__(text)
@@ -276,6 +280,16 @@ class APIStatusError(QwenSSEError):
         self.request_id = request_id
         self.body = body
         self.headers = dict(headers or {})
+
+
+class RedirectError(APIStatusError):
+    """HTTP 3xx: the server redirects; qwen-sse never follows a redirect, so that the API key
+    never travels to another URL. ``location`` is the ``Location`` header ("" if none).
+    Never retried: point ``base_url`` at the final address instead."""
+
+    @property
+    def location(self) -> str:
+        return self.headers.get("location", "")
 
 
 class BadRequestError(APIStatusError):
@@ -320,6 +334,11 @@ _BURST_CODES = frozenset({"limit_burst_rate", "Throttling", "Throttling.BurstRat
 _BILLING_CODES = frozenset({"CommodityNotPurchased", "PrepaidBillOverdue", "PostpaidBillOverdue"})
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace, line breaks included, shown as one space."""
+    return " ".join(text.split())
+
+
 def rate_limit_kind(code: str, message: str) -> str:
     """Classify a 429 by DashScope's code: "rpm", "tpm", "burst", "billing" or ""."""
     if code in _BILLING_CODES:
@@ -348,7 +367,15 @@ def status_error(
 ) -> APIStatusError:
     """Build the typed error for an HTTP error response (one mapping for the whole package)."""
     cls: type[APIStatusError]
-    if status == 400:
+    if 300 <= status < 400:
+        cls = RedirectError
+        location = (headers or {}).get("location", "")
+        where = f"to {location}" if location else "without a Location"
+        message = (
+            f"redirect {where} not followed: qwen-sse never follows redirects (the API key "
+            "must not travel); set base_url to the final address"
+        )
+    elif status == 400:
         lowered = message.lower()
         if code in ("data_inspection_failed", "DataInspectionFailed"):
             cls = ContentFilterError

@@ -8,9 +8,10 @@ Retried: connection failures, connect timeouts, a stream that failed or stalled 
 first token (a total timeout is final), HTTP 408, 409, 429 that means throttling (RPM, TPM,
 burst), and 5xx. Never retried: other 4xx, billing 429s (``CommodityNotPurchased``,
 ``PrepaidBillOverdue``, ``PostpaidBillOverdue``, an exhausted plan), in-band errors
-(moderation is deliberate), and protocol errors. A server's ``x-should-retry: true|false``
-overrides the status rule. Delays: ``retry-after-ms``, else ``Retry-After`` (seconds or an
-HTTP date), capped by ``max_retry_after_s``; else exponential backoff with full jitter,
+(moderation is deliberate), protocol errors and redirects (3xx, never followed). A server's
+``x-should-retry: true|false`` (any letter case) overrides the status rule. Delays:
+``retry-after-ms``, else ``Retry-After`` (seconds or an HTTP date; a negative value is
+ignored), capped by ``max_retry_after_s``; else exponential backoff with full jitter,
 ``initial_delay_s`` doubling up to ``max_delay_s``.
 """
 
@@ -29,6 +30,7 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     QwenSSEError,
     RateLimitError,
+    RedirectError,
     TransportError,
 )
 
@@ -48,10 +50,15 @@ class RetryDecision(msgspec.Struct, frozen=True, gc=False):
 class RetryPolicy(msgspec.Struct, frozen=True, gc=False):
     """How many times, how long, and (opt-in) whether to resume broken streams.
 
-    ``max_attempts`` counts every request, the first included (1 means no retries);
-    ``deadline_s`` bounds the time from the first attempt to the start of the last one.
-    ``resume``: continue a stream that broke mid-answer with DashScope's partial mode, at
-    most ``max_resumes`` times per call (see the client).
+    ``max_attempts`` bounds the consecutive attempts of one request, the first included
+    (1 means no retries). A resumed stream's continuation is a new request with the same
+    rules: it gets ``max_attempts`` attempts of its own, with the same backoff and
+    ``Retry-After`` handling, so a call makes at most ``max_attempts * (1 + max_resumes)``
+    attempts (``ChatResult.attempts`` counts them all). ``deadline_s`` bounds the time from
+    the first attempt of a request (or of a continuation) to the start of its last one; the
+    client never sleeps past its ``Timeouts.total_s`` either. ``resume``: continue a stream
+    that broke mid-answer with DashScope's partial mode, at most ``max_resumes`` times per
+    call (see the client).
     """
 
     max_attempts: int = 3
@@ -116,6 +123,8 @@ NO_RETRIES = RetryPolicy(max_attempts=1)
 
 def classify(error: QwenSSEError) -> tuple[bool, str]:
     """``(retryable, reason)`` for an error that happened before any output was delivered."""
+    if isinstance(error, RedirectError):
+        return False, f"HTTP {error.status} redirect is never followed"
     if isinstance(error, APIStatusError):
         should_retry = error.headers.get("x-should-retry", "").lower()
         if should_retry in ("true", "false"):

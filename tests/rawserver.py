@@ -2,6 +2,8 @@
 
 Each connection's request is read whole (head and ``content-length`` body) and recorded in
 ``RawServer.requests``; then ``handler(writer, n)`` writes the n-th answer byte for byte.
+With ``read_request=False`` the handler answers as soon as a connection opens (to play a
+server that does not speak what the client sends, e.g. plain bytes to a TLS client).
 The server listens on 127.0.0.1 with an OS-chosen port and stops when the block exits.
 """
 
@@ -38,12 +40,16 @@ class RawServer:
 
 
 @asynccontextmanager
-async def raw_server(handler: RawHandler) -> AsyncIterator[RawServer]:
+async def raw_server(handler: RawHandler, *, read_request: bool = True) -> AsyncIterator[RawServer]:
     """A bare HTTP/1.1 server on loopback: ``handler(writer, n)`` writes the n-th answer."""
     server_state = RawServer(url="")
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if not read_request:
+                server_state.requests.append(RawRequest(b"", b""))
+                await handler(writer, len(server_state.requests))
+                return
             head = await reader.readuntil(b"\r\n\r\n")
             match = re.search(rb"(?i)content-length: *(\d+)", head)
             body = await reader.readexactly(int(match.group(1))) if match else b""
@@ -82,7 +88,8 @@ def http_response(
     content_type: str = "text/event-stream",
     headers: Iterable[str] = ("x-request-id: r-ok",),
 ) -> bytes:
-    """A whole HTTP/1.1 response with a ``content-length``; the server closes after it."""
+    """A whole HTTP/1.1 response with a ``content-length`` (and ``connection: close``: the
+    server closes every connection after its answer, so none may be pooled)."""
     lines = [f"HTTP/1.1 {status}", f"content-type: {content_type}", "connection: close", *headers]
     lines.append(f"content-length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

@@ -7,7 +7,9 @@ import contextlib
 import json
 import random
 import socket
-from collections.abc import AsyncIterator, Mapping
+import traceback
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,15 @@ from qwen_sse.errors import (
     ProtocolError,
     QwenSSEError,
     RateLimitError,
+    RedirectError,
     ServerError,
+    StreamInterruptedError,
     TotalTimeoutError,
     TransportError,
 )
 from qwen_sse.limiter import ConcurrencyLimiter
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
-from tests.rawserver import raw_server, sse_answer
+from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -303,31 +307,40 @@ async def test_in_band_error_after_content(client: QwenClient, emulator: Emulato
 async def test_cut_streams_raise_incomplete_with_the_partial(
     client: QwenClient, emulator: Emulator, fault: Fault
 ) -> None:
+    data = await raw_stream(emulator, CHAT_BODY)
+    if fault.drop_after_events is not None:
+        received = b"".join(event + b"\n\n" for event in data.split(b"\n\n")[:6])
+    elif fault.drop_after_bytes is not None:
+        received = data[: fault.drop_after_bytes]
+    else:
+        received = data.removesuffix(b"data: [DONE]\n\n")
     emulator.schedule(fault)
     with pytest.raises(IncompleteStreamError) as caught:
         await client.chat(HELLO)
     partial = caught.value.partial
     assert partial is not None
+    assert not partial.complete
+    assert partial.content == decoded(received).content
     assert partial.content
-    assert expected(HELLO).content.startswith(partial.content)
-    assert partial.content != expected(HELLO).content or fault.no_done
+    if fault.no_done:
+        assert partial.content == expected(HELLO).content
+    else:
+        assert len(partial.content) < len(expected(HELLO).content)
 
 
 async def test_drop_at_every_kind_of_offset_never_passes_off_a_truncated_answer(
     client: QwenClient, emulator: Emulator
 ) -> None:
-    full = expected(ENGLISH).content
-    total_bytes = (await client.chat(ENGLISH)).timing.bytes_received
-    for offset in range(0, total_bytes, max(1, total_bytes // 60)):
+    data = await raw_stream(emulator, {**CHAT_BODY, "messages": ENGLISH})
+    assert len(data) == (await client.chat(ENGLISH)).timing.bytes_received
+    # Every cut before the last byte loses at least the end of data: [DONE].
+    for offset in range(0, len(data), max(1, len(data) // 60)):
         emulator.schedule(Fault(drop_after_bytes=offset))
-        try:
-            result = await client.chat(ENGLISH)
-        except IncompleteStreamError as error:
-            assert error.partial is not None
-            assert full.startswith(error.partial.content), offset
-        else:
-            assert result.complete
-            assert result.content == full, offset
+        with pytest.raises(IncompleteStreamError) as caught:
+            await client.chat(ENGLISH)
+        assert caught.value.partial is not None
+        assert not caught.value.partial.complete
+        assert caught.value.partial.content == decoded(data[:offset]).content, offset
 
 
 async def test_malformed_frame_is_a_protocol_error_with_partial(
@@ -472,8 +485,10 @@ async def test_connection_refused_is_a_transport_error() -> None:
 
 
 async def test_break_releases_the_connection(client: QwenClient, emulator: Emulator) -> None:
+    emulator.schedule(Fault(stall_after_events=2, stall_s=60.0))  # in flight when we leave
     async with client.stream_chat(HELLO) as stream:
         async for _ in stream:
+            assert emulator.active_streams == 1
             break
     assert not stream.result.complete
     await settle(emulator)
@@ -483,9 +498,11 @@ async def test_break_releases_the_connection(client: QwenClient, emulator: Emula
 async def test_consumer_exception_releases_the_connection(
     client: QwenClient, emulator: Emulator
 ) -> None:
+    emulator.schedule(Fault(stall_after_events=2, stall_s=60.0))  # in flight when we leave
     with pytest.raises(KeyError):
         async with client.stream_chat(HELLO) as stream:
             async for _ in stream:
+                assert emulator.active_streams == 1
                 raise KeyError("consumer bug")
     await settle(emulator)
     assert emulator.active_streams == 0
@@ -612,8 +629,11 @@ async def test_result_before_the_end_is_partial(client: QwenClient) -> None:
 
 async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> None:
     emulator.schedule(Fault(status=503))
-    with pytest.raises(QwenSSEError):
+    with pytest.raises(ServerError) as caught:
         await client.chat(HELLO)
+    assert type(caught.value) is ServerError
+    assert isinstance(caught.value, QwenSSEError)
+    assert caught.value.status == 503
 
 
 # --- retries (before any output reached the caller) ---
@@ -755,6 +775,22 @@ async def test_retries_and_resumes_are_logged_without_the_key(
 # --- resume by continuation (after output reached the caller) ---
 
 
+CHAT_BODY: dict[str, Any] = {
+    "model": "qwen-plus",
+    "messages": HELLO,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+"""The body ``client.chat(HELLO)`` sends (the emulator's answer depends on it)."""
+
+
+def decoded(prefix: bytes) -> Any:
+    """What a decoder makes of these first bytes of a stream, cut there."""
+    decoder = ChatStreamDecoder()
+    decoder.feed(prefix)
+    return decoder.result()
+
+
 async def raw_stream(server: Emulator, body: dict[str, Any], fault: Fault | None = None) -> bytes:
     headers = {"Authorization": f"Bearer {KEY}", **(fault.header() if fault else {})}
     async with (
@@ -887,6 +923,25 @@ _fault_choices = st.one_of(
 )
 
 
+def assert_the_error_the_faults_cause(
+    error: QwenSSEError, faults: list[Fault], requests: int
+) -> None:
+    """``error`` is the one the fault of the last request causes, or, when resuming failed,
+    the break it tried to resume."""
+    assert requests <= len(faults)  # a request without a fault succeeds
+    if any(note.startswith("resuming failed") for note in getattr(error, "__notes__", ())):
+        assert type(error) in (IncompleteStreamError, StreamInterruptedError)
+        return
+    fault = faults[requests - 1]
+    if fault.status is not None:
+        assert type(error) is ServerError
+        assert error.status == fault.status
+    elif fault.error_after_events is not None:
+        assert type(error) is InBandError
+    else:
+        assert type(error) in (IncompleteStreamError, StreamInterruptedError)
+
+
 @given(st.lists(_fault_choices, max_size=4), st.booleans())
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_no_content_is_lost_or_duplicated_under_random_faults(
@@ -909,6 +964,7 @@ def test_no_content_is_lost_or_duplicated_under_random_faults(
                 except QwenSSEError as error:
                     assert error.partial is not None
                     outcome = error.partial
+                    assert_the_error_the_faults_cause(error, faults, len(server.requests))
             full = expected(ENGLISH).content
             assert "".join(delivered) == outcome.content
             if outcome.complete:
@@ -993,12 +1049,14 @@ class RecordingTap:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
 
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         self.calls.append(("request", (method, url, dict(headers), body)))
 
     def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
         self.calls.append(("response", (status, at_s)))
+        self.headers.append(dict(headers))
 
     def data(self, chunk: bytes, at_s: float) -> None:
         self.calls.append(("data", (chunk, at_s)))
@@ -1187,21 +1245,6 @@ async def test_an_error_body_is_read_whole_and_a_cancelled_read_frees_the_permit
         assert limiter.in_flight == 0
 
 
-async def test_a_slow_consumer_is_not_an_idle_server(emulator: Emulator) -> None:
-    received: list[str] = []
-    async with (
-        plain_client(emulator) as qwen,
-        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=0.1)) as stream,
-    ):
-        async for chunk in stream:
-            if chunk.choices:
-                received.append(chunk.choices[0].delta.content or "")
-            if len(received) in (2, 5):
-                await asyncio.sleep(0.3)  # the whole answer waits in the buffer meanwhile
-    assert stream.result.complete
-    assert "".join(received) == expected(ENGLISH).content
-
-
 async def test_after_a_retry_the_request_id_is_the_answers(emulator: Emulator) -> None:
     emulator.schedule(Fault(status=503))
     async with retrying_client(emulator, FakeSleep()) as qwen:
@@ -1236,3 +1279,594 @@ async def test_a_native_error_frame_under_a_json_content_type_is_an_in_band_erro
         with pytest.raises(InBandError) as caught:
             await qwen.chat(HELLO)
     assert caught.value.code == "DataInspectionFailed"
+
+
+# --- issue 16: continuations are retried, deadlines bound sleeps, 3xx and encodings ---
+
+RESUMED_TEXT = "The first half, and the second half."
+FIRST_HALF = "The first half,"
+
+
+def sse_head(*headers: str) -> bytes:
+    """A 200 event-stream head without a length: the body ends when the server closes."""
+    lines = ["HTTP/1.1 200 OK", "content-type: text/event-stream", "x-request-id: r-1", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def content_frame(text: str, finish_reason: str | None = None) -> str:
+    return frame([{"index": 0, "delta": {"content": text}, "finish_reason": finish_reason}])
+
+
+ROLE_FRAME = frame([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
+
+
+def cut_answer() -> bytes:
+    """The first half of the answer, then a clean end without a finish reason or [DONE]."""
+    return sse_head() + sse_body([ROLE_FRAME, content_frame(FIRST_HALF)], done=False)
+
+
+def rest_answer() -> bytes:
+    rest = RESUMED_TEXT.removeprefix(FIRST_HALF)
+    return http_response(sse_body([ROLE_FRAME, content_frame(rest, "stop")]))
+
+
+def refused_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+FAILED_CONTINUATIONS = {
+    "503": http_response(b'{"error": {"message": "busy"}}', status="503 Service Unavailable"),
+    "429-retry-after-0": http_response(
+        b'{"error": {"code": "limit_requests", "message": "slow down"}}',
+        status="429 Too Many Requests",
+        content_type="application/json",
+        headers=("retry-after: 0",),
+    ),
+    "disconnect-before-response": b"",
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILED_CONTINUATIONS), ids=list(FAILED_CONTINUATIONS))
+async def test_a_failed_continuation_is_retried_like_any_request(failure: str) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write({1: cut_answer(), 2: FAILED_CONTINUATIONS[failure]}.get(n, rest_answer()))
+        await writer.drain()
+
+    sleep = FakeSleep()
+    policy = RetryPolicy(resume=True, max_attempts=3)
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=policy, sleep=sleep) as qwen,
+    ):
+        result = await qwen.chat(HELLO)
+    assert result.complete
+    assert result.content == RESUMED_TEXT
+    assert (result.resumes, result.attempts) == (1, 3)
+    assert len(sleep.delays) == 1
+    if failure == "429-retry-after-0":
+        assert sleep.delays == [0.0]
+    continuations = [request.json()["messages"][-1] for request in server.requests[1:]]
+    assert continuations == [{"role": "assistant", "content": FIRST_HALF, "partial": True}] * 2
+
+
+async def test_a_continuation_gets_max_attempts_then_the_partial_is_raised() -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(cut_answer() if n == 1 else FAILED_CONTINUATIONS["503"])
+        await writer.drain()
+
+    sleep = FakeSleep()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=RetryPolicy(resume=True), sleep=sleep) as qwen,
+    ):
+        with pytest.raises(IncompleteStreamError) as caught:
+            await qwen.chat(HELLO)
+    assert len(server.requests) == 1 + 3
+    assert len(sleep.delays) == 2
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == FIRST_HALF
+    notes = caught.value.__notes__
+    assert notes == ["resuming failed after 3 attempts: HTTP 503: busy (request id r-ok)"]
+
+
+async def test_a_continuation_refused_by_a_closed_port_is_retried() -> None:
+    """The server goes away after the cut; the continuation's attempts all fail to connect."""
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(cut_answer())
+        await writer.drain()
+
+    sleep = FakeSleep()
+    async with raw_server(handler) as server:
+        qwen = QwenClient(KEY, server.url, retry=RetryPolicy(resume=True), sleep=sleep)
+        await qwen.__aenter__()
+        stream = qwen.stream_chat(HELLO)
+        await stream.__aenter__()
+        first = [chunk async for chunk in _until_text(stream)]
+    # The server is closed now: every continuation attempt is refused.
+    try:
+        with pytest.raises(IncompleteStreamError) as caught:
+            await collect(stream)
+    finally:
+        await stream.__aexit__(None, None, None)
+        await qwen.close()
+    assert first
+    assert len(sleep.delays) == 2
+    notes = caught.value.__notes__
+    assert any(
+        note.startswith("resuming failed after 3 attempts: cannot connect") for note in notes
+    )
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == FIRST_HALF
+
+
+async def _until_text(stream: Any) -> AsyncIterator[ChatCompletionChunk]:
+    async for chunk in stream:
+        yield chunk
+        if chunk.choices and chunk.choices[0].delta.content:
+            return
+
+
+async def test_a_retry_after_past_the_total_deadline_raises_at_once() -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            http_response(
+                b'{"error": {"code": "limit_requests", "message": "later"}}',
+                status="429 Too Many Requests",
+                headers=("retry-after: 10",),
+            )
+            if n in (1, 2)
+            else sse_answer("hi")
+        )
+        await writer.drain()
+
+    sleep = FakeSleep()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=sleep, timeouts=Timeouts(total_s=2.0)) as qwen,
+    ):
+        with pytest.raises(RateLimitError) as caught:
+            await qwen.chat(HELLO)
+        assert sleep.delays == []
+        assert len(server.requests) == 1
+        assert "not retried: waiting 10 s would pass total_s=2" in caught.value.__notes__
+        # Within the deadline the same hint is honoured.
+        result = await qwen.chat(HELLO, timeouts=Timeouts(total_s=600.0))
+    assert result.content == "hi"
+    assert sleep.delays == [10.0]
+
+
+def gzip_of(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=31)
+    return compressor.compress(data) + compressor.flush()
+
+
+BAD_ENCODINGS = {
+    "corrupt-gzip": ("gzip", b"\x1f\x8b\x08\x00" + b"not gzip at all" * 20, "gzip"),
+    "br-unknown": ("br-unknown", sse_body([ROLE_FRAME, content_frame("hi", "stop")]), "br-unknown"),
+    "zstd-x": ("zstd-x", b"(\xb5/\xfd garbage", "zstd-x"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ENCODINGS), ids=list(BAD_ENCODINGS))
+async def test_an_undecodable_body_is_a_protocol_error_never_retried(case: str) -> None:
+    encoding, body, named = BAD_ENCODINGS[case]
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(body, headers=(f"content-encoding: {encoding}",)))
+        await writer.drain()
+
+    sleep = FakeSleep()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=RetryPolicy(resume=True), sleep=sleep) as qwen,
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            await qwen.chat(HELLO)
+    message = str(caught.value)
+    assert "Content-Encoding" in message
+    assert named in message
+    assert "\n" not in message
+    assert len(server.requests) == 1
+    assert sleep.delays == []
+
+
+async def test_corrupt_gzip_after_output_is_not_resumed() -> None:
+    first_read = asyncio.Event()
+    good = gzip_of(sse_body([ROLE_FRAME, content_frame(FIRST_HALF)], done=False))
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        head = sse_head("content-encoding: gzip", "transfer-encoding: chunked")
+        # The gzip stream without its trailer decodes to the first half...
+        part = good[:-8]
+        writer.write(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        await writer.drain()
+        await first_read.wait()
+        # ... then bytes that are not deflate data at all.
+        junk = b"\xff" * 64
+        writer.write(f"{len(junk):x}\r\n".encode() + junk + b"\r\n0\r\n\r\n")
+        await writer.drain()
+
+    sleep = FakeSleep()
+    received: list[str] = []
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=RetryPolicy(resume=True), sleep=sleep) as qwen,
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            async with qwen.stream_chat(HELLO) as stream:
+                async for chunk in stream:
+                    received.append(chunk.choices[0].delta.content or "")
+                    if "".join(received):
+                        first_read.set()
+    assert "".join(received) == FIRST_HALF
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == FIRST_HALF
+    assert not caught.value.partial.complete
+    assert len(server.requests) == 1
+    assert sleep.delays == []
+
+
+REDIRECTS = {
+    "301-html": http_response(
+        b"<html>moved</html>",
+        status="301 Moved Permanently",
+        content_type="text/html",
+        headers=("location: https://elsewhere.example/v1/chat/completions",),
+    ),
+    "307-with-sse-and-x-should-retry": http_response(
+        sse_body([ROLE_FRAME, content_frame("not the answer", "stop")]),
+        status="307 Temporary Redirect",
+        headers=(
+            "location: https://elsewhere.example/v1/chat/completions",
+            "x-should-retry: true",
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REDIRECTS), ids=list(REDIRECTS))
+async def test_a_redirect_is_never_followed_nor_retried(case: str) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(REDIRECTS[case])
+        await writer.drain()
+
+    sleep = FakeSleep()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=sleep) as qwen,
+    ):
+        with pytest.raises(RedirectError) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert isinstance(error, APIStatusError)
+    assert error.status == int(case[:3])
+    assert error.location == "https://elsewhere.example/v1/chat/completions"
+    assert str(error) == (
+        f"HTTP {error.status}: redirect to https://elsewhere.example/v1/chat/completions not "
+        "followed: qwen-sse never follows redirects (the API key must not travel); set "
+        "base_url to the final address"
+    )
+    assert len(server.requests) == 1
+    assert sleep.delays == []
+
+
+# --- issue 16: the key is unreachable from every raised error ---
+
+
+def assert_key_unreachable(error: BaseException, key: str) -> None:
+    """What error trackers capture holds no trace of ``key``: the formatted exception with
+    every frame's locals, and, walked recursively, every chained exception, its str, repr,
+    attributes and notes, and the repr of every local of every frame of every traceback
+    (containers are walked into; other objects are seen through their repr, as trackers do)."""
+    formatted = traceback.TracebackException.from_exception(error, capture_locals=True)
+    assert key not in "".join(formatted.format())
+    seen: set[int] = set()
+
+    def visit(value: Any, depth: int = 0) -> None:
+        if id(value) in seen or depth > 8:
+            return
+        seen.add(id(value))
+        text = value.decode("latin-1") if isinstance(value, bytes) else repr(value)
+        assert key not in text, text[:200]
+        if isinstance(value, BaseException):
+            assert key not in str(value)
+            for item in [*vars(value).values(), *value.args, *getattr(value, "__notes__", ())]:
+                visit(item, depth + 1)
+            tb = value.__traceback__
+            while tb is not None:
+                for local in tb.tb_frame.f_locals.values():
+                    visit(local, depth + 1)
+                tb = tb.tb_next
+            for linked in (value.__cause__, value.__context__):
+                if linked is not None:
+                    visit(linked, depth + 1)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                visit(name, depth + 1)
+                visit(item, depth + 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                visit(item, depth + 1)
+
+    visit(error)
+
+
+async def raised_by(call: Awaitable[Any]) -> QwenSSEError:
+    """The error ``call`` raises, caught in a frame whose locals hold nothing of the test."""
+    try:
+        await call
+    except QwenSSEError as error:
+        return error
+    raise AssertionError("no error raised")
+
+
+async def _disconnect(writer: asyncio.StreamWriter, n: int) -> None:
+    """Close the connection without a response."""
+
+
+async def _not_tls(writer: asyncio.StreamWriter, n: int) -> None:
+    writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\nthis is not TLS")
+    await writer.drain()
+
+
+async def test_a_refused_connection_leaves_the_key_unreachable() -> None:
+    url = f"http://127.0.0.1:{refused_port()}/v1"
+    async with QwenClient(SECRET_KEY, url, sleep=FakeSleep()) as qwen:
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, TransportError)
+    assert str(error).startswith("cannot connect to 127.0.0.1:")
+    assert error.__cause__ is None
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+async def test_a_disconnect_before_the_response_leaves_the_key_unreachable() -> None:
+    async with (
+        raw_server(_disconnect) as server,
+        QwenClient(SECRET_KEY, server.url, sleep=FakeSleep()) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, TransportError)
+    assert "ServerDisconnectedError" in str(error)
+    assert len(server.requests) == 3
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+async def test_a_tls_failure_leaves_the_key_unreachable() -> None:
+    async with raw_server(_not_tls, read_request=False) as server:
+        url = server.url.replace("http://", "https://")
+        async with QwenClient(SECRET_KEY, url, retry=NO_RETRIES) as qwen:
+            error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, TransportError)
+    assert str(error).startswith("TLS with 127.0.0.1:")
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+async def test_a_timeout_before_the_response_leaves_the_key_unreachable() -> None:
+    release = asyncio.Event()
+
+    async def silent(writer: asyncio.StreamWriter, n: int) -> None:
+        await release.wait()
+
+    async with (
+        raw_server(silent) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        try:
+            error = await raised_by(qwen.chat(HELLO, timeouts=Timeouts(first_token_s=0.2)))
+        finally:
+            release.set()
+    assert isinstance(error, FirstTokenTimeoutError)
+    assert error.__context__ is None
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+async def test_a_break_mid_stream_leaves_the_key_unreachable() -> None:
+    piece = sse_body([ROLE_FRAME, content_frame("partial answer")], done=False)
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        # A chunk announced longer than what is sent before the connection closes.
+        chunked = f"{len(piece) + 100:x}\r\n".encode() + piece
+        writer.write(sse_head("transfer-encoding: chunked") + chunked)
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert type(error) is StreamInterruptedError
+    assert error.partial is not None
+    assert error.partial.content == "partial answer"
+    assert error.__cause__ is None
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+ECHO = f"Authorization: Bearer {SECRET_KEY}"
+
+
+async def test_a_key_echoed_in_an_error_response_is_scrubbed_everywhere() -> None:
+    body = json.dumps({"error": {"code": "invalid_api_key", "message": f"bad {ECHO}"}}).encode()
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            http_response(
+                body,
+                status=f"401 {SECRET_KEY} is wrong",
+                content_type="application/json",
+                headers=(f"x-request-id: {SECRET_KEY}", f"x-echo: {SECRET_KEY}"),
+            )
+        )
+        await writer.drain()
+
+    tap = RecordingTap()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, wire_tap=tap, sleep=FakeSleep()) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, AuthenticationError)
+    assert error.error_message == "bad Authorization: Bearer sk-***"
+    assert error.request_id == "sk-***"
+    assert "sk-***" in error.body
+    assert_key_unreachable(error, SECRET_KEY)
+    assert SECRET_KEY not in repr(tap.calls)
+    assert SECRET_KEY not in repr(tap.headers)
+
+
+async def test_a_key_echoed_in_a_stream_is_scrubbed_from_errors_and_the_tap() -> None:
+    in_band = json.dumps({"error": {"code": "bad_key", "message": f"echo {ECHO}"}})
+    events = [ROLE_FRAME, content_frame("partial answer"), in_band]
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(sse_body(events, done=False)))
+        await writer.drain()
+
+    tap = RecordingTap()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, wire_tap=tap, retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, InBandError)
+    assert error.error_message == "echo Authorization: Bearer sk-***"
+    assert error.partial is not None
+    assert error.partial.content == "partial answer"
+    assert_key_unreachable(error, SECRET_KEY)
+    data = b"".join(args[0] for kind, args in tap.calls if kind == "data")
+    assert SECRET_KEY.encode() not in data
+    assert b"Bearer sk-***" in data
+
+
+async def test_a_key_echoed_in_a_body_that_is_not_a_stream_is_scrubbed() -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(f"<p>{ECHO}</p>".encode(), content_type="text/html"))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, ProtocolError)
+    assert error.frame == b"<p>Authorization: Bearer sk-***</p>"
+    assert_key_unreachable(error, SECRET_KEY)
+
+
+# --- issue 16: other servers' error bodies ---
+
+
+ERROR_BODIES = {
+    "fastapi-detail": (
+        "401 Unauthorized",
+        {"detail": "Invalid API Key"},
+        AuthenticationError,
+        "Invalid API Key",
+        "HTTP 401: Invalid API Key (request id r-ok)",
+    ),
+    "fastapi-validation-list": (
+        "422 Unprocessable Entity",
+        {
+            "detail": [
+                {"loc": ["body", "messages", 0, "role"], "msg": "field required", "type": "x"},
+                {"loc": ["body", "temperature"], "msg": "must be <= 2", "type": "y"},
+            ]
+        },
+        APIStatusError,
+        "body.messages.0.role: field required\nbody.temperature: must be <= 2",
+        "HTTP 422: body.messages.0.role: field required body.temperature: must be <= 2"
+        " (request id r-ok)",
+    ),
+    "multi-line-message": (
+        "500 Internal Server Error",
+        {"error": {"code": "boom", "message": "line one\nline two\r\n  line three"}},
+        ServerError,
+        "line one\nline two\r\n  line three",
+        "HTTP 500 boom: line one line two line three (request id r-ok)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_BODIES), ids=list(ERROR_BODIES))
+async def test_error_bodies_of_other_servers_keep_their_message(case: str) -> None:
+    status, body, error_type, full, shown = ERROR_BODIES[case]
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        encoded = json.dumps(body).encode()
+        writer.write(http_response(encoded, status=status, content_type="application/json"))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=FakeSleep(), retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert type(error) is error_type
+    assert isinstance(error, APIStatusError)
+    assert error.error_message == full
+    assert str(error) == shown
+
+
+# --- issue 16: tests that notice a broken deadline or pool promise ---
+
+
+async def test_the_role_only_first_chunk_does_not_stop_the_first_token_timer() -> None:
+    release = asyncio.Event()
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(sse_head() + sse_body([ROLE_FRAME], done=False))
+        await writer.drain()
+        await release.wait()  # stalls until the test is done
+
+    timeouts = Timeouts(first_token_s=0.2, idle_s=1.0)
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        try:
+            error = await raised_by(qwen.chat(HELLO, timeouts=timeouts))
+        finally:
+            release.set()
+    assert type(error) is FirstTokenTimeoutError
+    assert error.partial is not None
+    assert error.partial.content == ""
+    assert error.partial.timing.events == 1
+
+
+async def test_a_slow_consumer_is_not_an_idle_server() -> None:
+    """The server's gaps (itl_s) are 20 times shorter than idle_s, the consumer's pauses
+    longer than idle_s; after each pause the buffered chunks run out and reads wait again."""
+    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05, answer_tokens=60)
+    received: list[str] = []
+    async with (
+        Emulator(config) as server,
+        plain_client(server) as qwen,
+        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=1.0)) as stream,
+    ):
+        async for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+            if len(received) in (2, 30):
+                await asyncio.sleep(1.5)
+    answer = emulated_answer({"model": "qwen-plus", "messages": ENGLISH}, answer_tokens=60).content
+    assert stream.result.complete
+    assert "".join(received) == answer
+
+
+async def test_more_than_a_hundred_streams_are_open_at_once() -> None:
+    """aiohttp's default pool holds 100 connections; the client's must not stop there (a
+    101st stream would wait for a connection until its first-token timeout)."""
+    config = EmulatorConfig(api_key=KEY, ttft_s=600.0, itl_s=0.0)
+    async with Emulator(config) as server, plain_client(server) as qwen:
+        timeouts = Timeouts(first_token_s=30.0)
+        streams = [qwen.stream_chat(HELLO, timeouts=timeouts) for _ in range(150)]
+        try:
+            await asyncio.gather(*(stream.__aenter__() for stream in streams))
+            assert server.active_streams == 150
+        finally:
+            for stream in streams:
+                await stream.__aexit__(None, None, None)

@@ -22,6 +22,7 @@ from qwen_sse.errors import (
     ProtocolError,
     QwenSSEError,
     RateLimitError,
+    RedirectError,
     ServerError,
     TokenLimitError,
     status_error,
@@ -138,3 +139,27 @@ def test_every_public_error_derives_from_the_root() -> None:
         value = getattr(errors, name)
         if isinstance(value, type):
             assert issubclass(value, QwenSSEError), name
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_a_3xx_is_a_redirect_error_naming_the_location(status: int) -> None:
+    error = status_error(status=status, headers={"location": "https://elsewhere.example/v1"})
+    assert type(error) is RedirectError
+    assert isinstance(error, APIStatusError)
+    assert error.location == "https://elsewhere.example/v1"
+    assert str(error).startswith(f"HTTP {status}: redirect to https://elsewhere.example/v1 ")
+    assert "never follows redirects" in str(error)
+    bare = status_error(status=status)
+    assert isinstance(bare, RedirectError)
+    assert bare.location == ""
+    assert "redirect without a Location" in str(bare)
+
+
+def test_a_multi_line_server_message_gives_a_one_line_str() -> None:
+    message = "first line\nsecond line\r\n\tthird"
+    http = status_error(status=500, code="boom", message=message)
+    assert str(http) == "HTTP 500 boom: first line second line third"
+    assert http.error_message == message
+    in_band = InBandError(code="x", message=message)
+    assert str(in_band) == "in-band error x: first line second line third"
+    assert in_band.error_message == message

@@ -18,6 +18,7 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
+    RedirectError,
     TotalTimeoutError,
     TransportError,
     status_error,
@@ -76,6 +77,35 @@ def test_classification(error: QwenSSEError, retryable: bool) -> None:
 def test_x_should_retry_overrides_the_status_rule() -> None:
     assert classify(http(400, x_should_retry="true"))[0] is True
     assert classify(http(503, x_should_retry="false"))[0] is False
+
+
+@pytest.mark.parametrize("spelling", ["True", "TRUE", "tRuE"])
+def test_x_should_retry_true_in_any_letter_case(spelling: str) -> None:
+    assert classify(http(400, x_should_retry=spelling))[0] is True
+
+
+@pytest.mark.parametrize("spelling", ["False", "FALSE", "fAlSe"])
+def test_x_should_retry_false_in_any_letter_case(spelling: str) -> None:
+    assert classify(http(503, x_should_retry=spelling))[0] is False
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_never_retried_whatever_the_server_says(status: int) -> None:
+    error = http(status, x_should_retry="true", location="https://elsewhere.example/")
+    assert isinstance(error, RedirectError)
+    assert classify(error)[0] is False
+    assert not POLICY.decide(error, attempt=1, elapsed_s=0, random_fraction=0).retry
+
+
+@pytest.mark.parametrize("value", ["-5", "-0.001", "-1e9"])
+def test_a_negative_retry_after_is_ignored_not_a_negative_delay(value: str) -> None:
+    assert retry_after_s({"Retry-After": value}, 0) is None
+    decision = POLICY.decide(
+        http(503, retry_after=value), attempt=1, elapsed_s=0, random_fraction=0.5
+    )
+    assert decision.retry
+    assert decision.delay_s == POLICY.backoff_s(1, 0.5)
+    assert decision.delay_s > 0
 
 
 def test_backoff_is_full_jitter_doubling_to_the_cap() -> None:
