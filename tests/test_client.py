@@ -618,13 +618,34 @@ async def test_using_a_closed_client_is_a_clear_error() -> None:
         await client.chat(HELLO)
 
 
-async def test_result_before_the_end_is_partial(client: QwenClient) -> None:
-    async with client.stream_chat(HELLO) as stream:
+async def test_result_before_the_end_is_partial() -> None:
+    # The server holds the rest of the answer until the test has looked, so no timing can
+    # deliver the whole stream in the first read.
+    looked = asyncio.Event()
+    role = frame([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}])
+    rest = frame([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}])
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        )
+        writer.write(f"data: {role}\n\n".encode())
+        await writer.drain()
+        await looked.wait()
+        writer.write(f"data: {rest}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
+        qwen.stream_chat(HELLO) as stream,
+    ):
         first = await anext(aiter(stream))
         assert first.choices[0].delta.role == "assistant"
-        assert not stream.result.complete
+        assert (stream.result.complete, stream.result.content) == (False, "Hel")
+        looked.set()
         await collect(stream)
-    assert stream.result.complete
+    assert (stream.result.complete, stream.result.content) == (True, "Hello")
 
 
 async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> None:
