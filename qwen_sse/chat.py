@@ -6,8 +6,15 @@ time arrives as ``now_s`` arguments from the caller's clock.
 Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; a frame with a
 top-level ``error`` object is an :class:`~qwen_sse.errors.InBandError`; the ``choices: []``
 chunk carries usage; input that ends before ``[DONE]`` is an
-:class:`~qwen_sse.errors.IncompleteStreamError`; malformed JSON is a
-:class:`~qwen_sse.errors.ProtocolError`. Every such error carries ``.partial``.
+:class:`~qwen_sse.errors.IncompleteStreamError`; malformed JSON, or any other failure to
+decode or fold a frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error
+carries ``.partial``, and a decoder that raised one refuses further input.
+
+Bounds, so that no server can make a client grow or spin without end (defaults fit the
+largest documented answer, 131,072 answer plus 81,920 reasoning tokens, with wide margins):
+``max_stream_bytes`` per response, ``max_answer_chars`` and ``max_answer_chunks`` over the
+whole answer (all its choices, resumes included); past one the stream stops with a
+:class:`~qwen_sse.errors.StreamLimitError` carrying ``.partial``. ``None`` turns one off.
 Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
 non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
 fragments are concatenated, ids never are.
@@ -16,6 +23,7 @@ fragments are concatenated, ids never are.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections.abc import Iterable
 
 import msgspec
@@ -35,10 +43,14 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
+    StreamLimitError,
 )
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_CHARS",
+    "DEFAULT_MAX_ANSWER_CHUNKS",
+    "DEFAULT_MAX_STREAM_BYTES",
     "DONE_MARKER",
     "ChatAccumulator",
     "ChatResult",
@@ -51,6 +63,23 @@ __all__ = [
 
 DONE_MARKER = "[DONE]"
 _DONE_BYTES = DONE_MARKER.encode()
+
+DEFAULT_MAX_STREAM_BYTES = 1 << 30
+"""Decoded bytes of one response (1 GiB). The largest documented answer, 212,992 tokens
+at DashScope's one or few tokens per chunk of 250-350 bytes, is under 80 MB: a margin of
+more than 12. (Native frames with ``incremental_output: false`` repeat the text so far:
+see :class:`~qwen_sse.native.NativeStreamDecoder`.)"""
+
+DEFAULT_MAX_ANSWER_CHARS = 1 << 26
+"""Characters of content, reasoning and tool-call arguments of the whole answer (64 Mi).
+No token of Qwen's vocabulary is longer than 128 characters, so even 212,992 of the
+longest tokens (27.3 M characters) fit more than twice; a typical answer of that length
+is under 1 M characters."""
+
+DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
+"""Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
+text. Every chunk with text carries at least one token, so the largest documented answer
+takes at most 212,992 of them, plus a handful without text: a margin of nearly 5."""
 
 
 class ToolCallFunction(msgspec.Struct, frozen=True, gc=False):
@@ -170,23 +199,41 @@ class ChatAccumulator:
     """
 
     __slots__ = (
+        "_chars",
         "_choices",
+        "_chunks",
         "_token_times",
         "id",
+        "max_answer_chars",
+        "max_answer_chunks",
         "model",
         "request_id",
         "started_at_s",
         "usage",
     )
 
-    def __init__(self, started_at_s: float = 0.0, request_id: str = "") -> None:
+    def __init__(
+        self,
+        started_at_s: float = 0.0,
+        request_id: str = "",
+        *,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
+    ) -> None:
+        _check_bound("max_answer_chars", max_answer_chars)
+        _check_bound("max_answer_chunks", max_answer_chunks)
         self.started_at_s = started_at_s
         self.request_id = request_id
+        self.max_answer_chars = max_answer_chars
+        self.max_answer_chunks = max_answer_chunks
         self.id = ""
         self.model = ""
         self.usage: Usage | None = None
         self._choices: dict[int, _ChoiceState] = {}
-        self._token_times: list[float] = []
+        # Compact: 8 bytes a time, where a list of floats takes 32.
+        self._token_times = array("d")
+        self._chars = 0
+        self._chunks = 0
 
     def reset(self) -> None:
         """Forget everything folded in so far (a retry starts over); keeps the start time."""
@@ -194,7 +241,19 @@ class ChatAccumulator:
         self.model = ""
         self.usage = None
         self._choices = {}
-        self._token_times = []
+        self._token_times = array("d")
+        self._chars = 0
+        self._chunks = 0
+
+    @property
+    def chars(self) -> int:
+        """Characters of content, reasoning and tool-call arguments folded in so far."""
+        return self._chars
+
+    @property
+    def chunks(self) -> int:
+        """Chunks folded in so far."""
+        return self._chunks
 
     @property
     def has_text(self) -> bool:
@@ -202,7 +261,14 @@ class ChatAccumulator:
         return bool(self._token_times)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
-        """Fold one chunk in."""
+        """Fold one chunk in.
+
+        Raises :class:`~qwen_sse.errors.StreamLimitError` (folding nothing) when the answer
+        already holds ``max_answer_chunks`` chunks or more than ``max_answer_chars``
+        characters: the chunk that crosses a bound is kept, the next one is refused.
+        """
+        self._check_bounds()
+        self._chunks += 1
         if not self.id:
             self.id = chunk.id
             self.model = chunk.model
@@ -216,12 +282,14 @@ class ChatAccumulator:
             delta = choice.delta
             if delta.content:
                 state.content.append(delta.content)
+                self._chars += len(delta.content)
                 text = True
             if delta.reasoning_content:
                 state.reasoning.append(delta.reasoning_content)
+                self._chars += len(delta.reasoning_content)
                 text = True
             if delta.tool_calls:
-                self._add_tool_calls(state, delta.tool_calls)
+                self._chars += self._add_tool_calls(state, delta.tool_calls)
             if delta.role and not state.role:
                 state.role = delta.role
             if choice.finish_reason is not None:
@@ -229,8 +297,28 @@ class ChatAccumulator:
         if text:
             self._token_times.append(now_s - self.started_at_s)
 
+    def _check_bounds(self) -> None:
+        max_chunks = self.max_answer_chunks
+        if max_chunks is not None and self._chunks >= max_chunks:
+            raise StreamLimitError(
+                limit="max_answer_chunks",
+                limit_value=max_chunks,
+                observed=self._chunks,
+                unit="chunks",
+            )
+        max_chars = self.max_answer_chars
+        if max_chars is not None and self._chars > max_chars:
+            raise StreamLimitError(
+                limit="max_answer_chars",
+                limit_value=max_chars,
+                observed=self._chars,
+                unit="characters of answer",
+            )
+
     @staticmethod
-    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> None:
+    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
+        """Fold tool-call deltas in; return the argument characters they added."""
+        chars = 0
         for delta in deltas:
             call = state.tools.get(delta.index)
             if call is None:
@@ -245,6 +333,8 @@ class ChatAccumulator:
                     call.name = function.name
                 if function.arguments:
                     call.arguments.append(function.arguments)
+                    chars += len(function.arguments)
+        return chars
 
     def result(
         self,
@@ -303,7 +393,15 @@ class ChatStreamDecoder:
     so a caller that must not wait for more bytes checks it after each ``feed``.
     ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
     Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
-    several streams (a resumed answer) fold into one result.
+    several streams (a resumed answer) fold into one result; ``max_answer_chars`` and
+    ``max_answer_chunks`` configure the accumulator made when none is given (a given one
+    keeps its own bounds).
+
+    Bounds: the bytes fed past ``max_stream_bytes`` are not decoded, and the stream fails
+    with :class:`~qwen_sse.errors.StreamLimitError` (unless ``[DONE]`` came first), as it
+    does when the accumulator refuses a chunk. Any failure to decode or fold a frame
+    (deep nesting included) is a :class:`~qwen_sse.errors.ProtocolError` with the frame.
+    Either way the error is kept: every later ``feed`` or ``feed_eof`` raises it again.
     """
 
     __slots__ = (
@@ -314,6 +412,7 @@ class ChatStreamDecoder:
         "done",
         "error",
         "events",
+        "max_stream_bytes",
     )
 
     def __init__(
@@ -322,10 +421,20 @@ class ChatStreamDecoder:
         started_at_s: float = 0.0,
         request_id: str = "",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_stream_bytes: int | None = DEFAULT_MAX_STREAM_BYTES,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
         accumulator: ChatAccumulator | None = None,
     ) -> None:
+        _check_bound("max_stream_bytes", max_stream_bytes)
         self._sse = SSEDecoder(max_event_bytes)
-        self.accumulator = accumulator or ChatAccumulator(started_at_s, request_id)
+        self.max_stream_bytes = max_stream_bytes
+        self.accumulator = accumulator or ChatAccumulator(
+            started_at_s,
+            request_id,
+            max_answer_chars=max_answer_chars,
+            max_answer_chunks=max_answer_chunks,
+        )
         self.done = False
         self.error: QwenSSEError | None = None
         self.bytes_received = 0
@@ -347,15 +456,40 @@ class ChatStreamDecoder:
         if self.done:
             self.bytes_after_done += len(data)
             return []
+        limit = self.max_stream_bytes
+        if limit is not None and self.bytes_received + len(data) > limit:
+            return self._deliver(self._feed_to_limit(data, limit, now_s))
         self.bytes_received += len(data)
+        return self._deliver(self._decode_bytes(data, now_s))
+
+    def _feed_to_limit(self, data: bytes, limit: int, now_s: float) -> list[ChatCompletionChunk]:
+        """Decode what fits under ``limit``; fail unless the stream ended within it."""
+        room = max(0, limit - self.bytes_received)
+        self.bytes_received += room
+        chunks = self._decode_bytes(data[:room], now_s) if room else []
+        if self.done:
+            self.bytes_after_done += len(data) - room
+        else:
+            self.bytes_received += len(data) - room
+            if self.error is None:
+                error = StreamLimitError(
+                    limit="max_stream_bytes",
+                    limit_value=limit,
+                    observed=self.bytes_received,
+                    unit="bytes",
+                )
+                self._fail(error, now_s)
+        return chunks
+
+    def _decode_bytes(self, data: bytes, now_s: float) -> list[ChatCompletionChunk]:
         try:
             frames = self._sse.feed_frames(data)
         except EventTooLargeError as error:
             chunks = self._decode_frames(error.events, now_s)
             if self.error is None:  # an error frame before the overflow is the real cause
                 self._fail(error, now_s)
-            return self._deliver(chunks)
-        return self._deliver(self._decode_frames(frames, now_s))
+            return chunks
+        return self._decode_frames(frames, now_s)
 
     def feed_events(
         self, events: Iterable[ServerSentEvent], now_s: float = 0.0
@@ -378,10 +512,19 @@ class ChatStreamDecoder:
                 break
             try:
                 chunk = decode(data)
+                if chunk.error is None:
+                    add(chunk, now_s)
             except msgspec.DecodeError as decode_error:
                 self.events += 1
-                error = self._frame_error(data) or chunk_protocol_error(decode_error, data)
-                self._fail(error, now_s)
+                self._fail(self._frame_error(data, decode_error), now_s)
+                break
+            except StreamLimitError as limit_error:
+                self.events += 1
+                self._fail(limit_error, now_s)
+                break
+            except Exception as failure:  # e.g. RecursionError from deeply nested JSON
+                self.events += 1
+                self._fail(frame_failure(failure, data), now_s)
                 break
             if chunk.error is not None:
                 self.events += 1
@@ -390,19 +533,22 @@ class ChatStreamDecoder:
                 )
                 self._fail(self._in_band_error(body, chunk.id), now_s)
                 break
-            add(chunk, now_s)
             out.append(chunk)
         self.events += len(out)
         return out
 
-    def _frame_error(self, data: bytes) -> QwenSSEError | None:
+    def _frame_error(self, data: bytes, decode_error: msgspec.DecodeError) -> QwenSSEError:
         """For a frame that is not a valid chunk: its in-band error, if it is one (for
-        example ``{"error": {...}, "choices": null}``), or its malformed-JSON error."""
+        example ``{"error": {...}, "choices": null}``), else its decoding error."""
         try:
             failure = decode_error_frame(data)
         except ProtocolError as protocol_error:
             return protocol_error
-        return None if failure is None else self._in_band_error(*failure)
+        except Exception as other:  # e.g. RecursionError from deeply nested JSON
+            return frame_failure(other, data)
+        if failure is None:
+            return chunk_protocol_error(decode_error, data)
+        return self._in_band_error(*failure)
 
     def _in_band_error(self, body: ErrorBody, frame_id: str) -> InBandError:
         if frame_id and not self.accumulator.id:
@@ -453,3 +599,17 @@ class ChatStreamDecoder:
     def _raise_pending(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def frame_failure(failure: Exception, frame: bytes) -> ProtocolError:
+    """The :class:`~qwen_sse.errors.ProtocolError` for a frame whose decoding failed in a
+    way the decoders do not anticipate (``RecursionError`` on JSON nested too deep, ...)."""
+    reason = str(failure) or type(failure).__name__
+    error = ProtocolError(f"data frame could not be decoded ({reason})", frame=frame)
+    error.__cause__ = failure
+    return error
+
+
+def _check_bound(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive or None, got {value}")

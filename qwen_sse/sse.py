@@ -46,6 +46,9 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _DIGITS = re.compile(rb"[0-9]+")
 
 _SIMPLE_MIN_BYTES = 512
+# Larger feeds (a whole saved stream) are parsed in slices of this size, so that splitting
+# a flood of line breaks never builds a list of more than this many lines.
+_SLICE_BYTES = 1 << 20
 
 # What SSEDecoder._feed emits: events; events and comments; (type, data bytes) frames.
 _EVENTS, _EVENTS_AND_COMMENTS, _FRAMES = range(3)
@@ -94,10 +97,12 @@ class SSEDecoder:
     persists, as it does for a reconnecting ``EventSource``).
 
     ``max_event_bytes`` bounds the memory one event may hold (its unterminated line plus
-    its buffered field values); past it ``feed`` raises
-    :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events`` holds what the same call
-    completed before the overflow (events, or frames from :meth:`feed_frames`), and the
-    decoder must not be fed again.
+    its buffered field values), and also the bytes that may arrive without any event
+    being dispatched (blank lines and comments count; counted per ``feed`` call: a call
+    that dispatches an event starts the count again), which bounds the work a flood of
+    them causes. Past either ``feed`` raises :class:`~qwen_sse.errors.EventTooLargeError`,
+    whose ``events`` holds what the same call completed before the overflow (events, or
+    frames from :meth:`feed_frames`), and the decoder must not be fed again.
 
     ``last_event_id`` and ``reconnection_time_ms`` (the last valid ``retry``, even from a
     block that dispatched nothing) are what a reconnecting client sends and waits.
@@ -108,6 +113,7 @@ class SSEDecoder:
         "_data",
         "_data_bytes",
         "_event_type",
+        "_gap_bytes",
         "_id_buffer",
         "_pending",
         "_retry",
@@ -131,6 +137,7 @@ class SSEDecoder:
         self._data_bytes = 0
         self._event_type = ""
         self._retry: int | None = None
+        self._gap_bytes = 0
 
     @property
     def pending_bytes(self) -> int:
@@ -178,10 +185,15 @@ class SSEDecoder:
         self._retry = None
         self._at_stream_start = True
         self._skip_lf = False
+        self._gap_bytes = 0
         return []
 
     def _feed(self, data: bytes, out: list[Any], mode: int) -> None:
         if not data:
+            return
+        if len(data) > _SLICE_BYTES:
+            for start in range(0, len(data), _SLICE_BYTES):
+                self._feed(data[start : start + _SLICE_BYTES], out, mode)
             return
         if self._at_stream_start:
             # Hold the first bytes until we know whether they are a BOM.
@@ -206,7 +218,9 @@ class SSEDecoder:
             and mode != _EVENTS_AND_COMMENTS
             and self._feed_simple(data, out, mode)
         ):
+            self._gap_bytes = 0  # the fast path dispatched at least one event
             return
+        dispatched_before = len(out)
         if b"\r" in data:
             lines = _LINE_BREAK.split(data)
             # A CR at the very end already ended its line; its LF may come in the next read.
@@ -224,6 +238,15 @@ class SSEDecoder:
             size = len(self._pending) + self._data_bytes
             if size > self.max_event_bytes:
                 raise self._too_large(size, out)
+        if len(out) == dispatched_before or (
+            mode == _EVENTS_AND_COMMENTS
+            and all(isinstance(item, SSEComment) for item in out[dispatched_before:])
+        ):
+            self._gap_bytes += len(data)
+            if self._gap_bytes > self.max_event_bytes:
+                raise self._too_large(self._gap_bytes, out, between_events=True)
+        else:
+            self._gap_bytes = 0
 
     def _feed_simple(self, data: bytes, out: list[Any], mode: int) -> bool:
         """The common case in C-speed list operations, or False to take the general path.
@@ -262,8 +285,12 @@ class SSEDecoder:
             ]
         return True
 
-    def _too_large(self, size: int, out: list[Any]) -> EventTooLargeError:
-        error = EventTooLargeError(max_event_bytes=self.max_event_bytes, event_bytes=size)
+    def _too_large(
+        self, size: int, out: list[Any], *, between_events: bool = False
+    ) -> EventTooLargeError:
+        error = EventTooLargeError(
+            max_event_bytes=self.max_event_bytes, event_bytes=size, between_events=between_events
+        )
         error.events = [item for item in out if not isinstance(item, SSEComment)]
         return error
 
