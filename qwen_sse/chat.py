@@ -23,7 +23,6 @@ fragments are concatenated, ids never are.
 from __future__ import annotations
 
 import itertools
-from array import array
 from collections.abc import Iterable
 
 import msgspec
@@ -75,6 +74,8 @@ DEFAULT_MAX_ANSWER_CHARS = 1 << 26
 No token of Qwen's vocabulary is longer than 128 characters, so even 212,992 of the
 longest tokens (27.3 M characters) fit more than twice; a typical answer of that length
 is under 1 M characters."""
+
+_UNBOUNDED = 1 << 62
 
 DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
 """Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
@@ -200,12 +201,12 @@ class ChatAccumulator:
 
     __slots__ = (
         "_chars",
+        "_chars_cap",
         "_choices",
         "_chunks",
+        "_chunks_cap",
         "_token_times",
         "id",
-        "max_answer_chars",
-        "max_answer_chunks",
         "model",
         "request_id",
         "started_at_s",
@@ -224,14 +225,14 @@ class ChatAccumulator:
         _check_bound("max_answer_chunks", max_answer_chunks)
         self.started_at_s = started_at_s
         self.request_id = request_id
-        self.max_answer_chars = max_answer_chars
-        self.max_answer_chunks = max_answer_chunks
+        # Plain ints, so that the check on the hot path is two comparisons.
+        self._chars_cap = _UNBOUNDED if max_answer_chars is None else max_answer_chars
+        self._chunks_cap = _UNBOUNDED if max_answer_chunks is None else max_answer_chunks
         self.id = ""
         self.model = ""
         self.usage: Usage | None = None
         self._choices: dict[int, _ChoiceState] = {}
-        # Compact: 8 bytes a time, where a list of floats takes 32.
-        self._token_times = array("d")
+        self._token_times: list[float] = []
         self._chars = 0
         self._chunks = 0
 
@@ -241,9 +242,19 @@ class ChatAccumulator:
         self.model = ""
         self.usage = None
         self._choices = {}
-        self._token_times = array("d")
+        self._token_times = []
         self._chars = 0
         self._chunks = 0
+
+    @property
+    def max_answer_chars(self) -> int | None:
+        """The bound on :attr:`chars` (None: unbounded)."""
+        return None if self._chars_cap == _UNBOUNDED else self._chars_cap
+
+    @property
+    def max_answer_chunks(self) -> int | None:
+        """The bound on :attr:`chunks` (None: unbounded)."""
+        return None if self._chunks_cap == _UNBOUNDED else self._chunks_cap
 
     @property
     def chars(self) -> int:
@@ -252,8 +263,31 @@ class ChatAccumulator:
 
     @property
     def chunks(self) -> int:
-        """Chunks folded in so far."""
+        """Chunks counted by :meth:`check_bounds` so far."""
         return self._chunks
+
+    def check_bounds(self, folded: int) -> StreamLimitError | None:
+        """Count ``folded`` more chunks; return the error for a bound now passed, if any.
+
+        :meth:`add` counts characters but checks nothing, to stay cheap; the decoders
+        call this once per read, so an answer passes a bound by at most one read.
+        """
+        self._chunks += folded
+        if self._chunks > self._chunks_cap:
+            return StreamLimitError(
+                limit="max_answer_chunks",
+                limit_value=self._chunks_cap,
+                observed=self._chunks,
+                unit="chunks",
+            )
+        if self._chars > self._chars_cap:
+            return StreamLimitError(
+                limit="max_answer_chars",
+                limit_value=self._chars_cap,
+                observed=self._chars,
+                unit="characters of answer",
+            )
+        return None
 
     @property
     def has_text(self) -> bool:
@@ -261,59 +295,35 @@ class ChatAccumulator:
         return bool(self._token_times)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
-        """Fold one chunk in.
-
-        Raises :class:`~qwen_sse.errors.StreamLimitError` (folding nothing) when the answer
-        already holds ``max_answer_chunks`` chunks or more than ``max_answer_chars``
-        characters: the chunk that crosses a bound is kept, the next one is refused.
-        """
-        self._check_bounds()
-        self._chunks += 1
+        """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
         if not self.id:
             self.id = chunk.id
             self.model = chunk.model
         if chunk.usage is not None:
             self.usage = chunk.usage
-        text = False
+        text_chars = 0
         for choice in chunk.choices:
             state = self._choices.get(choice.index)
             if state is None:
                 state = self._choices[choice.index] = _ChoiceState()
             delta = choice.delta
-            if delta.content:
-                state.content.append(delta.content)
-                self._chars += len(delta.content)
-                text = True
-            if delta.reasoning_content:
-                state.reasoning.append(delta.reasoning_content)
-                self._chars += len(delta.reasoning_content)
-                text = True
+            content = delta.content
+            if content:
+                state.content.append(content)
+                text_chars += len(content)
+            reasoning = delta.reasoning_content
+            if reasoning:
+                state.reasoning.append(reasoning)
+                text_chars += len(reasoning)
             if delta.tool_calls:
                 self._chars += self._add_tool_calls(state, delta.tool_calls)
             if delta.role and not state.role:
                 state.role = delta.role
             if choice.finish_reason is not None:
                 state.finish_reason = choice.finish_reason
-        if text:
+        if text_chars:
+            self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)
-
-    def _check_bounds(self) -> None:
-        max_chunks = self.max_answer_chunks
-        if max_chunks is not None and self._chunks >= max_chunks:
-            raise StreamLimitError(
-                limit="max_answer_chunks",
-                limit_value=max_chunks,
-                observed=self._chunks,
-                unit="chunks",
-            )
-        max_chars = self.max_answer_chars
-        if max_chars is not None and self._chars > max_chars:
-            raise StreamLimitError(
-                limit="max_answer_chars",
-                limit_value=max_chars,
-                observed=self._chars,
-                unit="characters of answer",
-            )
 
     @staticmethod
     def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
@@ -406,13 +416,13 @@ class ChatStreamDecoder:
 
     __slots__ = (
         "_sse",
+        "_stream_cap",
         "accumulator",
         "bytes_after_done",
         "bytes_received",
         "done",
         "error",
         "events",
-        "max_stream_bytes",
     )
 
     def __init__(
@@ -428,7 +438,8 @@ class ChatStreamDecoder:
     ) -> None:
         _check_bound("max_stream_bytes", max_stream_bytes)
         self._sse = SSEDecoder(max_event_bytes)
-        self.max_stream_bytes = max_stream_bytes
+        # A plain int, so that the check on the hot path is one comparison.
+        self._stream_cap = _UNBOUNDED if max_stream_bytes is None else max_stream_bytes
         self.accumulator = accumulator or ChatAccumulator(
             started_at_s,
             request_id,
@@ -440,6 +451,11 @@ class ChatStreamDecoder:
         self.bytes_received = 0
         self.bytes_after_done = 0
         self.events = 0
+
+    @property
+    def max_stream_bytes(self) -> int | None:
+        """The bound on the bytes of this response (None: unbounded)."""
+        return None if self._stream_cap == _UNBOUNDED else self._stream_cap
 
     def result(self, now_s: float | None = None) -> ChatResult:
         """The result so far; ``complete`` once ``[DONE]`` has arrived."""
@@ -456,14 +472,19 @@ class ChatStreamDecoder:
         if self.done:
             self.bytes_after_done += len(data)
             return []
-        limit = self.max_stream_bytes
-        if limit is not None and self.bytes_received + len(data) > limit:
-            return self._deliver(self._feed_to_limit(data, limit, now_s))
-        self.bytes_received += len(data)
-        return self._deliver(self._decode_bytes(data, now_s))
+        received = self.bytes_received + len(data)
+        if received > self._stream_cap:
+            return self._deliver(self._feed_to_limit(data, now_s))
+        self.bytes_received = received
+        try:
+            frames = self._sse.feed_frames(data)
+        except EventTooLargeError as error:
+            return self._deliver(self._overflow(error, now_s))
+        return self._deliver(self._decode_frames(frames, now_s))
 
-    def _feed_to_limit(self, data: bytes, limit: int, now_s: float) -> list[ChatCompletionChunk]:
-        """Decode what fits under ``limit``; fail unless the stream ended within it."""
+    def _feed_to_limit(self, data: bytes, now_s: float) -> list[ChatCompletionChunk]:
+        """Decode what fits under the byte bound; fail unless the stream ended within it."""
+        limit = self._stream_cap
         room = max(0, limit - self.bytes_received)
         self.bytes_received += room
         chunks = self._decode_bytes(data[:room], now_s) if room else []
@@ -485,11 +506,16 @@ class ChatStreamDecoder:
         try:
             frames = self._sse.feed_frames(data)
         except EventTooLargeError as error:
-            chunks = self._decode_frames(error.events, now_s)
-            if self.error is None:  # an error frame before the overflow is the real cause
-                self._fail(error, now_s)
-            return chunks
+            return self._overflow(error, now_s)
         return self._decode_frames(frames, now_s)
+
+    def _overflow(self, error: EventTooLargeError, now_s: float) -> list[ChatCompletionChunk]:
+        """The chunks completed before ``error``; the failure is ``error`` unless an error
+        frame came first (then that frame is the real cause)."""
+        chunks = self._decode_frames(error.events, now_s)
+        if self.error is None:
+            self._fail(error, now_s)
+        return chunks
 
     def feed_events(
         self, events: Iterable[ServerSentEvent], now_s: float = 0.0
@@ -518,10 +544,6 @@ class ChatStreamDecoder:
                 self.events += 1
                 self._fail(self._frame_error(data, decode_error), now_s)
                 break
-            except StreamLimitError as limit_error:
-                self.events += 1
-                self._fail(limit_error, now_s)
-                break
             except Exception as failure:  # e.g. RecursionError from deeply nested JSON
                 self.events += 1
                 self._fail(frame_failure(failure, data), now_s)
@@ -535,7 +557,14 @@ class ChatStreamDecoder:
                 break
             out.append(chunk)
         self.events += len(out)
+        if out:
+            self._check_bounds(len(out), now_s)
         return out
+
+    def _check_bounds(self, folded: int, now_s: float) -> None:
+        limit_error = self.accumulator.check_bounds(folded)
+        if limit_error is not None and self.error is None:
+            self._fail(limit_error, now_s)
 
     def _frame_error(self, data: bytes, decode_error: msgspec.DecodeError) -> QwenSSEError:
         """For a frame that is not a valid chunk: its in-band error, if it is one (for

@@ -38,7 +38,7 @@ from qwen_sse.chunks import (
     Usage,
     chunk_protocol_error,
 )
-from qwen_sse.errors import InBandError, ProtocolError, StreamLimitError
+from qwen_sse.errors import InBandError, ProtocolError
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["CUMULATIVE_STREAM_BYTES_FACTOR", "NativeStreamDecoder", "native_request_body"]
@@ -132,7 +132,7 @@ class NativeStreamDecoder(ChatStreamDecoder):
             accumulator=accumulator,
         )
         if not incremental and max_stream_bytes is not None:
-            self.max_stream_bytes = max_stream_bytes * CUMULATIVE_STREAM_BYTES_FACTOR
+            self._stream_cap = max_stream_bytes * CUMULATIVE_STREAM_BYTES_FACTOR
         self.incremental = incremental
         self._cumulative: dict[tuple[int, str], str] = {}
 
@@ -170,9 +170,6 @@ class NativeStreamDecoder(ChatStreamDecoder):
                 protocol_error.frame = data
                 self._fail(protocol_error, now_s)
                 break
-            except StreamLimitError as limit_error:
-                self._fail(limit_error, now_s)
-                break
             except Exception as failure:
                 self._fail(frame_failure(failure, data), now_s)
                 break
@@ -180,6 +177,8 @@ class NativeStreamDecoder(ChatStreamDecoder):
             if any(choice.finish_reason is not None for choice in chunk.choices):
                 self.done = True
                 break
+        if out:
+            self._check_bounds(len(out), now_s)
         return out
 
     def _chunk(self, frame: _NativeFrame) -> ChatCompletionChunk:
