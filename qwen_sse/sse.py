@@ -97,12 +97,14 @@ class SSEDecoder:
     persists, as it does for a reconnecting ``EventSource``).
 
     ``max_event_bytes`` bounds the memory one event may hold (its unterminated line plus
-    its buffered field values), and also the bytes that may arrive without any event
-    being dispatched (blank lines and comments count; counted per ``feed`` call: a call
-    that dispatches an event starts the count again), which bounds the work a flood of
-    them causes. Past either ``feed`` raises :class:`~qwen_sse.errors.EventTooLargeError`,
-    whose ``events`` holds what the same call completed before the overflow (events, or
-    frames from :meth:`feed_frames`), and the decoder must not be fed again.
+    its buffered field values), and also the bytes of the lines between two dispatched
+    events other than data lines (blank lines, comments, other fields: each line's bytes
+    plus one for its line break), which bounds the work a flood of them causes. Past
+    either ``feed`` raises :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events``
+    holds what the same call completed before the overflow (events, or frames from
+    :meth:`feed_frames`), and the decoder must not be fed again. Whether a stream
+    overflows does not depend on how it is split into ``feed`` calls; where it is noticed
+    may (at the latest at the end of the read that passes the bound).
 
     ``last_event_id`` and ``reconnection_time_ms`` (the last valid ``retry``, even from a
     block that dispatched nothing) are what a reconnecting client sends and waits.
@@ -218,9 +220,8 @@ class SSEDecoder:
             and mode != _EVENTS_AND_COMMENTS
             and self._feed_simple(data, out, mode)
         ):
-            self._gap_bytes = 0  # the fast path dispatched at least one event
+            self._gap_bytes = 0  # nothing but events: no line after the last dispatch
             return
-        dispatched_before = len(out)
         if b"\r" in data:
             lines = _LINE_BREAK.split(data)
             # A CR at the very end already ended its line; its LF may come in the next read.
@@ -238,15 +239,8 @@ class SSEDecoder:
             size = len(self._pending) + self._data_bytes
             if size > self.max_event_bytes:
                 raise self._too_large(size, out)
-        if len(out) == dispatched_before or (
-            mode == _EVENTS_AND_COMMENTS
-            and all(isinstance(item, SSEComment) for item in out[dispatched_before:])
-        ):
-            self._gap_bytes += len(data)
-            if self._gap_bytes > self.max_event_bytes:
-                raise self._too_large(self._gap_bytes, out, between_events=True)
-        else:
-            self._gap_bytes = 0
+        if self._gap_bytes > self.max_event_bytes:
+            raise self._too_large(self._gap_bytes, out, between_events=True)
 
     def _feed_simple(self, data: bytes, out: list[Any], mode: int) -> bool:
         """The common case in C-speed list operations, or False to take the general path.
@@ -301,6 +295,9 @@ class SSEDecoder:
         event_type = self._event_type
         retry = self._retry
         id_buffer = self._id_buffer
+        # Bytes of the lines since the last dispatch that are not data lines: a flood of
+        # them costs time (not memory), and is bounded by max_event_bytes too.
+        gap = self._gap_bytes
         limit = self.max_event_bytes
         append = out.append
         try:
@@ -308,6 +305,9 @@ class SSEDecoder:
                 if not line:
                     self.last_event_id = id_buffer
                     if data:
+                        if gap > limit:
+                            raise self._too_large(gap, out, between_events=True)
+                        gap = 0
                         raw = data[0] if len(data) == 1 else b"\n".join(data)
                         if mode == _FRAMES:
                             append((event_type or "message", raw))
@@ -322,6 +322,8 @@ class SSEDecoder:
                             )
                         data = []
                         data_bytes = 0
+                    else:
+                        gap += 1
                     event_type = ""
                     retry = None
                     continue
@@ -329,6 +331,7 @@ class SSEDecoder:
                     field = b"data"
                     value = line[6:]
                 elif line[0] == 0x3A:
+                    gap += len(line) + 1
                     if mode == _EVENTS_AND_COMMENTS:
                         append(SSEComment(_decode(line[1:])))
                     continue
@@ -347,7 +350,9 @@ class SSEDecoder:
                     data_bytes += len(value) + 1
                     if data_bytes > limit:
                         raise self._too_large(data_bytes, out)
-                elif field == b"event":
+                    continue
+                gap += len(line) + 1
+                if field == b"event":
                     event_type = _decode(value)
                 elif field == b"id":
                     if b"\x00" not in value:
@@ -355,6 +360,7 @@ class SSEDecoder:
                 elif field == b"retry" and _DIGITS.fullmatch(value):
                     retry = self.reconnection_time_ms = _retry_ms(value)
         finally:
+            self._gap_bytes = gap
             self._data = data
             self._data_bytes = data_bytes
             self._event_type = event_type
