@@ -469,3 +469,62 @@ def test_an_enormous_retry_is_clamped_not_a_crash() -> None:
     digits = "9" * 5000
     events = decode_pieces([f"retry: {digits}\ndata: a\n\nretry: 007\ndata: b\n\n".encode()])
     assert [e.retry for e in events] == [MAX_RETRY_MS, 7]
+
+
+# --- the bytes between two events are bounded too: a flood of them costs time ---
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [b"\n", b"\r\n", b": keep-alive\n", b"event: x\n", b"id: 7\n", b"retry: 5\n", b"unknown\n"],
+    ids=["LF", "CRLF", "comment", "event", "id", "retry", "unknown"],
+)
+def test_lines_between_events_are_bounded_under_every_chunking(filler: bytes) -> None:
+    counted = len(filler.removesuffix(b"\r\n").removesuffix(b"\n")) + 1  # a line break is 1
+    flood = filler * (64 // counted + 1)  # just over 64
+    data = b"data: first\n\n" + flood + b"data: second\n\n"
+    for label, pieces in every_chunking(data):
+        decoder = SSEDecoder(max_event_bytes=64)
+        events: list[ServerSentEvent] = []
+        with pytest.raises(EventTooLargeError) as caught:
+            for piece in pieces:
+                events += decoder.feed(piece)
+        events += caught.value.events
+        assert [event.data for event in events] == ["first"], label
+        assert caught.value.event_bytes > 64
+        assert "no SSE event in" in str(caught.value)
+
+
+def test_lines_between_events_up_to_the_bound_are_accepted_under_every_chunking() -> None:
+    # 63 blank lines and a 1-byte comment line (with their line breaks): exactly 64 bytes.
+    data = b"data: first\n\n" + b"\n" * 62 + b":\n" + b"data: second\n\n"
+    for label, pieces in every_chunking(data):
+        decoder = SSEDecoder(max_event_bytes=64)
+        events = [event for piece in pieces for event in decoder.feed(piece)]
+        assert [event.data for event in events] == ["first", "second"], label
+
+
+def test_the_count_between_events_starts_again_at_every_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    block = b": ping\n" * 8 + b"data: x\n\n"  # 56 bytes of comments before each event
+    for _ in range(1000):
+        assert decoder.feed(block) == [ServerSentEvent("x")]
+
+
+def test_a_flood_of_line_breaks_stops_within_max_event_bytes() -> None:
+    decoder = SSEDecoder(max_event_bytes=1024 * 1024)
+    decoder.feed(b"data: first\n\n")
+    fed = 0
+    with pytest.raises(EventTooLargeError):
+        while True:
+            decoder.feed(b"\n" * 65_536)
+            fed += 65_536
+    assert fed <= 1024 * 1024
+
+
+def test_a_huge_single_feed_is_parsed_in_slices_with_the_same_result() -> None:
+    # 3 MiB of events in one call, as decode() of a saved stream does.
+    data = b"".join(f"data: {n}\n\n".encode() for n in range(300_000))
+    assert len(data) > 3 * 1024 * 1024
+    events = SSEDecoder().feed(data)
+    assert [event.data for event in events] == [str(n) for n in range(300_000)]
