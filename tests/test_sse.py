@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qwen_sse.errors import EventTooLargeError
@@ -528,3 +530,59 @@ def test_a_huge_single_feed_is_parsed_in_slices_with_the_same_result() -> None:
     assert len(data) > 3 * 1024 * 1024
     events = SSEDecoder().feed(data)
     assert [event.data for event in events] == [str(n) for n in range(300_000)]
+
+
+_SHORT_LINES = st.sampled_from(
+    [b"", b"", b":", b": ping", b"event: x", b"id: 1", b"retry: 5", b"data: ab", b"data: c"]
+)
+
+
+def _between_events_reference(lines: list[bytes], limit: int) -> tuple[list[str], bool]:
+    """The bound as documented: the non-data lines since the last dispatch, each costing
+    its length plus one, may not pass ``limit`` (checked at dispatch and at the end)."""
+    events: list[str] = []
+    data: list[bytes] = []
+    gap = 0
+    for line in lines:
+        if line.startswith(b"data: "):
+            data.append(line[6:])
+        elif not line and data:
+            if gap > limit:
+                return events, True
+            events.append(b"\n".join(data).decode())
+            data, gap = [], 0
+        else:
+            gap += len(line) + 1
+    return events, gap > limit
+
+
+def _data_bytes_held(lines: list[bytes]) -> Iterator[int]:
+    held = 0
+    for line in lines:
+        if line.startswith(b"data: "):
+            held += len(line) - 5
+            yield held
+        elif not line:
+            held = 0
+
+
+@given(st.lists(_SHORT_LINES, max_size=60), st.integers(16, 48), st.data())
+@settings(max_examples=300, deadline=None)
+def test_the_bound_between_events_does_not_depend_on_the_chunking(
+    lines: list[bytes], limit: int, data: st.DataObject
+) -> None:
+    # Events small enough that the bound on one event never applies, under any chunking.
+    assume(all(held + len(b"data: ab") < limit for held in _data_bytes_held(lines)))
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=8)))
+    pieces = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
+    decoder = SSEDecoder(max_event_bytes=limit)
+    events: list[ServerSentEvent] = []
+    raised = False
+    try:
+        for piece in pieces:
+            events += decoder.feed(piece)
+    except EventTooLargeError as error:
+        raised = True
+        events += error.events
+    assert ([event.data for event in events], raised) == _between_events_reference(lines, limit)
