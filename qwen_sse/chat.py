@@ -9,15 +9,15 @@ chunk carries usage; input that ends before ``[DONE]`` is an
 :class:`~qwen_sse.errors.IncompleteStreamError`; malformed JSON, or any other failure to
 decode or fold a frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error
 carries ``.partial``, and a decoder that raised one refuses further input.
+Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
+non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
+fragments are concatenated, ids never are.
 
 Bounds, so that no server can make a client grow or spin without end (defaults fit the
 largest documented answer, 131,072 answer plus 81,920 reasoning tokens, with wide margins):
 ``max_stream_bytes`` per response, ``max_answer_chars`` and ``max_answer_chunks`` over the
 whole answer (all its choices, resumes included); past one the stream stops with a
 :class:`~qwen_sse.errors.StreamLimitError` carrying ``.partial``. ``None`` turns one off.
-Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
-non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
-fragments are concatenated, ids never are.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ __all__ = [
 DONE_MARKER = "[DONE]"
 _DONE_BYTES = DONE_MARKER.encode()
 
+_UNBOUNDED = 1 << 62  # what None stands for: a plain int keeps the hot-path checks cheap
+
 DEFAULT_MAX_STREAM_BYTES = 1 << 30
 """Decoded bytes of one response (1 GiB). The largest documented answer, 212,992 tokens
 at DashScope's one or few tokens per chunk of 250-350 bytes, is under 80 MB: a margin of
@@ -74,8 +76,6 @@ DEFAULT_MAX_ANSWER_CHARS = 1 << 26
 No token of Qwen's vocabulary is longer than 128 characters, so even 212,992 of the
 longest tokens (27.3 M characters) fit more than twice; a typical answer of that length
 is under 1 M characters."""
-
-_UNBOUNDED = 1 << 62
 
 DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
 """Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
@@ -408,8 +408,10 @@ class ChatStreamDecoder:
     keeps its own bounds).
 
     Bounds: the bytes fed past ``max_stream_bytes`` are not decoded, and the stream fails
-    with :class:`~qwen_sse.errors.StreamLimitError` (unless ``[DONE]`` came first), as it
-    does when the accumulator refuses a chunk. Any failure to decode or fold a frame
+    with :class:`~qwen_sse.errors.StreamLimitError` unless ``[DONE]`` came first; it fails
+    the same way after a read that takes the answer past ``max_answer_chars`` or
+    ``max_answer_chunks`` (the chunks of that read are still returned, and are in the
+    partial) unless that read ended the answer. Any failure to decode or fold a frame
     (deep nesting included) is a :class:`~qwen_sse.errors.ProtocolError` with the frame.
     Either way the error is kept: every later ``feed`` or ``feed_eof`` raises it again.
     """
@@ -557,7 +559,7 @@ class ChatStreamDecoder:
                 break
             out.append(chunk)
         self.events += len(out)
-        if out:
+        if out and not self.done:
             self._check_bounds(len(out), now_s)
         return out
 
@@ -635,7 +637,7 @@ def frame_failure(failure: Exception, frame: bytes) -> ProtocolError:
     way the decoders do not anticipate (``RecursionError`` on JSON nested too deep, ...)."""
     reason = str(failure) or type(failure).__name__
     error = ProtocolError(f"data frame could not be decoded ({reason})", frame=frame)
-    error.__cause__ = failure
+    error.__cause__ = failure.with_traceback(None)  # its frames would hold the whole read
     return error
 
 

@@ -177,7 +177,7 @@ class NativeStreamDecoder(ChatStreamDecoder):
             if any(choice.finish_reason is not None for choice in chunk.choices):
                 self.done = True
                 break
-        if out:
+        if out and not self.done:
             self._check_bounds(len(out), now_s)
         return out
 

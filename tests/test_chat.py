@@ -509,8 +509,8 @@ def test_a_resumed_answer_is_bounded_as_a_whole() -> None:
     first.feed(stream(delta_frame(content="0123456789"), done=False))
     second = ChatStreamDecoder(accumulator=accumulator)
     with pytest.raises(StreamLimitError) as caught:
-        second.feed(stream(delta_frame(content="0123456789")))
-        second.feed_eof()
+        second.feed(stream(delta_frame(content="0123456789"), done=False))
+        second.feed(stream(delta_frame(content="", finish_reason="stop")))
     assert caught.value.observed == 20
 
 
@@ -624,3 +624,12 @@ def test_no_answer_of_the_largest_documented_size_can_reach_max_answer_chars() -
 
 
 VOCABULARY = Path(qwen_sse.__file__).parent / "data" / "qwen.tiktoken.gz"
+
+
+def test_an_answer_that_ends_in_the_read_that_passes_a_bound_is_complete() -> None:
+    data = stream(delta_frame(content="0123456789"), delta_frame(content="!", finish_reason="stop"))
+    decoder = ChatStreamDecoder(max_answer_chars=5, max_answer_chunks=1)
+    decoder.feed(data)
+    decoder.feed_eof()
+    assert decoder.result().complete
+    assert decoder.result().content == "0123456789!"
