@@ -807,12 +807,12 @@ class QwenClient:
     request (:mod:`qwen_sse.limiter`). ``sleep`` and ``random_source`` are the clock and
     the jitter source of retries, replaceable in tests.
 
-    Bounds on what a server can make the client hold or parse (``None`` turns off any but
-    the first):
-    ``max_event_bytes`` (one SSE event, and the bytes between two events),
-    ``max_stream_bytes`` (decoded bytes of one response), ``max_answer_chars`` and
-    ``max_answer_chunks`` (the whole answer, resumes included); see
-    :mod:`qwen_sse.chat` for the defaults. Past one the call raises
+    Bounds on what a server can make the client hold or parse: ``max_event_bytes`` (one
+    SSE event, and the lines between two events), ``max_stream_bytes`` (decoded bytes of
+    one response), ``max_answer_chars`` and ``max_answer_chunks`` (the whole answer,
+    resumes included); ``None`` turns off any of the last three. Defaults and reasons are
+    in :mod:`qwen_sse.chat`. Past one the call raises
+    :class:`~qwen_sse.errors.EventTooLargeError` or
     :class:`~qwen_sse.errors.StreamLimitError` with ``.partial``, never retried or resumed.
     """
 
