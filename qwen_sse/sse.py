@@ -239,8 +239,6 @@ class SSEDecoder:
             size = len(self._pending) + self._data_bytes
             if size > self.max_event_bytes:
                 raise self._too_large(size, out)
-        if self._gap_bytes > self.max_event_bytes:
-            raise self._too_large(self._gap_bytes, out, between_events=True)
 
     def _feed_simple(self, data: bytes, out: list[Any], mode: int) -> bool:
         """The common case in C-speed list operations, or False to take the general path.
@@ -359,6 +357,8 @@ class SSEDecoder:
                         id_buffer = _decode(value)
                 elif field == b"retry" and _DIGITS.fullmatch(value):
                     retry = self.reconnection_time_ms = _retry_ms(value)
+            if gap > limit:
+                raise self._too_large(gap, out, between_events=True)
         finally:
             self._gap_bytes = gap
             self._data = data
