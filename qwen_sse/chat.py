@@ -9,11 +9,18 @@ arrived, so ``[DONE]`` before a finish reason (llama.cpp's server ends an interr
 stream that way) and input that ends before ``[DONE]`` are both an
 :class:`~qwen_sse.errors.IncompleteStreamError`; a frame with a top-level ``error`` object
 is an :class:`~qwen_sse.errors.InBandError`; the ``choices: []`` chunk carries usage
-(normal after the finish chunk); malformed JSON is a
-:class:`~qwen_sse.errors.ProtocolError`. Every such error carries ``.partial``.
+(normal after the finish chunk); malformed JSON, or any other failure to decode or fold a
+frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error carries ``.partial``,
+and a decoder that raised one refuses further input.
 Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
 non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
 fragments are concatenated, ids never are.
+
+Bounds, so that no server can make a client grow or spin without end (defaults fit the
+largest documented answer, 131,072 answer plus 81,920 reasoning tokens, with wide margins):
+``max_stream_bytes`` per response, ``max_answer_chars`` and ``max_answer_chunks`` over the
+whole answer (all its choices, resumes included); past one the stream stops with a
+:class:`~qwen_sse.errors.StreamLimitError` carrying ``.partial``. ``None`` turns one off.
 """
 
 from __future__ import annotations
@@ -39,10 +46,14 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
+    StreamLimitError,
 )
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_CHARS",
+    "DEFAULT_MAX_ANSWER_CHUNKS",
+    "DEFAULT_MAX_STREAM_BYTES",
     "DONE_MARKER",
     "ChatAccumulator",
     "ChatResult",
@@ -55,6 +66,25 @@ __all__ = [
 
 DONE_MARKER = "[DONE]"
 _DONE_BYTES = DONE_MARKER.encode()
+
+_UNBOUNDED = 1 << 62  # what None stands for: a plain int keeps the hot-path checks cheap
+
+DEFAULT_MAX_STREAM_BYTES = 1 << 30
+"""Decoded bytes of one response (1 GiB). The largest documented answer, 212,992 tokens
+at DashScope's one or few tokens per chunk of 250-350 bytes, is under 80 MB: a margin of
+more than 12. (Native frames with ``incremental_output: false`` repeat the text so far:
+see :class:`~qwen_sse.native.NativeStreamDecoder`.)"""
+
+DEFAULT_MAX_ANSWER_CHARS = 1 << 26
+"""Characters of content, reasoning and tool-call arguments of the whole answer (64 Mi).
+No token of Qwen's vocabulary is longer than 128 characters, so even 212,992 of the
+longest tokens (27.3 M characters) fit more than twice; a typical answer of that length
+is under 1 M characters."""
+
+DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
+"""Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
+text. Every chunk with text carries at least one token, so the largest documented answer
+takes at most 212,992 of them, plus a handful without text: a margin of nearly 5."""
 
 
 class ToolCallFunction(msgspec.Struct, frozen=True, gc=False):
@@ -179,7 +209,11 @@ class ChatAccumulator:
     """
 
     __slots__ = (
+        "_chars",
+        "_chars_cap",
         "_choices",
+        "_chunks",
+        "_chunks_cap",
         "_token_times",
         "id",
         "model",
@@ -188,14 +222,28 @@ class ChatAccumulator:
         "usage",
     )
 
-    def __init__(self, started_at_s: float = 0.0, request_id: str = "") -> None:
+    def __init__(
+        self,
+        started_at_s: float = 0.0,
+        request_id: str = "",
+        *,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
+    ) -> None:
+        _check_bound("max_answer_chars", max_answer_chars)
+        _check_bound("max_answer_chunks", max_answer_chunks)
         self.started_at_s = started_at_s
         self.request_id = request_id
+        # Plain ints, so that the check on the hot path is two comparisons.
+        self._chars_cap = _UNBOUNDED if max_answer_chars is None else max_answer_chars
+        self._chunks_cap = _UNBOUNDED if max_answer_chunks is None else max_answer_chunks
         self.id = ""
         self.model = ""
         self.usage: Usage | None = None
         self._choices: dict[int, _ChoiceState] = {}
         self._token_times: list[float] = []
+        self._chars = 0
+        self._chunks = 0
 
     def reset(self) -> None:
         """Forget everything folded in so far (a retry starts over); keeps the start time."""
@@ -204,6 +252,51 @@ class ChatAccumulator:
         self.usage = None
         self._choices = {}
         self._token_times = []
+        self._chars = 0
+        self._chunks = 0
+
+    @property
+    def max_answer_chars(self) -> int | None:
+        """The bound on :attr:`chars` (None: unbounded)."""
+        return None if self._chars_cap == _UNBOUNDED else self._chars_cap
+
+    @property
+    def max_answer_chunks(self) -> int | None:
+        """The bound on :attr:`chunks` (None: unbounded)."""
+        return None if self._chunks_cap == _UNBOUNDED else self._chunks_cap
+
+    @property
+    def chars(self) -> int:
+        """Characters of content, reasoning and tool-call arguments folded in so far."""
+        return self._chars
+
+    @property
+    def chunks(self) -> int:
+        """Chunks counted by :meth:`check_bounds` so far."""
+        return self._chunks
+
+    def check_bounds(self, folded: int) -> StreamLimitError | None:
+        """Count ``folded`` more chunks; return the error for a bound now passed, if any.
+
+        :meth:`add` counts characters but checks nothing, to stay cheap; the decoders
+        call this once per read, so an answer passes a bound by at most one read.
+        """
+        self._chunks += folded
+        if self._chunks > self._chunks_cap:
+            return StreamLimitError(
+                limit="max_answer_chunks",
+                limit_value=self._chunks_cap,
+                observed=self._chunks,
+                unit="chunks",
+            )
+        if self._chars > self._chars_cap:
+            return StreamLimitError(
+                limit="max_answer_chars",
+                limit_value=self._chars_cap,
+                observed=self._chars,
+                unit="characters of answer",
+            )
+        return None
 
     @property
     def has_text(self) -> bool:
@@ -222,35 +315,40 @@ class ChatAccumulator:
         return bool(self._choices)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
-        """Fold one chunk in."""
+        """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
         if not self.id:
             self.id = chunk.id
             self.model = chunk.model
         if chunk.usage is not None:
             self.usage = chunk.usage
-        text = False
+        text_chars = 0
         for choice in chunk.choices:
             state = self._choices.get(choice.index)
             if state is None:
                 state = self._choices[choice.index] = _ChoiceState()
             delta = choice.delta
-            if delta.content:
-                state.content.append(delta.content)
-                text = True
-            if delta.reasoning_content:
-                state.reasoning.append(delta.reasoning_content)
-                text = True
+            content = delta.content
+            if content:
+                state.content.append(content)
+                text_chars += len(content)
+            reasoning = delta.reasoning_content
+            if reasoning:
+                state.reasoning.append(reasoning)
+                text_chars += len(reasoning)
             if delta.tool_calls:
-                self._add_tool_calls(state, delta.tool_calls)
+                self._chars += self._add_tool_calls(state, delta.tool_calls)
             if delta.role and not state.role:
                 state.role = delta.role
             if choice.finish_reason is not None:
                 state.finish_reason = choice.finish_reason
-        if text:
+        if text_chars:
+            self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)
 
     @staticmethod
-    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> None:
+    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
+        """Fold tool-call deltas in; return the argument characters they added."""
+        chars = 0
         for delta in deltas:
             call = state.tools.get(delta.index)
             if call is None:
@@ -265,6 +363,8 @@ class ChatAccumulator:
                     call.name = function.name
                 if function.arguments:
                     call.arguments.append(function.arguments)
+                    chars += len(function.arguments)
+        return chars
 
     def result(
         self,
@@ -326,7 +426,17 @@ class ChatStreamDecoder:
     every choice has its finish reason; otherwise it is an :class:`IncompleteStreamError`
     naming the choices without one (a truncated answer is never ``complete``).
     Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
-    several streams (a resumed answer) fold into one result.
+    several streams (a resumed answer) fold into one result; ``max_answer_chars`` and
+    ``max_answer_chunks`` configure the accumulator made when none is given (a given one
+    keeps its own bounds).
+
+    Bounds: the bytes fed past ``max_stream_bytes`` are not decoded, and the stream fails
+    with :class:`~qwen_sse.errors.StreamLimitError` unless ``[DONE]`` came first; it fails
+    the same way after a read that takes the answer past ``max_answer_chars`` or
+    ``max_answer_chunks`` (the chunks of that read are still returned, and are in the
+    partial) unless that read ended the answer. Any failure to decode or fold a frame
+    (deep nesting included) is a :class:`~qwen_sse.errors.ProtocolError` with the frame.
+    Either way the error is kept: every later ``feed`` or ``feed_eof`` raises it again.
     """
 
     # How the end-of-input error names the protocol's end marker.
@@ -334,6 +444,7 @@ class ChatStreamDecoder:
 
     __slots__ = (
         "_sse",
+        "_stream_cap",
         "accumulator",
         "bytes_after_done",
         "bytes_received",
@@ -348,15 +459,31 @@ class ChatStreamDecoder:
         started_at_s: float = 0.0,
         request_id: str = "",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_stream_bytes: int | None = DEFAULT_MAX_STREAM_BYTES,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
         accumulator: ChatAccumulator | None = None,
     ) -> None:
+        _check_bound("max_stream_bytes", max_stream_bytes)
         self._sse = SSEDecoder(max_event_bytes)
-        self.accumulator = accumulator or ChatAccumulator(started_at_s, request_id)
+        # A plain int, so that the check on the hot path is one comparison.
+        self._stream_cap = _UNBOUNDED if max_stream_bytes is None else max_stream_bytes
+        self.accumulator = accumulator or ChatAccumulator(
+            started_at_s,
+            request_id,
+            max_answer_chars=max_answer_chars,
+            max_answer_chunks=max_answer_chunks,
+        )
         self.done = False
         self.error: QwenSSEError | None = None
         self.bytes_received = 0
         self.bytes_after_done = 0
         self.events = 0
+
+    @property
+    def max_stream_bytes(self) -> int | None:
+        """The bound on the bytes of this response (None: unbounded)."""
+        return None if self._stream_cap == _UNBOUNDED else self._stream_cap
 
     def result(self, now_s: float | None = None) -> ChatResult:
         """The result so far; ``complete`` once ``[DONE]`` arrived after every choice's
@@ -374,15 +501,50 @@ class ChatStreamDecoder:
         if self.done:
             self.bytes_after_done += len(data)
             return []
-        self.bytes_received += len(data)
+        received = self.bytes_received + len(data)
+        if received > self._stream_cap:
+            return self._deliver(self._feed_to_limit(data, now_s))
+        self.bytes_received = received
         try:
             frames = self._sse.feed_frames(data)
         except EventTooLargeError as error:
-            chunks = self._decode_frames(error.events, now_s)
-            if self.error is None:  # an error frame before the overflow is the real cause
-                self._fail(error, now_s)
-            return self._deliver(chunks)
+            return self._deliver(self._overflow(error, now_s))
         return self._deliver(self._decode_frames(frames, now_s))
+
+    def _feed_to_limit(self, data: bytes, now_s: float) -> list[ChatCompletionChunk]:
+        """Decode what fits under the byte bound; fail unless the stream ended within it."""
+        limit = self._stream_cap
+        room = max(0, limit - self.bytes_received)
+        self.bytes_received += room
+        chunks = self._decode_bytes(data[:room], now_s) if room else []
+        if self.done:
+            self.bytes_after_done += len(data) - room
+        else:
+            self.bytes_received += len(data) - room
+            if self.error is None:
+                error = StreamLimitError(
+                    limit="max_stream_bytes",
+                    limit_value=limit,
+                    observed=self.bytes_received,
+                    unit="bytes",
+                )
+                self._fail(error, now_s)
+        return chunks
+
+    def _decode_bytes(self, data: bytes, now_s: float) -> list[ChatCompletionChunk]:
+        try:
+            frames = self._sse.feed_frames(data)
+        except EventTooLargeError as error:
+            return self._overflow(error, now_s)
+        return self._decode_frames(frames, now_s)
+
+    def _overflow(self, error: EventTooLargeError, now_s: float) -> list[ChatCompletionChunk]:
+        """The chunks completed before ``error``; the failure is ``error`` unless an error
+        frame came first (then that frame is the real cause)."""
+        chunks = self._decode_frames(error.events, now_s)
+        if self.error is None:
+            self._fail(error, now_s)
+        return chunks
 
     def feed_events(
         self, events: Iterable[ServerSentEvent], now_s: float = 0.0
@@ -405,10 +567,15 @@ class ChatStreamDecoder:
                 break
             try:
                 chunk = decode(data)
+                if chunk.error is None:
+                    add(chunk, now_s)
             except msgspec.DecodeError as decode_error:
                 self.events += 1
-                error = self._frame_error(data) or chunk_protocol_error(decode_error, data)
-                self._fail(error, now_s)
+                self._fail(self._frame_error(data, decode_error), now_s)
+                break
+            except Exception as failure:  # e.g. RecursionError from deeply nested JSON
+                self.events += 1
+                self._fail(frame_failure(failure, data), now_s)
                 break
             if chunk.error is not None:
                 self.events += 1
@@ -417,9 +584,10 @@ class ChatStreamDecoder:
                 )
                 self._fail(self._in_band_error(body, chunk.id), now_s)
                 break
-            add(chunk, now_s)
             out.append(chunk)
         self.events += len(out)
+        if out and not self.done:
+            self._check_bounds(len(out), now_s)
         return out
 
     def _end_marker(self, now_s: float, undelivered_events: int) -> None:
@@ -446,14 +614,23 @@ class ChatStreamDecoder:
         )
         self.error = error
 
-    def _frame_error(self, data: bytes) -> QwenSSEError | None:
+    def _check_bounds(self, folded: int, now_s: float) -> None:
+        limit_error = self.accumulator.check_bounds(folded)
+        if limit_error is not None and self.error is None:
+            self._fail(limit_error, now_s)
+
+    def _frame_error(self, data: bytes, decode_error: msgspec.DecodeError) -> QwenSSEError:
         """For a frame that is not a valid chunk: its in-band error, if it is one (for
-        example ``{"error": {...}, "choices": null}``), or its malformed-JSON error."""
+        example ``{"error": {...}, "choices": null}``), else its decoding error."""
         try:
             failure = decode_error_frame(data)
         except ProtocolError as protocol_error:
             return protocol_error
-        return None if failure is None else self._in_band_error(*failure)
+        except Exception as other:  # e.g. RecursionError from deeply nested JSON
+            return frame_failure(other, data)
+        if failure is None:
+            return chunk_protocol_error(decode_error, data)
+        return self._in_band_error(*failure)
 
     def _in_band_error(self, body: ErrorBody, frame_id: str) -> InBandError:
         if frame_id and not self.accumulator.id:
@@ -504,3 +681,17 @@ class ChatStreamDecoder:
     def _raise_pending(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def frame_failure(failure: Exception, frame: bytes) -> ProtocolError:
+    """The :class:`~qwen_sse.errors.ProtocolError` for a frame whose decoding failed in a
+    way the decoders do not anticipate (``RecursionError`` on JSON nested too deep, ...)."""
+    reason = str(failure) or type(failure).__name__
+    error = ProtocolError(f"data frame could not be decoded ({reason})", frame=frame)
+    error.__cause__ = failure.with_traceback(None)  # its frames would hold the whole read
+    return error
+
+
+def _check_bound(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive or None, got {value}")

@@ -29,7 +29,14 @@ from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from qwen_sse.chat import ChatAccumulator, ChatResult, ChatStreamDecoder
+from qwen_sse.chat import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    DEFAULT_MAX_ANSWER_CHUNKS,
+    DEFAULT_MAX_STREAM_BYTES,
+    ChatAccumulator,
+    ChatResult,
+    ChatStreamDecoder,
+)
 from qwen_sse.chunks import (
     ChatCompletionChunk,
     CompletionTokensDetails,
@@ -306,7 +313,9 @@ class ChatStream:
         self._retry = retry
         self._response: aiohttp.ClientResponse | None = None
         self._reader: AsyncIterator[bytes] | None = None
-        self._accumulator = ChatAccumulator()
+        self._accumulator = ChatAccumulator(
+            max_answer_chars=client.max_answer_chars, max_answer_chunks=client.max_answer_chunks
+        )
         self._decoder = self._new_decoder()
         self._deadlines: _Deadlines | None = None
         self._permit: Permit | None = None
@@ -387,17 +396,28 @@ class ChatStream:
                 await self._read_more()
             except QwenSSEError as error:
                 self._failure = error
+            except Exception:
+                # Not one of ours (a bug, a wire tap that raised): the call ends failed for
+                # good, so iterating on can never turn it into a complete answer.
+                self._finish("error")
+                raise
 
     def _new_decoder(self) -> ChatStreamDecoder:
         max_event_bytes = self._client.max_event_bytes
+        max_stream_bytes = self._client.max_stream_bytes
         if self._client.protocol == "native":
             parameters = self._body.get("parameters", {})
             return NativeStreamDecoder(
                 incremental=parameters.get("incremental_output", True) is not False,
                 accumulator=self._accumulator,
                 max_event_bytes=max_event_bytes,
+                max_stream_bytes=max_stream_bytes,
             )
-        return ChatStreamDecoder(accumulator=self._accumulator, max_event_bytes=max_event_bytes)
+        return ChatStreamDecoder(
+            accumulator=self._accumulator,
+            max_event_bytes=max_event_bytes,
+            max_stream_bytes=max_stream_bytes,
+        )
 
     # -- sending -------------------------------------------------------------------------
 
@@ -876,6 +896,14 @@ class QwenClient:
     off; ``RetryPolicy(resume=True)`` resumes broken streams); ``limiter`` admits every
     request (:mod:`qwen_sse.limiter`). ``sleep`` and ``random_source`` are the clock and
     the jitter source of retries, replaceable in tests.
+
+    Bounds on what a server can make the client hold or parse: ``max_event_bytes`` (one
+    SSE event, and the lines between two events), ``max_stream_bytes`` (decoded bytes of
+    one response), ``max_answer_chars`` and ``max_answer_chunks`` (the whole answer,
+    resumes included); ``None`` turns off any of the last three. Defaults and reasons are
+    in :mod:`qwen_sse.chat`. Past one the call raises
+    :class:`~qwen_sse.errors.EventTooLargeError` or
+    :class:`~qwen_sse.errors.StreamLimitError` with ``.partial``, never retried or resumed.
     """
 
     def __init__(
@@ -890,6 +918,9 @@ class QwenClient:
         limiter: Limiter | None = None,
         max_connections: int = 4096,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_stream_bytes: int | None = DEFAULT_MAX_STREAM_BYTES,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
         include_usage: bool = True,
         allow_insecure_http: bool = False,
         default_headers: Mapping[str, str] | None = None,
@@ -915,6 +946,16 @@ class QwenClient:
         self._random = random_source or random.Random()
         self.max_connections = max_connections
         self.max_event_bytes = max_event_bytes
+        for name, bound in (
+            ("max_stream_bytes", max_stream_bytes),
+            ("max_answer_chars", max_answer_chars),
+            ("max_answer_chunks", max_answer_chunks),
+        ):
+            if bound is not None and bound <= 0:
+                raise ConfigurationError(f"{name} must be positive or None, got {bound}")
+        self.max_stream_bytes = max_stream_bytes
+        self.max_answer_chars = max_answer_chars
+        self.max_answer_chunks = max_answer_chunks
         self.include_usage = include_usage
         key = resolve_api_key(api_key)
         self._redacted_key = redact_key(key)

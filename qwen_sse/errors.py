@@ -11,6 +11,7 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
     │   └── EventTooLargeError        one SSE event outgrew max_event_bytes
     ├── StreamError                   the stream began (HTTP 200) but did not end properly
     │   ├── InBandError               a data frame carried {"error": {...}}
+    │   ├── StreamLimitError          the answer outgrew a bound (bytes, characters, chunks)
     │   └── IncompleteStreamError     truncated: no end marker, or no finish reason before it
     │       └── StreamInterruptedError  the connection broke mid-stream
     ├── TransportError                the connection failed (refused, reset, TLS, DNS)
@@ -68,6 +69,7 @@ __all__ = [
     "ServerError",
     "StreamError",
     "StreamInterruptedError",
+    "StreamLimitError",
     "TokenLimitError",
     "TotalTimeoutError",
     "TransportError",
@@ -147,13 +149,26 @@ class EventTooLargeError(ProtocolError):
 
     ``events`` holds what the failing ``feed`` call completed before the overflow (events,
     or ``(type, data)`` frames), so that a caller can still deliver them.
+
+    ``between_events`` marks the other overflow: ``event_bytes`` arrived without any event
+    being dispatched (blank lines and comments count), which bounds the work a flood of
+    them can cause.
     """
 
-    def __init__(self, *, max_event_bytes: int, event_bytes: int) -> None:
-        super().__init__(
-            f"SSE event is larger than max_event_bytes={max_event_bytes} "
-            f"(at least {event_bytes} bytes received without a blank line)"
-        )
+    def __init__(
+        self, *, max_event_bytes: int, event_bytes: int, between_events: bool = False
+    ) -> None:
+        if between_events:
+            message = (
+                f"no SSE event in {event_bytes} bytes (blank lines and comments included), "
+                f"over max_event_bytes={max_event_bytes}"
+            )
+        else:
+            message = (
+                f"SSE event is larger than max_event_bytes={max_event_bytes} "
+                f"(at least {event_bytes} bytes received without a blank line)"
+            )
+        super().__init__(message)
         self.max_event_bytes = max_event_bytes
         self.event_bytes = event_bytes
         self.events: list[Any] = []
@@ -185,6 +200,33 @@ class InBandError(StreamError):
         self.error_message = message
         self.type = type
         self.request_id = request_id
+
+
+class StreamLimitError(StreamError):
+    """The answer outgrew one of the client's bounds, so the stream was stopped; not
+    retried, not resumed (the server would only send more of the same).
+
+    ``limit`` names the setting (``max_stream_bytes``, ``max_answer_chars`` or
+    ``max_answer_chunks``), ``limit_value`` is its value and ``observed`` how much had
+    arrived when the stream was stopped.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: str,
+        limit_value: int,
+        observed: int,
+        unit: str,
+        partial: ChatResult | None = None,
+    ) -> None:
+        super().__init__(
+            f"stream stopped after {observed} {unit}: over {limit}={limit_value}",
+            partial=partial,
+        )
+        self.limit = limit
+        self.limit_value = limit_value
+        self.observed = observed
 
 
 class IncompleteStreamError(StreamError):

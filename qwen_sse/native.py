@@ -23,7 +23,14 @@ from typing import ClassVar
 
 import msgspec
 
-from qwen_sse.chat import ChatAccumulator, ChatStreamDecoder
+from qwen_sse.chat import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    DEFAULT_MAX_ANSWER_CHUNKS,
+    DEFAULT_MAX_STREAM_BYTES,
+    ChatAccumulator,
+    ChatStreamDecoder,
+    frame_failure,
+)
 from qwen_sse.chunks import (
     ChatCompletionChunk,
     ChoiceDelta,
@@ -36,7 +43,14 @@ from qwen_sse.chunks import (
 from qwen_sse.errors import InBandError, ProtocolError
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
-__all__ = ["NativeStreamDecoder", "native_request_body"]
+__all__ = ["CUMULATIVE_STREAM_BYTES_FACTOR", "NativeStreamDecoder", "native_request_body"]
+
+CUMULATIVE_STREAM_BYTES_FACTOR = 32
+"""How many times ``max_stream_bytes`` a stream of cumulative frames may take. With
+``incremental_output: false`` frame *k* repeats the *k* tokens before it, so the bytes grow
+with the square of the answer: the longest answer that mode allows (65,536 tokens, thinking
+needs incremental output), one token per frame at about 4 bytes a token, is about 9 GB
+(18 GB if every CJK character came escaped as six bytes); 32 GiB fits it."""
 
 _NOT_FINISHED = (None, "", "null")
 
@@ -90,9 +104,10 @@ class NativeStreamDecoder(ChatStreamDecoder):
     """:class:`~qwen_sse.chat.ChatStreamDecoder` for the native protocol.
 
     ``incremental`` says whether the request set ``incremental_output`` (the default);
-    without it each frame repeats the whole text so far. There is no ``[DONE]``: ``done``
-    turns true at the frame that gives the last unfinished choice a real finish reason
-    (not ``"null"``); input that ends before that (even a clean EOF) is an
+    without it each frame repeats the whole text so far, and the byte bound is
+    ``max_stream_bytes`` times :data:`CUMULATIVE_STREAM_BYTES_FACTOR`. There is no
+    ``[DONE]``: ``done`` turns true at the frame that gives the last unfinished choice a real
+    finish reason (not ``"null"``); input that ends before that (even a clean EOF) is an
     :class:`~qwen_sse.errors.IncompleteStreamError`.
     """
 
@@ -107,14 +122,22 @@ class NativeStreamDecoder(ChatStreamDecoder):
         started_at_s: float = 0.0,
         request_id: str = "",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_stream_bytes: int | None = DEFAULT_MAX_STREAM_BYTES,
+        max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS,
+        max_answer_chunks: int | None = DEFAULT_MAX_ANSWER_CHUNKS,
         accumulator: ChatAccumulator | None = None,
     ) -> None:
         super().__init__(
             started_at_s=started_at_s,
             request_id=request_id,
             max_event_bytes=max_event_bytes,
+            max_stream_bytes=max_stream_bytes,
+            max_answer_chars=max_answer_chars,
+            max_answer_chunks=max_answer_chunks,
             accumulator=accumulator,
         )
+        if not incremental and max_stream_bytes is not None:
+            self._stream_cap = max_stream_bytes * CUMULATIVE_STREAM_BYTES_FACTOR
         self.incremental = incremental
         self._cumulative: dict[tuple[int, str], str] = {}
 
@@ -132,6 +155,9 @@ class NativeStreamDecoder(ChatStreamDecoder):
             except msgspec.DecodeError as decode_error:
                 self._fail(chunk_protocol_error(decode_error, data), now_s)
                 break
+            except Exception as failure:  # e.g. RecursionError from deeply nested JSON
+                self._fail(frame_failure(failure, data), now_s)
+                break
             if event_type == "error" or (frame.code and frame.output is None):
                 self._fail(
                     InBandError(
@@ -144,17 +170,22 @@ class NativeStreamDecoder(ChatStreamDecoder):
                 break
             try:
                 chunk = self._chunk(frame)
+                add(chunk, now_s)
             except ProtocolError as protocol_error:
                 protocol_error.frame = data
                 self._fail(protocol_error, now_s)
                 break
-            add(chunk, now_s)
+            except Exception as failure:
+                self._fail(frame_failure(failure, data), now_s)
+                break
             out.append(chunk)
             # Complete once every choice seen has its finish reason; a stream that ends
             # with "null" on every frame is cut, however cleanly it closes.
             if chunk.choices and not self.accumulator.unfinished_choices():
                 self.done = True
                 break
+        if out and not self.done:
+            self._check_bounds(len(out), now_s)
         return out
 
     def _chunk(self, frame: _NativeFrame) -> ChatCompletionChunk:

@@ -46,6 +46,9 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _DIGITS = re.compile(rb"[0-9]+")
 
 _SIMPLE_MIN_BYTES = 512
+# Larger feeds (a whole saved stream) are parsed in slices of this size, so that splitting
+# a flood of line breaks never builds a list of more than this many lines.
+_SLICE_BYTES = 1 << 20
 
 # What SSEDecoder._feed emits: events; events and comments; (type, data bytes) frames.
 _EVENTS, _EVENTS_AND_COMMENTS, _FRAMES = range(3)
@@ -94,10 +97,14 @@ class SSEDecoder:
     persists, as it does for a reconnecting ``EventSource``).
 
     ``max_event_bytes`` bounds the memory one event may hold (its unterminated line plus
-    its buffered field values); past it ``feed`` raises
-    :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events`` holds what the same call
-    completed before the overflow (events, or frames from :meth:`feed_frames`), and the
-    decoder must not be fed again.
+    its buffered field values), and also the bytes of the lines between two dispatched
+    events other than data lines (blank lines, comments, other fields: each line's bytes
+    plus one for its line break), which bounds the work a flood of them causes. Past
+    either ``feed`` raises :class:`~qwen_sse.errors.EventTooLargeError`, whose ``events``
+    holds what the same call completed before the overflow (events, or frames from
+    :meth:`feed_frames`), and the decoder must not be fed again. Whether a stream
+    overflows does not depend on how it is split into ``feed`` calls; where it is noticed
+    may (at the latest at the end of the read that passes the bound).
 
     ``last_event_id`` and ``reconnection_time_ms`` (the last valid ``retry``, even from a
     block that dispatched nothing) are what a reconnecting client sends and waits.
@@ -108,6 +115,7 @@ class SSEDecoder:
         "_data",
         "_data_bytes",
         "_event_type",
+        "_gap_bytes",
         "_id_buffer",
         "_pending",
         "_retry",
@@ -131,6 +139,7 @@ class SSEDecoder:
         self._data_bytes = 0
         self._event_type = ""
         self._retry: int | None = None
+        self._gap_bytes = 0
 
     @property
     def pending_bytes(self) -> int:
@@ -178,10 +187,15 @@ class SSEDecoder:
         self._retry = None
         self._at_stream_start = True
         self._skip_lf = False
+        self._gap_bytes = 0
         return []
 
     def _feed(self, data: bytes, out: list[Any], mode: int) -> None:
         if not data:
+            return
+        if len(data) > _SLICE_BYTES:
+            for start in range(0, len(data), _SLICE_BYTES):
+                self._feed(data[start : start + _SLICE_BYTES], out, mode)
             return
         if self._at_stream_start:
             # Hold the first bytes until we know whether they are a BOM.
@@ -206,6 +220,7 @@ class SSEDecoder:
             and mode != _EVENTS_AND_COMMENTS
             and self._feed_simple(data, out, mode)
         ):
+            self._gap_bytes = 0  # nothing but events: no line after the last dispatch
             return
         if b"\r" in data:
             lines = _LINE_BREAK.split(data)
@@ -262,8 +277,12 @@ class SSEDecoder:
             ]
         return True
 
-    def _too_large(self, size: int, out: list[Any]) -> EventTooLargeError:
-        error = EventTooLargeError(max_event_bytes=self.max_event_bytes, event_bytes=size)
+    def _too_large(
+        self, size: int, out: list[Any], *, between_events: bool = False
+    ) -> EventTooLargeError:
+        error = EventTooLargeError(
+            max_event_bytes=self.max_event_bytes, event_bytes=size, between_events=between_events
+        )
         error.events = [item for item in out if not isinstance(item, SSEComment)]
         return error
 
@@ -274,6 +293,9 @@ class SSEDecoder:
         event_type = self._event_type
         retry = self._retry
         id_buffer = self._id_buffer
+        # Bytes of the lines since the last dispatch that are not data lines: a flood of
+        # them costs time (not memory), and is bounded by max_event_bytes too.
+        gap = self._gap_bytes
         limit = self.max_event_bytes
         append = out.append
         try:
@@ -281,6 +303,9 @@ class SSEDecoder:
                 if not line:
                     self.last_event_id = id_buffer
                     if data:
+                        if gap > limit:
+                            raise self._too_large(gap, out, between_events=True)
+                        gap = 0
                         raw = data[0] if len(data) == 1 else b"\n".join(data)
                         if mode == _FRAMES:
                             append((event_type or "message", raw))
@@ -295,6 +320,8 @@ class SSEDecoder:
                             )
                         data = []
                         data_bytes = 0
+                    else:
+                        gap += 1
                     event_type = ""
                     retry = None
                     continue
@@ -302,6 +329,7 @@ class SSEDecoder:
                     field = b"data"
                     value = line[6:]
                 elif line[0] == 0x3A:
+                    gap += len(line) + 1
                     if mode == _EVENTS_AND_COMMENTS:
                         append(SSEComment(_decode(line[1:])))
                     continue
@@ -320,14 +348,19 @@ class SSEDecoder:
                     data_bytes += len(value) + 1
                     if data_bytes > limit:
                         raise self._too_large(data_bytes, out)
-                elif field == b"event":
+                    continue
+                gap += len(line) + 1
+                if field == b"event":
                     event_type = _decode(value)
                 elif field == b"id":
                     if b"\x00" not in value:
                         id_buffer = _decode(value)
                 elif field == b"retry" and _DIGITS.fullmatch(value):
                     retry = self.reconnection_time_ms = _retry_ms(value)
+            if gap > limit:
+                raise self._too_large(gap, out, between_events=True)
         finally:
+            self._gap_bytes = gap
             self._data = data
             self._data_bytes = data_bytes
             self._event_type = event_type

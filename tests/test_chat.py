@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import pickle
 from pathlib import Path
@@ -11,7 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwen_sse.chat import ChatAccumulator, ChatResult, ChatStreamDecoder, ToolCall, ToolCallFunction
+import qwen_sse
+from qwen_sse.chat import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    DEFAULT_MAX_ANSWER_CHUNKS,
+    DEFAULT_MAX_STREAM_BYTES,
+    ChatAccumulator,
+    ChatResult,
+    ChatStreamDecoder,
+    ToolCall,
+    ToolCallFunction,
+)
 from qwen_sse.chunks import ChatCompletionChunk, decode_chunk
 from qwen_sse.errors import (
     EventTooLargeError,
@@ -19,6 +31,7 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
+    StreamLimitError,
     TransportError,
 )
 from qwen_sse.sse import SSEDecoder
@@ -589,3 +602,225 @@ def test_complete_only_with_the_finish_reason_and_done_else_a_prefix_of_the_trut
         assert finish
         assert done
         assert data == whole
+
+
+# --- bounds: nothing a server sends makes the decoder grow or spin without end ---
+
+
+def _limit_failure(decoder: ChatStreamDecoder, pieces: list[bytes]) -> StreamLimitError:
+    with pytest.raises(StreamLimitError) as caught:
+        for piece in pieces:
+            decoder.feed(piece)
+        decoder.feed_eof()
+    return caught.value
+
+
+def test_bytes_past_max_stream_bytes_are_not_decoded_under_every_chunking() -> None:
+    frames = [delta_frame(content=f"piece {n};") for n in range(4)]
+    data = stream(*frames)  # the [DONE] lies past the bound
+    limit = len(stream(*frames[:2], done=False)) + 10  # inside the third event
+    for label, pieces in every_chunking(data):
+        decoder = ChatStreamDecoder(max_stream_bytes=limit)
+        error = _limit_failure(decoder, pieces)
+        assert error.limit == "max_stream_bytes", label
+        assert error.limit_value == limit
+        assert error.observed > limit
+        assert error.partial is not None
+        assert error.partial.content == "piece 0;piece 1;", label
+        assert not error.partial.complete
+        assert str(error).count("\n") == 0
+        assert f"max_stream_bytes={limit}" in str(error)
+
+
+def test_a_stream_that_ends_exactly_at_max_stream_bytes_is_complete() -> None:
+    data = stream(delta_frame(content="all", finish_reason="stop"))
+    decoder = ChatStreamDecoder(max_stream_bytes=len(data))
+    decoder.feed(data)
+    decoder.feed_eof()
+    assert decoder.result().complete
+    assert decoder.result().content == "all"
+
+
+def test_bytes_after_done_in_the_read_that_passes_the_bound_are_not_an_error() -> None:
+    data = stream(delta_frame(content="all", finish_reason="stop"))
+    decoder = ChatStreamDecoder(max_stream_bytes=len(data))
+    decoder.feed(data + b"data: junk\n\n")
+    decoder.feed_eof()
+    assert decoder.result().complete
+    assert decoder.bytes_after_done == len(b"data: junk\n\n")
+
+
+def test_max_answer_chars_stops_the_stream_after_the_read_that_passes_it() -> None:
+    frames = [delta_frame(content="0123456789") for _ in range(6)]
+    decoder = ChatStreamDecoder(max_answer_chars=25)
+    pieces = [stream(f, done=False) for f in frames] + [b"data: [DONE]\n\n"]
+    delivered: list[str] = []
+    with pytest.raises(StreamLimitError) as caught:
+        for piece in pieces:
+            delivered += [c.choices[0].delta.content or "" for c in decoder.feed(piece)]
+        decoder.feed_eof()
+    error = caught.value
+    assert error.limit == "max_answer_chars"
+    assert error.observed == 30  # the third chunk passed 25; the fourth was never decoded
+    assert error.partial is not None
+    assert error.partial.content == "0123456789" * 3 == "".join(delivered)
+    with pytest.raises(StreamLimitError):  # the decoder refuses further input
+        decoder.feed(b"data: [DONE]\n\n")
+    assert not decoder.result().complete
+
+
+def test_characters_of_reasoning_and_tool_arguments_count_too() -> None:
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f"}}
+    frames = [
+        delta_frame(reasoning_content="r" * 10),
+        delta_frame(tool_calls=[{**call, "function": {"name": "f", "arguments": "a" * 10}}]),
+        delta_frame(content="c" * 10),
+    ]
+    for limit, passed_at in ((15, 2), (25, 3)):
+        decoder = ChatStreamDecoder(max_answer_chars=limit)
+        pieces = [stream(f, done=False) for f in frames] + [stream(delta_frame(content="x"))]
+        error = _limit_failure(decoder, pieces)
+        assert error.limit == "max_answer_chars"
+        assert error.observed == 10 * passed_at
+
+
+def test_max_answer_chunks_bounds_chunks_without_text_too() -> None:
+    # Role-only chunks carry no text; they still cost a little memory each.
+    decoder = ChatStreamDecoder(max_answer_chunks=3)
+    pieces = [stream(delta_frame(role="assistant"), done=False) for _ in range(10)]
+    error = _limit_failure(decoder, pieces)
+    assert error.limit == "max_answer_chunks"
+    assert error.observed == 4
+    assert decoder.events == 4
+
+
+def test_a_resumed_answer_is_bounded_as_a_whole() -> None:
+    accumulator = ChatAccumulator(max_answer_chars=15)
+    first = ChatStreamDecoder(accumulator=accumulator)
+    first.feed(stream(delta_frame(content="0123456789"), done=False))
+    second = ChatStreamDecoder(accumulator=accumulator)
+    with pytest.raises(StreamLimitError) as caught:
+        second.feed(stream(delta_frame(content="0123456789"), done=False))
+        second.feed(stream(delta_frame(content="", finish_reason="stop")))
+    assert caught.value.observed == 20
+
+
+def test_bounds_can_be_turned_off_and_must_be_positive() -> None:
+    decoder = ChatStreamDecoder(
+        max_stream_bytes=None, max_answer_chars=None, max_answer_chunks=None
+    )
+    assert decoder.max_stream_bytes is None
+    assert decoder.accumulator.max_answer_chars is None
+    assert decoder.accumulator.max_answer_chunks is None
+    decoder.feed(stream(delta_frame(content="ok", finish_reason="stop")))
+    assert decoder.result().complete
+    with pytest.raises(ValueError, match="max_stream_bytes"):
+        ChatStreamDecoder(max_stream_bytes=0)
+    with pytest.raises(ValueError, match="max_answer_chars"):
+        ChatStreamDecoder(max_answer_chars=-1)
+    with pytest.raises(ValueError, match="max_answer_chunks"):
+        ChatAccumulator(max_answer_chunks=0)
+
+
+def _nested(depth: int) -> str:
+    """A chunk whose (free-form) ``logprobs`` object nests ``depth`` levels deep."""
+    inner = '{"a":' * depth + "1" + "}" * depth
+    return (
+        '{"id":"chatcmpl-x","choices":[{"index":0,"delta":{"content":"lost"},'
+        f'"logprobs":{inner},"finish_reason":null}}]}}'
+    )
+
+
+def test_json_nested_too_deep_is_a_protocol_error_with_the_partial_under_every_chunking() -> None:
+    deep = _nested(1000)
+    data = stream(delta_frame(content="kept"), deep, delta_frame(content="after"))
+    for label, pieces in every_chunking(data):
+        decoder = ChatStreamDecoder()
+        with pytest.raises(ProtocolError) as caught:
+            for piece in pieces:
+                decoder.feed(piece)
+            decoder.feed_eof()
+        error = caught.value
+        assert type(error) is ProtocolError, label
+        assert isinstance(error.__cause__, RecursionError)
+        assert error.frame == deep.encode()
+        assert error.partial is not None
+        assert error.partial.content == "kept", label
+        assert "could not be decoded" in str(error)
+        assert str(error).count("\n") == 0
+        # Sticky: the rest of the stream, [DONE] included, never makes it complete.
+        with pytest.raises(ProtocolError):
+            decoder.feed(stream(delta_frame(content="more", finish_reason="stop")))
+        with pytest.raises(ProtocolError):
+            decoder.feed_eof()
+        assert not decoder.result().complete
+        assert decoder.result().content == "kept"
+
+
+def test_an_error_frame_nested_too_deep_is_a_protocol_error() -> None:
+    inner = '{"a":' * 1000 + "1" + "}" * 1000
+    deep = '{"error": {"message": "m", "code": "c", "detail": ' + inner + '}, "choices": 7}'
+    decoder = ChatStreamDecoder()
+    with pytest.raises(ProtocolError) as caught:
+        decoder.feed(stream(delta_frame(content="kept"), deep))
+        decoder.feed_eof()
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == "kept"
+
+
+# The largest documented answer: 131,072 answer tokens after 81,920 reasoning tokens.
+ANSWER_TOKENS = 131_072
+REASONING_TOKENS = 81_920
+
+
+def test_the_largest_documented_answer_completes_under_the_default_bounds() -> None:
+    # DashScope sends one token (or a few) per chunk; one per chunk is the most chunks and
+    # the most bytes. The chunks carry every field DashScope puts in them.
+    reasoning = stream(delta_frame(reasoning_content="思考"), done=False)
+    content = stream(delta_frame(content=" word"), done=False)
+    data = b"".join(
+        (
+            stream(delta_frame(role="assistant", content=""), done=False),
+            reasoning * REASONING_TOKENS,
+            content * ANSWER_TOKENS,
+            stream(delta_frame(content="", finish_reason="stop"), frame(usage=USAGE)),
+        )
+    )
+    decoder = ChatStreamDecoder()
+    view = memoryview(data)
+    for start in range(0, len(data), 65_536):
+        decoder.feed(bytes(view[start : start + 65_536]))
+    decoder.feed_eof()
+    result = decoder.result()
+    assert result.complete
+    assert len(result.content) == 5 * ANSWER_TOKENS
+    assert len(result.reasoning_content) == 2 * REASONING_TOKENS
+    assert len(result.timing.token_times_s) == ANSWER_TOKENS + REASONING_TOKENS
+    # ... with the margins the defaults promise.
+    assert len(data) * 12 < DEFAULT_MAX_STREAM_BYTES
+    assert decoder.accumulator.chunks * 4 < DEFAULT_MAX_ANSWER_CHUNKS
+
+
+USAGE = {"prompt_tokens": 1, "completion_tokens": 212_992, "total_tokens": 212_993}
+
+
+def test_no_answer_of_the_largest_documented_size_can_reach_max_answer_chars() -> None:
+    # Even if every token were the longest in Qwen's vocabulary.
+    with gzip.open(VOCABULARY) as lines:
+        longest_chars = max(
+            len(base64.b64decode(line.split()[0]).decode("utf-8", "replace")) for line in lines
+        )
+    assert longest_chars == 128
+    assert (ANSWER_TOKENS + REASONING_TOKENS) * longest_chars * 2 < DEFAULT_MAX_ANSWER_CHARS
+
+
+VOCABULARY = Path(qwen_sse.__file__).parent / "data" / "qwen.tiktoken.gz"
+
+
+def test_an_answer_that_ends_in_the_read_that_passes_a_bound_is_complete() -> None:
+    data = stream(delta_frame(content="0123456789"), delta_frame(content="!", finish_reason="stop"))
+    decoder = ChatStreamDecoder(max_answer_chars=5, max_answer_chunks=1)
+    decoder.feed(data)
+    decoder.feed_eof()
+    assert decoder.result().complete
+    assert decoder.result().content == "0123456789!"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import random
 import socket
 import traceback
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from qwen_sse.errors import (
     RedirectError,
     ServerError,
     StreamInterruptedError,
+    StreamLimitError,
     TotalTimeoutError,
     TransportError,
 )
@@ -388,6 +390,203 @@ async def test_huge_event_under_the_limit_is_fine(client: QwenClient, emulator: 
     result = await client.chat(HELLO)
     assert result.complete
     assert result.content.endswith(expected(HELLO).content)
+
+
+# --- bounds: whatever a server sends, the client's memory and work stay bounded ---
+
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-request-id: r-bound\r\n"
+
+
+def _numbered(n: int) -> bytes:
+    return sse_body([frame([{"index": 0, "delta": {"content": f"{n} "}}])], done=False)
+
+
+async def _endless(writer: asyncio.StreamWriter, piece: Callable[[int], bytes]) -> None:
+    """Write the head, then ``piece(0)``, ``piece(1)``, ... until the client hangs up (or,
+    so that the server stops by itself whatever the client does, 256 MiB went out)."""
+    writer.write(_SSE_HEAD + b"\r\n")
+    n = sent = 0
+    while sent < 256 * 1024 * 1024:
+        data = piece(n)
+        writer.write(data)
+        sent += len(data)
+        n += 1
+        if n % 64 == 0:
+            await writer.drain()  # raises once the client has closed the connection
+
+
+async def test_an_endless_stream_of_valid_chunks_stops_at_max_stream_bytes() -> None:
+    limit = 64 * 1024
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        await _endless(writer, _numbered)
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, max_stream_bytes=limit, retry=RetryPolicy(resume=True)) as qwen,
+    ):
+        with pytest.raises(StreamLimitError) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert error.limit == "max_stream_bytes"
+    assert (
+        str(error) == f"stream stopped after {error.observed} bytes: over max_stream_bytes={limit}"
+    )
+    partial = error.partial
+    assert partial is not None
+    assert not partial.complete
+    # Everything decoded lies within the bound: the chunks that fit in it, in order.
+    received = partial.timing.bytes_received
+    assert limit < received <= limit + 1024 * 1024  # the read that crossed it, no more
+    fitting = len(partial.content.split())
+    assert partial.content == "".join(f"{n} " for n in range(fitting))
+    assert len(b"".join(_numbered(n) for n in range(fitting + 1))) > limit
+    assert partial.attempts == 1  # neither retried nor resumed
+    assert len(server.requests) == 1
+
+
+async def test_an_endless_stream_without_output_stops_at_max_answer_chunks_unretried() -> None:
+    def role_only(n: int) -> bytes:
+        return sse_body([frame([{"index": 0, "delta": {"role": "assistant"}}])], done=False)
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        await _endless(writer, role_only)
+
+    sleep = FakeSleep()
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, max_answer_chunks=1000, sleep=sleep) as qwen,
+    ):
+        with pytest.raises(StreamLimitError) as caught:
+            await qwen.chat(HELLO)
+    assert caught.value.limit == "max_answer_chunks"
+    assert caught.value.observed > 1000
+    assert sleep.delays == []
+    assert len(server.requests) == 1
+
+
+async def test_a_gzip_bomb_of_line_breaks_stops_within_max_event_bytes() -> None:
+    first = sse_body([frame([{"index": 0, "delta": {"content": "before"}}])], done=False)
+    bomb = gzip.compress(first + b"\n" * (64 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 128 * 1024
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            _SSE_HEAD + f"content-encoding: gzip\r\ncontent-length: {len(bomb)}\r\n\r\n".encode()
+        )
+        writer.write(bomb)
+        await writer.drain()
+
+    limit = 1024 * 1024
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, max_event_bytes=limit) as qwen,
+    ):
+        with pytest.raises(EventTooLargeError) as caught:
+            await qwen.chat(HELLO)
+    error = caught.value
+    assert "no SSE event in" in str(error)
+    assert error.partial is not None
+    assert error.partial.content == "before"
+    # Decoding stopped within the bound (plus the read that crossed it), not at 64 MiB.
+    assert error.partial.timing.bytes_received <= len(first) + 2 * limit
+    assert len(server.requests) == 1
+
+
+def _deep_frame(depth: int) -> str:
+    nested = '{"a":' * depth + "1" + "}" * depth
+    return (
+        '{"id":"chatcmpl-x","choices":[{"index":0,"delta":{"content":"lost"},'
+        f'"logprobs":{nested},"finish_reason":null}}]}}'
+    )
+
+
+async def _deep_json_server(writer: asyncio.StreamWriter, n: int) -> None:
+    events = (
+        frame([{"index": 0, "delta": {"role": "assistant", "content": "kept "}}]),
+        _deep_frame(1000),
+        frame([{"index": 0, "delta": {"content": "after"}, "finish_reason": "stop"}]),
+    )
+    writer.write(http_response(sse_body(events)))
+    await writer.drain()
+
+
+async def test_json_nested_too_deep_is_a_protocol_error_and_the_stream_stays_failed() -> None:
+    async with (
+        raw_server(_deep_json_server) as server,
+        QwenClient(KEY, server.url) as qwen,
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            await qwen.chat(HELLO)
+        assert type(caught.value) is ProtocolError
+        assert caught.value.partial is not None
+        assert caught.value.partial.content == "kept "
+        assert caught.value.frame == _deep_frame(1000).encode()
+
+        # A consumer that catches the error and keeps iterating never gets a complete answer.
+        texts: list[str] = []
+        failures: list[QwenSSEError] = []
+        async with qwen.stream_chat(HELLO) as stream:
+            for _ in range(10):
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except QwenSSEError as error:
+                    failures.append(error)
+                    continue
+                texts.extend(choice.delta.content or "" for choice in chunk.choices)
+        assert [type(failure) for failure in failures] == [ProtocolError]
+        assert "".join(texts) == "kept "
+        assert not stream.result.complete
+        assert stream.result.content == "kept "
+    assert len(server.requests) == 2  # one per call: a protocol error is not retried
+
+
+async def test_after_any_exception_from_the_read_path_the_stream_stays_failed() -> None:
+    class FailingTap:
+        def request(self, **_: Any) -> None: ...
+        def response(self, **_: Any) -> None: ...
+        def end(self, **_: Any) -> None: ...
+
+        def data(self, chunk: bytes, at_s: float) -> None:
+            if b"[DONE]" in chunk:
+                raise RuntimeError("a wire tap that raises")
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        events = [frame([{"index": 0, "delta": {"content": "hi"}}])]
+        writer.write(_SSE_HEAD + b"\r\n" + sse_body(events, done=False))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # so that [DONE] comes in a read of its own
+        writer.write(sse_body([frame([{"index": 0, "delta": {}, "finish_reason": "stop"}])]))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, wire_tap=FailingTap()) as qwen,
+        qwen.stream_chat(HELLO) as stream,
+    ):
+        raised: list[BaseException] = []
+        for _ in range(10):
+            try:
+                await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            except RuntimeError as error:
+                raised.append(error)
+        assert len(raised) == 1
+        assert not stream.result.complete
+
+
+def test_bounds_are_configurable_and_must_be_positive() -> None:
+    qwen = QwenClient(KEY, max_stream_bytes=None, max_answer_chars=10, max_answer_chunks=20)
+    assert (qwen.max_stream_bytes, qwen.max_answer_chars, qwen.max_answer_chunks) == (None, 10, 20)
+    with pytest.raises(ConfigurationError, match="max_stream_bytes"):
+        QwenClient(KEY, max_stream_bytes=0)
+    with pytest.raises(ConfigurationError, match="max_answer_chars"):
+        QwenClient(KEY, max_answer_chars=-5)
+    with pytest.raises(ConfigurationError, match="max_answer_chunks"):
+        QwenClient(KEY, max_answer_chunks=0)
 
 
 # --- timeouts ---

@@ -17,6 +17,7 @@ from qwen_sse.errors import (
     EventTooLargeError,
     IdleTimeoutError,
     InBandError,
+    IncompleteStreamError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -24,6 +25,8 @@ from qwen_sse.errors import (
     RateLimitError,
     RedirectError,
     ServerError,
+    StreamError,
+    StreamLimitError,
     TokenLimitError,
     status_error,
 )
@@ -114,6 +117,10 @@ def sample_errors() -> list[QwenSSEError]:
         too_large,
         IdleTimeoutError(timeout_s=2.5, partial=partial),
         TokenLimitError(model="qwen-max", prompt_tokens=40000, limit=30720),
+        StreamLimitError(
+            limit="max_answer_chars", limit_value=10, observed=12, unit="chars", partial=partial
+        ),
+        EventTooLargeError(max_event_bytes=10, event_bytes=11, between_events=True),
     ]
 
 
@@ -132,6 +139,13 @@ def test_messages_name_what_went_wrong() -> None:
     )
     assert "frame: b'\\xff{'" in str(ProtocolError("broken", frame=b"\xff{"))
     assert isinstance(IdleTimeoutError(timeout_s=1), TimeoutError)
+    limit = StreamLimitError(limit="max_stream_bytes", limit_value=8, observed=9, unit="bytes")
+    assert str(limit) == "stream stopped after 9 bytes: over max_stream_bytes=8"
+    assert isinstance(limit, StreamError)
+    assert not isinstance(limit, IncompleteStreamError)  # never resumed as a cut stream
+    assert str(EventTooLargeError(max_event_bytes=4, event_bytes=5, between_events=True)) == (
+        "no SSE event in 5 bytes (blank lines and comments included), over max_event_bytes=4"
+    )
 
 
 def test_every_public_error_derives_from_the_root() -> None:

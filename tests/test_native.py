@@ -8,9 +8,15 @@ from typing import Any
 
 import pytest
 
-from qwen_sse.chat import ChatResult
-from qwen_sse.errors import InBandError, IncompleteStreamError, ProtocolError, QwenSSEError
-from qwen_sse.native import NativeStreamDecoder, native_request_body
+from qwen_sse.chat import DEFAULT_MAX_STREAM_BYTES, ChatResult
+from qwen_sse.errors import (
+    InBandError,
+    IncompleteStreamError,
+    ProtocolError,
+    QwenSSEError,
+    StreamLimitError,
+)
+from qwen_sse.native import CUMULATIVE_STREAM_BYTES_FACTOR, NativeStreamDecoder, native_request_body
 from tests.chunkings import every_chunking
 
 FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
@@ -202,3 +208,68 @@ def test_with_several_choices_the_answer_ends_when_every_one_has_finished() -> N
             ("a", "stop"),
             ("bc", "length"),
         ], label
+
+
+def test_cumulative_frames_get_a_byte_bound_that_grows_with_their_square() -> None:
+    text = "".join(f"{n:03d}" for n in range(200))
+    frames = [frame(text[: 3 * k]) for k in range(1, 200)] + [frame(text, "stop", 200)]
+    data = native_stream(*frames)
+    limit = len(data) // 8  # repeated text makes up most of these bytes
+    for label, pieces in (("whole", [data]), ("1 KiB reads", _reads(data, 1024))):
+        cumulative = NativeStreamDecoder(incremental=False, max_stream_bytes=limit)
+        assert cumulative.max_stream_bytes == limit * CUMULATIVE_STREAM_BYTES_FACTOR
+        for piece in pieces:
+            cumulative.feed(piece)
+        cumulative.feed_eof()
+        assert cumulative.result().complete, label
+        assert cumulative.result().content == text
+        # The same bytes read as incremental frames: the bound is max_stream_bytes itself.
+        incremental = NativeStreamDecoder(max_stream_bytes=limit)
+        with pytest.raises(StreamLimitError) as caught:
+            for piece in pieces:
+                incremental.feed(piece)
+            incremental.feed_eof()
+        assert caught.value.limit == "max_stream_bytes"
+        assert caught.value.limit_value == limit
+
+
+def test_the_longest_cumulative_answer_fits_the_default_byte_bound() -> None:
+    # Without incremental output (thinking needs it), the longest answer is 65,536 tokens;
+    # one token per frame is the most bytes. A token is 1.4 CJK characters on average,
+    # 9 bytes even if each came escaped as \uXXXX.
+    tokens, bytes_per_token = 65_536, 9
+    overhead = len(native_stream(frame("", output_tokens=tokens)))
+    total = tokens * overhead + bytes_per_token * tokens * (tokens + 1) // 2
+    assert total < DEFAULT_MAX_STREAM_BYTES * CUMULATIVE_STREAM_BYTES_FACTOR
+
+
+def test_a_failure_inside_a_native_frame_is_a_sticky_protocol_error() -> None:
+    decoder = NativeStreamDecoder(incremental=False)
+    good = frame("kept")
+    with pytest.raises(ProtocolError):
+        decoder.feed(native_stream(good, frame("other")))
+        decoder.feed_eof()
+    with pytest.raises(ProtocolError):
+        decoder.feed(native_stream(frame("kept more", "stop")))
+    assert not decoder.result().complete
+    assert decoder.result().content == "kept"
+
+
+def test_native_streams_are_bounded_in_characters_and_chunks() -> None:
+    data = native_stream(*[frame("0123456789") for _ in range(5)], frame("", "stop"))
+    chars = NativeStreamDecoder(max_answer_chars=25)
+    with pytest.raises(StreamLimitError) as caught:
+        for piece in _reads(data, 1):
+            chars.feed(piece)
+    assert caught.value.limit == "max_answer_chars"
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == "0123456789" * 3
+    chunks = NativeStreamDecoder(max_answer_chunks=2)
+    with pytest.raises(StreamLimitError) as caught:
+        for piece in _reads(data, 1):
+            chunks.feed(piece)
+    assert caught.value.limit == "max_answer_chunks"
+
+
+def _reads(data: bytes, size: int) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]

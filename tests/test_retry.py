@@ -19,6 +19,7 @@ from qwen_sse.errors import (
     ProtocolError,
     QwenSSEError,
     RedirectError,
+    StreamLimitError,
     TotalTimeoutError,
     TransportError,
     status_error,
@@ -176,3 +177,8 @@ def test_invalid_policies() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigurationError, match="negative"):
         RetryPolicy(initial_delay_s=-1)
+
+
+def test_a_stream_over_a_bound_is_never_retried() -> None:
+    error = StreamLimitError(limit="max_stream_bytes", limit_value=1, observed=2, unit="bytes")
+    assert classify(error) == (False, "StreamLimitError is not retryable")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from qwen_sse.errors import EventTooLargeError
@@ -531,3 +533,118 @@ def test_a_pending_field_then_a_big_read(
     big = b"data: x\n\n" + b"data: " + b"p" * _FAST_PATH_MIN_BYTES + b"\n\n"
     events = as_tuples(decode_pieces([field, big]))
     assert events == [expected, ("p" * _FAST_PATH_MIN_BYTES, "message", "", None)]
+
+
+# --- the bytes between two events are bounded too: a flood of them costs time ---
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [b"\n", b"\r\n", b": keep-alive\n", b"event: x\n", b"id: 7\n", b"retry: 5\n", b"unknown\n"],
+    ids=["LF", "CRLF", "comment", "event", "id", "retry", "unknown"],
+)
+def test_lines_between_events_are_bounded_under_every_chunking(filler: bytes) -> None:
+    counted = len(filler.removesuffix(b"\r\n").removesuffix(b"\n")) + 1  # a line break is 1
+    flood = filler * (64 // counted + 1)  # just over 64
+    data = b"data: first\n\n" + flood + b"data: second\n\n"
+    for label, pieces in every_chunking(data):
+        decoder = SSEDecoder(max_event_bytes=64)
+        events: list[ServerSentEvent] = []
+        with pytest.raises(EventTooLargeError) as caught:
+            for piece in pieces:
+                events += decoder.feed(piece)
+        events += caught.value.events
+        assert [event.data for event in events] == ["first"], label
+        assert caught.value.event_bytes > 64
+        assert "no SSE event in" in str(caught.value)
+
+
+def test_lines_between_events_up_to_the_bound_are_accepted_under_every_chunking() -> None:
+    # 63 blank lines and a 1-byte comment line (with their line breaks): exactly 64 bytes.
+    data = b"data: first\n\n" + b"\n" * 62 + b":\n" + b"data: second\n\n"
+    for label, pieces in every_chunking(data):
+        decoder = SSEDecoder(max_event_bytes=64)
+        events = [event for piece in pieces for event in decoder.feed(piece)]
+        assert [event.data for event in events] == ["first", "second"], label
+
+
+def test_the_count_between_events_starts_again_at_every_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    block = b": ping\n" * 8 + b"data: x\n\n"  # 56 bytes of comments before each event
+    for _ in range(1000):
+        assert decoder.feed(block) == [ServerSentEvent("x")]
+
+
+def test_a_flood_of_line_breaks_stops_within_max_event_bytes() -> None:
+    decoder = SSEDecoder(max_event_bytes=1024 * 1024)
+    decoder.feed(b"data: first\n\n")
+    fed = 0
+    with pytest.raises(EventTooLargeError):
+        while True:
+            decoder.feed(b"\n" * 65_536)
+            fed += 65_536
+    assert fed <= 1024 * 1024
+
+
+def test_a_huge_single_feed_is_parsed_in_slices_with_the_same_result() -> None:
+    # 3 MiB of events in one call, as decode() of a saved stream does.
+    data = b"".join(f"data: {n}\n\n".encode() for n in range(300_000))
+    assert len(data) > 3 * 1024 * 1024
+    events = SSEDecoder().feed(data)
+    assert [event.data for event in events] == [str(n) for n in range(300_000)]
+
+
+_SHORT_LINES = st.sampled_from(
+    [b"", b"", b":", b": ping", b"event: x", b"id: 1", b"retry: 5", b"data: ab", b"data: c"]
+)
+
+
+def _between_events_reference(lines: list[bytes], limit: int) -> tuple[list[str], bool]:
+    """The bound as documented: the non-data lines since the last dispatch, each costing
+    its length plus one, may not pass ``limit`` (checked at dispatch and at the end)."""
+    events: list[str] = []
+    data: list[bytes] = []
+    gap = 0
+    for line in lines:
+        if line.startswith(b"data: "):
+            data.append(line[6:])
+        elif not line and data:
+            if gap > limit:
+                return events, True
+            events.append(b"\n".join(data).decode())
+            data, gap = [], 0
+        else:
+            gap += len(line) + 1
+    return events, gap > limit
+
+
+def _data_bytes_held(lines: list[bytes]) -> Iterator[int]:
+    held = 0
+    for line in lines:
+        if line.startswith(b"data: "):
+            held += len(line) - 5
+            yield held
+        elif not line:
+            held = 0
+
+
+@given(st.lists(_SHORT_LINES, max_size=60), st.integers(16, 48), st.data())
+@settings(max_examples=300, deadline=None)
+def test_the_bound_between_events_does_not_depend_on_the_chunking(
+    lines: list[bytes], limit: int, data: st.DataObject
+) -> None:
+    # Events small enough that the bound on one event never applies, under any chunking.
+    assume(all(held + len(b"data: ab") < limit for held in _data_bytes_held(lines)))
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=8)))
+    pieces = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
+    decoder = SSEDecoder(max_event_bytes=limit)
+    events: list[ServerSentEvent] = []
+    raised = False
+    try:
+        for piece in pieces:
+            events += decoder.feed(piece)
+    except EventTooLargeError as error:
+        raised = True
+        events += error.events
+    assert ([event.data for event in events], raised) == _between_events_reference(lines, limit)
