@@ -39,7 +39,7 @@ from qwen_sse.errors import (
     ServerError,
     StreamInterruptedError,
 )
-from qwen_sse.retry import NO_RETRIES
+from qwen_sse.retry import NO_RETRIES, RetryPolicy
 from tests.interop.conftest import API_KEY, MODEL, LlamaServer
 
 pytestmark = pytest.mark.interop
@@ -89,7 +89,9 @@ async def test_a_streamed_answer_is_its_deltas_joined_and_ends_at_max_tokens(
     assert result.complete
     assert result.finish_reason == "length"
     assert result.content == "".join(deltas)
-    assert len(deltas) >= 12  # the model's tokens are 1 to 5 characters; none is held back
+    # A chunk a token, bar the few llama-cpp-python holds back while they could begin a stop
+    # string (its chat template stops at "<|im_end|>").
+    assert len(deltas) >= 12
     assert result.timing.ttft_s is not None
     assert re.fullmatch("[0-9a-f]{32}", result.request_id)  # uvicorn's x-request-id
     # The same seed gives the same answer, whichever way it is read.
@@ -179,7 +181,6 @@ async def test_an_interrupted_stream_is_incomplete_not_complete(
     assert partial.finish_reason is None
     assert partial.content == "".join(deltas)
     assert deltas
-    assert len(deltas) < 1500
     assert second_result.complete
     assert second_result.finish_reason == "length"
 
@@ -208,6 +209,24 @@ async def test_a_prompt_over_the_context_gets_an_empty_200_which_is_not_an_answe
     assert partial.timing.events == 0
 
 
+async def test_the_connection_closed_after_the_empty_200_costs_at_most_a_retry(
+    llama_server: LlamaServer,
+) -> None:
+    """After the empty 200 (an exception inside the app) uvicorn closes the connection a few
+    milliseconds later, although it said ``connection: keep-alive``; the next request often
+    goes out on that pooled connection and meets ``Server disconnected`` before any response.
+    That is a transport failure before the answer, so one retry gets the answer."""
+    async with client_for(llama_server) as client:
+        with pytest.raises(IncompleteStreamError):
+            await client.chat(OVERSIZED, max_tokens=8)
+        result = await client.chat(
+            HELLO, max_tokens=4, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.0)
+        )
+    assert result.complete
+    assert result.finish_reason == "length"
+    assert result.content
+
+
 async def test_a_malformed_parameter_is_a_500_with_the_servers_message(
     llama_server: LlamaServer,
 ) -> None:
@@ -222,7 +241,6 @@ async def test_a_malformed_parameter_is_a_500_with_the_servers_message(
     assert "Input should be a valid integer" in str(error)
     assert "\n" not in str(error)
     assert "Input should be a valid integer" in error.body
-    assert error.partial is None or not error.partial.complete
 
 
 async def test_a_wrong_key_is_a_401_with_the_servers_detail(llama_server: LlamaServer) -> None:
