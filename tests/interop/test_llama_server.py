@@ -15,9 +15,9 @@ of the tests that depend on them):
   without the chunked body's last chunk;
 * a prompt longer than the context, like any failure inside the model call, is answered
   ``200 text/event-stream`` with an empty (properly terminated) chunked body; uvicorn then
-  closes that keep-alive connection a few milliseconds later, and may already have started
-  the next request sent on it, whose answer it then cuts anywhere. Each test therefore uses
-  a client (a connection pool) of its own;
+  closes that keep-alive connection a few milliseconds later and drops, unanswered, a
+  request already sent on it (the client sees ``Server disconnected`` or a reset). Each
+  test therefore uses a client (a connection pool) of its own;
 * a malformed body field is a 500 with ``{"error": {"message": ...}}``, the message spanning
   several lines (pydantic's text and a traceback excerpt);
 * a wrong key is a 401 with ``{"detail": "Invalid API key"}``.
