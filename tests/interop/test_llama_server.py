@@ -20,7 +20,9 @@ of the tests that depend on them):
   test therefore uses a client (a connection pool) of its own;
 * a malformed body field is a 500 with ``{"error": {"message": ...}}``, the message spanning
   several lines (pydantic's text and a traceback excerpt);
-* a wrong key is a 401 with ``{"detail": "Invalid API key"}``.
+* a wrong key is a 401 with ``{"detail": "Invalid API key"}``;
+* a malformed ``grammar`` kills the server process (llama.cpp's grammar parser gives up
+  after the 200 was sent), so no test sends one.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ async def test_an_interrupted_stream_is_incomplete_not_complete(
     llama_server: LlamaServer,
 ) -> None:
     """A second request makes the server end the first stream early. Its wire (captured with
-    a raw socket) ends, after the role chunk and a token or two::
+    a raw socket) ends, after the role chunk and none, one or a few tokens::
 
         data: {..."delta": {"content": "#"}, "logprobs": null, "finish_reason": null}]}\\n\\n\\r\\n
         e\\r\\ndata: [DONE]\\n\\n\\r\\n            <- then the connection closes, no 0\\r\\n\\r\\n
