@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -626,11 +626,90 @@ async def test_an_unreachable_redis_is_a_transport_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = RedisQuota(f"redis://127.0.0.1:{port}/0", account="nobody")
+    store = RedisQuota(f"redis://:not-a-password@127.0.0.1:{port}/0", account="nobody")
     limiter = QuotaLimiter(QuotaLimits(rpm=5), store=store)
-    with pytest.raises(TransportError, match="Redis quota store failed"):
+    with pytest.raises(TransportError, match="Redis quota store failed to reserve") as raised:
         await limiter.acquire(request())
+    assert "not-a-password" not in str(raised.value)
     await limiter.aclose()
+
+
+@contextlib.asynccontextmanager
+async def blackhole(*, reads: bool) -> AsyncIterator[str]:
+    """A "Redis" on loopback that accepts connections and never answers: it reads and
+    discards what it is sent (``reads``), or reads nothing at all. Yields its URL."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        if reads:
+            while await reader.read(65536):
+                pass
+        else:
+            await asyncio.Event().wait()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://:not-a-password@127.0.0.1:{port}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given_client", [False, True], ids=["url", "client-without-timeouts"])
+@pytest.mark.parametrize("reads", [False, True], ids=["silent", "reading"])
+async def test_a_redis_that_stops_answering_raises_instead_of_hanging(
+    reads: bool, given_client: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every store operation is bounded by timeout_s, also with a client of the caller's
+    that has no timeouts of its own; the limiter stays consistent: the concurrency slot
+    it took is given back, and the next request fails the same way."""
+    async with blackhole(reads=reads) as url:
+        client = (
+            redis.asyncio.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=None)
+            if given_client
+            else None
+        )
+        store = RedisQuota(client or url, account="blackholed", timeout_s=0.2)
+        slots = ConcurrencyLimiter(1)
+        limiter = CombinedLimiter(slots, QuotaLimiter(QuotaLimits(rpm=5), store=store))
+        for _ in range(2):
+            with pytest.raises(TransportError) as raised:
+                await limiter.acquire(request())
+            assert str(raised.value) == (
+                "the Redis quota store did not answer reserve for qwen-plus within timeout_s=0.2"
+            )
+            assert slots.in_flight == 0
+        limits = QuotaLimits(rpm=5)
+        with pytest.raises(TransportError) as raised:
+            await store.usage(MODEL, limits)
+        assert str(raised.value) == (
+            "the Redis quota store did not answer read usage for qwen-plus within timeout_s=0.2"
+        )
+        settled: list[str] = []
+        store.settle(MODEL, limits, Reservation(1, 10, 0.0), 5, then=lambda: settled.append("s"))
+        store.cancel(MODEL, limits, Reservation(2, 10, 0.0), then=lambda: settled.append("c"))
+        with caplog.at_level("WARNING", logger="qwen_sse.limiter"):
+            await limiter.aclose()
+        if client is not None:
+            await client.aclose()
+    assert sorted(settled) == ["c", "s"]
+    prefix = "a quota settlement in Redis failed (it expires by itself): "
+    assert sorted(record.getMessage() for record in caplog.records) == [
+        f"{prefix}the Redis quota store did not answer {operation} for qwen-plus "
+        "within timeout_s=0.2"
+        for operation in ("cancel", "settle")
+    ]
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+def test_the_redis_timeout_must_be_positive(timeout_s: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout_s must be positive"):
+        RedisQuota("redis://127.0.0.1:1/0", account="a", timeout_s=timeout_s)
 
 
 def test_the_limiter_imports_without_the_redis_package() -> None:
