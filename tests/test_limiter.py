@@ -934,15 +934,23 @@ async def test_three_processes_sharing_a_redis_quota_stay_under_the_limit(
 
 
 async def test_a_redis_quota_in_a_client(redis_url: str) -> None:
+    """A client limited through Redis: every call goes through, paced by the quota, and
+    the reservations settle to the reported usage. The emulator sets no limit of its own:
+    whether it would throttle depends on how late requests arrive, which depends on the
+    machine's load (the burst test above checks that law)."""
     store = RedisQuota(redis_url, account=f"one-client-{secrets.token_hex(8)}")
     limits = QuotaLimits(rpm=3, tpm=10_000, window_s=0.5, margin_s=0.05, smoothing=True)
     limiter = QuotaLimiter(limits, store=store)
-    async with emulator(rpm=3, limit_window_s=0.5) as server, client_of(server, limiter) as c:
+    loop = asyncio.get_running_loop()
+    async with emulator() as server, client_of(server, limiter) as c:
+        started_s = loop.time()
         results = await asyncio.gather(*(c.chat(question(n), MODEL) for n in range(7)))
+        elapsed_s = loop.time() - started_s
         assert all(result.complete for result in results)
         await store.settled()
         requests, tokens = await store.usage(MODEL, limits)
     assert requests >= 1
     assert tokens <= sum(r.usage.total_tokens for r in results if r.usage)
-    assert max(result.queue_wait_s for result in results) >= 0.5
+    # Seven requests at three per hold: the last was reserved two holds after the first.
+    assert elapsed_s >= 2 * limits.hold_s
     await limiter.aclose()
