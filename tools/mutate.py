@@ -455,7 +455,9 @@ class Worker:
             alone, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
             seconds += more
             if not alone:
-                return Outcome(mutant, "unconfirmed", f"{detail} fails without the mutant too")
+                return Outcome(
+                    mutant, "unconfirmed", f"{detail} fails without the mutant too", seconds
+                )
         return Outcome(mutant, "killed", detail, seconds)
 
 
