@@ -12,9 +12,9 @@ mutant changes one module of the copy, runs the tests that mirror it
 (``tests/test_<module>.py``) plus the client's (``tests/test_client.py``) with
 ``pytest -x -q``, and restores the module. A mutant is *killed* when a test fails (or the
 run exceeds its timeout), else it *survives*; every survivor is run once more, so a kill
-missed by chance is not reported as a gap, and every kill is confirmed by running the
-failing test alone on the unmutated copy (a test that fails there too is flaky: the kill
-is reported as unconfirmed and not counted).
+missed by chance is not reported as a gap, and every kill is rechecked in isolation: the
+failing test alone must fail with the mutant and pass without it (else the test is flaky:
+the kill is reported as unconfirmed and not counted).
 
 Two kinds of mutants:
 
@@ -444,20 +444,24 @@ class Worker:
                 # A survivor is run once more: a kill missed by chance is not a gap.
                 passed, detail, more = run_pytest(self.copy, tests, self.timeout_s, self.python)
                 seconds += more
-        finally:
-            path.write_text(original)
-        if passed is None:
-            return Outcome(mutant, "timeout", detail, seconds)
-        if passed:
-            return Outcome(mutant, "survived", "", seconds)
-        # The kill counts if the failing test passes alone without the mutant.
-        if "::" in detail:
+            if passed is None:
+                return Outcome(mutant, "timeout", detail, seconds)
+            if passed:
+                return Outcome(mutant, "survived", "", seconds)
+            if "::" not in detail:
+                return Outcome(mutant, "killed", detail, seconds)
+            # Every kill is rechecked in isolation: the failing test alone fails with the
+            # mutant and passes without it; else the test is flaky and the kill unproven.
             alone, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
             seconds += more
-            if not alone:
-                return Outcome(
-                    mutant, "unconfirmed", f"{detail} fails without the mutant too", seconds
-                )
+        finally:
+            path.write_text(original)
+        if alone:
+            return Outcome(mutant, "unconfirmed", f"{detail} passes alone with the mutant", seconds)
+        alone, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
+        seconds += more
+        if not alone:
+            return Outcome(mutant, "unconfirmed", f"{detail} fails without the mutant too", seconds)
         return Outcome(mutant, "killed", detail, seconds)
 
 
