@@ -374,11 +374,12 @@ def copy_repository(destination: Path) -> None:
         shutil.copy2(source, target)
 
 
-def tests_for(module: str, extra: Sequence[str]) -> list[str]:
-    """The tests that mirror ``module``, the client's, and ``extra``."""
+def tests_for(module: str, extra: Sequence[str], *, client: bool = True) -> list[str]:
+    """The tests that mirror ``module``, the client's (unless not ``client``), and
+    ``extra``."""
     chosen: list[str] = []
     mirror = f"tests/test_{Path(module).stem}.py"
-    for test in (mirror, *ALWAYS_TESTS, *extra):
+    for test in (mirror, *(ALWAYS_TESTS if client else ()), *extra):
         if (ROOT / test).is_file() and test not in chosen:
             chosen.append(test)
     return chosen
@@ -480,6 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--tests", nargs="*", default=[], help="more tests for every mutant")
+    parser.add_argument(
+        "--no-client-tests",
+        action="store_true",
+        help="only the mirror tests (and --tests): a quick look, a lower kill rate",
+    )
     parser.add_argument("--must-kill-only", action="store_true")
     parser.add_argument("--no-must-kill", action="store_true")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
@@ -504,7 +510,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="qwen-sse-mutants-") as scratch:
         jobs = max(1, args.jobs)
-        baseline_tests = sorted({t for m in mutants for t in tests_for(m.module, args.tests)})
+        baseline_tests = sorted(
+            {
+                t
+                for m in mutants
+                for t in tests_for(m.module, args.tests, client=not args.no_client_tests)
+            }
+        )
         first = Worker(Path(scratch) / "0", args.python, timeout_s=3600.0)
         passed, detail, baseline_s = run_pytest(first.copy, baseline_tests, 3600.0, args.python)
         print(f"baseline: {len(baseline_tests)} test files, {baseline_s:.1f} s", flush=True)
@@ -521,7 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def one(mutant: Mutant) -> Outcome:
             worker = free.pop()
             try:
-                return worker.run(mutant, tests_for(mutant.module, args.tests))
+                return worker.run(
+                    mutant, tests_for(mutant.module, args.tests, client=not args.no_client_tests)
+                )
             finally:
                 free.append(worker)
 
