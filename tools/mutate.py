@@ -374,7 +374,7 @@ def copy_repository(destination: Path) -> None:
         shutil.copy2(source, target)
 
 
-def tests_for(module: str, extra: Sequence[str], *, client: bool = True) -> list[str]:
+def chosen_tests(module: str, extra: Sequence[str], *, client: bool) -> list[str]:
     """The tests that mirror ``module``, the client's (unless not ``client``), and
     ``extra``."""
     chosen: list[str] = []
@@ -514,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 t
                 for m in mutants
-                for t in tests_for(m.module, args.tests, client=not args.no_client_tests)
+                for t in chosen_tests(m.module, args.tests, client=not args.no_client_tests)
             }
         )
         first = Worker(Path(scratch) / "0", args.python, timeout_s=3600.0)
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker = free.pop()
             try:
                 return worker.run(
-                    mutant, tests_for(mutant.module, args.tests, client=not args.no_client_tests)
+                    mutant, chosen_tests(mutant.module, args.tests, client=not args.no_client_tests)
                 )
             finally:
                 free.append(worker)
