@@ -13,8 +13,8 @@ mutant changes one module of the copy, runs the tests that mirror it
 ``pytest -x -q``, and restores the module. A mutant is *killed* when a test fails (or the
 run exceeds its timeout), else it *survives*; every survivor is run once more, so a kill
 missed by chance is not reported as a gap, and every kill is rechecked in isolation: the
-failing test alone must fail with the mutant and pass without it (else the test is flaky:
-the kill is reported as unconfirmed and not counted).
+failing test alone must fail with the mutant (twice) and pass without it (else the test
+is flaky: the kill is reported as unconfirmed and not counted).
 
 Two kinds of mutants:
 
@@ -452,9 +452,13 @@ class Worker:
             if "::" not in detail:
                 return Outcome(mutant, "killed", detail, seconds)
             # Every kill is rechecked in isolation: the failing test alone fails with the
-            # mutant and passes without it; else the test is flaky and the kill unproven.
-            alone, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
-            seconds += more
+            # mutant (twice: a flaky test fails by chance) and passes without it; else the
+            # kill is unproven.
+            alone = False
+            for _ in range(2):
+                again, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
+                alone = alone or bool(again)
+                seconds += more
         finally:
             path.write_text(original)
         if alone:
