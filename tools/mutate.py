@@ -454,18 +454,18 @@ class Worker:
             # Every kill is rechecked in isolation: the failing test alone fails with the
             # mutant (twice: a flaky test fails by chance) and passes without it; else the
             # kill is unproven.
-            alone = False
+            passed_alone = False
             for _ in range(2):
                 again, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
-                alone = alone or bool(again)
+                passed_alone = passed_alone or bool(again)
                 seconds += more
         finally:
             path.write_text(original)
-        if alone:
+        if passed_alone:
             return Outcome(mutant, "unconfirmed", f"{detail} passes alone with the mutant", seconds)
-        alone, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
+        without, _, more = run_pytest(self.copy, [detail], self.timeout_s, self.python)
         seconds += more
-        if not alone:
+        if not without:
             return Outcome(mutant, "unconfirmed", f"{detail} fails without the mutant too", seconds)
         return Outcome(mutant, "killed", detail, seconds)
 
