@@ -745,6 +745,11 @@ class RedisQuota:
     replaces it in tests. Settlements run as tasks this object owns; :meth:`aclose` waits
     for them. A Redis failure while reserving raises TransportError; a failed settlement
     is logged, and its reservation simply expires.
+
+    Every operation (reserve, settle, cancel, usage) is bounded by ``timeout_s`` seconds
+    (default 2): a Redis that stops answering (a network blackhole) raises TransportError
+    instead of hanging its callers. A client built from a URL also gets it as its socket
+    and connect timeouts; a client passed in keeps its own, and the bound still applies.
     """
 
     def __init__(
@@ -755,11 +760,13 @@ class RedisQuota:
         api_key: str | None = None,
         prefix: str = "qwen-sse",
         clock_s: Callable[[], float] | None = None,
+        timeout_s: float = 2.0,
     ) -> None:
         try:
             # Imported here: redis is an optional extra, needed by this class only.
             import redis.asyncio as redis_asyncio  # noqa: PLC0415
             from redis.exceptions import RedisError  # noqa: PLC0415
+            from redis.exceptions import TimeoutError as RedisTimeoutError  # noqa: PLC0415
         except ImportError as error:
             raise ConfigurationError(
                 "RedisQuota needs the redis package: pip install 'qwen-sse[redis]'"
@@ -768,13 +775,21 @@ class RedisQuota:
             account = account_fingerprint(resolve_api_key(api_key))
         if not account or any(char in account for char in "{}"):
             raise ConfigurationError(f"invalid account name {account!r}")
+        if not timeout_s > 0:
+            raise ConfigurationError(f"timeout_s must be positive, got {timeout_s}")
         self.account = account
         self.prefix = prefix
+        self.timeout_s = timeout_s
         self._owns_client = isinstance(server, str)
         self._redis: Redis = (
-            redis_asyncio.Redis.from_url(server) if isinstance(server, str) else server
+            redis_asyncio.Redis.from_url(
+                server, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+            if isinstance(server, str)
+            else server
         )
         self._redis_error: type[Exception] = RedisError
+        self._redis_timeout: type[Exception] = RedisTimeoutError
         self._clock_s = clock_s
         self._reserve_script = self._redis.register_script(_LUA_RESERVE)
         self._settle_script = self._redis.register_script(_LUA_SETTLE)
@@ -782,7 +797,10 @@ class RedisQuota:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"RedisQuota(account={self.account!r}, prefix={self.prefix!r})"
+        return (
+            f"RedisQuota(account={self.account!r}, prefix={self.prefix!r}, "
+            f"timeout_s={self.timeout_s!r})"
+        )
 
     def keys(self, model: str) -> list[str]:
         """The Redis keys of ``model``'s windows."""
@@ -799,11 +817,15 @@ class RedisQuota:
 
     async def _run(
         self,
+        operation: str,
         script: Callable[..., Awaitable[Any]],
         model: str,
         limits: QuotaLimits,
         args: list[str],
     ) -> Any:
+        """Run one script within ``timeout_s``; any failure is a TransportError naming the
+        store, the operation and the model (Redis's own message names host and port,
+        never a password)."""
         common = [self._now_arg(), repr(limits.hold_s * 1000.0)]
         for limit in (limits.rpm, limits.tpm):
             if limit is None or not limits.smoothing:
@@ -811,10 +833,22 @@ class RedisQuota:
             else:
                 capacity, rate_per_s = smoothing_bucket(limit, limits.hold_s)
                 common += [repr(capacity), repr(rate_per_s)]
+        bound = asyncio.timeout(self.timeout_s)
         try:
-            return await script(keys=self.keys(model), args=[*common, *args])
-        except self._redis_error as error:
-            raise TransportError(f"the Redis quota store failed: {error}") from error
+            async with bound:
+                return await script(keys=self.keys(model), args=[*common, *args])
+        except (TimeoutError, self._redis_error) as error:
+            # The socket timeout and the bound are the same: either may fire first.
+            if isinstance(error, self._redis_timeout) or bound.expired():
+                raise TransportError(
+                    f"the Redis quota store did not answer {operation} for {model} "
+                    f"within timeout_s={self.timeout_s}"
+                ) from error
+            if isinstance(error, TimeoutError):
+                raise
+            raise TransportError(
+                f"the Redis quota store failed to {operation} for {model}: {error}"
+            ) from error
 
     async def reserve(self, model: str, limits: QuotaLimits, tokens: int) -> Reservation | float:
         """Reserve a request of ``tokens`` in ``model``'s windows if it fits now (a
@@ -823,7 +857,7 @@ class RedisQuota:
         key = secrets.randbits(62)
         args = ["" if limit is None else str(limit) for limit in (limits.rpm, limits.tpm)]
         args += [str(tokens), str(key)]
-        reserved, value = await self._run(self._reserve_script, model, limits, args)
+        reserved, value = await self._run("reserve", self._reserve_script, model, limits, args)
         if reserved:
             return Reservation(key, tokens, int(value) / 1e6)
         return max(int(value), 1000) / 1e6
@@ -864,7 +898,7 @@ class RedisQuota:
         cancel: bool,
     ) -> None:
         args = [str(reservation.key), str(reservation.tokens), str(tokens), "1" if cancel else "0"]
-        await self._run(self._settle_script, model, limits, args)
+        await self._run("cancel" if cancel else "settle", self._settle_script, model, limits, args)
 
     def _spawn(
         self, settlement: Coroutine[Any, Any, None], then: Callable[[], None] | None
@@ -883,7 +917,7 @@ class RedisQuota:
 
     async def usage(self, model: str, limits: QuotaLimits) -> tuple[int, int]:
         """``(requests, tokens)`` counted now in ``model``'s windows, by every process."""
-        requests, tokens = await self._run(self._usage_script, model, limits, [])
+        requests, tokens = await self._run("read usage", self._usage_script, model, limits, [])
         return int(requests), int(tokens)
 
     async def settled(self) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import random
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ import pytest
 import redis
 import redis.asyncio
 
+import qwen_sse.emulator as emulator_module
 from qwen_sse.chunks import Usage
 from qwen_sse.client import QwenClient
 from qwen_sse.emulator import FAULT_HEADER, Emulator, EmulatorConfig, Fault
@@ -41,6 +44,8 @@ from qwen_sse.limiter import (
     ConcurrencyLimiter,
     Limiter,
     LimitRequest,
+    Outcome,
+    Permit,
     QuotaLimiter,
     QuotaLimits,
     RedisQuota,
@@ -96,26 +101,6 @@ async def burst(client: QwenClient, calls: int, **params: Any) -> Burst:
 
     await asyncio.gather(*(one(number) for number in range(calls)))
     return outcome
-
-
-def sustained_rate(done: list[tuple[float, int]], limit: int, *, tokens: bool) -> float:
-    """Requests (or tokens) completed per second over whole windows.
-
-    The window that admits the volume past ``k * limit`` starts at the first completion
-    that crosses it (each window admits at most ``limit``); the rate is the volume
-    completed from the first completion until that one, over that time. The last,
-    partial window is left out.
-    """
-    events = sorted((at, volume if tokens else 1) for at, volume in done)
-    total = sum(volume for _, volume in events)
-    windows = (total - 1) // limit
-    assert windows >= 2, "the burst must span at least three windows"
-    cumulative = 0
-    for at, volume in events:
-        if cumulative + volume > windows * limit:
-            return cumulative / (at - events[0][0])
-        cumulative += volume
-    raise AssertionError("unreachable: the total is past the last crossing")
 
 
 # --- the emulator's limits ---
@@ -425,35 +410,133 @@ async def test_combined_queue_timeout_bounds_the_whole_wait() -> None:
     assert slots.in_flight == 0
 
 
+class RecordingQuota(QuotaLimiter):
+    """A QuotaLimiter that records when, on its clock, it reserved each question."""
+
+    def __init__(self, limits: QuotaLimits) -> None:
+        super().__init__(limits)
+        self.reserved_at_s: dict[str, float] = {}
+        self._last_at_s = 0.0
+
+    async def _reserve(self, model: str, limits: QuotaLimits, tokens: int) -> Reservation:
+        reservation = await super()._reserve(model, limits, tokens)
+        self._last_at_s = reservation.at_s
+        return reservation
+
+    async def acquire(self, request: LimitRequest) -> Permit:
+        permit = await super().acquire(request)
+        # Nothing awaits between the reservation and here: the last one is this question's.
+        self.reserved_at_s[request.messages[-1]["content"]] = self._last_at_s
+        return permit
+
+
+@dataclass
+class Arrival:
+    """When the emulator counted (or refused) a question against its rate limits: its
+    clock is time.monotonic(), the event loop's too."""
+
+    at_s: float
+    question: str
+    tokens: int
+    admitted: bool
+
+
+def record_arrivals(server: Emulator, monkeypatch: pytest.MonkeyPatch) -> list[Arrival]:
+    """The emulator's rate decisions, each with the exact time it counted."""
+    arrivals: list[Arrival] = []
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("question")
+    respond = server._respond
+    admit = emulator_module._RateWindow.admit
+
+    async def respond_noting_the_question(exchange: Any, raw: bytes) -> Any:
+        current.set(json.loads(raw)["messages"][-1]["content"])
+        return await respond(exchange, raw)
+
+    def admit_recording(window: Any, now_s: float, tokens: int, config: EmulatorConfig) -> None:
+        try:
+            admit(window, now_s, tokens, config)
+        except Exception:
+            arrivals.append(Arrival(now_s, current.get(), tokens, admitted=False))
+            raise
+        arrivals.append(Arrival(now_s, current.get(), tokens, admitted=True))
+
+    monkeypatch.setattr(server, "_respond", respond_noting_the_question)
+    monkeypatch.setattr(emulator_module._RateWindow, "admit", admit_recording)
+    return arrivals
+
+
 @pytest.mark.parametrize(
     ("limit", "tokens"),
     [({"rpm": 100, "tpm": 1_000_000}, False), ({"rpm": 10_000, "tpm": 6000}, True)],
     ids=["rpm", "tpm"],
 )
-async def test_a_burst_through_the_limiter_gets_no_429_at_the_limits_throughput(
-    limit: dict[str, int], tokens: bool
+async def test_a_burst_through_the_limiter_gets_no_429_but_from_late_arrivals(
+    limit: dict[str, int], tokens: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Several hundred concurrent calls: none throttled, throughput within 10% of the
-    limit; the same burst without the limiter is throttled."""
-    window_s, calls = 2.0, 300 if not tokens else 250
+    """Several hundred concurrent calls through the limiter, against an emulator with the
+    same limits: laws that hold at any speed and load.
+
+    The limiter promises no 429 as long as every request reaches the server within
+    ``margin_s`` of its reservation (the margin covers sending it). How late a request
+    arrives depends on the machine's load, so the test does not assume it: it records
+    when the limiter reserved each request and when the emulator counted it, and checks
+    that the reservations kept the limit in every hold and that every 429 is explained by
+    a request of the server's window that arrived later than the margin. On an idle
+    machine nothing is late, and the check is: no 429 at all.
+    """
+    window_s, calls, margin_s = 2.0, 300 if not tokens else 250, 0.1
     binding = limit["tpm"] if tokens else limit["rpm"]
+
+    def volume(arrival: Arrival) -> int:
+        """What the limiter counts of it in the end: a refused request stays counted
+        (the server saw it), its tokens are refunded."""
+        if not tokens:
+            return 1
+        return arrival.tokens if arrival.admitted else 0
+
+    # The control: without the limiter, a server window longer than the test refuses the
+    # excess whatever the speed.
     async with (
-        emulator(limit_window_s=window_s, **limit) as server,
+        emulator(limit_window_s=600.0, **limit) as server,
         client_of(server) as client,
     ):
         unlimited = await burst(client, calls, max_tokens=64)
     assert unlimited.throttled > 0
-    quota = QuotaLimits(rpm=limit["rpm"], tpm=limit["tpm"], window_s=window_s, margin_s=0.1)
-    async with (
-        emulator(limit_window_s=window_s, **limit) as server,
-        client_of(server, QuotaLimiter(quota)) as client,
-    ):
-        limited = await burst(client, calls, max_tokens=64)
-    assert limited.throttled == 0
-    assert len(limited.done) == calls
-    ratio = sustained_rate(limited.done, binding, tokens=tokens) * window_s / binding
-    assert 0.9 <= ratio <= 1.1, f"throughput {ratio:.1%} of the limit"
-    assert max(limited.queue_waits_s) >= window_s  # the last ones waited windows
+    if not tokens:
+        assert unlimited.throttled == calls - binding
+    quota = QuotaLimits(rpm=limit["rpm"], tpm=limit["tpm"], window_s=window_s, margin_s=margin_s)
+    limiter = RecordingQuota(quota)
+    async with emulator(limit_window_s=window_s, **limit) as server:
+        arrivals = record_arrivals(server, monkeypatch)
+        async with client_of(server, limiter) as client:
+            limited = await burst(client, calls, max_tokens=64)
+    assert len(limited.done) + limited.throttled == calls
+    assert len(arrivals) == calls
+    reserved_at_s = limiter.reserved_at_s
+    assert len(reserved_at_s) == calls
+
+    # The limiter's law: what it reserved in any hold stays within the limit (counted
+    # at what it settled to, which the reservation bounds from above).
+    reservations = sorted((reserved_at_s[a.question], volume(a)) for a in arrivals)
+    for at_s, _ in reservations:
+        held = sum(
+            units for other_s, units in reservations if at_s - quota.hold_s < other_s <= at_s
+        )
+        assert held <= binding
+    # So the reservations span as many holds as their volume needs (three for the RPM
+    # burst; for TPM it depends on how many were refused, whose tokens are refunded).
+    total = sum(units for _, units in reservations)
+    assert reservations[-1][0] - reservations[0][0] >= ((total - 1) // binding) * quota.hold_s
+
+    # Every 429 comes from lateness: a request counted in the server's window (or the
+    # refused one itself) reached the server later than margin_s after its reservation.
+    def late(arrival: Arrival) -> bool:
+        return arrival.at_s - reserved_at_s[arrival.question] > margin_s
+
+    admitted = [a for a in arrivals if a.admitted]
+    for refused in (a for a in arrivals if not a.admitted):
+        in_window = [a for a in admitted if refused.at_s - window_s < a.at_s <= refused.at_s]
+        assert late(refused) or any(late(a) for a in in_window), refused
 
 
 # --- adaptive concurrency ---
@@ -473,36 +556,66 @@ async def test_adaptive_cuts_on_a_429_and_holds_the_throttled_slot() -> None:
         assert limiter.in_flight(MODEL) == 0
 
 
+class ServerConcurrency:
+    """A limiter in front of another that plays a server with a concurrency limit: each
+    request admitted while more than ``capacity`` are in flight makes the emulator answer
+    the next request 429, as a server that counts its streams would. It counts requests,
+    not time, so what it throttles does not depend on the machine's speed."""
+
+    def __init__(self, inner: Limiter, server: Emulator, capacity: int) -> None:
+        self.inner = inner
+        self.server = server
+        self.capacity = capacity
+        self.in_flight = 0
+
+    async def acquire(self, request: LimitRequest) -> Permit:
+        permit = await self.inner.acquire(request)
+        self.in_flight += 1
+        if self.in_flight > self.capacity:
+            self.server.schedule(Fault(status=429))
+        return _CountedPermit(self, permit)
+
+
+@dataclass
+class _CountedPermit:
+    gate: ServerConcurrency
+    permit: Permit
+
+    @property
+    def queue_wait_s(self) -> float:
+        return self.permit.queue_wait_s
+
+    def release(self, *, usage: Usage | None, outcome: Outcome) -> None:
+        self.gate.in_flight -= 1
+        self.permit.release(usage=usage, outcome=outcome)
+
+
 async def test_adaptive_mode_converges_to_no_sustained_429s() -> None:
-    """The emulator allows 60 requests per 0.5 s; the client is not told. Requests take
-    about 0.1 s, so about 12 in flight is the most the limit allows."""
-    window_s, rpm, run_s, tail_s = 0.5, 60, 6.0, 2.0
+    """64 workers against a server that takes 12 requests at once; the client is not
+    told. The adaptive limit starts above it (16), so the server pushes back at once;
+    each episode of 429s lowers the remembered ceiling, and below the capacity nothing
+    is throttled any more: after the first half of the calls, no 429, and the limit has
+    settled between half the capacity and the capacity."""
+    capacity, successes_wanted = 12, 400
     limiter = AdaptiveLimiter(initial_limit=16)
-    ok_at: list[float] = []
-    throttled_at: list[float] = []
-    async with (
-        emulator(ttft_s=0.1, rpm=rpm, limit_window_s=window_s) as server,
-        client_of(server, limiter) as client,
-    ):
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    outcomes: list[str] = []
+    async with emulator(ttft_s=0.01) as server:
+        gate = ServerConcurrency(limiter, server, capacity)
+        async with client_of(server, gate) as client:
 
-        async def worker() -> None:
-            while loop.time() - started < run_s:
-                try:
-                    await client.chat(question(1), MODEL)
-                    ok_at.append(loop.time() - started)
-                except RateLimitError:
-                    throttled_at.append(loop.time() - started)
+            async def worker() -> None:
+                while outcomes.count("ok") < successes_wanted:
+                    try:
+                        await client.chat(question(1), MODEL)
+                        outcomes.append("ok")
+                    except RateLimitError:
+                        outcomes.append("throttled")
 
-        await asyncio.gather(*(worker() for _ in range(64)))
+            await asyncio.gather(*(worker() for _ in range(64)))
     await limiter.aclose()
-    tail = run_s - tail_s
-    assert throttled_at, "the server never pushed back: the test proves nothing"
-    assert [at for at in throttled_at if at >= tail] == []
-    # Converged below the limit, not collapsed: at least half of it in the tail.
-    tail_rate = sum(at >= tail for at in ok_at) / (max(ok_at) - tail)
-    assert tail_rate >= 0.5 * rpm / window_s
+    assert "throttled" in outcomes[: len(outcomes) // 2]
+    assert "throttled" not in outcomes[len(outcomes) // 2 :]
+    assert capacity // 2 <= limiter.limit(MODEL) <= capacity
 
 
 # --- Redis ---
@@ -553,7 +666,10 @@ async def test_redis_quota_matches_the_in_process_quota(redis_url: str, seed: in
     # Rates and times exact in binary, so that both sides compute the same numbers.
     limits = QuotaLimits(rpm=120, tpm=7680, window_s=7.5, margin_s=0.0, smoothing=seed % 2 == 1)
     clock = FakeClock()
-    store = RedisQuota(redis_url, account=f"differential-{seed}", clock_s=clock)
+    # An account of its own: a repeated case must not see the windows of the last one,
+    # whose fake clock started at the same reading.
+    account = f"differential-{seed}-{secrets.token_hex(8)}"
+    store = RedisQuota(redis_url, account=account, clock_s=clock)
     local = Quota(limits)
     open_: list[tuple[Reservation, Reservation]] = []
     admitted = refused = 0
@@ -626,11 +742,90 @@ async def test_an_unreachable_redis_is_a_transport_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = RedisQuota(f"redis://127.0.0.1:{port}/0", account="nobody")
+    store = RedisQuota(f"redis://:not-a-password@127.0.0.1:{port}/0", account="nobody")
     limiter = QuotaLimiter(QuotaLimits(rpm=5), store=store)
-    with pytest.raises(TransportError, match="Redis quota store failed"):
+    with pytest.raises(TransportError, match="Redis quota store failed to reserve") as raised:
         await limiter.acquire(request())
+    assert "not-a-password" not in str(raised.value)
     await limiter.aclose()
+
+
+@contextlib.asynccontextmanager
+async def blackhole(*, reads: bool) -> AsyncIterator[str]:
+    """A "Redis" on loopback that accepts connections and never answers: it reads and
+    discards what it is sent (``reads``), or reads nothing at all. Yields its URL."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        if reads:
+            while await reader.read(65536):
+                pass
+        else:
+            await asyncio.Event().wait()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://:not-a-password@127.0.0.1:{port}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given_client", [False, True], ids=["url", "client-without-timeouts"])
+@pytest.mark.parametrize("reads", [False, True], ids=["silent", "reading"])
+async def test_a_redis_that_stops_answering_raises_instead_of_hanging(
+    reads: bool, given_client: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every store operation is bounded by timeout_s, also with a client of the caller's
+    that has no timeouts of its own; the limiter stays consistent: the concurrency slot
+    it took is given back, and the next request fails the same way."""
+    async with blackhole(reads=reads) as url:
+        client = (
+            redis.asyncio.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=None)
+            if given_client
+            else None
+        )
+        store = RedisQuota(client or url, account="blackholed", timeout_s=0.2)
+        slots = ConcurrencyLimiter(1)
+        limiter = CombinedLimiter(slots, QuotaLimiter(QuotaLimits(rpm=5), store=store))
+        for _ in range(2):
+            with pytest.raises(TransportError) as raised:
+                await limiter.acquire(request())
+            assert str(raised.value) == (
+                "the Redis quota store did not answer reserve for qwen-plus within timeout_s=0.2"
+            )
+            assert slots.in_flight == 0
+        limits = QuotaLimits(rpm=5)
+        with pytest.raises(TransportError) as raised:
+            await store.usage(MODEL, limits)
+        assert str(raised.value) == (
+            "the Redis quota store did not answer read usage for qwen-plus within timeout_s=0.2"
+        )
+        settled: list[str] = []
+        store.settle(MODEL, limits, Reservation(1, 10, 0.0), 5, then=lambda: settled.append("s"))
+        store.cancel(MODEL, limits, Reservation(2, 10, 0.0), then=lambda: settled.append("c"))
+        with caplog.at_level("WARNING", logger="qwen_sse.limiter"):
+            await limiter.aclose()
+        if client is not None:
+            await client.aclose()
+    assert sorted(settled) == ["c", "s"]
+    prefix = "a quota settlement in Redis failed (it expires by itself): "
+    assert sorted(record.getMessage() for record in caplog.records) == [
+        f"{prefix}the Redis quota store did not answer {operation} for qwen-plus "
+        "within timeout_s=0.2"
+        for operation in ("cancel", "settle")
+    ]
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+def test_the_redis_timeout_must_be_positive(timeout_s: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout_s must be positive"):
+        RedisQuota("redis://127.0.0.1:1/0", account="a", timeout_s=timeout_s)
 
 
 def test_the_limiter_imports_without_the_redis_package() -> None:
@@ -687,11 +882,12 @@ async def spawn_worker(
     calls: int,
     limits: dict[str, Any],
     headers: dict[str, str] | None = None,
+    account: str = "",
 ) -> asyncio.subprocess.Process:
     config = {
         "base_url": server.base_url,
         "redis": redis_url,
-        "account": "three-processes",
+        "account": account,
         "name": name,
         "calls": calls,
         "limits": limits,
@@ -728,7 +924,8 @@ async def test_three_processes_sharing_a_redis_quota_stay_under_the_limit(
     quota = QuotaLimits(**limits)
     stall = Fault(stall_after_events=1, stall_s=60.0).header()
     async with emulator(rpm=rpm, tpm=tpm, limit_window_s=window_s) as server:
-        shared: dict[str, Any] = {"redis_url": redis_url, "limits": limits}
+        account = f"three-processes-{secrets.token_hex(8)}"
+        shared: dict[str, Any] = {"redis_url": redis_url, "limits": limits, "account": account}
         workers = [
             await spawn_worker(server, name="first", calls=60, **shared),
             await spawn_worker(server, name="second", calls=60, **shared),
@@ -739,7 +936,7 @@ async def test_three_processes_sharing_a_redis_quota_stay_under_the_limit(
             await wait_until(lambda: sum(r.outcome == "completed" for r in server.requests) >= 30)
             doomed.kill()
             await doomed.wait()
-            store = RedisQuota(redis_url, account="three-processes")
+            store = RedisQuota(redis_url, account=account)
             requests_held, _ = await store.usage(MODEL, quota)
             outcomes = [await outcome_of(worker) for worker in workers]
         finally:
@@ -768,15 +965,23 @@ async def test_three_processes_sharing_a_redis_quota_stay_under_the_limit(
 
 
 async def test_a_redis_quota_in_a_client(redis_url: str) -> None:
-    store = RedisQuota(redis_url, account="one-client")
+    """A client limited through Redis: every call goes through, paced by the quota, and
+    the reservations settle to the reported usage. The emulator sets no limit of its own:
+    whether it would throttle depends on how late requests arrive, which depends on the
+    machine's load (the burst test above checks that law)."""
+    store = RedisQuota(redis_url, account=f"one-client-{secrets.token_hex(8)}")
     limits = QuotaLimits(rpm=3, tpm=10_000, window_s=0.5, margin_s=0.05, smoothing=True)
     limiter = QuotaLimiter(limits, store=store)
-    async with emulator(rpm=3, limit_window_s=0.5) as server, client_of(server, limiter) as c:
+    loop = asyncio.get_running_loop()
+    async with emulator() as server, client_of(server, limiter) as c:
+        started_s = loop.time()
         results = await asyncio.gather(*(c.chat(question(n), MODEL) for n in range(7)))
+        elapsed_s = loop.time() - started_s
         assert all(result.complete for result in results)
         await store.settled()
         requests, tokens = await store.usage(MODEL, limits)
     assert requests >= 1
     assert tokens <= sum(r.usage.total_tokens for r in results if r.usage)
-    assert max(result.queue_wait_s for result in results) >= 0.5
+    # Seven requests at three per hold: the last was reserved two holds after the first.
+    assert elapsed_s >= 2 * limits.hold_s
     await limiter.aclose()
