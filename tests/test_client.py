@@ -2058,23 +2058,35 @@ async def test_the_role_only_first_chunk_does_not_stop_the_first_token_timer() -
 
 
 async def test_a_slow_consumer_is_not_an_idle_server() -> None:
-    """The server's gaps (itl_s) are 20 times shorter than idle_s, the consumer's pauses
-    longer than idle_s; after each pause the buffered chunks run out and reads wait again."""
-    config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=0.05, answer_tokens=60)
+    """The consumer pauses longer than idle_s between two chunks; the server sends the next
+    chunk only once the pause is over, so the read after the pause waits for it. Only the
+    time spent waiting for the server counts: the stream completes."""
+    paused = asyncio.Event()
+    first = frame([{"index": 0, "delta": {"role": "assistant", "content": "slow "}}])
+    rest = frame([{"index": 0, "delta": {"content": "reader"}, "finish_reason": "stop"}])
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        )
+        writer.write(f"data: {first}\n\n".encode())
+        await writer.drain()
+        await paused.wait()
+        writer.write(f"data: {rest}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
     received: list[str] = []
     async with (
-        Emulator(config) as server,
-        plain_client(server) as qwen,
-        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=1.0)) as stream,
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
+        qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=0.5)) as stream,
     ):
         async for chunk in stream:
-            if chunk.choices:
-                received.append(chunk.choices[0].delta.content or "")
-            if len(received) in (2, 30):
-                await asyncio.sleep(1.5)
-    answer = emulated_answer({"model": "qwen-plus", "messages": ENGLISH}, answer_tokens=60).content
-    assert stream.result.complete
-    assert "".join(received) == answer
+            received.append(chunk.choices[0].delta.content or "")
+            if len(received) == 1:
+                await asyncio.sleep(1.0)  # the consumer's own time, twice idle_s
+                paused.set()
+    assert (stream.result.complete, "".join(received)) == (True, "slow reader")
 
 
 async def test_more_than_a_hundred_streams_are_open_at_once() -> None:

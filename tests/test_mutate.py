@@ -93,3 +93,15 @@ def test_a_patch_that_no_longer_matches_exactly_once_does_not_apply() -> None:
     twice = mutate.Mutant("m.py", "twice", 0, (("value", "other"),), must_kill=True)
     assert mutate.apply(SOURCE, gone) is None
     assert mutate.apply(SOURCE, twice) is None
+
+
+def test_every_must_kill_bug_still_applies_to_the_code_it_names() -> None:
+    """A must-kill patch whose target text moved would make the mutation stage report
+    "not applicable" instead of testing the promise; catch the drift in the main suite."""
+    root = Path(__file__).resolve().parent.parent
+    for mutant in mutate.MUST_KILL:
+        source = (root / mutant.module).read_text(encoding="utf-8")
+        mutated = mutate.apply(source, mutant)
+        assert mutated is not None, mutant.name
+        assert mutated != source, mutant.name
+        ast.parse(mutated)
