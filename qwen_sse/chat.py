@@ -83,8 +83,10 @@ is under 1 M characters."""
 
 DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
 """Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
-text. Every chunk with text carries at least one token, so the largest documented answer
-takes at most 212,992 of them, plus a handful without text: a margin of nearly 5."""
+text. Each new choice and each new tool call counts as one more chunk (one chunk can name
+thousands, each kept as a state). Every chunk with text carries at least one token, so the
+largest documented answer takes at most 212,992 of them, plus a handful without text: a
+margin of nearly 5."""
 
 
 class ToolCallFunction(msgspec.Struct, frozen=True, gc=False):
@@ -215,6 +217,7 @@ class ChatAccumulator:
         "_chunks",
         "_chunks_cap",
         "_token_times",
+        "_unfinished",
         "id",
         "model",
         "request_id",
@@ -244,6 +247,7 @@ class ChatAccumulator:
         self._token_times: list[float] = []
         self._chars = 0
         self._chunks = 0
+        self._unfinished = 0
 
     def reset(self) -> None:
         """Forget everything folded in so far (a retry starts over); keeps the start time."""
@@ -254,6 +258,7 @@ class ChatAccumulator:
         self._token_times = []
         self._chars = 0
         self._chunks = 0
+        self._unfinished = 0
 
     @property
     def max_answer_chars(self) -> int | None:
@@ -272,7 +277,8 @@ class ChatAccumulator:
 
     @property
     def chunks(self) -> int:
-        """Chunks counted by :meth:`check_bounds` so far."""
+        """Chunks counted by :meth:`check_bounds` so far, each new choice and each new tool
+        call counting as one more (one chunk may name thousands, each kept as a state)."""
         return self._chunks
 
     def check_bounds(self, folded: int) -> StreamLimitError | None:
@@ -314,6 +320,12 @@ class ChatAccumulator:
         """True once any chunk carried a choice."""
         return bool(self._choices)
 
+    @property
+    def all_finished(self) -> bool:
+        """True once a choice arrived and every choice has its finish reason (O(1): the
+        native decoder asks after every frame)."""
+        return not self._unfinished and bool(self._choices)
+
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
         """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
         if not self.id:
@@ -326,6 +338,8 @@ class ChatAccumulator:
             state = self._choices.get(choice.index)
             if state is None:
                 state = self._choices[choice.index] = _ChoiceState()
+                self._unfinished += 1
+                self._chunks += 1
             delta = choice.delta
             content = delta.content
             if content:
@@ -340,18 +354,20 @@ class ChatAccumulator:
             if delta.role and not state.role:
                 state.role = delta.role
             if choice.finish_reason is not None:
+                if state.finish_reason is None:
+                    self._unfinished -= 1
                 state.finish_reason = choice.finish_reason
         if text_chars:
             self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)
 
-    @staticmethod
-    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
+    def _add_tool_calls(self, state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
         """Fold tool-call deltas in; return the argument characters they added."""
         chars = 0
         for delta in deltas:
             call = state.tools.get(delta.index)
             if call is None:
+                self._chunks += 1
                 call = state.tools[delta.index] = _ToolCallState()
             if delta.id and not call.id:
                 call.id = delta.id
@@ -594,10 +610,10 @@ class ChatStreamDecoder:
         """``[DONE]`` arrived: the answer is complete only if every choice has finished.
 
         ``undelivered_events`` are the chunks of this batch not yet added to ``events``."""
-        unfinished = self.accumulator.unfinished_choices()
-        if self.accumulator.has_choices and not unfinished:
+        if self.accumulator.all_finished:
             self.done = True
             return
+        unfinished = self.accumulator.unfinished_choices()
         if not unfinished:
             missing = "no choice arrived"
         elif len(unfinished) == 1:
