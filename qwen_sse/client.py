@@ -395,7 +395,9 @@ class ChatStream:
             try:
                 await self._read_more()
             except QwenSSEError as error:
-                self._failure = error
+                # Without the traceback of the read that raised it: its frames hold the
+                # read's raw bytes, which may echo the key (scrubbed only on the error).
+                self._failure = error.with_traceback(None)
             except Exception:
                 # Not one of ours (a bug, a wire tap that raised): the call ends failed for
                 # good, so iterating on can never turn it into a complete answer.

@@ -2090,3 +2090,25 @@ async def test_more_than_a_hundred_streams_are_open_at_once() -> None:
         finally:
             for stream in streams:
                 await stream.__aexit__(None, None, None)
+
+
+async def test_a_key_echoed_in_a_frame_that_fails_its_read_is_unreachable() -> None:
+    # The failing frame is the whole read, so the decoder raises from feed: the raised
+    # error's traceback runs through the frames that held the read's raw bytes.
+    for frame_text in (
+        json.dumps({"error": {"code": "bad_key", "message": f"echo {ECHO}"}}),
+        f'{{"choices": "{ECHO}"}}',
+    ):
+        body = sse_body([frame_text], done=False)
+
+        async def handler(writer: asyncio.StreamWriter, n: int, body: bytes = body) -> None:
+            writer.write(http_response(body))
+            await writer.drain()
+
+        async with (
+            raw_server(handler) as server,
+            QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+        ):
+            error = await raised_by(qwen.chat(HELLO))
+        assert isinstance(error, InBandError | ProtocolError)
+        assert_key_unreachable(error, SECRET_KEY)
