@@ -556,9 +556,10 @@ class ChatStreamDecoder:
 
     def _overflow(self, error: EventTooLargeError, now_s: float) -> list[ChatCompletionChunk]:
         """The chunks completed before ``error``; the failure is ``error`` unless an error
-        frame came first (then that frame is the real cause)."""
+        frame came first (then that frame is the real cause) or the answer ended first
+        (the bytes after its end are ignored)."""
         chunks = self._decode_frames(error.events, now_s)
-        if self.error is None:
+        if self.error is None and not self.done:
             self._fail(error, now_s)
         return chunks
 

@@ -845,3 +845,17 @@ def test_each_new_choice_and_tool_call_counts_against_max_answer_chunks() -> Non
     decoder = ChatStreamDecoder(max_answer_chunks=4)
     decoder.feed(stream(delta_frame(tool_calls=[{"index": 0}], finish_reason="tool_calls")))
     assert decoder.result().complete
+
+
+def test_an_oversized_tail_after_done_in_the_same_read_is_ignored() -> None:
+    # Bytes after [DONE] are counted and otherwise ignored, even when the read that
+    # carried [DONE] goes on past max_event_bytes without a line break.
+    answer = stream(delta_frame(content="all", finish_reason="stop"), done=False)
+    tail = b"data: [DONE]\n\n" + b"x" * 2 * len(answer)
+    for reads in ([answer, tail], [answer + tail]):
+        decoder = ChatStreamDecoder(max_event_bytes=len(answer))
+        for read in reads:
+            decoder.feed(read)
+        decoder.feed_eof()
+        assert decoder.result().complete
+        assert decoder.result().content == "all"
