@@ -218,6 +218,7 @@ class ChatAccumulator:
         "_chunks_cap",
         "_token_times",
         "_unfinished",
+        "expected_choices",
         "id",
         "model",
         "request_id",
@@ -237,6 +238,8 @@ class ChatAccumulator:
         _check_bound("max_answer_chunks", max_answer_chunks)
         self.started_at_s = started_at_s
         self.request_id = request_id
+        # How many choices the request asked for (``n``): fewer is a truncated answer.
+        self.expected_choices = 1
         # Plain ints, so that the check on the hot path is two comparisons.
         self._chars_cap = _UNBOUNDED if max_answer_chars is None else max_answer_chars
         self._chunks_cap = _UNBOUNDED if max_answer_chunks is None else max_answer_chunks
@@ -310,9 +313,12 @@ class ChatAccumulator:
         return bool(self._token_times)
 
     def unfinished_choices(self) -> list[int]:
-        """Indices of the choices that arrived without a finish reason yet, ascending."""
+        """Indices of the choices without a finish reason yet, ascending: those that arrived
+        without one, and those of the ``expected_choices`` that never arrived."""
+        missing = [index for index in range(self.expected_choices) if index not in self._choices]
         return sorted(
-            index for index, state in self._choices.items() if state.finish_reason is None
+            missing
+            + [index for index, state in self._choices.items() if state.finish_reason is None]
         )
 
     @property
@@ -322,9 +328,9 @@ class ChatAccumulator:
 
     @property
     def all_finished(self) -> bool:
-        """True once a choice arrived and every choice has its finish reason (O(1): the
-        native decoder asks after every frame)."""
-        return not self._unfinished and bool(self._choices)
+        """True once ``expected_choices`` choices arrived and every choice has its finish
+        reason (O(1): the native decoder asks after every frame)."""
+        return not self._unfinished and len(self._choices) >= max(1, self.expected_choices)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
         """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
@@ -615,7 +621,7 @@ class ChatStreamDecoder:
             self.done = True
             return
         unfinished = self.accumulator.unfinished_choices()
-        if not unfinished:
+        if not self.accumulator.has_choices:
             missing = "no choice arrived"
         elif len(unfinished) == 1:
             missing = f"choice {unfinished[0]} has no finish_reason"

@@ -316,6 +316,11 @@ class ChatStream:
         self._accumulator = ChatAccumulator(
             max_answer_chars=client.max_answer_chars, max_answer_chunks=client.max_answer_chunks
         )
+        options = body.get("parameters", {}) if client.protocol == "native" else body
+        choices = options.get("n", 1)
+        # The answer is complete only with every choice asked for (OpenAI allows up to 128).
+        if isinstance(choices, int) and 1 < choices <= 128:
+            self._accumulator.expected_choices = choices
         self._decoder = self._new_decoder()
         self._deadlines: _Deadlines | None = None
         self._permit: Permit | None = None
