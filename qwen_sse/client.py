@@ -316,11 +316,6 @@ class ChatStream:
         self._accumulator = ChatAccumulator(
             max_answer_chars=client.max_answer_chars, max_answer_chunks=client.max_answer_chunks
         )
-        options = body.get("parameters", {}) if client.protocol == "native" else body
-        choices = options.get("n", 1)
-        # The answer is complete only with every choice asked for (OpenAI allows up to 128).
-        if isinstance(choices, int) and 1 < choices <= 128:
-            self._accumulator.expected_choices = choices
         self._decoder = self._new_decoder()
         self._deadlines: _Deadlines | None = None
         self._permit: Permit | None = None
@@ -414,12 +409,14 @@ class ChatStream:
         max_stream_bytes = self._client.max_stream_bytes
         if self._client.protocol == "native":
             parameters = self._body.get("parameters", {})
+            _expect_choices(self._accumulator, parameters)
             return NativeStreamDecoder(
                 incremental=parameters.get("incremental_output", True) is not False,
                 accumulator=self._accumulator,
                 max_event_bytes=max_event_bytes,
                 max_stream_bytes=max_stream_bytes,
             )
+        _expect_choices(self._accumulator, self._body)
         return ChatStreamDecoder(
             accumulator=self._accumulator,
             max_event_bytes=max_event_bytes,
@@ -1142,6 +1139,14 @@ class _KeyScrubber:
         if notes:
             notes[:] = [self.value(note) for note in notes]
         return error
+
+
+def _expect_choices(accumulator: ChatAccumulator, options: Mapping[str, Any]) -> None:
+    """The answer is complete only with every choice the request asked for (``n``; OpenAI
+    allows up to 128)."""
+    choices = options.get("n", 1)
+    if isinstance(choices, int) and 1 < choices <= 128:
+        accumulator.expected_choices = choices
 
 
 def _unsupported_encoding(response: aiohttp.ClientResponse) -> str:
