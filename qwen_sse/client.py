@@ -134,8 +134,8 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     body (``{"detail": "..."}`` or ``{"detail": [{"loc": [...], "msg": "..."}, ...]}``)."""
     try:
         envelope = _error_envelope.decode(body)
-    except msgspec.DecodeError:
-        return "", body[:500].decode("utf-8", "replace").strip(), ""
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: JSON nested too deep
+        return _raw_error_fields(body)
     code, message = envelope.code or "", envelope.message or ""
     if isinstance(envelope.error, dict):
         code = str(envelope.error.get("code") or envelope.error.get("type") or code)
@@ -143,8 +143,16 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     elif isinstance(envelope.error, str):
         message = envelope.error
     if not message and envelope.detail:
-        message = _detail_message(envelope.detail)
+        try:
+            message = _detail_message(envelope.detail)
+        except RecursionError:  # str() of a list nested nearly as deep as JSON allows
+            return _raw_error_fields(body)
     return code, message, envelope.request_id or ""
+
+
+def _raw_error_fields(body: bytes) -> tuple[str, str, str]:
+    """``(code, message, request_id)`` for a body that is not a known error shape."""
+    return "", body[:500].decode("utf-8", "replace").strip(), ""
 
 
 def _detail_message(detail: Any) -> str:
@@ -157,7 +165,8 @@ def _detail_message(detail: Any) -> str:
         lines = []
         for item in detail:
             if isinstance(item, dict) and "msg" in item:
-                where = ".".join(str(part) for part in item.get("loc") or ())
+                loc = item.get("loc")
+                where = ".".join(map(str, loc)) if isinstance(loc, list) else str(loc or "")
                 lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
             else:
                 lines.append(str(item))

@@ -2031,6 +2031,31 @@ async def test_error_bodies_of_other_servers_keep_their_message(case: str) -> No
     assert str(error) == shown
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"detail": [{"loc": 5, "msg": "odd location"}]}',
+        b'{"detail": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+        b'{"error": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+    ids=["loc-not-a-list", "deep-detail", "deep-error"],
+)
+async def test_a_hostile_error_body_is_still_an_api_status_error(body: bytes) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(body, status="500 Oops", content_type="application/json"))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=FakeSleep(), retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert type(error) is ServerError
+    assert str(error).startswith("HTTP 500")
+    assert "\n" not in str(error)
+    assert error.body == body.decode()
+
+
 # --- issue 16: tests that notice a broken deadline or pool promise ---
 
 
