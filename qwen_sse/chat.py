@@ -444,7 +444,8 @@ class ChatStreamDecoder:
     ``feed_eof`` call, or at once when no chunk precedes it; ``error`` shows it meanwhile,
     so a caller that must not wait for more bytes checks it after each ``feed``.
     ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
-    ``[DONE]`` completes the answer (``done``) only when at least one choice arrived and
+    ``[DONE]`` completes the answer (``done``) only when ``accumulator.expected_choices`` (1
+    unless the request asked for ``n``) choices arrived and
     every choice has its finish reason; otherwise it is an :class:`IncompleteStreamError`
     naming the choices without one (a truncated answer is never ``complete``).
     Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
