@@ -4,7 +4,7 @@ Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random 
 time arrives as ``now_s`` arguments from the caller's clock.
 
 Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; an answer is
-complete only when every choice that arrived has its finish reason **and** ``[DONE]``
+complete only when every choice that arrived has its finish reason (not "") **and** ``[DONE]``
 arrived, so ``[DONE]`` before a finish reason (llama.cpp's server ends an interrupted
 stream that way) and input that ends before ``[DONE]`` are both an
 :class:`~qwen_sse.errors.IncompleteStreamError`; a frame with a top-level ``error`` object
@@ -359,10 +359,11 @@ class ChatAccumulator:
                 self._chars += self._add_tool_calls(state, delta.tool_calls)
             if delta.role and not state.role:
                 state.role = delta.role
-            if choice.finish_reason is not None:
+            finish_reason = choice.finish_reason
+            if finish_reason:  # "" is a placeholder some servers send, not a reason
                 if state.finish_reason is None:
                     self._unfinished -= 1
-                state.finish_reason = choice.finish_reason
+                state.finish_reason = finish_reason
         if text_chars:
             self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)

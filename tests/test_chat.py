@@ -859,3 +859,17 @@ def test_an_oversized_tail_after_done_in_the_same_read_is_ignored() -> None:
         decoder.feed_eof()
         assert decoder.result().complete
         assert decoder.result().content == "all"
+
+
+def test_an_empty_finish_reason_is_no_finish_reason() -> None:
+    # Some compatible servers fill finish_reason with "" until the end (as DashScope's
+    # native protocol does with "null"): an interrupted stream of them is not complete.
+    frames = [delta_frame(content="half ", finish_reason=""), delta_frame(finish_reason="")]
+    error = failure([stream(*frames)])
+    assert isinstance(error, IncompleteStreamError)
+    assert str(error).startswith("stream ended with data: [DONE] but choice 0 has no finish")
+    assert error.partial is not None
+    assert error.partial.finish_reason is None
+    result = run([stream(*frames, delta_frame(content="done", finish_reason="stop"))])
+    assert result.complete
+    assert (result.content, result.finish_reason) == ("half done", "stop")
