@@ -160,7 +160,8 @@ def _detail_message(detail: Any) -> str:
     if isinstance(detail, str):
         return detail
     if isinstance(detail, dict):
-        return str(detail.get("message") or detail.get("msg") or msgspec.json.encode(detail))
+        message = detail.get("message") or detail.get("msg")
+        return str(message) if message else msgspec.json.encode(detail).decode()
     if isinstance(detail, list):
         lines = []
         for item in detail:

@@ -2001,6 +2001,13 @@ ERROR_BODIES = {
         "HTTP 422: body.messages.0.role: field required body.temperature: must be <= 2"
         " (request id r-ok)",
     ),
+    "fastapi-detail-object": (
+        "500 Internal Server Error",
+        {"detail": {"code": 7, "where": "engine"}},
+        ServerError,
+        '{"code":7,"where":"engine"}',
+        'HTTP 500: {"code":7,"where":"engine"} (request id r-ok)',
+    ),
     "multi-line-message": (
         "500 Internal Server Error",
         {"error": {"code": "boom", "message": "line one\nline two\r\n  line three"}},
