@@ -93,3 +93,15 @@ def test_a_patch_that_no_longer_matches_exactly_once_does_not_apply() -> None:
     twice = mutate.Mutant("m.py", "twice", 0, (("value", "other"),), must_kill=True)
     assert mutate.apply(SOURCE, gone) is None
     assert mutate.apply(SOURCE, twice) is None
+
+
+def test_every_must_kill_patch_applies_to_the_current_code() -> None:
+    # A merge that rewrites a patched line turns its must-kill bug into a loud report at
+    # run time only; catch it in the main suite instead.
+    root = Path(__file__).resolve().parent.parent
+    stale = [
+        mutant.name
+        for mutant in mutate.MUST_KILL
+        if mutate.apply((root / mutant.module).read_text(), mutant) is None
+    ]
+    assert stale == []

@@ -125,9 +125,10 @@ MUST_KILL: tuple[Mutant, ...] = (
         0,
         (
             (
-                "                state.reasoning.append(delta.reasoning_content)\n"
-                "                text = True\n",
-                "                state.reasoning.append(delta.reasoning_content)\n",
+                "                state.reasoning.append(reasoning)\n"
+                "                text_chars += len(reasoning)\n",
+                "                state.reasoning.append(reasoning)\n"
+                "                self._chars += len(reasoning)\n",
             ),
         ),
         must_kill=True,
