@@ -4,7 +4,7 @@ Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random 
 time arrives as ``now_s`` arguments from the caller's clock.
 
 Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; an answer is
-complete only when every choice that arrived has its finish reason **and** ``[DONE]``
+complete only when every choice that arrived has its finish reason (not "") **and** ``[DONE]``
 arrived, so ``[DONE]`` before a finish reason (llama.cpp's server ends an interrupted
 stream that way) and input that ends before ``[DONE]`` are both an
 :class:`~qwen_sse.errors.IncompleteStreamError`; a frame with a top-level ``error`` object
@@ -83,8 +83,10 @@ is under 1 M characters."""
 
 DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
 """Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
-text. Every chunk with text carries at least one token, so the largest documented answer
-takes at most 212,992 of them, plus a handful without text: a margin of nearly 5."""
+text. Each new choice and each new tool call counts as one more chunk (one chunk can name
+thousands, each kept as a state). Every chunk with text carries at least one token, so the
+largest documented answer takes at most 212,992 of them, plus a handful without text: a
+margin of nearly 5."""
 
 
 class ToolCallFunction(msgspec.Struct, frozen=True, gc=False):
@@ -215,6 +217,8 @@ class ChatAccumulator:
         "_chunks",
         "_chunks_cap",
         "_token_times",
+        "_unfinished",
+        "expected_choices",
         "id",
         "model",
         "request_id",
@@ -234,6 +238,8 @@ class ChatAccumulator:
         _check_bound("max_answer_chunks", max_answer_chunks)
         self.started_at_s = started_at_s
         self.request_id = request_id
+        # How many choices the request asked for (``n``): fewer is a truncated answer.
+        self.expected_choices = 1
         # Plain ints, so that the check on the hot path is two comparisons.
         self._chars_cap = _UNBOUNDED if max_answer_chars is None else max_answer_chars
         self._chunks_cap = _UNBOUNDED if max_answer_chunks is None else max_answer_chunks
@@ -244,6 +250,7 @@ class ChatAccumulator:
         self._token_times: list[float] = []
         self._chars = 0
         self._chunks = 0
+        self._unfinished = 0
 
     def reset(self) -> None:
         """Forget everything folded in so far (a retry starts over); keeps the start time."""
@@ -254,6 +261,7 @@ class ChatAccumulator:
         self._token_times = []
         self._chars = 0
         self._chunks = 0
+        self._unfinished = 0
 
     @property
     def max_answer_chars(self) -> int | None:
@@ -272,7 +280,8 @@ class ChatAccumulator:
 
     @property
     def chunks(self) -> int:
-        """Chunks counted by :meth:`check_bounds` so far."""
+        """Chunks counted by :meth:`check_bounds` so far, each new choice and each new tool
+        call counting as one more (one chunk may name thousands, each kept as a state)."""
         return self._chunks
 
     def check_bounds(self, folded: int) -> StreamLimitError | None:
@@ -304,15 +313,24 @@ class ChatAccumulator:
         return bool(self._token_times)
 
     def unfinished_choices(self) -> list[int]:
-        """Indices of the choices that arrived without a finish reason yet, ascending."""
+        """Indices of the choices without a finish reason yet, ascending: those that arrived
+        without one, and those of the ``expected_choices`` that never arrived."""
+        missing = [index for index in range(self.expected_choices) if index not in self._choices]
         return sorted(
-            index for index, state in self._choices.items() if state.finish_reason is None
+            missing
+            + [index for index, state in self._choices.items() if state.finish_reason is None]
         )
 
     @property
     def has_choices(self) -> bool:
         """True once any chunk carried a choice."""
         return bool(self._choices)
+
+    @property
+    def all_finished(self) -> bool:
+        """True once ``expected_choices`` choices arrived and every choice has its finish
+        reason (O(1): the native decoder asks after every frame)."""
+        return not self._unfinished and len(self._choices) >= max(1, self.expected_choices)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
         """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
@@ -326,6 +344,8 @@ class ChatAccumulator:
             state = self._choices.get(choice.index)
             if state is None:
                 state = self._choices[choice.index] = _ChoiceState()
+                self._unfinished += 1
+                self._chunks += 1
             delta = choice.delta
             content = delta.content
             if content:
@@ -339,19 +359,22 @@ class ChatAccumulator:
                 self._chars += self._add_tool_calls(state, delta.tool_calls)
             if delta.role and not state.role:
                 state.role = delta.role
-            if choice.finish_reason is not None:
-                state.finish_reason = choice.finish_reason
+            finish_reason = choice.finish_reason
+            if finish_reason:  # "" is a placeholder some servers send, not a reason
+                if state.finish_reason is None:
+                    self._unfinished -= 1
+                state.finish_reason = finish_reason
         if text_chars:
             self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)
 
-    @staticmethod
-    def _add_tool_calls(state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
+    def _add_tool_calls(self, state: _ChoiceState, deltas: list[ChoiceDeltaToolCall]) -> int:
         """Fold tool-call deltas in; return the argument characters they added."""
         chars = 0
         for delta in deltas:
             call = state.tools.get(delta.index)
             if call is None:
+                self._chunks += 1
                 call = state.tools[delta.index] = _ToolCallState()
             if delta.id and not call.id:
                 call.id = delta.id
@@ -422,7 +445,8 @@ class ChatStreamDecoder:
     ``feed_eof`` call, or at once when no chunk precedes it; ``error`` shows it meanwhile,
     so a caller that must not wait for more bytes checks it after each ``feed``.
     ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
-    ``[DONE]`` completes the answer (``done``) only when at least one choice arrived and
+    ``[DONE]`` completes the answer (``done``) only when ``accumulator.expected_choices`` (1
+    unless the request asked for ``n``) choices arrived and
     every choice has its finish reason; otherwise it is an :class:`IncompleteStreamError`
     naming the choices without one (a truncated answer is never ``complete``).
     Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
@@ -540,9 +564,10 @@ class ChatStreamDecoder:
 
     def _overflow(self, error: EventTooLargeError, now_s: float) -> list[ChatCompletionChunk]:
         """The chunks completed before ``error``; the failure is ``error`` unless an error
-        frame came first (then that frame is the real cause)."""
+        frame came first (then that frame is the real cause) or the answer ended first
+        (the bytes after its end are ignored)."""
         chunks = self._decode_frames(error.events, now_s)
-        if self.error is None:
+        if self.error is None and not self.done:
             self._fail(error, now_s)
         return chunks
 
@@ -594,11 +619,11 @@ class ChatStreamDecoder:
         """``[DONE]`` arrived: the answer is complete only if every choice has finished.
 
         ``undelivered_events`` are the chunks of this batch not yet added to ``events``."""
-        unfinished = self.accumulator.unfinished_choices()
-        if self.accumulator.has_choices and not unfinished:
+        if self.accumulator.all_finished:
             self.done = True
             return
-        if not unfinished:
+        unfinished = self.accumulator.unfinished_choices()
+        if not self.accumulator.has_choices:
             missing = "no choice arrived"
         elif len(unfinished) == 1:
             missing = f"choice {unfinished[0]} has no finish_reason"

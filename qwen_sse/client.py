@@ -134,8 +134,8 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     body (``{"detail": "..."}`` or ``{"detail": [{"loc": [...], "msg": "..."}, ...]}``)."""
     try:
         envelope = _error_envelope.decode(body)
-    except msgspec.DecodeError:
-        return "", body[:500].decode("utf-8", "replace").strip(), ""
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: JSON nested too deep
+        return _raw_error_fields(body)
     code, message = envelope.code or "", envelope.message or ""
     if isinstance(envelope.error, dict):
         code = str(envelope.error.get("code") or envelope.error.get("type") or code)
@@ -143,8 +143,16 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     elif isinstance(envelope.error, str):
         message = envelope.error
     if not message and envelope.detail:
-        message = _detail_message(envelope.detail)
+        try:
+            message = _detail_message(envelope.detail)
+        except RecursionError:  # str() of a list nested nearly as deep as JSON allows
+            return _raw_error_fields(body)
     return code, message, envelope.request_id or ""
+
+
+def _raw_error_fields(body: bytes) -> tuple[str, str, str]:
+    """``(code, message, request_id)`` for a body that is not a known error shape."""
+    return "", body[:500].decode("utf-8", "replace").strip(), ""
 
 
 def _detail_message(detail: Any) -> str:
@@ -152,12 +160,14 @@ def _detail_message(detail: Any) -> str:
     if isinstance(detail, str):
         return detail
     if isinstance(detail, dict):
-        return str(detail.get("message") or detail.get("msg") or msgspec.json.encode(detail))
+        message = detail.get("message") or detail.get("msg")
+        return str(message) if message else msgspec.json.encode(detail).decode()
     if isinstance(detail, list):
         lines = []
         for item in detail:
             if isinstance(item, dict) and "msg" in item:
-                where = ".".join(str(part) for part in item.get("loc") or ())
+                loc = item.get("loc")
+                where = ".".join(map(str, loc)) if isinstance(loc, list) else str(loc or "")
                 lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
             else:
                 lines.append(str(item))
@@ -395,7 +405,9 @@ class ChatStream:
             try:
                 await self._read_more()
             except QwenSSEError as error:
-                self._failure = error
+                # Without the traceback of the read that raised it: its frames hold the
+                # read's raw bytes, which may echo the key (scrubbed only on the error).
+                self._failure = error.with_traceback(None)
             except Exception:
                 # Not one of ours (a bug, a wire tap that raised): the call ends failed for
                 # good, so iterating on can never turn it into a complete answer.
@@ -407,12 +419,14 @@ class ChatStream:
         max_stream_bytes = self._client.max_stream_bytes
         if self._client.protocol == "native":
             parameters = self._body.get("parameters", {})
+            _expect_choices(self._accumulator, parameters)
             return NativeStreamDecoder(
                 incremental=parameters.get("incremental_output", True) is not False,
                 accumulator=self._accumulator,
                 max_event_bytes=max_event_bytes,
                 max_stream_bytes=max_stream_bytes,
             )
+        _expect_choices(self._accumulator, self._body)
         return ChatStreamDecoder(
             accumulator=self._accumulator,
             max_event_bytes=max_event_bytes,
@@ -1135,6 +1149,14 @@ class _KeyScrubber:
         if notes:
             notes[:] = [self.value(note) for note in notes]
         return error
+
+
+def _expect_choices(accumulator: ChatAccumulator, options: Mapping[str, Any]) -> None:
+    """The answer is complete only with every choice the request asked for (``n``; OpenAI
+    allows up to 128)."""
+    choices = options.get("n", 1)
+    if isinstance(choices, int) and 1 < choices <= 128:
+        accumulator.expected_choices = choices
 
 
 def _unsupported_encoding(response: aiohttp.ClientResponse) -> str:

@@ -181,7 +181,7 @@ class NativeStreamDecoder(ChatStreamDecoder):
             out.append(chunk)
             # Complete once every choice seen has its finish reason; a stream that ends
             # with "null" on every frame is cut, however cleanly it closes.
-            if chunk.choices and not self.accumulator.unfinished_choices():
+            if chunk.choices and self.accumulator.all_finished:
                 self.done = True
                 break
         if out and not self.done:

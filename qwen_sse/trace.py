@@ -211,7 +211,9 @@ class TraceView:
             return
         try:
             decoded: Any = json.loads(data)
-        except ValueError:
+            compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
+            flagged = json.dumps(decoded, ensure_ascii=False)[:200]
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             self._print(f"    -- {label}: {data[: self._width]!r}")
             parts = data.split("\n")
             if len(parts) > 1 and all(_parses(part) for part in parts):
@@ -224,7 +226,6 @@ class TraceView:
                 hint = " (a JSON object broken by a raw line feed?)" if stray_lines else ""
                 self._flag("broken-json", at_ms, f"the data is not valid JSON{hint}")
             return
-        compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
         if len(compact) > self._width:
             compact = compact[: self._width] + "…"
         self._print(f"    -- {label}: {compact}")
@@ -232,7 +233,7 @@ class TraceView:
             "error" in decoded
             or (event == "error" or ("code" in decoded and "output" not in decoded))
         ):
-            self._flag("in-band-error", at_ms, json.dumps(decoded, ensure_ascii=False)[:200])
+            self._flag("in-band-error", at_ms, flagged)
 
     def _check_usage(self, at_ms: float) -> None:
         result = self._chat.result()
@@ -294,6 +295,6 @@ class TraceView:
 def _parses(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True

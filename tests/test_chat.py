@@ -686,11 +686,11 @@ def test_characters_of_reasoning_and_tool_arguments_count_too() -> None:
 
 def test_max_answer_chunks_bounds_chunks_without_text_too() -> None:
     # Role-only chunks carry no text; they still cost a little memory each.
-    decoder = ChatStreamDecoder(max_answer_chunks=3)
+    decoder = ChatStreamDecoder(max_answer_chunks=4)
     pieces = [stream(delta_frame(role="assistant"), done=False) for _ in range(10)]
     error = _limit_failure(decoder, pieces)
     assert error.limit == "max_answer_chunks"
-    assert error.observed == 4
+    assert error.observed == 5  # four chunks and their one choice
     assert decoder.events == 4
 
 
@@ -824,3 +824,52 @@ def test_an_answer_that_ends_in_the_read_that_passes_a_bound_is_complete() -> No
     decoder.feed_eof()
     assert decoder.result().complete
     assert decoder.result().content == "0123456789!"
+
+
+def test_each_new_choice_and_tool_call_counts_against_max_answer_chunks() -> None:
+    # One chunk may name thousands of choice or tool-call indexes, each a state the
+    # accumulator keeps: without counting them a stream of a few such chunks grows without
+    # end under the chunk bound.
+    many_choices = frame([{"index": n, "delta": {}} for n in range(100)])
+    decoder = ChatStreamDecoder(max_answer_chunks=50)
+    error = _limit_failure(decoder, [stream(many_choices, done=False)])
+    assert error.limit == "max_answer_chunks"
+    assert error.observed == 101  # one chunk, a hundred new choices
+    calls = [{"index": n} for n in range(100)]
+    many_calls = delta_frame(tool_calls=calls)
+    decoder = ChatStreamDecoder(max_answer_chunks=50)
+    error = _limit_failure(decoder, [stream(many_calls, done=False)])
+    assert error.limit == "max_answer_chunks"
+    assert error.observed == 102  # one chunk, one choice, a hundred tool calls
+    # A normal answer's few choices and calls leave the default bound's margin intact.
+    decoder = ChatStreamDecoder(max_answer_chunks=4)
+    decoder.feed(stream(delta_frame(tool_calls=[{"index": 0}], finish_reason="tool_calls")))
+    assert decoder.result().complete
+
+
+def test_an_oversized_tail_after_done_in_the_same_read_is_ignored() -> None:
+    # Bytes after [DONE] are counted and otherwise ignored, even when the read that
+    # carried [DONE] goes on past max_event_bytes without a line break.
+    answer = stream(delta_frame(content="all", finish_reason="stop"), done=False)
+    tail = b"data: [DONE]\n\n" + b"x" * 2 * len(answer)
+    for reads in ([answer, tail], [answer + tail]):
+        decoder = ChatStreamDecoder(max_event_bytes=len(answer))
+        for read in reads:
+            decoder.feed(read)
+        decoder.feed_eof()
+        assert decoder.result().complete
+        assert decoder.result().content == "all"
+
+
+def test_an_empty_finish_reason_is_no_finish_reason() -> None:
+    # Some compatible servers fill finish_reason with "" until the end (as DashScope's
+    # native protocol does with "null"): an interrupted stream of them is not complete.
+    frames = [delta_frame(content="half ", finish_reason=""), delta_frame(finish_reason="")]
+    error = failure([stream(*frames)])
+    assert isinstance(error, IncompleteStreamError)
+    assert str(error).startswith("stream ended with data: [DONE] but choice 0 has no finish")
+    assert error.partial is not None
+    assert error.partial.finish_reason is None
+    result = run([stream(*frames, delta_frame(content="done", finish_reason="stop"))])
+    assert result.complete
+    assert (result.content, result.finish_reason) == ("half done", "stop")

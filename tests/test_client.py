@@ -2001,6 +2001,13 @@ ERROR_BODIES = {
         "HTTP 422: body.messages.0.role: field required body.temperature: must be <= 2"
         " (request id r-ok)",
     ),
+    "fastapi-detail-object": (
+        "500 Internal Server Error",
+        {"detail": {"code": 7, "where": "engine"}},
+        ServerError,
+        '{"code":7,"where":"engine"}',
+        'HTTP 500: {"code":7,"where":"engine"} (request id r-ok)',
+    ),
     "multi-line-message": (
         "500 Internal Server Error",
         {"error": {"code": "boom", "message": "line one\nline two\r\n  line three"}},
@@ -2029,6 +2036,31 @@ async def test_error_bodies_of_other_servers_keep_their_message(case: str) -> No
     assert isinstance(error, APIStatusError)
     assert error.error_message == full
     assert str(error) == shown
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"detail": [{"loc": 5, "msg": "odd location"}]}',
+        b'{"detail": [' + b"[" * 5000 + b"]" * 5000 + b"]}",
+        b'{"error": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+    ids=["loc-not-a-list", "deep-detail", "deep-error"],
+)
+async def test_a_hostile_error_body_is_still_an_api_status_error(body: bytes) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(body, status="500 Oops", content_type="application/json"))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(KEY, server.url, sleep=FakeSleep(), retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert type(error) is ServerError
+    assert str(error).startswith("HTTP 500")
+    assert "\n" not in str(error)
+    assert error.body == body.decode()
 
 
 # --- issue 16: tests that notice a broken deadline or pool promise ---
@@ -2102,3 +2134,25 @@ async def test_more_than_a_hundred_streams_are_open_at_once() -> None:
         finally:
             for stream in streams:
                 await stream.__aexit__(None, None, None)
+
+
+async def test_a_key_echoed_in_a_frame_that_fails_its_read_is_unreachable() -> None:
+    # The failing frame is the whole read, so the decoder raises from feed: the raised
+    # error's traceback runs through the frames that held the read's raw bytes.
+    for frame_text in (
+        json.dumps({"error": {"code": "bad_key", "message": f"echo {ECHO}"}}),
+        f'{{"choices": "{ECHO}"}}',
+    ):
+        body = sse_body([frame_text], done=False)
+
+        async def handler(writer: asyncio.StreamWriter, n: int, body: bytes = body) -> None:
+            writer.write(http_response(body))
+            await writer.drain()
+
+        async with (
+            raw_server(handler) as server,
+            QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+        ):
+            error = await raised_by(qwen.chat(HELLO))
+        assert isinstance(error, InBandError | ProtocolError)
+        assert_key_unreachable(error, SECRET_KEY)

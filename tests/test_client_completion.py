@@ -360,3 +360,38 @@ async def test_qwen_sse_bench_reports_why_such_answers_failed(
     jsonschema.validate(summary, SUMMARY_SCHEMA)
     assert summary["errors"] == {"IncompleteStreamError": 2}
     assert summary["error_examples"]["IncompleteStreamError"].startswith(INTERRUPTED_MESSAGE)
+
+
+async def test_a_requested_choice_that_never_arrived_is_a_truncated_answer() -> None:
+    # n=2 asked for two choices; a stream that finishes choice 0 and ends is not complete,
+    # whichever protocol: natively, choice 0 finishing first must not end the stream.
+    only_first = response(sse_body([ROLE, text("one", "stop")]))
+    async with (
+        raw_server(answering(only_first)) as server,
+        QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        with pytest.raises(IncompleteStreamError) as caught:
+            await qwen.chat(HELLO, n=2)
+    assert str(caught.value).startswith(
+        "stream ended with data: [DONE] but choice 1 has no finish_reason"
+    )
+    assert caught.value.partial is not None
+    assert caught.value.partial.content == "one"
+    assert not caught.value.partial.complete
+
+    def native(index: int, content: str) -> str:
+        message = {"role": "assistant", "content": content}
+        choice = {"index": index, "message": message, "finish_reason": "stop"}
+        return json.dumps({"output": {"choices": [choice]}, "request_id": "r-1"})
+
+    sequential = "".join(
+        f"id:{n}\nevent:result\ndata:{body}\n\n"
+        for n, body in enumerate([native(0, "one"), native(1, "two")], 1)
+    ).encode()
+    async with (
+        raw_server(answering(response(sequential))) as server,
+        QwenClient(KEY, server.url, protocol="native", retry=NO_RETRIES) as qwen,
+    ):
+        result = await qwen.chat(HELLO, n=2)
+    assert result.complete
+    assert [choice.content for choice in result.choices] == ["one", "two"]

@@ -273,3 +273,17 @@ def test_native_streams_are_bounded_in_characters_and_chunks() -> None:
 
 def _reads(data: bytes, size: int) -> list[bytes]:
     return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+def test_native_choices_count_against_max_answer_chunks() -> None:
+    choices = [
+        {"index": n, "message": {"content": "", "role": "assistant"}, "finish_reason": "null"}
+        for n in range(100)
+    ]
+    data = native_stream(json.dumps({"output": {"choices": choices}}))
+    decoder = NativeStreamDecoder(max_answer_chunks=50)
+    with pytest.raises(StreamLimitError) as caught:
+        decoder.feed(data)
+        decoder.feed_eof()
+    assert caught.value.limit == "max_answer_chunks"
+    assert caught.value.observed == 101

@@ -164,3 +164,13 @@ def test_a_native_stream_without_a_finish_reason() -> None:
     view, text = trace([(0.1, data)], protocol="native")
     assert kinds(view) == ["missing-finish"]
     assert "complete: no" in text
+
+
+def test_json_nested_too_deep_is_flagged_not_raised() -> None:
+    # A wire tap must not raise: the trace shows such a frame as broken JSON.
+    deep = "[" * 100_000 + "]" * 100_000
+    for lines in ([deep], [deep, deep]):  # one frame, two joined by a single LF
+        wire = "".join(f"data: {line}\n" for line in lines) + "\n"
+        view, text = trace([(0.1, wire.encode())])
+        assert kinds(view)[0] == "broken-json"
+        assert "event #1 message:" in text
