@@ -52,6 +52,7 @@ from qwen_sse.errors import (
 )
 from qwen_sse.limiter import ConcurrencyLimiter
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
+from tests.fakesleep import FakeSleep
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 KEY = "sk-test"
@@ -553,11 +554,13 @@ async def test_after_any_exception_from_the_read_path_the_stream_stays_failed() 
             if b"[DONE]" in chunk:
                 raise RuntimeError("a wire tap that raises")
 
+    first_seen = asyncio.Event()
+
     async def handler(writer: asyncio.StreamWriter, n: int) -> None:
         events = [frame([{"index": 0, "delta": {"content": "hi"}}])]
         writer.write(_SSE_HEAD + b"\r\n" + sse_body(events, done=False))
         await writer.drain()
-        await asyncio.sleep(0.05)  # so that [DONE] comes in a read of its own
+        await first_seen.wait()  # so that [DONE] comes in a read of its own
         writer.write(sse_body([frame([{"index": 0, "delta": {}, "finish_reason": "stop"}])]))
         await writer.drain()
 
@@ -566,6 +569,9 @@ async def test_after_any_exception_from_the_read_path_the_stream_stays_failed() 
         QwenClient(KEY, server.url, wire_tap=FailingTap()) as qwen,
         qwen.stream_chat(HELLO) as stream,
     ):
+        first = await stream.__anext__()
+        assert first.choices[0].delta.content == "hi"
+        first_seen.set()
         raised: list[BaseException] = []
         for _ in range(10):
             try:
@@ -857,16 +863,6 @@ async def test_errors_are_all_rooted(client: QwenClient, emulator: Emulator) -> 
 
 
 # --- retries (before any output reached the caller) ---
-
-
-class FakeSleep:
-    """Records the delays the client asks for and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay_s: float) -> None:
-        self.delays.append(delay_s)
 
 
 def retrying_client(

@@ -27,6 +27,7 @@ from qwen_sse.cli import main
 from qwen_sse.client import QwenClient
 from qwen_sse.errors import IncompleteStreamError
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
+from tests.fakesleep import FakeSleep
 from tests.rawserver import frame, http_response, raw_server, sse_body
 
 KEY = "sk-test"
@@ -63,16 +64,6 @@ INTERRUPTED_EMPTY = response(sse_body([ROLE]))
 WHOLE = response(sse_body([ROLE, text("whole", "stop")]))
 # The finish reason and usage arrived, then the connection closed cleanly without [DONE].
 CUT_BEFORE_DONE = response(sse_body([ROLE, text("all of it", "stop"), USAGE], done=False))
-
-
-class FakeSleep:
-    """Records the delays the client asks for and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay_s: float) -> None:
-        self.delays.append(delay_s)
 
 
 async def test_chat_raises_on_done_without_a_finish_reason() -> None:
