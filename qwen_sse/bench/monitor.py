@@ -67,11 +67,14 @@ class ClientLoad(msgspec.Struct, frozen=True, kw_only=True):
 class LoopMonitor:
     """Samples the running loop's lateness every ``interval_s`` and the process's CPU.
 
-    ``origin`` is the loop-clock instant that times are counted from. :meth:`start` and
+    ``origin`` is the loop-clock instant that times are counted from (None: the instant of
+    :meth:`start`; never 0.0, as the loop's clock may count from boot). :meth:`start` and
     :meth:`stop` must be called from inside the loop; :meth:`stop` returns the samples.
     """
 
-    def __init__(self, *, worker: int = 0, interval_s: float = 0.01, origin: float = 0.0) -> None:
+    def __init__(
+        self, *, worker: int = 0, interval_s: float = 0.01, origin: float | None = None
+    ) -> None:
         self._worker = worker
         self._interval_s = interval_s
         self._origin = origin
@@ -90,21 +93,25 @@ class LoopMonitor:
         loop = self._loop = asyncio.get_running_loop()
         self._started_wall = self._window_wall = time.perf_counter()
         self._started_cpu = self._window_cpu = time.process_time()
-        self._due = loop.time() + self._interval_s
+        now = loop.time()
+        if self._origin is None:
+            self._origin = now
+        self._due = now + self._interval_s
         self._handle = loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
-        loop = self._loop
+        loop, origin = self._loop, self._origin
         assert loop is not None
+        assert origin is not None
         now = loop.time()
         # A timer may fire a hair early (clock resolution); early is not late.
         self._lag.append(max(0.0, now - self._due))
-        self._lag_at.append(self._due - self._origin)
+        self._lag_at.append(self._due - origin)
         wall = time.perf_counter()
         if wall - self._window_wall >= _CPU_WINDOW_S:
             cpu = time.process_time()
             fraction = (cpu - self._window_cpu) / (wall - self._window_wall)
-            self._cpu.append((now - self._origin, fraction))
+            self._cpu.append((now - origin, fraction))
             self._window_wall, self._window_cpu = wall, cpu
         # From now, not from the missed due time: a stalled loop must not fire a burst.
         self._due = now + self._interval_s
