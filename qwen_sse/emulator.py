@@ -63,7 +63,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, Self
 
@@ -707,6 +707,13 @@ class RecordedRequest:
     ``headers`` are case-insensitive, with ``Authorization`` redacted; ``body`` is the
     parsed JSON (None when it was not JSON). ``outcome`` is ``"pending"`` while the
     response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body.
+
+    ``arrived_at_s`` and ``written`` are what the server really did, whatever its
+    configured delays (a busy machine runs every delay late): the event loop's clock
+    (``loop.time()``, which is ``time.monotonic()``, one clock for every process of a
+    host) when the request arrived, and for each piece of the answer streamed, in order,
+    its :attr:`Piece.kind` and the loop time at which its event was handed to the
+    connection. One pair per piece, so it is bounded by the answer's length.
     """
 
     method: str
@@ -719,6 +726,8 @@ class RecordedRequest:
     outcome: Outcome = "pending"
     events_sent: int = 0
     bytes_sent: int = 0
+    arrived_at_s: float | None = None
+    written: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _redacted(headers: Mapping[str, str]) -> CIMultiDictProxy[str]:
@@ -1384,6 +1393,7 @@ class Emulator:
         number = self._received
         self._received += 1
         record = RecordedRequest(request.method, request.path, _redacted(request.headers))
+        record.arrived_at_s = asyncio.get_running_loop().time()
         record.request_id = str(uuid.UUID(bytes=_digest(16, "request", self.config.seed, number)))
         if self.config.record_requests:
             self.requests.append(record)
@@ -1752,6 +1762,7 @@ async def _send_native(
     streamer: _Streamer, pacer: _Pacer, *, frames: _NativeFrames, answer: EmulatedAnswer
 ) -> Outcome:
     """A native stream: one frame per piece, then the frame with the finish reason."""
+    loop = asyncio.get_running_loop()
     announced: set[int] = set()
     for number, piece in enumerate(answer.pieces):
         if number:
@@ -1762,6 +1773,7 @@ async def _send_native(
             call_id = answer.tool_call_ids[piece.call_index]
             name = answer.tool_calls[piece.call_index][0]
         await streamer.event(frames.piece(piece, call_id, name))
+        streamer.record.written.append((piece.kind, loop.time()))
     if streamer.no_done:
         return "no_done"
     await streamer.event(frames.finish(answer.finish_reason))
@@ -1771,6 +1783,7 @@ async def _send_native(
 async def _stream_pieces(
     streamer: _Streamer, frames: _Frames, answer: EmulatedAnswer, pacer: _Pacer
 ) -> None:
+    loop = asyncio.get_running_loop()
     after_reasoning = False
     first_content = True
     announced: set[int] = set()
@@ -1792,5 +1805,6 @@ async def _stream_pieces(
                 piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0]
             )
         await streamer.event(frame)
+        streamer.record.written.append((kind, loop.time()))
     if answer.tool_calls:
         await streamer.event(frames.empty_function(len(answer.tool_calls) - 1))
