@@ -58,6 +58,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import random
 import time
 import uuid
@@ -69,6 +70,7 @@ from typing import Any, Literal, NamedTuple, Protocol, Self
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from qwen_sse.chat import DONE_MARKER
@@ -709,11 +711,14 @@ class RecordedRequest:
     response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body.
 
     ``arrived_at_s`` and ``written`` are what the server really did, whatever its
-    configured delays (a busy machine runs every delay late): the event loop's clock
+    configured delays (a busy machine runs every delay late), on the event loop's clock
     (``loop.time()``, which is ``time.monotonic()``, one clock for every process of a
-    host) when the request arrived, and for each piece of the answer streamed, in order,
-    its :attr:`Piece.kind` and the loop time at which its event was handed to the
-    connection. One pair per piece, so it is bounded by the answer's length.
+    host). ``arrived_at_s`` is when the server took the request off its connection; while
+    the response is in flight it is when the handler started, which a busy server reaches
+    later, as it works through the requests that came before. ``written`` holds, for each
+    piece of the answer streamed, in order, its :attr:`Piece.kind` and the loop time at
+    which its event was handed to the connection: one pair per piece, so it is bounded by
+    the answer's length.
     """
 
     method: str
@@ -1294,6 +1299,9 @@ class Emulator:
         self._models = frozenset(self.config.models)
         # Keyed by a digest of the API key, so that the server keeps no key it was sent.
         self._rate_windows: dict[tuple[bytes, str], _RateWindow] = {}
+        # The records of the exchanges in flight, by id() of their request, until aiohttp
+        # reports when it took each request off its connection (_ArrivalClock).
+        self._in_flight: dict[int, RecordedRequest] = {}
 
     @property
     def port(self) -> int:
@@ -1334,6 +1342,7 @@ class Emulator:
             raise RuntimeError("the emulator is already started")
         # Large enough for long-context requests (the input-length check counts tokens).
         app = web.Application(client_max_size=256 * 1024 * 1024)
+        app[_EMULATOR] = self
         app.router.add_post(CHAT_PATH, self._handle)
         app.router.add_post(NATIVE_PATH, self._handle_native)
         # handler_cancellation: a client that disconnects cancels its handler at once, so
@@ -1341,7 +1350,8 @@ class Emulator:
         runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=None,
+            access_log=_ARRIVALS_LOGGER,
+            access_log_class=_ArrivalClock,
             handler_cancellation=True,
             shutdown_timeout=0.1,
         )
@@ -1397,6 +1407,7 @@ class Emulator:
         record.request_id = str(uuid.UUID(bytes=_digest(16, "request", self.config.seed, number)))
         if self.config.record_requests:
             self.requests.append(record)
+            self._in_flight[id(request)] = record
         exchange = _Exchange(request, record, number, time.monotonic(), native)
         try:
             raw = await request.read()
@@ -1406,6 +1417,8 @@ class Emulator:
             return self._error_response(exchange, reject)
         except asyncio.CancelledError:
             record.outcome = "server_closed" if self._closing else "client_disconnected"
+            # aiohttp reports no arrival for a cancelled exchange.
+            self._in_flight.pop(id(request), None)
             raise
         finally:
             if task is not None:
@@ -1703,6 +1716,28 @@ class Emulator:
             self._active_streams -= 1
         await resp.write_eof()
         return resp
+
+
+_EMULATOR = web.AppKey("qwen_sse.emulator", Emulator)
+_ARRIVALS_LOGGER = logging.getLogger("qwen_sse.emulator.arrivals")
+
+
+class _ArrivalClock(AbstractAccessLogger):
+    """Not a log: aiohttp hands its access logger, as each exchange ends, how long ago it
+    took the request off its connection. That instant, before the handler ran, is the
+    request's true arrival (see :attr:`RecordedRequest.arrived_at_s`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        emulator = request.app.get(_EMULATOR) if isinstance(request, web.Request) else None
+        if emulator is None:
+            return
+        record = emulator._in_flight.pop(id(request), None)
+        if record is not None:
+            record.arrived_at_s = asyncio.get_running_loop().time() - time
+
+    @property
+    def enabled(self) -> bool:
+        return True
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -105,6 +106,35 @@ def test_a_busy_worker_saturates() -> None:
     assert verdict.reasons == [verdict.reasons[0]]
     assert verdict.reasons[0].startswith("worker 1 used 95% of a CPU core")
     assert verdict.figures["cpu_fraction_max"] == pytest.approx(0.95)
+
+
+def test_a_worker_kept_waiting_for_a_cpu_saturates() -> None:
+    # Loop lag and CPU look fine: the loop ran late only in bursts, between the samples.
+    waiting = msgspec.structs.replace(load([0.1] * 10, wall_s=2.0), cpu_wait_s=0.3)
+    verdict = assess([waiting], [], Thresholds())
+    assert verdict.reasons == [
+        "worker 0 waited for a CPU 15% of the run (limit 5%): other processes kept its event "
+        "loop from sending and reading on time, latencies are overstated; leave the client "
+        "a core of its own"
+    ]
+    assert verdict.figures["workers"][0]["cpu_wait_fraction"] == pytest.approx(0.15)
+    assert verdict.figures["cpu_wait_fraction_max"] == pytest.approx(0.15)
+    assert not assess([waiting], [], Thresholds(max_cpu_wait_fraction=0.2)).saturated
+    # Where the kernel does not say, there is no figure and no verdict on it.
+    unknown = assess([load([0.1] * 10)], [], Thresholds(max_cpu_wait_fraction=0.0))
+    assert not unknown.saturated
+    assert unknown.figures["workers"][0]["cpu_wait_fraction"] is None
+    assert unknown.figures["cpu_wait_fraction_max"] is None
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="Linux only")
+async def test_the_monitor_counts_the_time_its_thread_waited_for_a_cpu() -> None:
+    monitor = LoopMonitor(interval_s=0.005)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    measured = monitor.stop()
+    assert measured.cpu_wait_s is not None
+    assert 0 <= measured.cpu_wait_s <= measured.wall_s
 
 
 def test_schedule_lag_high_or_growing_saturates() -> None:
