@@ -388,9 +388,14 @@ async def test_chinese_stream_round_trips_multibyte_text(
 ) -> None:
     body = chat_body(USER_ZH)
     received = await post(session, emu, body)
-    assert chat_chunks(received.body)[1].content == emulated_answer(body).content
-    # Non-ASCII travels as raw UTF-8, not as \u escapes.
-    assert "。".encode() in received.body or "，".encode() in received.body
+    answer = emulated_answer(body)
+    assert chat_chunks(received.body)[1].content == answer.content
+    # Non-ASCII travels as raw UTF-8, not as \u escapes: each piece's JSON string is in
+    # the body byte for byte.
+    assert not answer.content.isascii()
+    assert b"\\u" not in received.body
+    for piece in answer.pieces:
+        assert b'"content":"' + piece.text.encode() + b'"' in received.body
 
 
 # --- thinking and tool calls ------------------------------------------------------------------
