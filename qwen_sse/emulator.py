@@ -716,9 +716,9 @@ class RecordedRequest:
     host). ``arrived_at_s`` is when the server took the request off its connection; while
     the response is in flight it is when the handler started, which a busy server reaches
     later, as it works through the requests that came before. ``written`` holds, for each
-    piece of the answer streamed, in order, its :attr:`Piece.kind` and the loop time at
-    which its event was handed to the connection: one pair per piece, so it is bounded by
-    the answer's length.
+    piece of the answer streamed, in order, its :attr:`Piece.kind` and the loop time just
+    before its event was handed to the connection (so no client can read it earlier): one
+    pair per piece, so it is bounded by the answer's length.
     """
 
     method: str
@@ -1135,6 +1135,7 @@ class _Streamer:
         "_frames",
         "_huge_sent",
         "_keepalive",
+        "_loop",
         "_malformed_sent",
         "_request",
         "_resp",
@@ -1162,10 +1163,15 @@ class _Streamer:
         self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
+        self._loop = asyncio.get_running_loop()
 
-    async def event(self, frame: bytes) -> None:
+    async def event(self, frame: bytes, kind: str | None = None) -> None:
+        """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
         if self._fault is not None:
             await self._before_event(self._fault)
+        if kind is not None:
+            # Read before the write: a client may read the bytes before this task runs again.
+            self.record.written.append((kind, self._loop.time()))
         await self._emit(frame)
 
     async def _emit(self, frame: bytes) -> None:
@@ -1797,7 +1803,6 @@ async def _send_native(
     streamer: _Streamer, pacer: _Pacer, *, frames: _NativeFrames, answer: EmulatedAnswer
 ) -> Outcome:
     """A native stream: one frame per piece, then the frame with the finish reason."""
-    loop = asyncio.get_running_loop()
     announced: set[int] = set()
     for number, piece in enumerate(answer.pieces):
         if number:
@@ -1807,8 +1812,7 @@ async def _send_native(
             announced.add(piece.call_index)
             call_id = answer.tool_call_ids[piece.call_index]
             name = answer.tool_calls[piece.call_index][0]
-        await streamer.event(frames.piece(piece, call_id, name))
-        streamer.record.written.append((piece.kind, loop.time()))
+        await streamer.event(frames.piece(piece, call_id, name), piece.kind)
     if streamer.no_done:
         return "no_done"
     await streamer.event(frames.finish(answer.finish_reason))
@@ -1818,7 +1822,6 @@ async def _send_native(
 async def _stream_pieces(
     streamer: _Streamer, frames: _Frames, answer: EmulatedAnswer, pacer: _Pacer
 ) -> None:
-    loop = asyncio.get_running_loop()
     after_reasoning = False
     first_content = True
     announced: set[int] = set()
@@ -1839,7 +1842,6 @@ async def _stream_pieces(
             frame = frames.tool_call(
                 piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0]
             )
-        await streamer.event(frame)
-        streamer.record.written.append((kind, loop.time()))
+        await streamer.event(frame, kind)
     if answer.tool_calls:
         await streamer.event(frames.empty_function(len(answer.tool_calls) - 1))
