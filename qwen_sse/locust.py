@@ -53,7 +53,6 @@ from typing import Any
 import gevent
 from locust import HttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
-from locust.runners import MasterRunner
 from urllib3.exceptions import HTTPError
 
 from qwen_sse.bench.metrics import output_tokens_of, tpot_of
@@ -85,22 +84,21 @@ def _add_options(parser: LocustArgumentParser) -> None:
     )
 
 
-def _load_tokenizer(environment: Any = None, **_: Any) -> None:
-    # Synthetic prompts are sized, and answers without usage counted, with the Qwen
-    # vocabulary: loaded by the first user, it would take the first second or more of the
-    # run (far more on a busy machine). At init, it is loaded before the run's clock starts;
-    # a master runs no users and needs none.
-    if not isinstance(getattr(environment, "runner", None), MasterRunner):
-        count_tokens("qwen-sse locust")
+def _refresh_clock(**_: Any) -> None:
     # gevent's timers count from the time its loop last read the clock, which may be as
-    # old as the process: Locust's --run-time timer, started next, would then end the run
-    # at once after a slow start.
+    # old as the process: Locust's --run-time timer, started after init, would then end the
+    # run at once after a slow start (a busy machine).
     gevent.get_hub().loop.update_now()
 
 
+# Synthetic prompts are sized, and answers without usage counted, with the Qwen vocabulary.
+# Loaded by the first user, it would take the first second or more of the run (far more on
+# a busy machine); loaded here, at import, a worker has it before it connects to its master.
+count_tokens("qwen-sse locust")
+
 # Locust's event hooks are untyped; the listeners' own signatures are checked above.
 events.init_command_line_parser.add_listener(_add_options)  # type: ignore[no-untyped-call]
-events.init.add_listener(_load_tokenizer)  # type: ignore[no-untyped-call]
+events.init.add_listener(_refresh_clock)  # type: ignore[no-untyped-call]
 
 
 @functools.cache
