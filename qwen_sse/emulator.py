@@ -58,17 +58,19 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import random
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Protocol, Self
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from qwen_sse.chat import DONE_MARKER
@@ -707,6 +709,16 @@ class RecordedRequest:
     ``headers`` are case-insensitive, with ``Authorization`` redacted; ``body`` is the
     parsed JSON (None when it was not JSON). ``outcome`` is ``"pending"`` while the
     response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body.
+
+    ``arrived_at_s`` and ``written`` are what the server really did, whatever its
+    configured delays (a busy machine runs every delay late), on the event loop's clock
+    (``loop.time()``, which is ``time.monotonic()``, one clock for every process of a
+    host). ``arrived_at_s`` is when the server took the request off its connection; while
+    the response is in flight it is when the handler started, which a busy server reaches
+    later, as it works through the requests that came before. ``written`` holds, for each
+    piece of the answer streamed, in order, its :attr:`Piece.kind` and the loop time just
+    before its event was handed to the connection (so no client can read it earlier): one
+    pair per piece, so it is bounded by the answer's length.
     """
 
     method: str
@@ -719,6 +731,8 @@ class RecordedRequest:
     outcome: Outcome = "pending"
     events_sent: int = 0
     bytes_sent: int = 0
+    arrived_at_s: float | None = None
+    written: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _redacted(headers: Mapping[str, str]) -> CIMultiDictProxy[str]:
@@ -1121,6 +1135,7 @@ class _Streamer:
         "_frames",
         "_huge_sent",
         "_keepalive",
+        "_loop",
         "_malformed_sent",
         "_request",
         "_resp",
@@ -1148,10 +1163,15 @@ class _Streamer:
         self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
+        self._loop = asyncio.get_running_loop()
 
-    async def event(self, frame: bytes) -> None:
+    async def event(self, frame: bytes, kind: str | None = None) -> None:
+        """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
         if self._fault is not None:
             await self._before_event(self._fault)
+        if kind is not None:
+            # Read before the write: a client may read the bytes before this task runs again.
+            self.record.written.append((kind, self._loop.time()))
         await self._emit(frame)
 
     async def _emit(self, frame: bytes) -> None:
@@ -1285,6 +1305,9 @@ class Emulator:
         self._models = frozenset(self.config.models)
         # Keyed by a digest of the API key, so that the server keeps no key it was sent.
         self._rate_windows: dict[tuple[bytes, str], _RateWindow] = {}
+        # The records of the exchanges in flight, by id() of their request, until aiohttp
+        # reports when it took each request off its connection (_ArrivalClock).
+        self._in_flight: dict[int, RecordedRequest] = {}
 
     @property
     def port(self) -> int:
@@ -1325,6 +1348,7 @@ class Emulator:
             raise RuntimeError("the emulator is already started")
         # Large enough for long-context requests (the input-length check counts tokens).
         app = web.Application(client_max_size=256 * 1024 * 1024)
+        app[_EMULATOR] = self
         app.router.add_post(CHAT_PATH, self._handle)
         app.router.add_post(NATIVE_PATH, self._handle_native)
         # handler_cancellation: a client that disconnects cancels its handler at once, so
@@ -1332,7 +1356,8 @@ class Emulator:
         runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=None,
+            access_log=_ARRIVALS_LOGGER,
+            access_log_class=_ArrivalClock,
             handler_cancellation=True,
             shutdown_timeout=0.1,
         )
@@ -1384,9 +1409,11 @@ class Emulator:
         number = self._received
         self._received += 1
         record = RecordedRequest(request.method, request.path, _redacted(request.headers))
+        record.arrived_at_s = asyncio.get_running_loop().time()
         record.request_id = str(uuid.UUID(bytes=_digest(16, "request", self.config.seed, number)))
         if self.config.record_requests:
             self.requests.append(record)
+            self._in_flight[id(request)] = record
         exchange = _Exchange(request, record, number, time.monotonic(), native)
         try:
             raw = await request.read()
@@ -1396,6 +1423,8 @@ class Emulator:
             return self._error_response(exchange, reject)
         except asyncio.CancelledError:
             record.outcome = "server_closed" if self._closing else "client_disconnected"
+            # aiohttp reports no arrival for a cancelled exchange.
+            self._in_flight.pop(id(request), None)
             raise
         finally:
             if task is not None:
@@ -1695,6 +1724,28 @@ class Emulator:
         return resp
 
 
+_EMULATOR = web.AppKey("qwen_sse.emulator", Emulator)
+_ARRIVALS_LOGGER = logging.getLogger("qwen_sse.emulator.arrivals")
+
+
+class _ArrivalClock(AbstractAccessLogger):
+    """Not a log: aiohttp hands its access logger, as each exchange ends, how long ago it
+    took the request off its connection. That instant, before the handler ran, is the
+    request's true arrival (see :attr:`RecordedRequest.arrived_at_s`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        emulator = request.app.get(_EMULATOR) if isinstance(request, web.Request) else None
+        if emulator is None:
+            return
+        record = emulator._in_flight.pop(id(request), None)
+        if record is not None:
+            record.arrived_at_s = asyncio.get_running_loop().time() - time
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
 @dataclass(slots=True)
 class _Exchange:
     """One chat request in progress: what every step of answering it needs."""
@@ -1761,7 +1812,7 @@ async def _send_native(
             announced.add(piece.call_index)
             call_id = answer.tool_call_ids[piece.call_index]
             name = answer.tool_calls[piece.call_index][0]
-        await streamer.event(frames.piece(piece, call_id, name))
+        await streamer.event(frames.piece(piece, call_id, name), piece.kind)
     if streamer.no_done:
         return "no_done"
     await streamer.event(frames.finish(answer.finish_reason))
@@ -1791,6 +1842,6 @@ async def _stream_pieces(
             frame = frames.tool_call(
                 piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0]
             )
-        await streamer.event(frame)
+        await streamer.event(frame, kind)
     if answer.tool_calls:
         await streamer.event(frames.empty_function(len(answer.tool_calls) - 1))

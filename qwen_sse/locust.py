@@ -50,6 +50,7 @@ import random
 import time
 from typing import Any
 
+import gevent
 from locust import HttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from urllib3.exceptions import HTTPError
@@ -59,6 +60,7 @@ from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
 from qwen_sse.config import resolve_api_key
 from qwen_sse.errors import QwenSSEError
+from qwen_sse.tokens import count_tokens
 
 __all__ = ["REQUEST_TYPE", "QwenUser"]
 
@@ -82,8 +84,21 @@ def _add_options(parser: LocustArgumentParser) -> None:
     )
 
 
-# Locust's event hooks are untyped; the listener's own signature is checked above.
+def _refresh_clock(**_: Any) -> None:
+    # gevent's timers count from the time its loop last read the clock, which may be as
+    # old as the process: Locust's --run-time timer, started after init, would then end the
+    # run at once after a slow start (a busy machine).
+    gevent.get_hub().loop.update_now()
+
+
+# Synthetic prompts are sized, and answers without usage counted, with the Qwen vocabulary.
+# Loaded by the first user, it would take the first second or more of the run (far more on
+# a busy machine); loaded here, at import, a worker has it before it connects to its master.
+count_tokens("qwen-sse locust")
+
+# Locust's event hooks are untyped; the listeners' own signatures are checked above.
 events.init_command_line_parser.add_listener(_add_options)  # type: ignore[no-untyped-call]
+events.init.add_listener(_refresh_clock)  # type: ignore[no-untyped-call]
 
 
 @functools.cache

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
+import pytest
+
+from qwen_sse.bench import live as live_module
 from qwen_sse.bench.live import LiveProgress, sample_of
 from tests.bench_documents import made_up_record
 
@@ -42,3 +46,43 @@ def test_the_line_counts_rates_percentiles_and_errors() -> None:
 def test_a_timed_run_shows_its_duration() -> None:
     live = LiveProgress(Terminal(), planned=None, duration_s=30)
     assert live.line(1.0).startswith("  1.0/30 s · 0 done")
+
+
+class FakeClock:
+    """A monotonic clock that starts where a freshly booted machine's does: at zero."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+
+@pytest.mark.parametrize("boot_s", [0.0, 0.2, 5000.0])
+def test_redraws_follow_the_interval_whatever_the_clock_reads_at_start(
+    boot_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    clock.now_s = boot_s
+    monkeypatch.setattr(live_module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    terminal = Terminal()
+    live = LiveProgress(terminal, planned=3, interval_s=0.5)
+    live.refresh()  # the first refresh draws, however soon after boot
+    assert terminal.getvalue() == "\r\x1b[2K" + live.line(0.0)
+    clock.now_s += 0.3
+    live.refresh()
+    assert terminal.getvalue().count("\r\x1b[2K") == 1
+    clock.now_s += 0.3
+    live.add([sample_of(made_up_record(0))])
+    live.refresh()
+    assert terminal.getvalue().count("\r\x1b[2K") == 2
+    assert terminal.getvalue().endswith(live.line(0.6))
+    live.close()
+    assert terminal.getvalue().count("\r\x1b[2K") == 3
+    assert terminal.getvalue().endswith(live.line(0.6) + "\n")
+
+
+def test_closing_before_any_draw_writes_nothing() -> None:
+    terminal = Terminal()
+    LiveProgress(terminal, planned=3).close()
+    assert terminal.getvalue() == ""

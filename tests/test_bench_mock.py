@@ -6,7 +6,10 @@ import asyncio
 import socket
 from urllib.parse import urlsplit
 
-from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
+import pytest
+
+from qwen_sse.bench.mock import MOCK_API_KEY, MockServer, ServedTiming, served_medians_s
+from qwen_sse.chat import ChatResult
 from qwen_sse.client import QwenClient
 from qwen_sse.emulator import EmulatorConfig
 
@@ -37,5 +40,54 @@ def test_the_mock_serves_any_key_then_stops() -> None:
 def test_closing_twice_is_harmless() -> None:
     server = MockServer(EmulatorConfig())
     with server:
-        pass
+        process = server._process
+        assert process is not None
+        assert process.is_alive()
+    # It stopped when told (exit status 0), not because it was terminated.
+    assert process.exitcode == 0
     server.close()
+    assert server._process is None
+    assert process.exitcode == 0
+
+
+async def chat_result(base_url: str) -> ChatResult:
+    async with QwenClient("sk-test", base_url) as client:
+        return await client.chat([{"role": "user", "content": "hi"}], max_tokens=3)
+
+
+def test_the_mock_tells_when_it_wrote_each_piece() -> None:
+    config = EmulatorConfig(ttft_s=0.05, itl_s=0.01)
+    with MockServer(config, timings=True) as server:
+        first = asyncio.run(chat_result(server.base_url))
+        second = asyncio.run(chat_result(server.base_url))
+        timings = server.timings()
+        assert server.timings() == []  # taken once
+    assert [timing.request_id for timing in timings] == [first.request_id, second.request_id]
+    for timing, result in zip(timings, (first, second), strict=True):
+        written = timing.text_written_at_s
+        assert len(written) == 3
+        assert written == sorted(written)
+        served_ttft_s = written[0] - timing.arrived_at_s
+        assert served_ttft_s >= 0.05
+        # One clock for both processes: the client sent before the server saw the request
+        # and read the first piece after it was written, so it can only see more.
+        assert result.timing.ttft_s is not None
+        assert result.timing.ttft_s >= served_ttft_s
+
+
+def test_timings_are_refused_unless_asked_for() -> None:
+    with MockServer(EmulatorConfig()) as server, pytest.raises(RuntimeError, match="timings"):
+        server.timings()
+
+
+def test_served_medians_follow_the_load_generators_definitions() -> None:
+    timings = [
+        ServedTiming("a", 10.0, [10.5, 10.6, 10.8]),  # TTFT 0.5, gaps 0.1 and 0.2
+        ServedTiming("b", 20.0, [20.25, 20.55]),  # TTFT 0.25, gap 0.3
+        ServedTiming("c", 30.0, [30.75]),  # TTFT 0.75, no gap
+        ServedTiming("d", 40.0, []),  # nothing written: no figure
+    ]
+    ttft_s, itl_s = served_medians_s(timings)
+    assert ttft_s == pytest.approx(0.5)
+    assert itl_s == pytest.approx(0.2)
+    assert served_medians_s([]) == (None, None)

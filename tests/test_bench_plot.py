@@ -21,5 +21,7 @@ def test_charts_are_written(tmp_path: Path) -> None:
 
 def test_a_run_without_successes_still_draws(tmp_path: Path) -> None:
     result = made_up_result(requests=3, failed=3)
-    for path in write_charts(result.summary, result.records, result.loads, tmp_path):
+    paths = write_charts(result.summary, result.records, result.loads, tmp_path)
+    assert paths == [tmp_path / DISTRIBUTIONS_PNG, tmp_path / TIMELINE_PNG]
+    for path in paths:
         assert path.read_bytes().startswith(PNG_SIGNATURE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import resource
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,21 +64,25 @@ async def test_a_closed_loop_records_the_measured_requests(emulator: Emulator) -
         assert record.prompt_tokens == 20
         assert record.sent_at_s >= record.scheduled_at_s
     assert result.load.lag_s
-    assert result.load.open_files_limit is None or result.load.open_files_limit > 0
+    # The run raised the soft limit to the hard one, and reports the limit in force.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert result.load.open_files_limit == (None if soft == resource.RLIM_INFINITY else soft)
 
 
 async def test_a_closed_loop_with_a_duration_stops_sending(emulator: Emulator) -> None:
+    duration_s = 0.3
     plan = ShardPlan(
         shape=ClosedLoop(concurrency=2),
         slots=[0, 1],
         total_slots=2,
         indices=None,
-        duration_s=0.3,
+        duration_s=duration_s,
         workload=WORKLOAD,
     )
     result = await run_shard(plan, target(emulator))
     assert result.records
-    assert max(r.sent_at_s for r in result.records) < 0.3
+    # However late the loop runs, nothing is sent once the duration is over.
+    assert max(r.sent_at_s for r in result.records) < duration_s
     # Indices count from the worker by the number of workers: 0, 1, 2, ...
     assert sorted(r.index for r in result.records) == list(range(len(result.records)))
 
@@ -93,12 +98,13 @@ async def test_an_open_loop_keeps_its_schedule_and_queues_under_a_cap(emulator: 
     result = await run_shard(plan, target(emulator))
     records = sorted(result.records, key=lambda r: r.index)
     assert [r.scheduled_at_s for r in records] == pytest.approx(arrivals)
-    # One at a time: the second and third waited for the first (and the second).
-    assert records[0].queue_wait_s < 0.01
-    assert records[1].queue_wait_s > 0.02
-    assert records[2].queue_wait_s > records[1].queue_wait_s
+    # One at a time: each was sent only once the one before it had ended, so the second
+    # and third waited for the first (and the second); the first did not wait.
+    for before, after in itertools.pairwise(records):
+        assert after.sent_at_s >= before.end_at_s
+    assert records[0].queue_wait_s < records[1].queue_wait_s < records[2].queue_wait_s
     for record in records:
-        assert record.schedule_lag_s < 0.05
+        assert record.schedule_lag_s >= 0
         assert record.sent_at_s == pytest.approx(
             record.scheduled_at_s + record.schedule_lag_s + record.queue_wait_s, abs=1e-3
         )

@@ -56,10 +56,15 @@ def test_workers_run_their_shards_from_one_start(target: Target) -> None:
     assert [sorted(r.index for r in result.records) for result in results] == [[2, 4], [1, 3, 5]]
     everything = [record for result in results for record in result.records]
     assert all(record.ok for record in everything)
-    # One origin for both: each worker's first request left right after the start.
-    for result in results:
-        first = min(result.records, key=lambda record: record.index)
-        assert 0 <= first.scheduled_at_s < 1.0
+    # Times count from the shared start: worker 1's slot opened at it (its first request,
+    # index 1, is measured), worker 0's first measured request followed its warm-up. How
+    # soon after the start anything left depends on the machine's load.
+    first_of_1 = min(results[1].records, key=lambda record: record.index)
+    assert (first_of_1.index, first_of_1.scheduled_at_s) == (1, 0.0)
+    first_of_0 = min(results[0].records, key=lambda record: record.index)
+    assert first_of_0.scheduled_at_s > 0
+    for record in everything:
+        assert record.sent_at_s >= record.scheduled_at_s >= 0
     assert len(samples) == len(everything)
     assert idle
     assert [result.load.worker for result in results] == [0, 1]

@@ -51,3 +51,18 @@ def test_bench_client_quick() -> None:
         assert name in text
     for workload in ("bulk", "paced", "memory"):
         assert workload in text
+
+
+@pytest.mark.timeout(300)
+def test_bench_accuracy_quick() -> None:
+    document = run_quick("bench_accuracy.py")
+    levels = document["levels"]
+    assert isinstance(levels, list)
+    assert [level["concurrency"] for level in levels] == [1, 8]
+    for level in levels:
+        assert level["completed"] == level["requests"]
+        # The emulator never runs faster than configured: sleeps only add time.
+        assert level["served"]["median_ttft_ms"] >= level["configured"]["ttft_ms"]
+        assert level["served"]["median_itl_ms"] >= level["configured"]["itl_ms"]
+        assert level["measured"]["median_ttft_ms"] >= level["served"]["median_ttft_ms"]
+        assert level["client_limited"] is bool(level["client_reasons"])

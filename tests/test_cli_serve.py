@@ -34,6 +34,10 @@ class Served:
         self.banner = banner
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @asynccontextmanager
 async def serve(*args: str) -> AsyncIterator[Served]:
     """Run the command on a free port; yield once it prints its URL; stop it afterwards."""
@@ -53,6 +57,10 @@ async def serve(*args: str) -> AsyncIterator[Served]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Ctrl-C reaches a command started from a terminal with SIGINT's default action. A
+        # test run started in the background (``pytest ... &``, CI runners) inherits SIGINT
+        # ignored, and Python keeps it ignored: the command must see it as a user would.
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     try:

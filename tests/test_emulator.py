@@ -388,9 +388,14 @@ async def test_chinese_stream_round_trips_multibyte_text(
 ) -> None:
     body = chat_body(USER_ZH)
     received = await post(session, emu, body)
-    assert chat_chunks(received.body)[1].content == emulated_answer(body).content
-    # Non-ASCII travels as raw UTF-8, not as \u escapes.
-    assert "。".encode() in received.body or "，".encode() in received.body
+    answer = emulated_answer(body)
+    assert chat_chunks(received.body)[1].content == answer.content
+    # Non-ASCII travels as raw UTF-8, not as \u escapes: each piece's JSON string is in
+    # the body byte for byte.
+    assert not answer.content.isascii()
+    assert b"\\u" not in received.body
+    for piece in answer.pieces:
+        assert b'"content":"' + piece.text.encode() + b'"' in received.body
 
 
 # --- thinking and tool calls ------------------------------------------------------------------
@@ -965,6 +970,59 @@ async def test_timing_delays_are_at_least_the_configured_ones(
     assert arrivals[0] - started >= 0.05 - 0.005
     assert arrivals[-1] - arrivals[0] >= 9 * (0.01 - 0.005)
     assert headers_at <= arrivals[0]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+async def test_the_record_says_when_each_piece_was_really_written(
+    session: aiohttp.ClientSession, thinking: bool
+) -> None:
+    config = EmulatorConfig(ttft_s=0.05, itl_s=0.01, jitter_s=0.005, answer_tokens=8)
+    body = chat_body(enable_thinking=True) if thinking else chat_body()
+    loop = asyncio.get_running_loop()
+    async with Emulator(config) as emu:
+        url = f"{emu.base_url}/chat/completions"
+        started = loop.time()
+        async with session.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            headers_at = loop.time()
+            decoder = SSEDecoder()
+            arrivals: list[float] = []
+            async for piece in resp.content.iter_any():
+                arrivals += [loop.time()] * len(decoder.feed(piece))
+        (record,) = emu.requests
+    answer = emulated_answer(body, answer_tokens=8)
+    assert [kind for kind, _ in record.written] == [piece.kind for piece in answer.pieces]
+    written = [at for _, at in record.written]
+    # One clock for the server and this client (they share the loop): the request arrived
+    # after it was sent, and no piece arrived before it was written (events: the role
+    # chunk, then one per piece). Sleeps only ever add time, so the lower bounds hold
+    # however loaded the machine is.
+    assert record.arrived_at_s is not None
+    assert started <= record.arrived_at_s <= headers_at
+    assert written[0] - record.arrived_at_s >= 0.05 - 0.005
+    for before, after in itertools.pairwise(written):
+        assert after - before >= 0.01 - 0.005
+    for number, at in enumerate(written, start=1):
+        assert arrivals[number] >= at
+
+
+async def test_a_native_stream_records_its_pieces_too(session: aiohttp.ClientSession) -> None:
+    config = EmulatorConfig(ttft_s=0, itl_s=0, answer_tokens=5)
+    async with Emulator(config) as emu:
+        body = {"model": "qwen-plus", "input": {"messages": USER_EN}, "parameters": {}}
+        headers = {"Authorization": f"Bearer {KEY}", "X-DashScope-SSE": "enable"}
+        async with session.post(
+            f"{emu.native_base_url}/services/aigc/text-generation/generation",
+            json=body,
+            headers=headers,
+        ) as resp:
+            await resp.read()
+        (record,) = emu.requests
+    answer = emulated_answer(chat_body(), answer_tokens=5)
+    assert [kind for kind, _ in record.written] == [piece.kind for piece in answer.pieces]
+    times = [at for _, at in record.written]
+    assert times == sorted(times)
+    assert record.arrived_at_s is not None
+    assert record.arrived_at_s <= times[0]
 
 
 async def test_client_disconnect_releases_the_stream(

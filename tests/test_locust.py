@@ -136,11 +136,21 @@ def test_a_master_and_two_workers_record_ttft_and_itl(emulator: str, tmp_path: P
     assert int(ttft["Failure Count"]) == 0
     # Each answer of 8 pieces has 7 gaps.
     assert int(itl["Request Count"]) == 7 * int(ttft["Request Count"])
-    assert 100 <= float(ttft["Median Response Time"]) < 300
-    assert 15 <= float(itl["Median Response Time"]) < 60
+    # The server never answers sooner than configured (100 ms, then 20 ms per piece); how
+    # much later depends on the machine's load. Whatever the load, the gaps of an answer
+    # fit between its first text and its end, which follows its first text.
+    assert float(ttft["Median Response Time"]) >= 100
+    assert float(itl["Median Response Time"]) >= 15
+    e2e = rows[("LLM", "E2E")]
+    average = {
+        name: float(row["Average Response Time"])
+        for name, row in (("ttft", ttft), ("itl", itl), ("e2e", e2e))
+    }
+    assert average["ttft"] < average["e2e"]
+    assert 7 * average["itl"] <= average["e2e"] - average["ttft"] + 1e-6  # float sums
     tokens = rows[("LLM", "output tokens")]
     assert float(tokens["Median Response Time"]) >= 7
-    assert int(rows[("LLM", "E2E")]["Request Count"]) == int(ttft["Request Count"])
+    assert int(e2e["Request Count"]) == int(ttft["Request Count"])
     assert ("LLM", "TPOT") in rows
     assert int(rows[("POST", "chat/completions (headers)")]["Failure Count"]) == 0
     assert "2 workers connected" in log

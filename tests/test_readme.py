@@ -1,9 +1,27 @@
-"""The README's promises: two Quick start commands, the second run verbatim by CI."""
+"""The README's promises: two Quick start commands, the second run verbatim by CI, and
+every python example, run for real (against the emulator and a redis-server of its own)."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import contextlib
 import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from qwen_sse import config
+from qwen_sse.emulator import Emulator, EmulatorConfig, emulated_answer
+from qwen_sse.errors import TokenLimitError
+from qwen_sse.tokens import count_tokens, message_token_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +49,136 @@ def test_no_figure_placeholder_is_left() -> None:
     assert "BENCHMARK_TABLES" not in (ROOT / "README.md").read_text("utf-8")
 
 
-def test_python_examples_compile() -> None:
+def python_examples() -> list[str]:
     readme = (ROOT / "README.md").read_text("utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
-    assert blocks
-    for number, block in enumerate(blocks, 1):
-        compile(block, f"README.md python block {number}", "exec")
+    return re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+
+
+def example(words: str) -> str:
+    """The one README python example that contains ``words``."""
+    (block,) = [block for block in python_examples() if words in block]
+    return block
+
+
+def test_every_python_example_is_run_below() -> None:
+    ran = ("client.stream_chat(", "RedisQuota(", "SSEDecoder(max_event_bytes", "count_tokens(")
+    assert len(python_examples()) == len(ran)
+    for words in ran:
+        example(words)
+
+
+@pytest.fixture
+async def dashscope(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Emulator]:
+    """The emulator, standing in for the default region's endpoint; the key in the
+    environment, as the examples expect."""
+    async with Emulator(EmulatorConfig(api_key="sk-test", ttft_s=0, itl_s=0)) as emulator:
+        regions = {**config.REGIONS, config.DEFAULT_REGION: emulator.base_url}
+        monkeypatch.setattr(config, "REGIONS", regions)
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+        monkeypatch.delenv("QWEN_API_KEY", raising=False)
+        yield emulator
+
+
+def run_example(code: str, namespace: dict[str, Any]) -> None:
+    """Run an example as a script (it may call asyncio.run)."""
+    exec(compile(code, "README.md", "exec"), namespace)
+
+
+async def test_the_streaming_example_runs(
+    dashscope: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In a thread: the example starts its own event loop, and this one serves it.
+    await asyncio.to_thread(run_example, example("client.stream_chat("), {})
+    streamed, thinking = dashscope.requests
+    messages = [{"role": "user", "content": "你是谁？"}]
+    assert streamed.body["messages"] == messages
+    assert streamed.body["stream"] is True
+    assert thinking.body["enable_thinking"] is True
+    answer = emulated_answer(streamed.body)
+    prompt_tokens = message_token_count(messages).tokens
+    completion_tokens = count_tokens(answer.content)
+    out = capsys.readouterr().out
+    head = f"{answer.content}\n {prompt_tokens} {completion_tokens}\n"
+    assert out.startswith(head)
+    ttft_s, request_id = out[len(head) :].split()
+    assert float(ttft_s) >= 0
+    assert request_id == streamed.request_id
+    assert [request.outcome for request in dashscope.requests] == ["completed", "completed"]
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of its own, on a free loopback port, stopped after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not found: install the Debian package redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(tmp_path)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(500):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.01)
+        else:
+            pytest.fail("redis-server did not answer")
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_the_limiter_example_runs_against_redis(
+    dashscope: Emulator, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = example("RedisQuota(")
+    documented = "redis://127.0.0.1:6379/0"
+    assert documented in code
+    namespace: dict[str, Any] = {}
+    run_example(code.replace(documented, redis_url), namespace)
+    messages = [{"role": "user", "content": "你好"}]
+    await asyncio.to_thread(asyncio.run, namespace["ask"](messages))
+    (request,) = dashscope.requests
+    assert request.body["model"] == "qwen-max"
+    assert request.outcome == "completed"
+    assert float(capsys.readouterr().out) >= 0
+    # The quota was kept in Redis, where every process shares it.
+    store = redis.Redis.from_url(redis_url)
+    try:
+        assert store.dbsize() > 0
+    finally:
+        store.close()
+
+
+def test_the_decoder_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    pieces = [b"event: update\nid: 7\nretry: 150", b"0\ndata: one\n\ndata: t", b"wo\n\ndata: cut"]
+    run_example(example("SSEDecoder(max_event_bytes"), {"pieces_from_anywhere": pieces})
+    assert capsys.readouterr().out == "update 7 1500 one\nmessage 7 None two\n"
+
+
+def test_the_token_example_gives_the_counts_it_documents() -> None:
+    code = example("count_tokens(")
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    namespace: dict[str, Any] = {"messages": [{"role": "user", "content": "你好" * 100_000}]}
+    checked = 0
+    for statement in tree.body:
+        single = ast.Module(body=[statement], type_ignores=[])
+        comment = lines[(statement.end_lineno or statement.lineno) - 1].partition("#")[2]
+        if isinstance(statement, ast.Expr) and (number := re.match(r"\s*(\d+)\b", comment)):
+            value = eval(compile(ast.Expression(statement.value), "README.md", "eval"), namespace)
+            assert value == int(number[1]), ast.unparse(statement)
+            checked += 1
+        elif "raises TokenLimitError" in comment:
+            with pytest.raises(TokenLimitError):
+                exec(compile(single, "README.md", "exec"), namespace)
+            checked += 1
+        else:
+            exec(compile(single, "README.md", "exec"), namespace)
+    assert checked == 3

@@ -52,8 +52,9 @@ class LiveProgress:
         self._ttft: deque[float] = deque(maxlen=_WINDOW)
         self._tpot: deque[float] = deque(maxlen=_WINDOW)
         self._started = time.monotonic()
-        self._drawn_at = 0.0
-        self._drawn = False
+        # None until the first draw: the monotonic clock may read near zero (it counts from
+        # boot), so no reading can stand for "long ago".
+        self._drawn_at: float | None = None
 
     def add(self, samples: Iterable[Sample]) -> None:
         for ok, ttft_s, tpot_s in samples:
@@ -88,16 +89,16 @@ class LiveProgress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if not force and now - self._drawn_at < self.interval_s:
+        drawn_at = self._drawn_at
+        if not force and drawn_at is not None and now - drawn_at < self.interval_s:
             return
         self._drawn_at = now
-        self._drawn = True
         self.stream.write("\r\x1b[2K" + self.line(now - self._started))
         self.stream.flush()
 
     def close(self) -> None:
         """Draw the final state and end the line, so later output starts on its own."""
-        if self.enabled and self._drawn:
+        if self.enabled and self._drawn_at is not None:
             self.refresh(force=True)
             self.stream.write("\n")
             self.stream.flush()

@@ -5,13 +5,20 @@ counting, pacing hundreds of streams) never runs on the event loop that timestam
 chunks, so the figures measure the client's view of a server, not a shared loop. It uses
 the emulator's public API only. The child stops when told to, or as soon as its parent
 goes away (its end of the pipe closes), so it never outlives the run.
+
+Asked to (``timings=True``), it keeps what it really did for each request (when the request
+arrived, when each text piece was written: :class:`ServedTiming`), the truth a load
+generator's figures are checked against: :func:`served_medians_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
+import statistics
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Self
@@ -20,21 +27,54 @@ import msgspec
 
 from qwen_sse.emulator import Emulator, EmulatorConfig
 
-__all__ = ["MOCK_API_KEY", "MockServer"]
+__all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s"]
 
 MOCK_API_KEY = "sk-mock"
 _START_TIMEOUT_S = 60.0
+_TEXT_KINDS = frozenset(("content", "reasoning_content"))
+
+
+class ServedTiming(msgspec.Struct, frozen=True):
+    """What the emulator really did for one request, on the host's monotonic clock: when
+    it arrived, and when each text piece (content or reasoning) was written."""
+
+    request_id: str
+    arrived_at_s: float
+    text_written_at_s: list[float]
+
+
+def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, float | None]:
+    """``(median TTFT, median ITL)`` in seconds as the server produced them, under the load
+    generator's definitions (:mod:`qwen_sse.bench.metrics`): TTFT from the request's
+    arrival to its first text piece; ITL every gap between consecutive text pieces, pooled.
+    None where there is nothing to take a median of."""
+    ttft: list[float] = []
+    itl: list[float] = []
+    for timing in timings:
+        written = timing.text_written_at_s
+        if not written:
+            continue
+        ttft.append(written[0] - timing.arrived_at_s)
+        itl.extend(after - before for before, after in itertools.pairwise(written))
+    return (
+        statistics.median(ttft) if ttft else None,
+        statistics.median(itl) if itl else None,
+    )
 
 
 class MockServer:
-    """``with MockServer(config) as base_url:`` runs an emulator on a loopback port.
+    """``with MockServer(config) as server:`` runs an emulator on a loopback port
+    (``server.base_url``).
 
-    The emulator accepts any bearer key (``api_key`` in ``config`` is overridden) and does
-    not record requests, so its memory stays flat however long the run.
+    The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
+    ``timings``, it records nothing, so its memory stays flat however long the run; with
+    ``timings``, it keeps one :class:`ServedTiming` per request until :meth:`timings`
+    collects them.
     """
 
-    def __init__(self, config: EmulatorConfig) -> None:
+    def __init__(self, config: EmulatorConfig, *, timings: bool = False) -> None:
         self.config = config
+        self.keeps_timings = timings
         self.base_url = ""
         self._link: Connection | None = None
         self._process: Any = None
@@ -44,7 +84,10 @@ class MockServer:
         parent_end, child_end = context.Pipe()
         self._link = parent_end
         self._process = context.Process(
-            target=_serve, args=(child_end, self.config), name="qwen-sse-mock", daemon=True
+            target=_serve,
+            args=(child_end, self.config, self.keeps_timings),
+            name="qwen-sse-mock",
+            daemon=True,
         )
         self._process.start()
         child_end.close()
@@ -66,6 +109,18 @@ class MockServer:
     ) -> None:
         self.close()
 
+    def timings(self) -> list[ServedTiming]:
+        """The timings of the requests that arrived since the last call, which it forgets.
+        Needs ``timings=True``. A request still streaming has the pieces written so far
+        (a client that has read a whole answer has all of them)."""
+        link = self._link
+        if link is None or not self.keeps_timings:
+            raise RuntimeError("the emulator is not running with timings=True")
+        link.send("timings")
+        if not link.poll(_START_TIMEOUT_S):
+            raise RuntimeError("the emulator did not send its timings")
+        return msgspec.msgpack.decode(link.recv_bytes(), type=list[ServedTiming])
+
     def close(self) -> None:
         """Stop the emulator and wait for its process (idempotent)."""
         link, self._link = self._link, None
@@ -81,15 +136,31 @@ class MockServer:
                 process.join(timeout=5)
 
 
-def _serve(link: Connection, config: EmulatorConfig) -> None:
-    asyncio.run(_serve_until_told(link, config))
+def _serve(link: Connection, config: EmulatorConfig, timings: bool) -> None:
+    asyncio.run(_serve_until_told(link, config, timings))
 
 
-async def _serve_until_told(link: Connection, config: EmulatorConfig) -> None:
-    config = msgspec.structs.replace(config, api_key=None, record_requests=False)
+async def _serve_until_told(link: Connection, config: EmulatorConfig, timings: bool) -> None:
+    config = msgspec.structs.replace(config, api_key=None, record_requests=timings)
     async with Emulator(config) as emulator:
         link.send(emulator.base_url)
-        # recv() returns at "stop" and raises EOFError when the parent is gone: either way
-        # it is time to go. A thread waits so the loop keeps serving meanwhile.
+        # recv() returns a command, or raises EOFError when the parent is gone: then it is
+        # time to go, as at "stop". A thread waits so the loop keeps serving meanwhile.
         with contextlib.suppress(EOFError):
-            await asyncio.to_thread(link.recv)
+            while await asyncio.to_thread(link.recv) == "timings":
+                link.send_bytes(msgspec.msgpack.encode(_take_timings(emulator)))
+
+
+def _take_timings(emulator: Emulator) -> list[ServedTiming]:
+    """The requests' timings so far; the records leave the emulator (bounded memory)."""
+    timings = [
+        ServedTiming(
+            record.request_id,
+            record.arrived_at_s,
+            [at for kind, at in record.written if kind in _TEXT_KINDS],
+        )
+        for record in emulator.requests
+        if record.arrived_at_s is not None
+    ]
+    emulator.requests.clear()
+    return timings

@@ -239,9 +239,13 @@ class _Shard:
             # Slots share one iterator; asyncio switches tasks only at awaits, so each
             # index is taken exactly once.
             for index in indices:
-                if stop_at is not None and self.loop.time() >= stop_at:
+                spec = self._spec(index)
+                # The reading that decides is the request's send time: building the spec
+                # (which may take a while) cannot push a send past the end of the run.
+                now = self.loop.time()
+                if stop_at is not None and now >= stop_at:
                     return
-                await self._request(self._spec(index), ready_at - self.origin, None)
+                await self._request(spec, ready_at - self.origin, None, dispatched=now)
                 ready_at = self.loop.time()
 
         await asyncio.gather(*(slot(number) for number in plan.slots))
@@ -260,15 +264,23 @@ class _Shard:
         await asyncio.gather(*tasks)
 
     async def _request(
-        self, spec: RequestSpec, scheduled_at_s: float, cap: asyncio.Semaphore | None
+        self,
+        spec: RequestSpec,
+        scheduled_at_s: float,
+        cap: asyncio.Semaphore | None,
+        *,
+        dispatched: float | None = None,
     ) -> None:
-        """Send one request; ``scheduled_at_s`` is its intended instant from the origin."""
+        """Send one request; ``scheduled_at_s`` is its intended instant from the origin,
+        ``dispatched`` the loop-clock reading when the caller let it go (now when None)."""
         loop = self.loop
-        dispatched = loop.time()
+        if dispatched is None:
+            dispatched = loop.time()
         scheduled = self.origin + scheduled_at_s
+        sent = dispatched
         if cap is not None:
             await cap.acquire()
-        sent = loop.time()
+            sent = loop.time()
         params = dict(self.plan.params)
         if spec.max_tokens is not None:
             params["max_tokens"] = spec.max_tokens

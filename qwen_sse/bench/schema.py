@@ -269,6 +269,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             "properties": {
                 "loop_lag_ms": _LAG,
                 "cpu_fraction_max": {"type": "number", "minimum": 0},
+                "cpu_wait_fraction_max": {"type": ["number", "null"], "minimum": 0},
                 "schedule_lag_p90_ms": _MS,
                 "schedule_lag_first_tenth_ms": _MS,
                 "schedule_lag_last_tenth_ms": _MS,
@@ -287,6 +288,12 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                             "worker": _COUNT,
                             "cpu_fraction": {"type": "number", "minimum": 0},
                             "cpu_fraction_max": {"type": "number", "minimum": 0},
+                            "cpu_wait_fraction": {
+                                "type": ["number", "null"],
+                                "minimum": 0,
+                                "description": "time the worker's event loop waited for a "
+                                "CPU over wall time (null where the kernel does not say)",
+                            },
                             "loop_lag_ms": _LAG,
                             "open_files_limit": {"type": ["integer", "null"]},
                         },

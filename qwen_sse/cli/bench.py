@@ -136,6 +136,12 @@ def add_parser(subparsers: Any) -> None:
         help="client verdict: CPU limit per worker, %% of a core (default 90)",
     )
     figures.add_argument(
+        "--max-cpu-wait-percent",
+        type=float,
+        default=Thresholds().max_cpu_wait_fraction * 100,
+        help="client verdict: time a worker may wait for a CPU, %% of the run (default 5)",
+    )
+    figures.add_argument(
         "--max-schedule-lag-ms",
         type=float,
         default=Thresholds().max_schedule_lag_ms,
@@ -298,6 +304,7 @@ def _config(args: argparse.Namespace) -> tuple[BenchConfig, tuple[SweepKind, lis
             max_loop_lag_ms=args.max_loop_lag_ms,
             max_cpu_fraction=args.max_cpu_percent / 100,
             max_schedule_lag_ms=args.max_schedule_lag_ms,
+            max_cpu_wait_fraction=args.max_cpu_wait_percent / 100,
         ),
     )
     return config, sweep
