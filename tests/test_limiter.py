@@ -15,11 +15,9 @@ import contextvars
 import json
 import random
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +52,7 @@ from qwen_sse.limiter import (
 from qwen_sse.ratelimit import Quota, Reservation
 from qwen_sse.retry import NO_RETRIES
 from qwen_sse.tokens import count_message_tokens
+from tests.redisserver import running_redis
 
 KEY = "sk-test"
 MODEL = "qwen-plus"
@@ -624,31 +623,8 @@ async def test_adaptive_mode_converges_to_no_sustained_429s() -> None:
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of its own, on a free loopback port, stopped after the module."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not found: install the Debian package redis-server")
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    directory = tmp_path_factory.mktemp("redis")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    command += ["no", "--dir", str(directory)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.025)
-        else:
-            pytest.fail("redis-server did not answer within 5 s")
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 class FakeClock:

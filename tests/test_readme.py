@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,7 @@ from qwen_sse import config
 from qwen_sse.emulator import Emulator, EmulatorConfig, emulated_answer
 from qwen_sse.errors import TokenLimitError
 from qwen_sse.tokens import count_tokens, message_token_count
+from tests.redisserver import running_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,29 +105,8 @@ async def test_the_streaming_example_runs(
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of its own, on a free loopback port, stopped after the test."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not found: install the Debian package redis-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(tmp_path)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(500):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.01)
-        else:
-            pytest.fail("redis-server did not answer")
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with running_redis(tmp_path) as url:
+        yield url
 
 
 async def test_the_limiter_example_runs_against_redis(
