@@ -105,3 +105,14 @@ def test_every_must_kill_bug_still_applies_to_the_code_it_names() -> None:
         assert mutated is not None, mutant.name
         assert mutated != source, mutant.name
         ast.parse(mutated)
+
+
+def test_a_failing_test_id_with_spaces_is_read_whole() -> None:
+    summary = (
+        "FAILED tests/test_sse.py::test_case[one event-LF] - AssertionError: x - y\n"
+        "ERROR tests/test_x.py::test_y\n"
+    )
+    assert mutate._FAILED.findall(summary) == [
+        "tests/test_sse.py::test_case[one event-LF]",
+        "tests/test_x.py::test_y",
+    ]

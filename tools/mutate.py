@@ -386,7 +386,8 @@ def chosen_tests(module: str, extra: Sequence[str], *, client: bool) -> list[str
     return chosen
 
 
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+# A node id may hold spaces (parametrize ids); pytest's summary line ends it with " - ".
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
 def run_pytest(
