@@ -182,3 +182,19 @@ def test_invalid_policies() -> None:
 def test_a_stream_over_a_bound_is_never_retried() -> None:
     error = StreamLimitError(limit="max_stream_bytes", limit_value=1, observed=2, unit="bytes")
     assert classify(error) == (False, "StreamLimitError is not retryable")
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """README: RetryPolicy(max_attempts=3, initial_delay_s=0.5, max_delay_s=8, deadline_s=60,
+    resume=False, max_resumes=3)."""
+    policy = RetryPolicy()
+    documented = (3, 0.5, 8.0, 60.0, False, 3)
+    assert (
+        policy.max_attempts,
+        policy.initial_delay_s,
+        policy.max_delay_s,
+        policy.deadline_s,
+        policy.resume,
+        policy.max_resumes,
+    ) == documented
+    assert (NO_RETRIES.max_attempts, NO_RETRIES.resume) == (1, False)
