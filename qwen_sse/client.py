@@ -17,6 +17,7 @@ import functools
 import itertools
 import logging
 import random
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -1093,18 +1094,30 @@ def _native_error_frame(head: bytes) -> InBandError | None:
     return decoder.error if isinstance(decoder.error, InBandError) else None
 
 
+# The shortest run of a key's first characters that error text may not show (redact_key
+# shows three).
+_MIN_KEY_PREFIX_CHARS = 8
+
+
 class _KeyScrubber:
     """Replaces the API key with its redacted form in text a server sent: a gateway may echo
     the ``Authorization`` header (or the bare key) in an error body, a header or a frame.
     Its repr never shows the key."""
 
-    __slots__ = ("_key", "_key_bytes", "_redacted", "_redacted_bytes")
+    __slots__ = ("_key", "_key_bytes", "_key_prefix", "_redacted", "_redacted_bytes")
 
     def __init__(self, key: str) -> None:
         self._key = key
         self._key_bytes = key.encode()
         self._redacted = redact_key(key)
         self._redacted_bytes = self._redacted.encode()
+        # A message that previews a frame may cut an echoed key: in error text, any run of
+        # the key's first characters (at least _MIN_KEY_PREFIX_CHARS) goes too.
+        self._key_prefix: re.Pattern[str] | None = None
+        if len(key) > _MIN_KEY_PREFIX_CHARS:
+            rest = key[_MIN_KEY_PREFIX_CHARS:]
+            pattern = "".join(f"(?:{re.escape(char)}" for char in rest) + ")?" * len(rest)
+            self._key_prefix = re.compile(re.escape(key[:_MIN_KEY_PREFIX_CHARS]) + pattern)
 
     def __repr__(self) -> str:
         return f"<key scrubber for {self._redacted}>"
@@ -1129,7 +1142,12 @@ class _KeyScrubber:
     def value(self, value: Any) -> Any:
         """A string, bytes or a container of them without the key; other values as they are."""
         if isinstance(value, str):
-            return value.replace(self._key, self._redacted) if self._key in value else value
+            if self._key in value:
+                value = value.replace(self._key, self._redacted)
+            prefix = self._key_prefix
+            if prefix is not None and self._key[:_MIN_KEY_PREFIX_CHARS] in value:
+                value = prefix.sub(self._redacted, value)
+            return value
         if isinstance(value, bytes):
             return self.data(value)
         if isinstance(value, dict):

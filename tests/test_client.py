@@ -1958,6 +1958,27 @@ async def test_a_key_echoed_in_a_stream_is_scrubbed_from_errors_and_the_tap() ->
     assert b"Bearer sk-***" in data
 
 
+async def test_a_key_cut_by_an_error_preview_leaves_no_prefix_of_it() -> None:
+    """A bad frame's message previews its first 200 characters; when the cut falls inside an
+    echoed key, the part of the key before the cut is scrubbed too."""
+    head = "not json: Authorization: Bearer "
+    bad_frame = "x" * (200 - len(head) - 12) + head + SECRET_KEY + " and more"
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(http_response(sse_body([ROLE_FRAME, bad_frame], done=False)))
+        await writer.drain()
+
+    async with (
+        raw_server(handler) as server,
+        QwenClient(SECRET_KEY, server.url, retry=NO_RETRIES) as qwen,
+    ):
+        error = await raised_by(qwen.chat(HELLO))
+    assert isinstance(error, ProtocolError)
+    assert SECRET_KEY[:12] not in str(error)
+    assert "Bearer sk-***" in str(error)
+    assert_key_unreachable(error, SECRET_KEY)
+
+
 async def test_a_key_echoed_in_a_body_that_is_not_a_stream_is_scrubbed() -> None:
     async def handler(writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(http_response(f"<p>{ECHO}</p>".encode(), content_type="text/html"))
