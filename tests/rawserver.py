@@ -102,3 +102,20 @@ def sse_answer(text: str) -> bytes:
         frame([{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]),
     )
     return http_response(sse_body(events))
+
+
+def held_answer(first: str, rest: str, release: asyncio.Event) -> RawHandler:
+    """A handler that streams the ``first`` frame, holds the rest until ``release`` is set,
+    then sends the ``rest`` frame and ``[DONE]``: no read timing can deliver both at once."""
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        )
+        writer.write(f"data: {first}\n\n".encode())
+        await writer.drain()
+        await release.wait()
+        writer.write(f"data: {rest}\n\ndata: [DONE]\n\n".encode())
+        await writer.drain()
+
+    return handler

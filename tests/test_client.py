@@ -53,7 +53,7 @@ from qwen_sse.errors import (
 from qwen_sse.limiter import ConcurrencyLimiter
 from qwen_sse.retry import NO_RETRIES, RetryPolicy
 from tests.fakesleep import FakeSleep
-from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
+from tests.rawserver import frame, held_answer, http_response, raw_server, sse_answer, sse_body
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -830,18 +830,8 @@ async def test_result_before_the_end_is_partial() -> None:
     role = frame([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}])
     rest = frame([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}])
 
-    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-        )
-        writer.write(f"data: {role}\n\n".encode())
-        await writer.drain()
-        await looked.wait()
-        writer.write(f"data: {rest}\n\ndata: [DONE]\n\n".encode())
-        await writer.drain()
-
     async with (
-        raw_server(handler) as server,
+        raw_server(held_answer(role, rest, looked)) as server,
         QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
         qwen.stream_chat(HELLO) as stream,
     ):
@@ -2114,19 +2104,9 @@ async def test_a_slow_consumer_is_not_an_idle_server() -> None:
     first = frame([{"index": 0, "delta": {"role": "assistant", "content": "slow "}}])
     rest = frame([{"index": 0, "delta": {"content": "reader"}, "finish_reason": "stop"}])
 
-    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-        )
-        writer.write(f"data: {first}\n\n".encode())
-        await writer.drain()
-        await paused.wait()
-        writer.write(f"data: {rest}\n\ndata: [DONE]\n\n".encode())
-        await writer.drain()
-
     received: list[str] = []
     async with (
-        raw_server(handler) as server,
+        raw_server(held_answer(first, rest, paused)) as server,
         QwenClient(KEY, server.url, retry=NO_RETRIES) as qwen,
         qwen.stream_chat(ENGLISH, timeouts=Timeouts(idle_s=0.5)) as stream,
     ):
