@@ -3,15 +3,16 @@
 Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random or logging;
 time arrives as ``now_s`` arguments from the caller's clock.
 
-Rules (protocol.md, compatible mode): ``data: [DONE]`` ends the stream; an answer is
-complete only when every choice that arrived has its finish reason (not "") **and** ``[DONE]``
-arrived, so ``[DONE]`` before a finish reason (llama.cpp's server ends an interrupted
-stream that way) and input that ends before ``[DONE]`` are both an
-:class:`~qwen_sse.errors.IncompleteStreamError`; a frame with a top-level ``error`` object
-is an :class:`~qwen_sse.errors.InBandError`; the ``choices: []`` chunk carries usage
-(normal after the finish chunk); malformed JSON, or any other failure to decode or fold a
-frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error carries ``.partial``,
-and a decoder that raised one refuses further input.
+The grammar of each wire protocol is its :class:`~qwen_sse.protocols.base.FrameReader`
+(``qwen_sse.protocols``); the rules here hold for every protocol: an answer is complete
+only when every choice that arrived has its finish reason (not "") **and** the protocol's
+end marker arrived (``data: [DONE]``, ``message_stop``, ``response.completed``...), so an
+end marker before a finish reason (llama.cpp's server ends an interrupted stream that way)
+and input that ends before the end marker are both an
+:class:`~qwen_sse.errors.IncompleteStreamError`; the server's own error event is an
+:class:`~qwen_sse.errors.InBandError`; malformed JSON, or any other failure to decode or
+fold a frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error carries
+``.partial``, and a decoder that raised one refuses further input.
 Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
 non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
 fragments are concatenated, ids never are.
@@ -26,20 +27,13 @@ whole answer (all its choices, resumes included); past one the stream stops with
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import msgspec
 
-from qwen_sse.chunks import (
-    ChatCompletionChunk,
-    ChoiceDeltaToolCall,
-    ErrorBody,
-    Usage,
-    chunk_decoder,
-    chunk_protocol_error,
-    decode_error_frame,
-)
+from qwen_sse import protocols
+from qwen_sse.chunks import ChatCompletionChunk, ChoiceDeltaToolCall, Usage
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -48,6 +42,8 @@ from qwen_sse.errors import (
     QwenSSEError,
     StreamLimitError,
 )
+from qwen_sse.protocols import WireProtocol
+from qwen_sse.protocols.compatible import DONE_MARKER
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
 __all__ = [
@@ -62,10 +58,8 @@ __all__ = [
     "StreamTiming",
     "ToolCall",
     "ToolCallFunction",
+    "decode",
 ]
-
-DONE_MARKER = "[DONE]"
-_DONE_BYTES = DONE_MARKER.encode()
 
 _UNBOUNDED = 1 << 62  # what None stands for: a plain int keeps the hot-path checks cheap
 
@@ -437,25 +431,30 @@ class ChatAccumulator:
 
 
 class ChatStreamDecoder:
-    """Sans-I/O decoder of one streamed chat completion: bytes in, chunks out.
+    """Sans-I/O decoder of one streamed chat answer in any wire protocol: bytes in, chunks out.
+
+    ``protocol`` (a name of :data:`qwen_sse.protocols.NAMES` or a protocol object) and
+    ``request``, the request body when known, choose the grammar: the protocol's
+    :class:`~qwen_sse.protocols.base.FrameReader` for that request, how many choices the
+    answer must have (``n``), and the byte bound's factor (see
+    :data:`~qwen_sse.protocols.native.CUMULATIVE_STREAM_BYTES_FACTOR`).
 
     ``feed(data, now_s)`` returns the chunks that ``data`` completed, each already folded
     into the accumulator. It stops at the first failure: the chunks before the failure are
     returned, and the error (with ``.partial``) is raised by the next ``feed`` or
     ``feed_eof`` call, or at once when no chunk precedes it; ``error`` shows it meanwhile,
     so a caller that must not wait for more bytes checks it after each ``feed``.
-    ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless ``[DONE]`` arrived.
-    ``[DONE]`` completes the answer (``done``) only when ``accumulator.expected_choices`` (1
-    unless the request asked for ``n``) choices arrived and
-    every choice has its finish reason; otherwise it is an :class:`IncompleteStreamError`
-    naming the choices without one (a truncated answer is never ``complete``).
-    Bytes after ``[DONE]`` are counted and otherwise ignored. ``accumulator`` lets
-    several streams (a resumed answer) fold into one result; ``max_answer_chars`` and
-    ``max_answer_chunks`` configure the accumulator made when none is given (a given one
-    keeps its own bounds).
+    ``feed_eof(now_s)`` raises :class:`IncompleteStreamError` unless the end marker arrived.
+    The end marker completes the answer (``done``) only when ``accumulator.expected_choices``
+    choices arrived and every choice has its finish reason; otherwise it is an
+    :class:`IncompleteStreamError` naming the choices without one (a truncated answer is
+    never ``complete``). Bytes after the end marker are counted and otherwise ignored.
+    ``accumulator`` lets several streams (a resumed answer) fold into one result;
+    ``max_answer_chars`` and ``max_answer_chunks`` configure the accumulator made when none
+    is given (a given one keeps its own bounds).
 
     Bounds: the bytes fed past ``max_stream_bytes`` are not decoded, and the stream fails
-    with :class:`~qwen_sse.errors.StreamLimitError` unless ``[DONE]`` came first; it fails
+    with :class:`~qwen_sse.errors.StreamLimitError` unless the answer ended first; it fails
     the same way after a read that takes the answer past ``max_answer_chars`` or
     ``max_answer_chunks`` (the chunks of that read are still returned, and are in the
     partial) unless that read ended the answer. Any failure to decode or fold a frame
@@ -463,10 +462,9 @@ class ChatStreamDecoder:
     Either way the error is kept: every later ``feed`` or ``feed_eof`` raises it again.
     """
 
-    # How the end-of-input error names the protocol's end marker.
-    _END_MARKER: ClassVar[str] = "data: [DONE]"
-
     __slots__ = (
+        "_end_marker_name",
+        "_reader",
         "_sse",
         "_stream_cap",
         "accumulator",
@@ -475,11 +473,14 @@ class ChatStreamDecoder:
         "done",
         "error",
         "events",
+        "protocol",
     )
 
     def __init__(
         self,
         *,
+        protocol: str | WireProtocol = protocols.DEFAULT,
+        request: Mapping[str, Any] | None = None,
         started_at_s: float = 0.0,
         request_id: str = "",
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
@@ -489,15 +490,26 @@ class ChatStreamDecoder:
         accumulator: ChatAccumulator | None = None,
     ) -> None:
         _check_bound("max_stream_bytes", max_stream_bytes)
+        wire = protocols.get(protocol)
+        body: Mapping[str, Any] = request if request is not None else {}
+        self.protocol = wire
+        self._reader = wire.reader(body)
+        self._end_marker_name = wire.end_marker
         self._sse = SSEDecoder(max_event_bytes)
         # A plain int, so that the check on the hot path is one comparison.
-        self._stream_cap = _UNBOUNDED if max_stream_bytes is None else max_stream_bytes
+        self._stream_cap = (
+            _UNBOUNDED
+            if max_stream_bytes is None
+            else max_stream_bytes * wire.stream_bytes_factor(body)
+        )
         self.accumulator = accumulator or ChatAccumulator(
             started_at_s,
             request_id,
             max_answer_chars=max_answer_chars,
             max_answer_chunks=max_answer_chunks,
         )
+        if request is not None:
+            self.accumulator.expected_choices = wire.facts(body).choices
         self.done = False
         self.error: QwenSSEError | None = None
         self.bytes_received = 0
@@ -510,7 +522,7 @@ class ChatStreamDecoder:
         return None if self._stream_cap == _UNBOUNDED else self._stream_cap
 
     def result(self, now_s: float | None = None) -> ChatResult:
-        """The result so far; ``complete`` once ``[DONE]`` arrived after every choice's
+        """The result so far; ``complete`` once the end marker arrived after every choice's
         finish reason."""
         return self.accumulator.result(
             complete=self.done,
@@ -581,44 +593,31 @@ class ChatStreamDecoder:
         self, frames: list[tuple[str, bytes]], now_s: float
     ) -> list[ChatCompletionChunk]:
         out: list[ChatCompletionChunk] = []
-        if self.done or self.error is not None:
+        if self.done or self.error is not None or not frames:
             return out
+        consumed, error = self._reader.read(frames, out)
         add = self.accumulator.add
-        decode = chunk_decoder.decode
-        for _, data in frames:
-            if data == _DONE_BYTES:
-                self.events += 1
-                self._end_marker(now_s, len(out))
-                break
-            try:
-                chunk = decode(data)
-                if chunk.error is None:
-                    add(chunk, now_s)
-            except msgspec.DecodeError as decode_error:
-                self.events += 1
-                self._fail(self._frame_error(data, decode_error), now_s)
-                break
-            except Exception as failure:  # e.g. RecursionError from deeply nested JSON
-                self.events += 1
-                self._fail(frame_failure(failure, data), now_s)
-                break
-            if chunk.error is not None:
-                self.events += 1
-                body = (
-                    ErrorBody(message=chunk.error) if isinstance(chunk.error, str) else chunk.error
+        for chunk in out:
+            add(chunk, now_s)
+        self.events += consumed
+        if error is not None:
+            if isinstance(error, InBandError) and self.accumulator.request_id:
+                # The response's x-request-id names the exchange, whatever the frame says.
+                error = InBandError(
+                    code=error.code,
+                    message=error.error_message,
+                    type=error.type,
+                    request_id=self.accumulator.request_id,
                 )
-                self._fail(self._in_band_error(body, chunk.id), now_s)
-                break
-            out.append(chunk)
-        self.events += len(out)
-        if out and not self.done:
+            self._fail(error, now_s)
+        elif self._reader.ended:
+            self._end_marker(now_s)
+        elif out:
             self._check_bounds(len(out), now_s)
         return out
 
-    def _end_marker(self, now_s: float, undelivered_events: int) -> None:
-        """``[DONE]`` arrived: the answer is complete only if every choice has finished.
-
-        ``undelivered_events`` are the chunks of this batch not yet added to ``events``."""
+    def _end_marker(self, now_s: float) -> None:
+        """The end marker arrived: the answer is complete only if every choice has finished."""
         if self.accumulator.all_finished:
             self.done = True
             return
@@ -629,46 +628,21 @@ class ChatStreamDecoder:
             missing = f"choice {unfinished[0]} has no finish_reason"
         else:
             missing = f"choices {', '.join(map(str, unfinished))} have no finish_reason"
-        events = self.events + undelivered_events
-        error = IncompleteStreamError(
-            f"stream ended with data: [DONE] but {missing}"
-            f" ({events} events, {self.bytes_received} bytes)"
+        self._fail(
+            IncompleteStreamError(
+                f"stream ended with {self._end_marker_name} but {missing}"
+                f" ({self.events} events, {self.bytes_received} bytes)"
+            ),
+            now_s,
         )
-        error.partial = self.accumulator.result(
-            complete=False, now_s=now_s, bytes_received=self.bytes_received, events=events
-        )
-        self.error = error
 
     def _check_bounds(self, folded: int, now_s: float) -> None:
         limit_error = self.accumulator.check_bounds(folded)
         if limit_error is not None and self.error is None:
             self._fail(limit_error, now_s)
 
-    def _frame_error(self, data: bytes, decode_error: msgspec.DecodeError) -> QwenSSEError:
-        """For a frame that is not a valid chunk: its in-band error, if it is one (for
-        example ``{"error": {...}, "choices": null}``), else its decoding error."""
-        try:
-            failure = decode_error_frame(data)
-        except ProtocolError as protocol_error:
-            return protocol_error
-        except Exception as other:  # e.g. RecursionError from deeply nested JSON
-            return frame_failure(other, data)
-        if failure is None:
-            return chunk_protocol_error(decode_error, data)
-        return self._in_band_error(*failure)
-
-    def _in_band_error(self, body: ErrorBody, frame_id: str) -> InBandError:
-        if frame_id and not self.accumulator.id:
-            self.accumulator.id = frame_id
-        return InBandError(
-            code="" if body.code is None else str(body.code),
-            message=body.message,
-            type=body.type or "",
-            request_id=self.accumulator.request_id or frame_id.removeprefix("chatcmpl-"),
-        )
-
     def feed_eof(self, now_s: float = 0.0) -> list[ChatCompletionChunk]:
-        """End of input: returns ``[]`` after ``[DONE]``, else raises with ``.partial``."""
+        """End of input: returns ``[]`` after the end marker, else raises with ``.partial``."""
         self._raise_pending()
         if self.done:
             return []
@@ -681,7 +655,7 @@ class ChatStreamDecoder:
             else ""
         )
         error = IncompleteStreamError(
-            f"stream ended without {self._END_MARKER} after {self.events} events and "
+            f"stream ended without {self._end_marker_name} after {self.events} events and "
             f"{self.bytes_received} bytes{detail}"
         )
         self._fail(error, now_s)
@@ -708,13 +682,26 @@ class ChatStreamDecoder:
             raise self.error
 
 
-def frame_failure(failure: Exception, frame: bytes) -> ProtocolError:
-    """The :class:`~qwen_sse.errors.ProtocolError` for a frame whose decoding failed in a
-    way the decoders do not anticipate (``RecursionError`` on JSON nested too deep, ...)."""
-    reason = str(failure) or type(failure).__name__
-    error = ProtocolError(f"data frame could not be decoded ({reason})", frame=frame)
-    error.__cause__ = failure.with_traceback(None)  # its frames would hold the whole read
-    return error
+def decode(
+    data: bytes,
+    protocol: str | WireProtocol = "compatible",
+    *,
+    request: Mapping[str, Any] | None = None,
+) -> ChatResult:
+    """A whole saved stream of ``protocol`` decoded offline into its :class:`ChatResult`.
+
+    Raises what the client would raise, with ``.partial``: an
+    :class:`~qwen_sse.errors.IncompleteStreamError` when the stream is cut (no end marker,
+    or a choice without its finish reason), an :class:`~qwen_sse.errors.InBandError` for
+    the server's error event, a :class:`~qwen_sse.errors.ProtocolError` for what cannot be
+    read. ``request``, the request body, tells what the answer must hold (``n`` choices,
+    the native protocol's ``incremental_output``); without it the protocol's defaults apply.
+    The default bounds apply (a saved stream is input like any other).
+    """
+    decoder = ChatStreamDecoder(protocol=protocol, request=request)
+    decoder.feed(data)
+    decoder.feed_eof()
+    return decoder.result()
 
 
 def _check_bound(name: str, value: int | None) -> None:

@@ -19,13 +19,16 @@ from qwen_sse.errors import ProtocolError
 
 __all__ = [
     "ChatCompletionChunk",
+    "CacheCreation",
     "ChoiceDelta",
+    "ChoiceDeltaAudio",
     "ChoiceDeltaToolCall",
     "ChoiceDeltaToolCallFunction",
     "CompletionTokensDetails",
     "DeltaChoice",
     "ErrorBody",
     "PromptTokensDetails",
+    "SearchResult",
     "Usage",
     "chunk_decoder",
     "chunk_protocol_error",
@@ -51,13 +54,27 @@ class ChoiceDeltaToolCall(msgspec.Struct, frozen=True, gc=False):
     function: ChoiceDeltaToolCallFunction | None = None
 
 
+class ChoiceDeltaAudio(msgspec.Struct, frozen=True, gc=False):
+    """One piece of spoken answer (Qwen-Omni, ``modalities: ["text", "audio"]``): ``data`` is
+    base64 of 16-bit mono PCM at 24 kHz, ``transcript`` a piece of its text; ``id`` and
+    ``expires_at`` (epoch seconds) name the audio."""
+
+    id: str | None = None
+    data: str | None = None
+    transcript: str | None = None
+    expires_at: int | None = None
+
+
 class ChoiceDelta(msgspec.Struct, frozen=True, gc=False):
-    """What one chunk adds to one choice."""
+    """What one chunk adds to one choice. ``reasoning_signature`` is the Anthropic
+    protocol's ``signature_delta`` (it must go back with the thinking text in a later turn)."""
 
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ChoiceDeltaToolCall] | None = None
+    audio: ChoiceDeltaAudio | None = None
+    reasoning_signature: str | None = None
 
 
 class DeltaChoice(msgspec.Struct, frozen=True, gc=False):
@@ -69,26 +86,57 @@ class DeltaChoice(msgspec.Struct, frozen=True, gc=False):
     logprobs: dict[str, Any] | None = None
 
 
+class CacheCreation(msgspec.Struct, frozen=True, gc=False):
+    """Tokens written to DashScope's explicit context cache, by lifetime."""
+
+    ephemeral_5m_input_tokens: int | None = None
+
+
 class PromptTokensDetails(msgspec.Struct, frozen=True, gc=False):
-    """Breakdown of the prompt tokens (``cached_tokens`` hit the context cache)."""
+    """Breakdown of the prompt tokens: ``cached_tokens`` hit the context cache; the
+    modality counts split the input (Qwen-Omni, VL); ``cache_creation_input_tokens``,
+    ``cache_type`` (``"ephemeral"``) and ``cache_creation`` describe an explicit cache
+    entry this request created (billed at 125% of input)."""
 
     cached_tokens: int | None = None
+    text_tokens: int | None = None
+    audio_tokens: int | None = None
+    image_tokens: int | None = None
+    video_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_type: str | None = None
+    cache_creation: CacheCreation | None = None
 
 
 class CompletionTokensDetails(msgspec.Struct, frozen=True, gc=False):
-    """Breakdown of the completion tokens (``reasoning_tokens`` are included in them)."""
+    """Breakdown of the completion tokens (``reasoning_tokens`` are included in them;
+    Qwen-Omni splits ``text_tokens`` and ``audio_tokens``)."""
 
     reasoning_tokens: int | None = None
+    text_tokens: int | None = None
+    audio_tokens: int | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, gc=False):
-    """Token usage as the server bills it."""
+    """Token usage as the server bills it. ``plugins`` is the native protocol's
+    ``usage.plugins`` (for example web-search calls), verbatim."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
+    plugins: dict[str, Any] | None = None
+
+
+class SearchResult(msgspec.Struct, frozen=True, gc=False):
+    """One web-search source the native protocol returns (``output.search_info``)."""
+
+    index: int | None = None
+    title: str | None = None
+    url: str | None = None
+    site_name: str | None = None
+    icon: str | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True, gc=False):
@@ -106,6 +154,8 @@ class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False, repr_omit_defau
     ``error`` is DashScope's in-band error object; it is decoded in the same pass so that
     every frame is checked for it at no extra cost. A chunk the chat decoder delivers never
     has one: such a frame becomes an :class:`~qwen_sse.errors.InBandError` instead.
+    ``search_results`` are web-search sources (the native protocol's
+    ``output.search_info.search_results``); compatible mode returns none.
     """
 
     id: str = ""
@@ -116,6 +166,7 @@ class ChatCompletionChunk(msgspec.Struct, frozen=True, gc=False, repr_omit_defau
     choices: list[DeltaChoice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
     error: ErrorBody | str | None = None
+    search_results: list[SearchResult] | None = None
 
 
 class _ErrorFrame(msgspec.Struct, frozen=True, gc=False):
@@ -139,12 +190,26 @@ def chunk_protocol_error(error: msgspec.DecodeError, frame: str | bytes) -> Prot
 
 
 def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
-    """The chunk as wire JSON (every field, nulls included), without the decoder-only
-    ``error`` key when it is unset."""
+    """The chunk as wire JSON: every OpenAI field, nulls included; the extensions that only
+    some protocols fill (``error``, ``search_results``, ``delta.audio``,
+    ``delta.reasoning_signature``, ``usage.plugins``) only when set."""
     fields = msgspec.to_builtins(chunk)
-    if fields.get("error") is None:
-        fields.pop("error", None)
+    _drop_unset(fields, ("error", "search_results"))
+    for choice in fields["choices"]:
+        _drop_unset(choice["delta"], ("audio", "reasoning_signature"))
+    usage = fields.get("usage")
+    if usage is not None:
+        _drop_unset(usage, ("plugins",))
+        for name in ("prompt_tokens_details", "completion_tokens_details"):
+            if usage.get(name) is not None:
+                usage[name] = {k: v for k, v in usage[name].items() if v is not None}
     return msgspec.json.encode(fields)
+
+
+def _drop_unset(fields: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        if fields.get(name) is None:
+            fields.pop(name, None)
 
 
 def decode_chunk(data: str | bytes) -> ChatCompletionChunk:
