@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ErrorFields",
+    "Frame",
     "FrameReader",
     "RequestFacts",
     "WireProtocol",
+    "bearer_key",
     "error_fields",
     "frame_failure",
     "json_error_in_body",
@@ -103,6 +105,11 @@ class WireProtocol(Protocol):
         """The authentication header and any header the protocol needs to stream."""
         ...
 
+    def api_key_of(self, headers: Mapping[str, str]) -> str:
+        """The API key a request's ``headers`` carry ("" if none): the inverse of
+        :meth:`headers`, for servers (the emulator) and for redacting what is recorded."""
+        ...
+
     def request_body(
         self,
         model: str,
@@ -140,6 +147,12 @@ class WireProtocol(Protocol):
         """The request that continues ``so_far`` (text only, cut before its finish
         reason), or None where this protocol or this request cannot continue."""
         ...
+
+
+def bearer_key(headers: Mapping[str, str]) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header ("" if there is none)."""
+    scheme, _, key = headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 def max_choices(value: Any) -> int:

@@ -31,6 +31,7 @@ from qwen_sse.protocols.base import (
     ErrorFields,
     Frame,
     RequestFacts,
+    bearer_key,
     error_fields,
     frame_failure,
     json_error_in_body,
@@ -129,6 +130,9 @@ class CompatibleProtocol:
         "partial mode: the text so far goes back as an assistant message with "
         '"partial": true (text answers without thinking, one choice)'
     )
+
+    def api_key_of(self, headers: Mapping[str, str]) -> str:
+        return bearer_key(headers)
 
     def headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}

@@ -49,6 +49,7 @@ from qwen_sse.protocols.base import (
     ErrorFields,
     Frame,
     RequestFacts,
+    bearer_key,
     error_fields,
     frame_failure,
     json_error_in_body,
@@ -312,6 +313,9 @@ class NativeProtocol:
 
     def __repr__(self) -> str:
         return f"<wire protocol {self.name}>"
+
+    def api_key_of(self, headers: Mapping[str, str]) -> str:
+        return bearer_key(headers)
 
     def headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}", "X-DashScope-SSE": "enable"}
