@@ -38,7 +38,6 @@ from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
     IncompleteStreamError,
-    ProtocolError,
     QwenSSEError,
     StreamLimitError,
 )

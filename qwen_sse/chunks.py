@@ -18,8 +18,8 @@ import msgspec
 from qwen_sse.errors import ProtocolError
 
 __all__ = [
-    "ChatCompletionChunk",
     "CacheCreation",
+    "ChatCompletionChunk",
     "ChoiceDelta",
     "ChoiceDeltaAudio",
     "ChoiceDeltaToolCall",

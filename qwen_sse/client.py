@@ -1,7 +1,8 @@
 """The streaming chat client: one aiohttp session, one read loop, typed chunks out.
 
-I/O layer. Everything it knows about the wire comes from the sans-I/O core
-(:class:`~qwen_sse.chat.ChatStreamDecoder`); this module owns only the HTTP exchange, the
+I/O layer. Everything it knows about the wire comes from the sans-I/O core: the protocol
+object (:mod:`qwen_sse.protocols`: request, headers, error bodies, continuation) and
+:class:`~qwen_sse.chat.ChatStreamDecoder`; this module owns only the HTTP exchange, the
 deadlines, connection release, and the mapping of aiohttp's exceptions to the package's
 (in :func:`_map_client_error`, the one place that does it).
 
@@ -22,7 +23,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Protocol, Self
 
 import aiohttp
 import msgspec
@@ -30,6 +31,7 @@ from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from qwen_sse import protocols
 from qwen_sse.chat import (
     DEFAULT_MAX_ANSWER_CHARS,
     DEFAULT_MAX_ANSWER_CHUNKS,
@@ -56,7 +58,6 @@ from qwen_sse.errors import (
     ConnectTimeoutError,
     FirstTokenTimeoutError,
     IdleTimeoutError,
-    InBandError,
     IncompleteStreamError,
     ProtocolError,
     QwenSSEError,
@@ -68,7 +69,7 @@ from qwen_sse.errors import (
     status_error,
 )
 from qwen_sse.limiter import Limiter, LimitRequest, Outcome, Permit
-from qwen_sse.native import NativeStreamDecoder, native_request_body
+from qwen_sse.protocols import WireProtocol
 from qwen_sse.retry import RetryPolicy
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
@@ -96,7 +97,6 @@ _DECODED_ENCODINGS = frozenset(
 Message = Mapping[str, Any]
 
 _log = logging.getLogger("qwen_sse.client")
-_NATIVE_CHAT_PATH = "/services/aigc/text-generation/generation"
 
 
 class WireTap(Protocol):
@@ -117,63 +117,6 @@ class WireTap(Protocol):
 
     def end(self, *, at_s: float, outcome: Outcome, error: QwenSSEError | None) -> None:
         """The attempt ended: ``ok``, ``cancelled`` by the caller, or with ``error``."""
-
-
-class _ErrorEnvelope(msgspec.Struct, gc=False):
-    error: dict[str, Any] | str | None = None
-    code: str | None = None
-    message: str | None = None
-    request_id: str | None = None
-    detail: Any = None  # FastAPI's (llama.cpp's server, vLLM): a string or validation errors
-
-
-_error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
-
-
-def _error_fields(body: bytes) -> tuple[str, str, str]:
-    """``(code, message, request_id)`` from an OpenAI-, DashScope- or FastAPI-shaped error
-    body (``{"detail": "..."}`` or ``{"detail": [{"loc": [...], "msg": "..."}, ...]}``)."""
-    try:
-        envelope = _error_envelope.decode(body)
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: JSON nested too deep
-        return _raw_error_fields(body)
-    code, message = envelope.code or "", envelope.message or ""
-    if isinstance(envelope.error, dict):
-        code = str(envelope.error.get("code") or envelope.error.get("type") or code)
-        message = str(envelope.error.get("message") or message)
-    elif isinstance(envelope.error, str):
-        message = envelope.error
-    if not message and envelope.detail:
-        try:
-            message = _detail_message(envelope.detail)
-        except RecursionError:  # str() of a list nested nearly as deep as JSON allows
-            return _raw_error_fields(body)
-    return code, message, envelope.request_id or ""
-
-
-def _raw_error_fields(body: bytes) -> tuple[str, str, str]:
-    """``(code, message, request_id)`` for a body that is not a known error shape."""
-    return "", body[:500].decode("utf-8", "replace").strip(), ""
-
-
-def _detail_message(detail: Any) -> str:
-    """FastAPI's ``detail``: a message, or validation errors as ``loc.path: msg`` lines."""
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, dict):
-        message = detail.get("message") or detail.get("msg")
-        return str(message) if message else msgspec.json.encode(detail).decode()
-    if isinstance(detail, list):
-        lines = []
-        for item in detail:
-            if isinstance(item, dict) and "msg" in item:
-                loc = item.get("loc")
-                where = ".".join(map(str, loc)) if isinstance(loc, list) else str(loc or "")
-                lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
-            else:
-                lines.append(str(item))
-        return "\n".join(lines)
-    return str(detail)
 
 
 class _Deadlines:
@@ -416,22 +359,14 @@ class ChatStream:
                 raise
 
     def _new_decoder(self) -> ChatStreamDecoder:
-        max_event_bytes = self._client.max_event_bytes
-        max_stream_bytes = self._client.max_stream_bytes
-        if self._client.protocol == "native":
-            parameters = self._body.get("parameters", {})
-            _expect_choices(self._accumulator, parameters)
-            return NativeStreamDecoder(
-                incremental=parameters.get("incremental_output", True) is not False,
-                accumulator=self._accumulator,
-                max_event_bytes=max_event_bytes,
-                max_stream_bytes=max_stream_bytes,
-            )
-        _expect_choices(self._accumulator, self._body)
+        # Always the original body: it says what the whole answer must hold (a continuation
+        # asks for the rest of the same answer).
         return ChatStreamDecoder(
+            protocol=self._client.wire,
+            request=self._body,
             accumulator=self._accumulator,
-            max_event_bytes=max_event_bytes,
-            max_stream_bytes=max_stream_bytes,
+            max_event_bytes=self._client.max_event_bytes,
+            max_stream_bytes=self._client.max_stream_bytes,
         )
 
     # -- sending -------------------------------------------------------------------------
@@ -513,7 +448,7 @@ class ChatStream:
         self._request_attempts += 1
         limiter = self._client.limiter
         if limiter is not None:
-            request = _limit_request(body)
+            request = _limit_request(self._client.wire, body)
             waited_from = asyncio.get_running_loop().time()
             self._permit = await limiter.acquire(request)
             self._queue_wait_s += asyncio.get_running_loop().time() - waited_from
@@ -528,7 +463,10 @@ class ChatStream:
         tap = self._tap
         if tap is not None:
             tap.request(
-                method="POST", url=self._url, headers=_redacted(self._headers), body=payload
+                method="POST",
+                url=self._url,
+                headers=self._scrubber.sent_headers(self._headers),
+                body=payload,
             )
             self._tap_open = True
         failure: QwenSSEError | None = None
@@ -619,7 +557,7 @@ class ChatStream:
         body = self._scrubber.data(body)
         if self._tap is not None:
             self._tap.data(body, self._since_sent())
-        code, message, body_request_id = _error_fields(body)
+        code, message, body_request_id = self._client.wire.error_fields(body)
         kept = {k: v for k in _KEPT_ERROR_HEADERS if (v := response.headers.get(k)) is not None}
         error = status_error(
             status=response.status,
@@ -645,17 +583,8 @@ class ChatStream:
         if self._tap is not None:
             self._tap.data(head, self._since_sent())
         self._release_permit("error")
-        code, message, body_request_id = _error_fields(head)
-        error: QwenSSEError
-        native_error = _native_error_frame(head) if self._client.protocol == "native" else None
-        if native_error is not None:
-            # DashScope sends native error frames under application/json at times.
-            error = native_error
-        elif code or (message and head.lstrip().startswith(b"{") and b'"error"' in head):
-            error = InBandError(
-                code=code, message=message, request_id=request_id or body_request_id
-            )
-        else:
+        error: QwenSSEError | None = self._client.wire.error_in_body(head, request_id)
+        if error is None:
             error = ProtocolError(
                 f"expected a text/event-stream response, got {content_type or 'none'!r}",
                 frame=head,
@@ -782,12 +711,7 @@ class ChatStream:
         policy = self._retry
         if not policy.resume or self._resumes >= policy.max_resumes:
             return None
-        if self._client.protocol == "native":
-            return None
         if not isinstance(error, IncompleteStreamError | IdleTimeoutError | TransportError):
-            return None
-        body = self._body
-        if body.get("enable_thinking") is True or body.get("n", 1) != 1:
             return None
         so_far = self._accumulator.result(complete=False)
         if so_far.tool_calls or so_far.reasoning_content or not so_far.content:
@@ -796,12 +720,7 @@ class ChatStream:
             # The answer is whole; only its usage or end marker was lost. Continuing it
             # would bill a request and could append text to a finished answer.
             return None
-        messages = list(body.get("messages", ()))
-        prefix = ""
-        if messages and messages[-1].get("role") == "assistant" and messages[-1].get("partial"):
-            prefix = str(messages.pop().get("content") or "")
-        messages.append({"role": "assistant", "content": prefix + so_far.content, "partial": True})
-        return {**body, "messages": messages}
+        return self._client.wire.continuation(self._body, so_far)
 
     def _request_id_note(self, error: QwenSSEError) -> str:
         request_id = getattr(error, "request_id", "") or self._accumulator.request_id
@@ -941,17 +860,14 @@ class QwenClient:
         default_headers: Mapping[str, str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random_source: random.Random | None = None,
-        protocol: Literal["compatible", "native"] = "compatible",
+        protocol: str | WireProtocol = "compatible",
         wire_tap: WireTap | None = None,
     ) -> None:
-        if protocol not in ("compatible", "native"):
-            raise ConfigurationError(f"protocol must be 'compatible' or 'native', got {protocol!r}")
-        self.protocol = protocol
+        self.wire = protocols.get(protocol)
+        self.protocol = self.wire.name
         self.wire_tap = wire_tap
-        self.base_url = resolve_base_url(base_url, region, native=protocol == "native")
-        self._chat_url = self.base_url + (
-            _NATIVE_CHAT_PATH if protocol == "native" else "/chat/completions"
-        )
+        self.base_url = resolve_base_url(base_url, region, root=self.wire.root)
+        self._chat_url = self.base_url + self.wire.path
         check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)
         self.model = model
         self.timeouts = timeouts or Timeouts()
@@ -980,10 +896,8 @@ class QwenClient:
             "Content-Type": "application/json",
             "User-Agent": _USER_AGENT,
             **(default_headers or {}),
-            "Authorization": f"Bearer {key}",
+            **self.wire.headers(key),
         }
-        if protocol == "native":
-            self._headers["X-DashScope-SSE"] = "enable"
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -1044,13 +958,9 @@ class QwenClient:
         """A :class:`ChatStream` for one streamed completion; nothing is sent until it is
         entered or iterated. ``params`` go into the JSON body at top level (DashScope wants
         ``enable_thinking``, ``enable_search``, ``top_k`` ... there)."""
-        if self.protocol == "native":
-            body = native_request_body(model or self.model, list(messages), params)
-        else:
-            body = {"model": model or self.model, "messages": list(messages), "stream": True}
-            if self.include_usage:
-                body["stream_options"] = {"include_usage": True}
-            body.update(params)
+        body = self.wire.request_body(
+            model or self.model, list(messages), params, include_usage=self.include_usage
+        )
         try:
             payload = msgspec.json.encode(body)
         except (TypeError, msgspec.EncodeError) as error:
@@ -1086,14 +996,6 @@ class QwenClient:
         return stream.result
 
 
-def _native_error_frame(head: bytes) -> InBandError | None:
-    """The error a native ``event:error`` frame in ``head`` carries, if it holds one."""
-    decoder = NativeStreamDecoder()
-    with contextlib.suppress(QwenSSEError):
-        decoder.feed(head)
-    return decoder.error if isinstance(decoder.error, InBandError) else None
-
-
 # The shortest run of a key's first characters that error text may not show (redact_key
 # shows three).
 _MIN_KEY_PREFIX_CHARS = 8
@@ -1127,6 +1029,12 @@ class _KeyScrubber:
         if self._key_bytes in data:
             return data.replace(self._key_bytes, self._redacted_bytes)
         return data
+
+    def sent_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Request headers safe to show: the key becomes ``***`` wherever it appears
+        (``Authorization: Bearer ***``, ``x-api-key: ***``)."""
+        key = self._key
+        return {name: value.replace(key, "***") for name, value in headers.items()}
 
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` itself when no value holds the key, else a scrubbed copy."""
@@ -1169,14 +1077,6 @@ class _KeyScrubber:
         return error
 
 
-def _expect_choices(accumulator: ChatAccumulator, options: Mapping[str, Any]) -> None:
-    """The answer is complete only with every choice the request asked for (``n``; OpenAI
-    allows up to 128)."""
-    choices = options.get("n", 1)
-    if isinstance(choices, int) and 1 < choices <= 128:
-        accumulator.expected_choices = choices
-
-
 def _unsupported_encoding(response: aiohttp.ClientResponse) -> str:
     """The response's ``Content-Encoding`` if aiohttp cannot decode it (it would pass the
     encoded bytes through as if they were the stream), else ""."""
@@ -1184,21 +1084,10 @@ def _unsupported_encoding(response: aiohttp.ClientResponse) -> str:
     return "" if encoding.lower() in _DECODED_ENCODINGS else encoding
 
 
-def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: "Bearer ***" if name.lower() == "authorization" else value
-        for name, value in headers.items()
-    }
-
-
-def _limit_request(body: Mapping[str, Any]) -> LimitRequest:
-    """What a limiter needs to know of a compatible-mode or native request body."""
-    parameters = body.get("parameters") or {}
-    messages = body.get("messages") or (body.get("input") or {}).get("messages") or ()
-    max_tokens = (
-        body.get("max_tokens") or body.get("max_completion_tokens") or parameters.get("max_tokens")
-    )
-    return LimitRequest(model=str(body.get("model", "")), messages=messages, max_tokens=max_tokens)
+def _limit_request(wire: WireProtocol, body: Mapping[str, Any]) -> LimitRequest:
+    """What a limiter needs to know of a request body."""
+    facts = wire.facts(body)
+    return LimitRequest(model=facts.model, messages=facts.messages, max_tokens=facts.max_tokens)
 
 
 def _is_preamble(chunk: ChatCompletionChunk) -> bool:

@@ -16,9 +16,11 @@ from qwen_sse.errors import ConfigurationError
 
 __all__ = [
     "API_KEY_ENV_VARS",
+    "COMPATIBLE_ROOT",
     "DEFAULT_REGION",
     "NATIVE_REGIONS",
     "REGIONS",
+    "REGION_ORIGINS",
     "Timeouts",
     "check_transport_security",
     "is_loopback_host",
@@ -27,17 +29,23 @@ __all__ = [
     "resolve_base_url",
 ]
 
+REGION_ORIGINS: Mapping[str, str] = {
+    "beijing": "https://dashscope.aliyuncs.com",
+    "singapore": "https://dashscope-intl.aliyuncs.com",
+    "us": "https://dashscope-us.aliyuncs.com",
+    "hongkong": "https://cn-hongkong.dashscope.aliyuncs.com",
+}
+"""DashScope's host in each region; a protocol's base URL is its host plus the protocol's
+root (protocol.md documents Beijing's roots; the other regions follow the same pattern)."""
+COMPATIBLE_ROOT = "/compatible-mode/v1"
 REGIONS: Mapping[str, str] = {
-    "beijing": "https://dashscope.aliyuncs.com/compatible-mode/v1",
-    "singapore": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-    "us": "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
-    "hongkong": "https://cn-hongkong.dashscope.aliyuncs.com/compatible-mode/v1",
+    region: origin + COMPATIBLE_ROOT for region, origin in REGION_ORIGINS.items()
 }
+"""Base URLs of the OpenAI-compatible mode."""
 NATIVE_REGIONS: Mapping[str, str] = {
-    region: url.removesuffix("/compatible-mode/v1") + "/api/v1" for region, url in REGIONS.items()
+    region: origin + "/api/v1" for region, origin in REGION_ORIGINS.items()
 }
-"""Base URLs of the native protocol: the same hosts with ``/api/v1`` (protocol.md documents
-Beijing's; the others follow the same pattern)."""
+"""Base URLs of the native protocols."""
 DEFAULT_REGION = "beijing"
 API_KEY_ENV_VARS = ("DASHSCOPE_API_KEY", "QWEN_API_KEY")
 
@@ -86,9 +94,11 @@ def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = Non
     )
 
 
-def resolve_base_url(base_url: str | None, region: str | None, *, native: bool = False) -> str:
-    """``base_url`` if given (any OpenAI-compatible server), else the region's endpoint
-    (its native-protocol one with ``native``)."""
+def resolve_base_url(
+    base_url: str | None, region: str | None, *, root: str = COMPATIBLE_ROOT
+) -> str:
+    """``base_url`` if given (any compatible server), else the region's host with ``root``,
+    the protocol's base path (``/compatible-mode/v1``, ``/api/v1``, ``/apps/anthropic``)."""
     if base_url:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -96,7 +106,7 @@ def resolve_base_url(base_url: str | None, region: str | None, *, native: bool =
         return base_url.rstrip("/")
     name = (region or DEFAULT_REGION).lower()
     try:
-        return (NATIVE_REGIONS if native else REGIONS)[name]
+        return REGION_ORIGINS[name] + root
     except KeyError:
         known = ", ".join(REGIONS)
         raise ConfigurationError(f"unknown region {region!r}; known regions: {known}") from None

@@ -73,9 +73,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from qwen_sse import protocols
 from qwen_sse.chat import DONE_MARKER
 from qwen_sse.errors import ConfigurationError
 from qwen_sse.models import MODEL_LIMITS, model_limits
+from qwen_sse.protocols import WireProtocol
 from qwen_sse.sse import encode_comment
 from qwen_sse.tokens import count_tokens, message_token_count
 
@@ -1326,6 +1328,10 @@ class Emulator:
         """``http://HOST:PORT/api/v1``, the native protocol's root (``QwenClient(...,
         protocol="native")`` takes it as ``base_url``)."""
         return f"{self._origin}/api/v1"
+
+    def base_url_for(self, protocol: str | WireProtocol) -> str:
+        """The base URL of ``protocol`` (a name or a protocol object) on this server."""
+        return self._origin + protocols.get(protocol).root
 
     @property
     def _origin(self) -> str:

@@ -55,6 +55,7 @@ from locust import HttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from urllib3.exceptions import HTTPError
 
+from qwen_sse import protocols
 from qwen_sse.bench.metrics import output_tokens_of, tpot_of
 from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
@@ -81,6 +82,12 @@ def _add_options(parser: LocustArgumentParser) -> None:
     group.add_argument("--qwen-prompts", default="", help="JSONL prompts file (overrides sizes)")
     group.add_argument(
         "--qwen-params", default="{}", help="JSON object of extra body fields, e.g. thinking"
+    )
+    group.add_argument(
+        "--qwen-protocol",
+        choices=protocols.NAMES,
+        default=protocols.DEFAULT.name,
+        help="the wire protocol; --host is its base URL (default %(default)s)",
     )
 
 
@@ -114,13 +121,13 @@ def _workload(prompts: str, input_tokens: int, output_tokens: int) -> Workload:
 class QwenUser(HttpUser):
     """A Locust user streaming one chat completion per task run (see the module).
 
-    Subclass it in a locustfile (it is ``abstract``) and set ``wait_time``; ``--host``
-    is the OpenAI-compatible base URL (``.../compatible-mode/v1``). Override
-    :meth:`next_request` to send something else than the workload's prompts.
+    Subclass it in a locustfile (it is ``abstract``) and set ``wait_time``;
+    ``--qwen-protocol`` picks the wire protocol and ``--host`` is its base URL
+    (``.../compatible-mode/v1`` for the default). Override :meth:`next_request` to send
+    something else than the workload's prompts.
     """
 
     abstract = True
-    chat_path = "/chat/completions"
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
@@ -134,8 +141,9 @@ class QwenUser(HttpUser):
         if not isinstance(params, dict):
             raise ValueError("--qwen-params must be a JSON object")
         self.params: dict[str, Any] = params
+        self.protocol = protocols.get(getattr(options, "qwen_protocol", protocols.DEFAULT.name))
         self.headers = {
-            "Authorization": f"Bearer {resolve_api_key(None)}",
+            **self.protocol.headers(resolve_api_key(None)),
             "Accept": "text/event-stream",
             # A compressed stream would reach the decoder in compressor-sized bursts.
             "Accept-Encoding": "identity",
@@ -156,22 +164,17 @@ class QwenUser(HttpUser):
 
     def stream_chat(self, messages: list[dict[str, Any]], **params: Any) -> ChatResult | None:
         """Stream one completion, report its events; the result, or None if it failed."""
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **params,
-        }
+        protocol = self.protocol
+        body = protocol.request_body(self.model, messages, params, include_usage=True)
         started = time.perf_counter()
-        decoder = ChatStreamDecoder(started_at_s=started)
+        decoder = ChatStreamDecoder(protocol=protocol, request=body, started_at_s=started)
         with self.client.post(
-            self.chat_path,
+            protocol.path,
             json=body,
             headers=self.headers,
             stream=True,
             catch_response=True,
-            name="chat/completions (headers)",
+            name=f"{protocol.path.lstrip('/')} (headers)",
         ) as response:
             if response.status_code != 200:
                 # Status 0: no response at all; Locust keeps the connection error.

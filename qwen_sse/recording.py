@@ -5,8 +5,10 @@ Edge layer. A recording is JSON Lines, one record a line, so that two recordings
 well. The first line is ``{"format": "qwen-sse-recording", "version": 1}``; then, for
 every attempt of a call (retries and resumes included):
 
-* ``{"type": "request", "attempt": n, "method", "url", "headers", "body"}``: headers with
-  the key redacted (``Authorization: Bearer ***``); ``body`` the JSON body as sent;
+* ``{"type": "request", "attempt": n, "method", "url", "headers", "body", "protocol"}``:
+  headers with the key redacted (``Authorization: Bearer ***``); ``body`` the JSON body as
+  sent; ``protocol`` the wire protocol's name (absent in older recordings: replay then
+  goes by the URL's path);
 * ``{"type": "response", "attempt": n, "at_ms", "status", "headers"}``;
 * ``{"type": "data", "attempt": n, "at_ms", "text"}`` for each read of the body, exactly as
   received: ``text`` when the read is valid UTF-8, else ``"base64"`` holding the bytes;
@@ -46,6 +48,7 @@ class RecordedAttempt(msgspec.Struct, kw_only=True):
     attempt: int
     method: str = "POST"
     url: str = ""
+    protocol: str = ""
     request_headers: dict[str, str] = msgspec.field(default_factory=dict)
     body: Any = None
     status: int | None = None
@@ -65,10 +68,12 @@ class RecordedAttempt(msgspec.Struct, kw_only=True):
 
 class Recorder:
     """A :class:`~qwen_sse.client.WireTap` that writes a recording to ``file`` as it goes
-    (flushed at the end of every attempt, so a crash keeps what came before)."""
+    (flushed at the end of every attempt, so a crash keeps what came before); ``protocol``
+    names the wire protocol in every request record."""
 
-    def __init__(self, file: IO[str]) -> None:
+    def __init__(self, file: IO[str], *, protocol: str = "") -> None:
         self._file = file
+        self._protocol = protocol
         self._attempt = 0
         self._write(FORMAT)
 
@@ -81,16 +86,17 @@ class Recorder:
             parsed: Any = json.loads(body)
         except ValueError:
             parsed = body.decode("utf-8", "replace")
-        self._write(
-            {
-                "type": "request",
-                "attempt": self._attempt,
-                "method": method,
-                "url": url,
-                "headers": dict(headers),
-                "body": parsed,
-            }
-        )
+        record = {
+            "type": "request",
+            "attempt": self._attempt,
+            "method": method,
+            "url": url,
+            "headers": dict(headers),
+            "body": parsed,
+        }
+        if self._protocol:
+            record["protocol"] = self._protocol
+        self._write(record)
 
     def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
         self._write(
@@ -163,6 +169,7 @@ def load_recording(path: str | Path) -> list[RecordedAttempt]:
         if kind == "request":
             attempt.method = str(record.get("method", "POST"))
             attempt.url = str(record.get("url", ""))
+            attempt.protocol = str(record.get("protocol") or "")
             attempt.request_headers = dict(record.get("headers") or {})
             attempt.body = record.get("body")
         elif kind == "response":

@@ -11,13 +11,18 @@ every event boundary with its data as compact JSON, and anomalies:
   blank line missing between two frames);
 * ``broken-json``: a data JSON that does not parse, and ``stray-line`` for a line with
   no known field (often the rest of a JSON object broken by a raw line feed);
-* ``in-band-error``: a frame carrying ``{"error": ...}`` (or a native error frame);
-* ``missing-done``: a compatible-mode stream that ended without ``data: [DONE]``;
-* ``done-without-finish``: ``data: [DONE]`` while a choice (or every choice: none came)
-  has no finish reason, the way llama.cpp's server ends an interrupted stream: the answer
-  is truncated, whatever the clean end suggests;
-* ``missing-finish``: a native stream that ended before every choice had a finish reason;
-* ``usage-mismatch``: ``completion_tokens`` far from the Qwen token count of the text.
+* ``in-band-error``: the server's own error event (``{"error": ...}``, a native
+  ``event:error``, an Anthropic or Responses ``error`` event);
+* ``protocol-error``: an event the protocol's grammar does not allow where it came (events
+  out of order, a delta for a content block never started, a content block never stopped,
+  a field of the wrong type), as the protocol's reader reports it;
+* ``missing-end``: a stream that ended without its protocol's end marker (``data:
+  [DONE]``, ``message_stop``, ``response.completed``, the native frame with the last
+  finish reason);
+* ``end-without-finish``: the end marker while a choice (or every choice: none came) has
+  no finish reason, the way llama.cpp's server ends an interrupted stream: the answer is
+  truncated, whatever the clean end suggests;
+* ``usage-mismatch``: the reported output tokens far from the Qwen token count of the text.
 
 :meth:`TraceView.summary` closes with bytes, events, time to first byte and first token,
 inter-token gap percentiles, usage and request id. The same view replays recordings.
@@ -34,10 +39,17 @@ from typing import Any, TextIO
 
 import msgspec
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
-from qwen_sse.errors import IncompleteStreamError, QwenSSEError
+from qwen_sse.errors import (
+    EventTooLargeError,
+    InBandError,
+    IncompleteStreamError,
+    ProtocolError,
+    QwenSSEError,
+)
 from qwen_sse.limiter import Outcome
-from qwen_sse.native import NativeStreamDecoder
+from qwen_sse.protocols import WireProtocol
 from qwen_sse.sse import SSEComment, SSEDecoder
 from qwen_sse.tokens import count_tokens
 
@@ -70,31 +82,31 @@ def _show_line(segment: bytes, width: int) -> str:
 class TraceView:
     """Prints a call's wire to ``out`` as it happens, and keeps what it saw.
 
-    ``protocol`` is ``compatible`` or ``native`` (which decoder checks the events);
-    ``stall_ms`` the silence worth flagging; ``width`` how much of a line to show.
+    ``protocol`` (a name or object of :mod:`qwen_sse.protocols`) is the grammar the events
+    are checked against, for the request each attempt sends; ``stall_ms`` the silence worth
+    flagging; ``width`` how much of a line to show.
     """
 
     def __init__(
         self,
         out: TextIO,
         *,
-        protocol: str = "compatible",
+        protocol: str | WireProtocol = "compatible",
         stall_ms: float = 2000.0,
         width: int = 160,
     ) -> None:
         self._out = out
-        self._native = protocol == "native"
+        self._protocol = protocols.get(protocol)
         self._stall_ms = stall_ms
         self._width = width
         self.anomalies: list[Anomaly] = []
         self.attempts = 0
         self._reset_attempt()
 
-    def _reset_attempt(self) -> None:
+    def _reset_attempt(self, request: dict[str, Any] | None = None) -> None:
         self._sse = SSEDecoder()
-        self._chat: ChatStreamDecoder = (
-            NativeStreamDecoder() if self._native else ChatStreamDecoder()
-        )
+        self._chat = ChatStreamDecoder(protocol=self._protocol, request=request)
+        self._json_flagged = False
         self._last_at_ms = 0.0
         self._last_event_ms = 0.0
         self._first_byte_ms: float | None = None
@@ -116,7 +128,7 @@ class TraceView:
 
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         self.attempts += 1
-        self._reset_attempt()
+        self._reset_attempt(_request_body(body))
         self._print(f"=== attempt {self.attempts}: {method} {url}")
         for name, value in headers.items():
             self._print(f"  > {name}: {value}")
@@ -164,26 +176,29 @@ class TraceView:
         with contextlib.suppress(QwenSSEError):
             self._chat.feed(chunk, at_s)
         error = self._chat.error
-        if not failed_before and isinstance(error, IncompleteStreamError):
-            # Only [DONE] ends a fed stream as incomplete: it came before a finish reason.
-            self._flag(
-                "done-without-finish",
-                at_ms,
-                f"[DONE] without a finish reason, so the answer is truncated: {error}",
-            )
+        if not failed_before and error is not None:
+            self._flag_failure(error, at_ms)
+
+    def _flag_failure(self, error: QwenSSEError, at_ms: float) -> None:
+        """Flag what the protocol's reader found wrong (once per attempt)."""
+        if isinstance(error, IncompleteStreamError):
+            # Only the end marker ends a fed stream as incomplete: it came too early.
+            self._flag("end-without-finish", at_ms, f"the answer is truncated: {error}")
+        elif isinstance(error, InBandError):
+            self._flag("in-band-error", at_ms, str(error))
+        elif (
+            isinstance(error, ProtocolError)
+            and not isinstance(error, EventTooLargeError)
+            and not self._json_flagged  # broken JSON was flagged with its cause already
+        ):
+            self._flag("protocol-error", at_ms, error.message)
 
     def end(self, *, at_s: float, outcome: Outcome, error: QwenSSEError | None) -> None:
         at_ms = at_s * 1000
         if self._status is not None and self._status < 400 and outcome != "cancelled":
             if not self._chat.done and self._chat.error is None:
-                if self._native:
-                    self._flag(
-                        "missing-finish",
-                        at_ms,
-                        "the stream ended before every choice had a finish reason",
-                    )
-                else:
-                    self._flag("missing-done", at_ms, "the stream ended without data: [DONE]")
+                marker = self._protocol.end_marker
+                self._flag("missing-end", at_ms, f"the stream ended without {marker}")
             self._check_usage(at_ms)
         reason = "" if error is None else f": {type(error).__name__}: {error}"
         self._print(f"[{at_ms:10.1f} ms] end of attempt {self.attempts} ({outcome}){reason}")
@@ -212,9 +227,9 @@ class TraceView:
         try:
             decoded: Any = json.loads(data)
             compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
-            flagged = json.dumps(decoded, ensure_ascii=False)[:200]
         except (ValueError, RecursionError):  # RecursionError: nested too deep
             self._print(f"    -- {label}: {data[: self._width]!r}")
+            self._json_flagged = True
             parts = data.split("\n")
             if len(parts) > 1 and all(_parses(part) for part in parts):
                 self._flag(
@@ -229,11 +244,6 @@ class TraceView:
         if len(compact) > self._width:
             compact = compact[: self._width] + "…"
         self._print(f"    -- {label}: {compact}")
-        if isinstance(decoded, dict) and (
-            "error" in decoded
-            or (event == "error" or ("code" in decoded and "output" not in decoded))
-        ):
-            self._flag("in-band-error", at_ms, flagged)
 
     def _check_usage(self, at_ms: float) -> None:
         result = self._chat.result()
@@ -290,6 +300,15 @@ class TraceView:
         kinds = sorted({anomaly.kind for anomaly in self.anomalies})
         lines.append(f"anomalies: {', '.join(kinds) if kinds else 'none'}")
         return "\n".join(lines)
+
+
+def _request_body(body: bytes) -> dict[str, Any] | None:
+    """The JSON object an attempt sent, to check the answer against (None if it is not one)."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 def _parses(text: str) -> bool:

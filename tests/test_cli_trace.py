@@ -30,7 +30,7 @@ def trace_with(
     ("fault", "anomaly", "status"),
     [
         (Fault(stall_after_events=3, stall_s=0.4, keepalive_every_s=0.1), "!! stall:", 0),
-        (Fault(no_done=True), "!! missing-done:", 1),
+        (Fault(no_done=True), "!! missing-end:", 1),
         (Fault(error_after_events=3), "!! in-band-error:", 1),
         (Fault(malformed_after_events=3), "!! broken-json:", 1),
     ],
@@ -152,4 +152,4 @@ def test_a_native_error_frame_shows_as_an_in_band_error(
     assert "event #3 error id=3:" in out
     assert "!! in-band-error:" in out
     assert "DataInspectionFailed" in out
-    assert "!! missing-done" not in out
+    assert "!! missing-end" not in out

@@ -1247,7 +1247,7 @@ def test_native_region_urls() -> None:
         "https://dashscope-intl.aliyuncs.com/api/v1"
     )
     with pytest.raises(ConfigurationError, match="protocol"):
-        QwenClient(KEY, protocol="grpc")  # type: ignore[arg-type]
+        QwenClient(KEY, protocol="grpc")
 
 
 class RecordingTap:

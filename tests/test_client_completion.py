@@ -286,9 +286,12 @@ async def test_qwen_sse_trace_flags_done_without_a_finish_reason(
         status = await asyncio.to_thread(main, args)
     out, err = capsys.readouterr()
     assert status == 1
-    assert "    !! done-without-finish: [DONE] without a finish reason" in out
+    assert (
+        "    !! end-without-finish: the answer is truncated: stream ended with data: [DONE] but"
+        in out
+    )
     assert "complete: no" in out
-    assert "anomalies: done-without-finish\n" in out
+    assert "anomalies: end-without-finish\n" in out
     assert f"qwen-sse: error: {INTERRUPTED_MESSAGE}" in err
 
 

@@ -68,8 +68,9 @@ async def dashscope(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Emulator]:
     """The emulator, standing in for the default region's endpoint; the key in the
     environment, as the examples expect."""
     async with Emulator(EmulatorConfig(api_key="sk-test", ttft_s=0, itl_s=0)) as emulator:
-        regions = {**config.REGIONS, config.DEFAULT_REGION: emulator.base_url}
-        monkeypatch.setattr(config, "REGIONS", regions)
+        origin = emulator.base_url.removesuffix(config.COMPATIBLE_ROOT)
+        origins = {**config.REGION_ORIGINS, config.DEFAULT_REGION: origin}
+        monkeypatch.setattr(config, "REGION_ORIGINS", origins)
         monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
         monkeypatch.delenv("QWEN_API_KEY", raising=False)
         yield emulator

@@ -79,7 +79,7 @@ def test_stall() -> None:
 
 def test_missing_done() -> None:
     view, _ = trace([(0.1, chunk("a", "stop"))])
-    assert kinds(view) == ["missing-done"]
+    assert kinds(view) == ["missing-end"]
 
 
 def test_native_streams_need_no_done() -> None:
@@ -139,19 +139,19 @@ def test_summary_has_gap_percentiles() -> None:
 def test_done_without_a_finish_reason() -> None:
     # llama.cpp's server ends an interrupted stream so: text, no finish reason, [DONE].
     view, text = trace([(0.1, chunk("half")), (0.2, chunk(" an answer") + b"data: [DONE]\n\n")])
-    assert kinds(view) == ["done-without-finish"]
+    assert kinds(view) == ["end-without-finish"]
     assert view.anomalies[0].at_ms == 200
     assert view.anomalies[0].detail.startswith(
-        "[DONE] without a finish reason, so the answer is truncated: stream ended with "
+        "the answer is truncated: stream ended with "
         "data: [DONE] but choice 0 has no finish_reason (3 events,"
     )
     assert "complete: no" in text
-    assert "anomalies: done-without-finish" in text
+    assert "anomalies: end-without-finish" in text
 
 
 def test_done_as_the_only_event_is_flagged() -> None:
     view, _ = trace([(0.1, b"data: [DONE]\n\n")])
-    assert kinds(view) == ["done-without-finish"]
+    assert kinds(view) == ["end-without-finish"]
     assert "no choice arrived" in view.anomalies[0].detail
 
 
@@ -162,7 +162,7 @@ def test_a_native_stream_without_a_finish_reason() -> None:
     }
     data = f"id:1\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(frame)}\n\n".encode()
     view, text = trace([(0.1, data)], protocol="native")
-    assert kinds(view) == ["missing-finish"]
+    assert kinds(view) == ["missing-end"]
     assert "complete: no" in text
 
 

@@ -64,7 +64,7 @@ def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, flo
 
 class MockServer:
     """``with MockServer(config) as server:`` runs an emulator on a loopback port
-    (``server.base_url``).
+    (``server.base_url``, the base URL of ``protocol``).
 
     The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
     ``timings``, it records nothing, so its memory stays flat however long the run; with
@@ -72,8 +72,11 @@ class MockServer:
     collects them.
     """
 
-    def __init__(self, config: EmulatorConfig, *, timings: bool = False) -> None:
+    def __init__(
+        self, config: EmulatorConfig, *, timings: bool = False, protocol: str = "compatible"
+    ) -> None:
         self.config = config
+        self.protocol = protocol
         self.keeps_timings = timings
         self.base_url = ""
         self._link: Connection | None = None
@@ -85,7 +88,7 @@ class MockServer:
         self._link = parent_end
         self._process = context.Process(
             target=_serve,
-            args=(child_end, self.config, self.keeps_timings),
+            args=(child_end, self.config, self.keeps_timings, self.protocol),
             name="qwen-sse-mock",
             daemon=True,
         )
@@ -136,14 +139,16 @@ class MockServer:
                 process.join(timeout=5)
 
 
-def _serve(link: Connection, config: EmulatorConfig, timings: bool) -> None:
-    asyncio.run(_serve_until_told(link, config, timings))
+def _serve(link: Connection, config: EmulatorConfig, timings: bool, protocol: str) -> None:
+    asyncio.run(_serve_until_told(link, config, timings, protocol))
 
 
-async def _serve_until_told(link: Connection, config: EmulatorConfig, timings: bool) -> None:
+async def _serve_until_told(
+    link: Connection, config: EmulatorConfig, timings: bool, protocol: str
+) -> None:
     config = msgspec.structs.replace(config, api_key=None, record_requests=timings)
     async with Emulator(config) as emulator:
-        link.send(emulator.base_url)
+        link.send(emulator.base_url_for(protocol))
         # recv() returns a command, or raises EOFError when the parent is gone: then it is
         # time to go, as at "stop". A thread waits so the loop keeps serving meanwhile.
         with contextlib.suppress(EOFError):

@@ -40,11 +40,13 @@ _UNLIMITED_FILES = 1 << 20
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
-    """Where the load goes. ``api_key`` None reads it from the environment in each worker
-    (so that it never travels between processes); ``timeouts`` bound every request."""
+    """Where the load goes. ``base_url`` is ``protocol``'s base URL; ``api_key`` None reads
+    it from the environment in each worker (so that it never travels between processes);
+    ``timeouts`` bound every request."""
 
     base_url: str
     model: str
+    protocol: str = "compatible"
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     allow_insecure_http: bool = False
@@ -161,6 +163,7 @@ async def run_shard(
         retry=NO_RETRIES,
         max_connections=connections_needed(plan.shape, len(plan.slots)),
         allow_insecure_http=target.allow_insecure_http,
+        protocol=target.protocol,
     )
     loop = asyncio.get_running_loop()
     shard = _Shard(

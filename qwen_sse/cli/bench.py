@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from qwen_sse import protocols
 from qwen_sse.bench.benchmark import BenchConfig, BenchResult
 from qwen_sse.bench.benchmark import run as run_benchmark
 from qwen_sse.bench.live import LiveProgress
@@ -252,18 +253,23 @@ def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
             # on a model that has more to say ("length").
             answer_tokens=args.output_tokens + 1,
         )
-        with MockServer(emulator) as server:
+        with MockServer(emulator, protocol=args.protocol) as server:
             yield Target(
-                base_url=server.base_url, model=args.model, api_key=MOCK_API_KEY, timeouts=timeouts
+                base_url=server.base_url,
+                model=args.model,
+                protocol=args.protocol,
+                api_key=MOCK_API_KEY,
+                timeouts=timeouts,
             )
         return
-    base_url = resolve_base_url(args.base_url, args.region)
+    base_url = resolve_base_url(args.base_url, args.region, root=protocols.get(args.protocol).root)
     check_transport_security(base_url, allow_insecure_http=args.allow_insecure_http)
     # Fail now, not in every worker; the key itself stays in the environment.
     resolve_api_key(None)
     yield Target(
         base_url=base_url,
         model=args.model,
+        protocol=args.protocol,
         timeouts=timeouts,
         allow_insecure_http=args.allow_insecure_http,
     )

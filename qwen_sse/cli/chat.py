@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatResult
 from qwen_sse.chunks import encode_chunk
 from qwen_sse.client import QwenClient
@@ -31,7 +32,24 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         choices=("beijing", "singapore", "us", "hongkong"),
         help="DashScope region (default beijing; the key must belong to it)",
     )
-    target.add_argument("--base-url", help="any OpenAI-compatible base URL (overrides --region)")
+    target.add_argument(
+        "--protocol",
+        choices=protocols.NAMES,
+        default=protocols.DEFAULT.name,
+        help="the wire protocol (default %(default)s)",
+    )
+    target.add_argument(
+        "--native",
+        dest="protocol",
+        action="store_const",
+        const="native",
+        help="same as --protocol native",
+    )
+    target.add_argument(
+        "--base-url",
+        help="the protocol's base URL on any compatible server (overrides --region), e.g. "
+        "https://host/compatible-mode/v1",
+    )
     target.add_argument(
         "--mock",
         action="store_true",
@@ -97,23 +115,25 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 
 @contextlib.asynccontextmanager
 async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator[QwenClient]:
-    """The client the options describe; with ``--mock``, pointed at a fresh emulator (at
-    its native root when ``options`` ask for ``protocol="native"``). ``options`` go to
-    :class:`QwenClient` as they are (e.g. ``wire_tap``, ``protocol``)."""
+    """The client the options describe (``--protocol`` included); with ``--mock``, pointed
+    at a fresh emulator. ``options`` go to :class:`QwenClient` as they are (e.g.
+    ``wire_tap``)."""
     if args.mock:
         config = EmulatorConfig(api_key=None, ttft_s=0.15, itl_s=0.02, jitter_s=0.01)
-        async with Emulator(config) as emulator:
-            native = options.get("protocol") == "native"
-            async with QwenClient(
+        async with (
+            Emulator(config) as emulator,
+            QwenClient(
                 _MOCK_KEY,
-                emulator.native_base_url if native else emulator.base_url,
+                emulator.base_url_for(args.protocol),
+                protocol=args.protocol,
                 model=args.model,
                 timeouts=timeouts_from(args),
                 retry=retry_from(args),
                 default_headers=headers_from(args),
                 **options,
-            ) as client:
-                yield client
+            ) as client,
+        ):
+            yield client
         return
     async with QwenClient(
         base_url=args.base_url,
@@ -123,6 +143,7 @@ async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator
         retry=retry_from(args),
         allow_insecure_http=args.allow_insecure_http,
         default_headers=headers_from(args),
+        protocol=args.protocol,
         **options,
     ) as client:
         yield client
@@ -138,7 +159,6 @@ def add_parser(subparsers: Any) -> None:
     )
     add_prompt_options(parser)
     parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
-    parser.add_argument("--native", action="store_true", help="use DashScope's native protocol")
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -157,8 +177,8 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="extra body field, e.g. --param top_k=20 (repeatable; at the top level, or "
-        "under parameters with --native)",
+        help="extra body field, e.g. --param top_k=20 (repeatable; where the protocol puts "
+        "options: the top level, or under parameters for the native protocols)",
     )
 
 
@@ -216,8 +236,7 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
     out = sys.stdout
     styled = out.isatty()
     try:
-        protocol = "native" if args.native else "compatible"
-        async with open_client(args, protocol=protocol) as client:
+        async with open_client(args) as client:
             async with client.stream_chat(messages, args.model, **params) as stream:
                 phase = ""
                 async for chunk in stream:

@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.chunks import encode_chunk
 from qwen_sse.errors import QwenSSEError
@@ -29,6 +30,18 @@ def add_parser(subparsers: Any) -> None:
         "--events", action="store_true", help="print every SSE event and comment as JSON"
     )
     parser.add_argument("--json", action="store_true", help="print every chat chunk as JSON")
+    parser.add_argument(
+        "--protocol",
+        choices=protocols.NAMES,
+        default=protocols.DEFAULT.name,
+        help="the wire protocol the stream speaks (default %(default)s)",
+    )
+    parser.add_argument(
+        "--request",
+        metavar="FILE",
+        help="the request body (JSON) the stream answered: what the answer must hold "
+        "(n choices, the native incremental_output)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
         if decoder.in_event:
             print("qwen-sse decode: the stream ends inside an event; discarded", file=sys.stderr)
         return 0
-    chat = ChatStreamDecoder()
+    try:
+        request = _request(args.request)
+    except (OSError, ValueError) as error:
+        print(f"qwen-sse decode: --request {args.request}: {error}", file=sys.stderr)
+        return 2
+    chat = ChatStreamDecoder(protocol=args.protocol, request=request)
     try:
         for piece in pieces:
             for chunk in chat.feed(piece):
@@ -71,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _print_result(chat, args.json)
     return 0
+
+
+def _request(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as source:
+        body = json.load(source)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    return body
 
 
 def _print_result(chat: ChatStreamDecoder, as_json: bool) -> None:

@@ -7,11 +7,12 @@ import json
 import sys
 from typing import Any, cast
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.chunks import encode_chunk
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.limiter import Outcome
-from qwen_sse.native import NativeStreamDecoder
+from qwen_sse.protocols import WireProtocol
 from qwen_sse.recording import RecordedAttempt, load_recording
 from qwen_sse.trace import TraceView
 
@@ -27,11 +28,19 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("file", help="a recording")
     parser.add_argument("--json", action="store_true", help="print the decoded chunks")
     parser.add_argument("--stall-ms", type=float, default=2000.0)
+    parser.add_argument(
+        "--protocol",
+        choices=protocols.NAMES,
+        help="the wire protocol (default: the one the recording names, else its URL's)",
+    )
     parser.set_defaults(func=run)
 
 
-def _is_native(attempts: list[RecordedAttempt]) -> bool:
-    return any("/services/aigc/" in attempt.url for attempt in attempts)
+def _protocol(args: argparse.Namespace, attempts: list[RecordedAttempt]) -> WireProtocol:
+    if args.protocol:
+        return protocols.get(args.protocol)
+    first = attempts[0] if attempts else RecordedAttempt(attempt=1)
+    return protocols.get(first.protocol) if first.protocol else protocols.for_url(first.url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
     except QwenSSEError as error:
         print(f"qwen-sse replay: {error}", file=sys.stderr)
         return 2
-    native = _is_native(attempts)
+    try:
+        protocol = _protocol(args, attempts)
+    except QwenSSEError as error:
+        print(f"qwen-sse replay: {error}", file=sys.stderr)
+        return 2
     if args.json:
-        return _print_chunks(attempts, native)
-    view = TraceView(
-        sys.stdout, protocol="native" if native else "compatible", stall_ms=args.stall_ms
-    )
+        return _print_chunks(attempts, protocol)
+    view = TraceView(sys.stdout, protocol=protocol, stall_ms=args.stall_ms)
     for attempt in attempts:
         view.request(
             method=attempt.method,
@@ -67,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_chunks(attempts: list[RecordedAttempt], native: bool) -> int:
+def _print_chunks(attempts: list[RecordedAttempt], protocol: WireProtocol) -> int:
     status = 0
     for attempt in attempts:
         if attempt.status is None or attempt.status >= 400:
             continue
-        decoder = NativeStreamDecoder() if native else ChatStreamDecoder()
+        body = attempt.body if isinstance(attempt.body, dict) else None
+        decoder = ChatStreamDecoder(protocol=protocol, request=body)
         try:
             for at_s, piece in attempt.pieces:
                 for chunk in decoder.feed(piece, at_s):

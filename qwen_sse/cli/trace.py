@@ -29,16 +29,15 @@ def add_parser(subparsers: Any) -> None:
         description="Send one chat request and print the request (key redacted), the "
         "response head, then every read with its arrival time in ms since the request was "
         "sent, its raw lines, comments, event boundaries with compact JSON, and anomalies "
-        "(stalls, missing [DONE], [DONE] without a finish reason, in-band errors, broken or "
-        "joined JSON frames, non-UTF-8 bytes, usage that contradicts the text). Ends with a "
-        "summary.",
+        "(stalls, a missing end marker, an end marker without a finish reason, in-band "
+        "errors, events the protocol does not allow there, broken or joined JSON frames, "
+        "non-UTF-8 bytes, usage that contradicts the text). Ends with a summary.",
     )
     add_prompt_options(parser)
     parser.add_argument("--record", metavar="FILE", help="also write a recording to FILE")
     parser.add_argument(
         "--stall-ms", type=float, default=2000.0, help="flag silences longer than this"
     )
-    parser.add_argument("--native", action="store_true", help="use DashScope's native protocol")
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -92,12 +91,11 @@ async def _trace(
     params: dict[str, Any],
     record: IO[str] | None,
 ) -> int:
-    protocol = "native" if args.native else "compatible"
-    view = TraceView(sys.stdout, protocol=protocol, stall_ms=args.stall_ms)
-    tap: WireTap = view if record is None else _Tee(view, Recorder(record))
+    view = TraceView(sys.stdout, protocol=args.protocol, stall_ms=args.stall_ms)
+    tap: WireTap = view if record is None else _Tee(view, Recorder(record, protocol=args.protocol))
     status = 0
     try:
-        async with open_client(args, wire_tap=tap, protocol=protocol) as client:
+        async with open_client(args, wire_tap=tap) as client:
             await client.chat(messages, args.model, **params)
     except QwenSSEError as error:
         report_error(error, sys.stderr)

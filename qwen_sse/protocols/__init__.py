@@ -15,7 +15,16 @@ from qwen_sse.protocols.base import FrameReader, RequestFacts, WireProtocol
 from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL
 
-__all__ = ["DEFAULT", "NAMES", "PROTOCOLS", "FrameReader", "RequestFacts", "WireProtocol", "get"]
+__all__ = [
+    "DEFAULT",
+    "NAMES",
+    "PROTOCOLS",
+    "FrameReader",
+    "RequestFacts",
+    "WireProtocol",
+    "for_url",
+    "get",
+]
 
 PROTOCOLS: Mapping[str, WireProtocol] = {
     protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL)
@@ -36,3 +45,11 @@ def get(protocol: str | WireProtocol) -> WireProtocol:
     except KeyError:
         known = ", ".join(NAMES)
         raise ConfigurationError(f"unknown protocol {protocol!r}; known: {known}") from None
+
+
+def for_url(url: str) -> WireProtocol:
+    """The protocol whose request path ``url`` ends with (the longest such path), else
+    :data:`DEFAULT`: how a recording made before recordings named their protocol is read."""
+    path = url.split("?", 1)[0].rstrip("/")
+    matches = [protocol for protocol in PROTOCOLS.values() if path.endswith(protocol.path)]
+    return max(matches, key=lambda protocol: len(protocol.path), default=DEFAULT)

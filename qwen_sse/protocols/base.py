@@ -139,8 +139,9 @@ class WireProtocol(Protocol):
         """What an HTTP error body says."""
         ...
 
-    def error_in_body(self, body: bytes) -> InBandError | None:
-        """The error a 200 response that is not an event stream carries, if it is one."""
+    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
+        """The error a 200 response that is not an event stream carries, if it is one;
+        ``request_id`` is the response's ``x-request-id``, preferred to the body's."""
         ...
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:

@@ -169,8 +169,8 @@ class CompatibleProtocol:
     def error_fields(self, body: bytes) -> ErrorFields:
         return error_fields(body)
 
-    def error_in_body(self, body: bytes) -> InBandError | None:
-        return json_error_in_body(body)
+    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
+        return json_error_in_body(body, request_id)
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         if body.get("enable_thinking") is True or body.get("n", 1) != 1:

@@ -1,4 +1,6 @@
-"""DashScope's native generation protocols: text (``native``) and multimodal (``native-multimodal``).
+"""DashScope's native generation protocols, text (``native``) and multimodal.
+
+The registry names them ``native`` and ``native-multimodal``.
 
 Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random or logging.
 
@@ -27,6 +29,7 @@ compatible mode, under ``input.messages``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +219,8 @@ class NativeReader:
                     )
             elif output.text is not None:
                 message = _NativeMessage(role="assistant", content=output.text)
-                choices.append(DeltaChoice(0, self._delta(0, message), _finish(output.finish_reason)))
+                finish_reason = _finish(output.finish_reason)
+                choices.append(DeltaChoice(0, self._delta(0, message), finish_reason))
         return ChatCompletionChunk(
             id=frame.request_id,
             object="chat.completion.chunk",
@@ -241,10 +245,11 @@ class NativeReader:
         tool_calls = delta.tool_calls
         if tool_calls:
             tool_calls = [self._call_difference(index, call) for call in tool_calls]
+        reasoning = delta.reasoning_content
         return msgspec.structs.replace(
             delta,
             content=self._difference(index, "content", 0, delta.content),
-            reasoning_content=self._difference(index, "reasoning_content", 0, delta.reasoning_content),
+            reasoning_content=self._difference(index, "reasoning_content", 0, reasoning),
             tool_calls=tool_calls,
         )
 
@@ -354,14 +359,18 @@ class NativeProtocol:
     def error_fields(self, body: bytes) -> ErrorFields:
         return error_fields(body)
 
-    def error_in_body(self, body: bytes) -> InBandError | None:
+    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
         # DashScope sends native error frames under application/json at times.
-        frames = SSEDecoder().feed_frames(body + b"\n\n")
-        if frames:
+        with contextlib.suppress(ProtocolError):
+            frames = SSEDecoder().feed_frames(body + b"\n\n")
             _, error = NativeReader().read(frames, [])
             if isinstance(error, InBandError):
-                return error
-        return json_error_in_body(body)
+                if not request_id:
+                    return error
+                return InBandError(
+                    code=error.code, message=error.error_message, request_id=request_id
+                )
+        return json_error_in_body(body, request_id)
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         parameters = _parameters(body)

@@ -295,7 +295,7 @@ def test_cli_trace_flags_the_empty_200(
     assert main(["trace", *endpoint(llama_server), "--max-tokens", "4", "zq" * 3000]) == 1
     out = capsys.readouterr().out
     assert "< HTTP 200" in out
-    assert "!! missing-done:" in out
+    assert "!! missing-end:" in out
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

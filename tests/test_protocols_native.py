@@ -1,4 +1,5 @@
-"""Tests of qwen_sse.native: DashScope's native frames decode to the same chunks and result."""
+"""Tests of qwen_sse.protocols.native: DashScope's native frames decode to the same chunks
+and result."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qwen_sse.chat import DEFAULT_MAX_STREAM_BYTES, ChatResult
+from qwen_sse.chat import DEFAULT_MAX_STREAM_BYTES, ChatResult, ChatStreamDecoder
 from qwen_sse.errors import (
     InBandError,
     IncompleteStreamError,
@@ -16,14 +17,20 @@ from qwen_sse.errors import (
     QwenSSEError,
     StreamLimitError,
 )
-from qwen_sse.native import CUMULATIVE_STREAM_BYTES_FACTOR, NativeStreamDecoder, native_request_body
+from qwen_sse.protocols.native import CUMULATIVE_STREAM_BYTES_FACTOR, native_request_body
 from tests.chunkings import every_chunking
 
 FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
 
 
+def native_decoder(*, incremental: bool = True, **options: Any) -> ChatStreamDecoder:
+    """A decoder of the native protocol for a request with ``incremental_output``."""
+    request = {"parameters": {"incremental_output": incremental}}
+    return ChatStreamDecoder(protocol="native", request=request, **options)
+
+
 def run(pieces: list[bytes], *, incremental: bool = True) -> ChatResult:
-    decoder = NativeStreamDecoder(incremental=incremental)
+    decoder = native_decoder(incremental=incremental)
     for piece in pieces:
         decoder.feed(piece)
     decoder.feed_eof()
@@ -31,7 +38,7 @@ def run(pieces: list[bytes], *, incremental: bool = True) -> ChatResult:
 
 
 def failure(data: bytes) -> QwenSSEError:
-    decoder = NativeStreamDecoder()
+    decoder = native_decoder()
     with pytest.raises(QwenSSEError) as caught:
         decoder.feed(data)
         decoder.feed_eof()
@@ -88,7 +95,7 @@ def test_fixture_decodes_under_every_chunking() -> None:
 
 def test_cumulative_output_is_turned_into_deltas() -> None:
     data = native_stream(frame("我是"), frame("我是通义"), frame("我是通义千问。", "stop", 3))
-    decoder = NativeStreamDecoder(incremental=False)
+    decoder = native_decoder(incremental=False)
     chunks = decoder.feed(data)
     assert [c.choices[0].delta.content for c in chunks] == ["我是", "通义", "千问。"]
     assert decoder.done
@@ -96,7 +103,7 @@ def test_cumulative_output_is_turned_into_deltas() -> None:
 
 
 def test_cumulative_output_that_does_not_extend_is_a_protocol_error() -> None:
-    decoder = NativeStreamDecoder(incremental=False)
+    decoder = native_decoder(incremental=False)
     with pytest.raises(ProtocolError, match="does not extend"):
         decoder.feed(native_stream(frame("abc"), frame("xyz")))
         decoder.feed_eof()
@@ -165,7 +172,7 @@ def test_request_body() -> None:
 def test_null_finish_reasons_then_a_clean_end_are_incomplete_under_every_chunking() -> None:
     data = native_stream(frame("half"), frame(" way", output_tokens=2))
     for label, pieces in every_chunking(data):
-        decoder = NativeStreamDecoder()
+        decoder = native_decoder()
         for piece in pieces:
             decoder.feed(piece)
         assert not decoder.done, label
@@ -216,7 +223,7 @@ def test_cumulative_frames_get_a_byte_bound_that_grows_with_their_square() -> No
     data = native_stream(*frames)
     limit = len(data) // 8  # repeated text makes up most of these bytes
     for label, pieces in (("whole", [data]), ("1 KiB reads", _reads(data, 1024))):
-        cumulative = NativeStreamDecoder(incremental=False, max_stream_bytes=limit)
+        cumulative = native_decoder(incremental=False, max_stream_bytes=limit)
         assert cumulative.max_stream_bytes == limit * CUMULATIVE_STREAM_BYTES_FACTOR
         for piece in pieces:
             cumulative.feed(piece)
@@ -224,7 +231,7 @@ def test_cumulative_frames_get_a_byte_bound_that_grows_with_their_square() -> No
         assert cumulative.result().complete, label
         assert cumulative.result().content == text
         # The same bytes read as incremental frames: the bound is max_stream_bytes itself.
-        incremental = NativeStreamDecoder(max_stream_bytes=limit)
+        incremental = native_decoder(max_stream_bytes=limit)
         with pytest.raises(StreamLimitError) as caught:
             for piece in pieces:
                 incremental.feed(piece)
@@ -244,7 +251,7 @@ def test_the_longest_cumulative_answer_fits_the_default_byte_bound() -> None:
 
 
 def test_a_failure_inside_a_native_frame_is_a_sticky_protocol_error() -> None:
-    decoder = NativeStreamDecoder(incremental=False)
+    decoder = native_decoder(incremental=False)
     good = frame("kept")
     with pytest.raises(ProtocolError):
         decoder.feed(native_stream(good, frame("other")))
@@ -257,14 +264,14 @@ def test_a_failure_inside_a_native_frame_is_a_sticky_protocol_error() -> None:
 
 def test_native_streams_are_bounded_in_characters_and_chunks() -> None:
     data = native_stream(*[frame("0123456789") for _ in range(5)], frame("", "stop"))
-    chars = NativeStreamDecoder(max_answer_chars=25)
+    chars = native_decoder(max_answer_chars=25)
     with pytest.raises(StreamLimitError) as caught:
         for piece in _reads(data, 1):
             chars.feed(piece)
     assert caught.value.limit == "max_answer_chars"
     assert caught.value.partial is not None
     assert caught.value.partial.content == "0123456789" * 3
-    chunks = NativeStreamDecoder(max_answer_chunks=2)
+    chunks = native_decoder(max_answer_chunks=2)
     with pytest.raises(StreamLimitError) as caught:
         for piece in _reads(data, 1):
             chunks.feed(piece)
@@ -281,7 +288,7 @@ def test_native_choices_count_against_max_answer_chunks() -> None:
         for n in range(100)
     ]
     data = native_stream(json.dumps({"output": {"choices": choices}}))
-    decoder = NativeStreamDecoder(max_answer_chunks=50)
+    decoder = native_decoder(max_answer_chunks=50)
     with pytest.raises(StreamLimitError) as caught:
         decoder.feed(data)
         decoder.feed_eof()
