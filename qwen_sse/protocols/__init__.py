@@ -14,6 +14,7 @@ from qwen_sse.errors import ConfigurationError
 from qwen_sse.protocols.base import FrameReader, RequestFacts, WireProtocol
 from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL
+from qwen_sse.protocols.responses import RESPONSES
 
 __all__ = [
     "DEFAULT",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 PROTOCOLS: Mapping[str, WireProtocol] = {
-    protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL)
+    protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL, RESPONSES)
 }
 """Every protocol, by its ``protocol=`` name."""
 
