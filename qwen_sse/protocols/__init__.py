@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from qwen_sse.errors import ConfigurationError
+from qwen_sse.protocols.anthropic import ANTHROPIC
 from qwen_sse.protocols.base import FrameReader, RequestFacts, WireProtocol
 from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL
@@ -18,7 +19,7 @@ from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL
 __all__ = ["DEFAULT", "NAMES", "PROTOCOLS", "FrameReader", "RequestFacts", "WireProtocol", "get"]
 
 PROTOCOLS: Mapping[str, WireProtocol] = {
-    protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL)
+    protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL, ANTHROPIC)
 }
 """Every protocol, by its ``protocol=`` name."""
 
