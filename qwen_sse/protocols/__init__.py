@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from qwen_sse.errors import ConfigurationError
+from qwen_sse.protocols.anthropic import ANTHROPIC
 from qwen_sse.protocols.base import FrameReader, RequestFacts, WireProtocol
 from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL
@@ -28,7 +29,8 @@ __all__ = [
 ]
 
 PROTOCOLS: Mapping[str, WireProtocol] = {
-    protocol.name: protocol for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL, RESPONSES)
+    protocol.name: protocol
+    for protocol in (COMPATIBLE, NATIVE, NATIVE_MULTIMODAL, RESPONSES, ANTHROPIC)
 }
 """Every protocol, by its ``protocol=`` name."""
 
