@@ -450,8 +450,8 @@ class AnthropicProtocol:
     def error_fields(self, body: bytes) -> ErrorFields:
         return error_fields(body)
 
-    def error_in_body(self, body: bytes) -> InBandError | None:
-        return json_error_in_body(body)
+    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
+        return json_error_in_body(body, request_id)
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         return None
