@@ -16,6 +16,7 @@ from qwen_sse.chat import (
     StreamTiming,
     ToolCall,
     ToolCallFunction,
+    decode,
 )
 from qwen_sse.chunks import (
     ChatCompletionChunk,
@@ -127,6 +128,7 @@ __all__ = [
     "check_prompt_fits",
     "count_message_tokens",
     "count_tokens",
+    "decode",
     "message_token_count",
     "model_limits",
 ]

@@ -38,6 +38,7 @@ def test_the_design_contract_names_are_public() -> None:
         "QwenSSEError",
         "count_tokens",
         "count_message_tokens",
+        "decode",
     }
     assert contract <= set(qwen_sse.__all__)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from qwen_sse import protocols
+
 PACKAGE = Path(__file__).resolve().parents[1] / "qwen_sse"
 
 CORE = {"sse", "chunks", "chat", "protocols", "retry", "ratelimit", "tokens", "models", "errors"}
@@ -88,3 +90,57 @@ def test_every_module_has_a_layer() -> None:
     for name, _ in package_modules(PACKAGE):
         if name not in ("__init__", "__main__"):
             assert module_layer(name) in RANK
+
+
+PROTOCOL_NAMES = frozenset({"compatible", "native", "native-multimodal", "responses", "anthropic"})
+
+
+def protocol_name_branches(package: Path = PACKAGE) -> list[str]:
+    """Every comparison with a protocol's name (``==``, ``!=``, ``in``, ``match`` case)
+    outside ``protocols/``: a protocol is looked up once in the registry, never branched on."""
+    found = []
+    for name, path in package_modules(package):
+        if name.split(".")[0] == "protocols":
+            continue
+        tree = ast.parse(path.read_text("utf-8"), str(path))
+        for node in ast.walk(tree):
+            operands: list[ast.expr] = []
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+            elif isinstance(node, ast.MatchValue):
+                operands = [node.value]
+            for operand in operands:
+                elements = (
+                    operand.elts
+                    if isinstance(operand, ast.Tuple | ast.Set | ast.List)
+                    else [operand]
+                )
+                for element in elements:
+                    if isinstance(element, ast.Constant) and element.value in PROTOCOL_NAMES:
+                        where = f"qwen_sse/{path.relative_to(package)}:{getattr(node, 'lineno', 0)}"
+                        found.append(f"{where}: compares with protocol name {element.value!r}")
+    return found
+
+
+def test_protocols_are_core_and_registered() -> None:
+    assert set(protocols.NAMES) == PROTOCOL_NAMES
+    for name, _ in package_modules(PACKAGE):
+        if name.startswith("protocols"):
+            assert module_layer(name) == "core"
+
+
+def test_nothing_outside_the_protocols_branches_on_a_protocol_name() -> None:
+    assert protocol_name_branches() == []
+
+
+def test_the_name_check_catches_a_branch(tmp_path: Path) -> None:
+    fake = tmp_path / "qwen_sse"
+    (fake / "protocols").mkdir(parents=True)
+    (fake / "client.py").write_text(
+        "if protocol == 'native':\n    pass\nok = name in ('anthropic', 'x')\n"
+    )
+    (fake / "protocols" / "native.py").write_text("same = name == 'native'\n")
+    assert protocol_name_branches(fake) == [
+        "qwen_sse/client.py:1: compares with protocol name 'native'",
+        "qwen_sse/client.py:3: compares with protocol name 'anthropic'",
+    ]

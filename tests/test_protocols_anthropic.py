@@ -25,7 +25,12 @@ from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder, ToolCall, ToolCallFunction, decode
 from qwen_sse.chunks import ChatCompletionChunk, PromptTokensDetails, Usage
 from qwen_sse.errors import InBandError, IncompleteStreamError, ProtocolError, QwenSSEError
-from qwen_sse.protocols.anthropic import ANTHROPIC, DEFAULT_MAX_TOKENS, FINISH_REASONS
+from qwen_sse.protocols.anthropic import (
+    ANTHROPIC,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_THINKING_BUDGET_TOKENS,
+    FINISH_REASONS,
+)
 from qwen_sse.protocols.base import ErrorFields
 from tests.chunkings import every_chunking
 
@@ -737,3 +742,98 @@ def test_there_is_no_continuation_and_resume_says_why() -> None:
     assert ANTHROPIC.continuation(body, result) is None
     assert ANTHROPIC.resume.startswith("none: ")
     assert ANTHROPIC.stream_bytes_factor(body) == 1
+
+
+def test_the_chat_completions_options_are_translated() -> None:
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "content": "Looking.",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "c2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                },
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+    ]
+    params = {
+        "enable_thinking": True,
+        "thinking_budget": 2048,
+        "stop": "END",
+        "tools": [weather],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    }
+    body = ANTHROPIC.request_body("qwen-plus", messages, params, include_usage=True)
+    assert body["system"] == "Be brief."
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert body["stop_sequences"] == ["END"]
+    assert body["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
+    assert not {"enable_thinking", "thinking_budget", "stop"} & body.keys()
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "c2", "name": "get_weather", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": "rain"},
+            ],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"type": "auto"}),
+        ("none", {"type": "none"}),
+        ("required", {"type": "any"}),
+        ({"type": "any"}, {"type": "any"}),
+    ],
+)
+def test_tool_choice_spellings(choice: object, expected: object) -> None:
+    body = ANTHROPIC.request_body("m", [], {"tool_choice": choice}, include_usage=True)
+    assert body["tool_choice"] == expected
+
+
+def test_thinking_off_and_its_own_spelling_win() -> None:
+    off = ANTHROPIC.request_body("m", [], {"enable_thinking": False}, include_usage=True)
+    assert off["thinking"] == {"type": "disabled"}
+    own = {"enable_thinking": True, "thinking": {"type": "enabled", "budget_tokens": 5000}}
+    body = ANTHROPIC.request_body("m", [], own, include_usage=True)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 5000}
+    default = ANTHROPIC.request_body("m", [], {"enable_thinking": True}, include_usage=True)
+    assert default["thinking"]["budget_tokens"] == DEFAULT_THINKING_BUDGET_TOKENS

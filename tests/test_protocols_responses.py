@@ -958,3 +958,18 @@ def test_a_request_body_sets_up_the_decoder() -> None:
     )
     assert RESPONSES.stream_bytes_factor(body) == 1
     assert run([stream(TEXT)], request=body).content == "Hello, world — 你好!"
+
+
+def test_chat_completions_tools_take_the_responses_shape() -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": "d", "parameters": {"type": "object"}},
+    }
+    params = {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "f"}}}
+    body = RESPONSES.request_body("qwen-plus", [], params, include_usage=True)
+    assert body["tools"] == [
+        {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}}
+    ]
+    assert body["tool_choice"] == {"type": "function", "name": "f"}
+    web = {"type": "web_search"}
+    assert RESPONSES.request_body("m", [], {"tools": [web]}, include_usage=True)["tools"] == [web]

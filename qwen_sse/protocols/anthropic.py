@@ -9,7 +9,14 @@ unless given (the API rejects a request without it); the chat's system messages 
 ``messages`` (Anthropic has no system role there) and are joined into a top-level
 ``"system"`` string; the caller's parameters go at the top level (``thinking``, ``tools``,
 ``tool_choice``, or a ``system`` list of blocks with ``cache_control``, which replaces the
-joined string). Usage is always streamed, so ``include_usage`` changes nothing.
+joined string). The Chat Completions spellings of the common options are translated, so
+one call works with every protocol: ``enable_thinking`` (with ``thinking_budget``, else
+:data:`DEFAULT_THINKING_BUDGET_TOKENS`) becomes ``thinking``, ``stop`` becomes
+``stop_sequences``, function ``tools`` become ``{"name", "description",
+"input_schema"}``, ``tool_choice`` ``"auto"``, ``"none"``, ``"required"`` or a named
+function becomes ``{"type": "auto" | "none" | "any" | "tool"}``; an assistant message's
+``tool_calls`` become ``tool_use`` blocks and ``tool`` messages ``tool_result`` blocks of
+a user turn. Usage is always streamed, so ``include_usage`` changes nothing.
 
 Stream (protocol.md; Anthropic's "Streaming Messages" page): ``event: <type>`` and
 ``data: {...}`` whose ``type`` repeats the event name. ``message_start``; per content
@@ -85,6 +92,7 @@ __all__ = [
     "ANTHROPIC",
     "ANTHROPIC_VERSION",
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_THINKING_BUDGET_TOKENS",
     "FINISH_REASONS",
     "AnthropicProtocol",
     "AnthropicReader",
@@ -94,6 +102,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header every request carries (the one DashScope documents)."""
 
 DEFAULT_MAX_TOKENS = 4096
+DEFAULT_THINKING_BUDGET_TOKENS = 1024
+"""The thinking budget sent for ``enable_thinking=True`` without ``thinking_budget``: the
+smallest Anthropic accepts (it must also stay below ``max_tokens``)."""
 """``max_tokens`` of a request whose parameters give none: the Messages API requires it."""
 
 FINISH_REASONS: Mapping[str, str] = {
@@ -419,12 +430,29 @@ class AnthropicProtocol:
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": DEFAULT_MAX_TOKENS,
-            "messages": chat,
+            "messages": _anthropic_messages(chat),
             "stream": True,
         }
         if system:
             body["system"] = "\n\n".join(system)
-        body.update(params)
+        options = dict(params)
+        thinking = options.pop("enable_thinking", None)
+        budget = options.pop("thinking_budget", None)
+        if isinstance(thinking, bool) and "thinking" not in options:
+            options["thinking"] = (
+                {"type": "enabled", "budget_tokens": budget or DEFAULT_THINKING_BUDGET_TOKENS}
+                if thinking
+                else {"type": "disabled"}
+            )
+        stop = options.pop("stop", None)
+        if stop is not None and "stop_sequences" not in options:
+            options["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+        tools = options.get("tools")
+        if isinstance(tools, list):
+            options["tools"] = [_anthropic_tool(tool) for tool in tools]
+        if "tool_choice" in options:
+            options["tool_choice"] = _anthropic_tool_choice(options["tool_choice"])
+        body.update(options)
         return body
 
     def facts(self, body: Mapping[str, Any]) -> RequestFacts:
@@ -468,6 +496,89 @@ def _text_of(content: Any) -> str:
             if isinstance(part, Mapping) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _anthropic_messages(messages: Sequence[Any]) -> list[Any]:
+    """Chat messages as Anthropic takes them: an assistant message's ``tool_calls`` become
+    ``tool_use`` blocks after its text, and each run of ``tool`` messages one user turn of
+    ``tool_result`` blocks; any other message goes as it is."""
+    converted: list[Any] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            converted.append(message)
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            text = _text_of(message.get("content"))
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            for call in message["tool_calls"]:
+                function = call.get("function") or {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id", ""),
+                        "name": function.get("name", ""),
+                        "input": _json_object(function.get("arguments")),
+                    }
+                )
+            converted.append({"role": "assistant", "content": blocks})
+        elif message.get("role") == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": message.get("content", ""),
+            }
+            last = converted[-1] if converted else None
+            if isinstance(last, dict) and last.get("role") == "user" and _is_results(last):
+                last["content"].append(result)
+            else:
+                converted.append({"role": "user", "content": [result]})
+        else:
+            converted.append(message)
+    return converted
+
+
+def _is_results(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and all(
+        isinstance(block, Mapping) and block.get("type") == "tool_result" for block in content
+    )
+
+
+def _json_object(arguments: Any) -> Any:
+    """A tool call's arguments string as the object ``tool_use.input`` wants ({} if empty;
+    a string that is not JSON is kept as a string, for the server to refuse)."""
+    if not isinstance(arguments, str):
+        return arguments if arguments is not None else {}
+    if not arguments.strip():
+        return {}
+    try:
+        return msgspec.json.decode(arguments)
+    except msgspec.DecodeError:
+        return arguments
+
+
+def _anthropic_tool(tool: Any) -> Any:
+    """A Chat Completions function tool as Anthropic takes it; any other tool as it is."""
+    if isinstance(tool, Mapping) and isinstance(tool.get("function"), Mapping):
+        function = tool["function"]
+        converted = {
+            "name": function.get("name", ""),
+            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            converted["description"] = function["description"]
+        return converted
+    return tool
+
+
+def _anthropic_tool_choice(choice: Any) -> Any:
+    """A Chat Completions ``tool_choice`` as Anthropic takes it; its own shape as it is."""
+    if choice in ("auto", "none"):
+        return {"type": choice}
+    if choice == "required":
+        return {"type": "any"}
+    if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
+        return {"type": "tool", "name": choice["function"].get("name", "")}
+    return choice
 
 
 ANTHROPIC = AnthropicProtocol()

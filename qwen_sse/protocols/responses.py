@@ -21,7 +21,9 @@ protocol.md has DashScope's ``reasoning_text``.
 Request: ``POST {base}/responses`` with ``Authorization: Bearer``; the body is ``{"model",
 "input", "stream": true}`` plus the caller's parameters at the top level, where a chat
 ``max_tokens`` becomes ``max_output_tokens`` (DashScope ignores parameters it does not
-document, so a ``max_tokens`` left as it is would bound nothing). Each chat message
+document, so a ``max_tokens`` left as it is would bound nothing), and Chat Completions
+``tools`` and a named ``tool_choice`` take the Responses shape (the function's ``name``,
+``description`` and ``parameters`` beside ``"type": "function"``). Each chat message
 becomes an input item: ``{"role", "content"}`` (content as given; system messages stay
 ``role: "system"``, as DashScope does not take ``instructions`` everywhere); an assistant
 message's ``tool_calls`` become ``function_call`` items after it and a ``tool`` message a
@@ -595,6 +597,12 @@ class ResponsesProtocol:
         if "max_tokens" in body:
             max_tokens = body.pop("max_tokens")
             body.setdefault("max_output_tokens", max_tokens)
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            body["tools"] = [_function_tool(tool) for tool in tools]
+        choice = body.get("tool_choice")
+        if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
+            body["tool_choice"] = {"type": "function", "name": choice["function"].get("name")}
         return body
 
     def facts(self, body: Mapping[str, Any]) -> RequestFacts:
@@ -622,6 +630,15 @@ class ResponsesProtocol:
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         return None
+
+
+def _function_tool(tool: Any) -> Any:
+    """A Chat Completions tool (``{"type": "function", "function": {"name", "description",
+    "parameters"}}``) as the Responses API takes it (the function's fields one level up);
+    any other tool as it is."""
+    if isinstance(tool, Mapping) and isinstance(tool.get("function"), Mapping):
+        return {"type": "function", **tool["function"]}
+    return tool
 
 
 RESPONSES = ResponsesProtocol()
