@@ -29,7 +29,6 @@ from qwen_sse.chat import (
     DEFAULT_MAX_STREAM_BYTES,
     ChatAccumulator,
     ChatStreamDecoder,
-    frame_failure,
 )
 from qwen_sse.chunks import (
     ChatCompletionChunk,
@@ -41,6 +40,7 @@ from qwen_sse.chunks import (
     chunk_protocol_error,
 )
 from qwen_sse.errors import InBandError, ProtocolError
+from qwen_sse.protocols.base import frame_failure
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["CUMULATIVE_STREAM_BYTES_FACTOR", "NativeStreamDecoder", "native_request_body"]
