@@ -15,25 +15,31 @@ fold a frame, is a :class:`~qwen_sse.errors.ProtocolError`. Every such error car
 ``.partial``, and a decoder that raised one refuses further input.
 Tool calls accumulate by ``index``; ``id``, ``type`` and ``name`` are taken only from
 non-empty strings (DashScope repeats ``"id": ""`` on continuations), ``arguments``
-fragments are concatenated, ids never are.
+fragments are concatenated, ids never are. A choice's spoken answer (Qwen-Omni's
+``delta.audio``) is kept as its base64 pieces and decoded only by ``result()``, which never
+raises over it: pieces that are not base64 are left out and counted
+(:class:`AudioResult`).
 
 Bounds, so that no server can make a client grow or spin without end (defaults fit the
 largest documented answer, 131,072 answer plus 81,920 reasoning tokens, with wide margins):
-``max_stream_bytes`` per response, ``max_answer_chars`` and ``max_answer_chunks`` over the
-whole answer (all its choices, resumes included); past one the stream stops with a
-:class:`~qwen_sse.errors.StreamLimitError` carrying ``.partial``. ``None`` turns one off.
+``max_stream_bytes`` per response, ``max_answer_chars`` (audio's base64 and transcript
+included) and ``max_answer_chunks`` over the whole answer (all its choices, resumes
+included); past one the stream stops with a :class:`~qwen_sse.errors.StreamLimitError`
+carrying ``.partial``. ``None`` turns one off.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
 from qwen_sse import protocols
-from qwen_sse.chunks import ChatCompletionChunk, ChoiceDeltaToolCall, Usage
+from qwen_sse.chunks import ChatCompletionChunk, ChoiceDeltaAudio, ChoiceDeltaToolCall, Usage
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -50,6 +56,7 @@ __all__ = [
     "DEFAULT_MAX_ANSWER_CHUNKS",
     "DEFAULT_MAX_STREAM_BYTES",
     "DONE_MARKER",
+    "AudioResult",
     "ChatAccumulator",
     "ChatResult",
     "ChatStreamDecoder",
@@ -69,10 +76,11 @@ more than 12. (Native frames with ``incremental_output: false`` repeat the text 
 see :class:`~qwen_sse.native.NativeStreamDecoder`.)"""
 
 DEFAULT_MAX_ANSWER_CHARS = 1 << 26
-"""Characters of content, reasoning and tool-call arguments of the whole answer (64 Mi).
-No token of Qwen's vocabulary is longer than 128 characters, so even 212,992 of the
-longest tokens (27.3 M characters) fit more than twice; a typical answer of that length
-is under 1 M characters."""
+"""Characters of content, reasoning, tool-call arguments and audio (base64 and transcript)
+of the whole answer (64 Mi). No token of Qwen's vocabulary is longer than 128 characters,
+so even 212,992 of the longest tokens (27.3 M characters) fit more than twice; a typical
+answer of that length is under 1 M characters. Spoken answers take 64,000 base64
+characters a second (24 kHz 16-bit mono PCM), so this admits about 17 minutes of audio."""
 
 DEFAULT_MAX_ANSWER_CHUNKS = 1 << 20
 """Chunks folded into the whole answer (1 Mi); each keeps an arrival time and a piece of
@@ -98,8 +106,35 @@ class ToolCall(msgspec.Struct, frozen=True, gc=False):
     function: ToolCallFunction
 
 
+class AudioResult(msgspec.Struct, frozen=True, gc=False):
+    """A choice's spoken answer (Qwen-Omni with ``modalities: ["text", "audio"]``).
+
+    ``data`` is the decoded audio: raw 16-bit little-endian mono PCM at 24 kHz, no header.
+    ``transcript`` joins its text pieces (they are not part of the choice's ``content``).
+    ``id`` and ``expires_at`` (epoch seconds) are the first the server sent.
+    ``invalid_pieces`` counts base64 pieces that could not be decoded and were left out of
+    ``data`` (a cut stream's unfinished last quantum counts as one): the result is never an
+    error over bad audio, so a caller that needs all of it checks this is 0.
+    """
+
+    sample_rate_hz: ClassVar[int] = 24_000
+    sample_width_bytes: ClassVar[int] = 2
+    channels: ClassVar[int] = 1
+
+    id: str = ""
+    data: bytes = b""
+    transcript: str = ""
+    expires_at: int | None = None
+    invalid_pieces: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        """How long ``data`` plays."""
+        return len(self.data) / (self.sample_rate_hz * self.sample_width_bytes * self.channels)
+
+
 class ChoiceResult(msgspec.Struct, frozen=True, gc=False):
-    """Everything one choice streamed, joined."""
+    """Everything one choice streamed, joined; ``audio`` is None when no audio arrived."""
 
     index: int = 0
     role: str = "assistant"
@@ -107,14 +142,15 @@ class ChoiceResult(msgspec.Struct, frozen=True, gc=False):
     reasoning_content: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
+    audio: AudioResult | None = None
 
 
 class StreamTiming(msgspec.Struct, frozen=True, gc=False):
     """When things arrived, in seconds since the request was sent.
 
-    ``ttft_s`` is the arrival of the first content or reasoning text (the role-only first
+    ``ttft_s`` is the arrival of the first content, reasoning or audio (the role-only first
     chunk does not count); ``token_times_s`` holds the arrival of every chunk that carried
-    text; ``total_s`` is when the stream ended or failed.
+    any of them; ``total_s`` is when the stream ended or failed.
     """
 
     ttft_s: float | None = None
@@ -125,7 +161,7 @@ class StreamTiming(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def inter_token_gaps_s(self) -> tuple[float, ...]:
-        """Gaps between consecutive text-bearing chunks (what vLLM calls ITL)."""
+        """Gaps between consecutive chunks with output (what vLLM calls ITL)."""
         times = self.token_times_s
         return tuple(later - earlier for earlier, later in itertools.pairwise(times))
 
@@ -138,8 +174,8 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     finish reason); anything less is a truncated answer, raised as an error whose
     ``.partial`` is this result with ``complete`` False.
 
-    ``content``, ``reasoning_content``, ``tool_calls`` and ``finish_reason`` are those of
-    choice 0; ``choices`` holds every choice when ``n > 1``. ``request_id`` is the
+    ``content``, ``reasoning_content``, ``tool_calls``, ``finish_reason`` and ``audio`` are
+    those of choice 0; ``choices`` holds every choice when ``n > 1``. ``request_id`` is the
     ``x-request-id`` header when the client saw one, else the chunk id's uuid.
 
     Set by the client: ``attempts`` (HTTP requests made, retries and resumes included),
@@ -174,6 +210,10 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
 
+    @property
+    def audio(self) -> AudioResult | None:
+        return self.choices[0].audio if self.choices else None
+
 
 class _ToolCallState:
     __slots__ = ("arguments", "id", "name", "type")
@@ -185,14 +225,35 @@ class _ToolCallState:
         self.arguments: list[str] = []
 
 
+class _AudioState:
+    __slots__ = ("data", "expires_at", "id", "transcript")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.expires_at: int | None = None
+        self.data: list[str] = []  # base64 pieces, decoded only by result()
+        self.transcript: list[str] = []
+
+    def result(self) -> AudioResult:
+        data, invalid_pieces = _decode_base64_pieces(self.data)
+        return AudioResult(
+            id=self.id,
+            data=data,
+            transcript="".join(self.transcript),
+            expires_at=self.expires_at,
+            invalid_pieces=invalid_pieces,
+        )
+
+
 class _ChoiceState:
-    __slots__ = ("content", "finish_reason", "reasoning", "role", "tools")
+    __slots__ = ("audio", "content", "finish_reason", "reasoning", "role", "tools")
 
     def __init__(self) -> None:
         self.role = ""
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.tools: dict[int, _ToolCallState] = {}
+        self.audio: _AudioState | None = None
         self.finish_reason: str | None = None
 
 
@@ -268,7 +329,8 @@ class ChatAccumulator:
 
     @property
     def chars(self) -> int:
-        """Characters of content, reasoning and tool-call arguments folded in so far."""
+        """Characters of content, reasoning, tool-call arguments and audio (base64 data and
+        transcript) folded in so far."""
         return self._chars
 
     @property
@@ -302,7 +364,7 @@ class ChatAccumulator:
 
     @property
     def has_text(self) -> bool:
-        """True once any content or reasoning text has arrived."""
+        """True once any content, reasoning or audio has arrived."""
         return bool(self._token_times)
 
     def unfinished_choices(self) -> list[int]:
@@ -350,6 +412,9 @@ class ChatAccumulator:
                 text_chars += len(reasoning)
             if delta.tool_calls:
                 self._chars += self._add_tool_calls(state, delta.tool_calls)
+            audio = delta.audio
+            if audio is not None:
+                text_chars += self._add_audio(state, audio)
             if delta.role and not state.role:
                 state.role = delta.role
             finish_reason = choice.finish_reason
@@ -382,6 +447,32 @@ class ChatAccumulator:
                     chars += len(function.arguments)
         return chars
 
+    @staticmethod
+    def _add_audio(state: _ChoiceState, delta: ChoiceDeltaAudio) -> int:
+        """Fold an audio delta in; return the characters it added (base64 and transcript).
+
+        Audio marks a token arrival like text does: Qwen-Omni speaks its answer in
+        ``audio`` (the text in ``transcript``) with no ``content``, and the first-token
+        deadline and timing must see it.
+        """
+        audio = state.audio
+        if audio is None:
+            audio = state.audio = _AudioState()
+        if delta.id and not audio.id:
+            audio.id = delta.id
+        if delta.expires_at is not None and audio.expires_at is None:
+            audio.expires_at = delta.expires_at
+        chars = 0
+        data = delta.data
+        if data:
+            audio.data.append(data)
+            chars += len(data)
+        transcript = delta.transcript
+        if transcript:
+            audio.transcript.append(transcript)
+            chars += len(transcript)
+        return chars
+
     def result(
         self,
         *,
@@ -407,6 +498,7 @@ class ChatAccumulator:
                     for call_index, call in sorted(state.tools.items())
                 ),
                 finish_reason=state.finish_reason,
+                audio=None if state.audio is None else state.audio.result(),
             )
             for index, state in sorted(self._choices.items())
         )
@@ -701,6 +793,41 @@ def decode(
     decoder.feed(data)
     decoder.feed_eof()
     return decoder.result()
+
+
+_BASE64_PIECE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _decode_base64_pieces(pieces: list[str]) -> tuple[bytes, int]:
+    """The bytes of base64 ``pieces`` in order, and how many pieces had to be left out.
+
+    The pieces joined are one base64 text in the common case (DashScope's own sample code
+    joins them before one decode), so that is tried first. When it fails (pieces that carry
+    their own padding, or a piece that is not base64) they are decoded one by one, an
+    unfinished 4-character quantum carried into the next: a piece that is not base64, or
+    whose padding ends a quantum early, is left out and counted, as is an unfinished
+    quantum at the end (a cut stream). Never raises.
+    """
+    try:
+        return base64.b64decode("".join(pieces), validate=True), 0
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        pass
+    decoded = bytearray()
+    invalid = 0
+    carry = ""
+    for piece in pieces:
+        if not _BASE64_PIECE.fullmatch(piece):
+            invalid += 1
+            continue
+        text = carry + piece
+        cut = len(text) if piece.endswith("=") else len(text) - len(text) % 4
+        try:
+            decoded += base64.b64decode(text[:cut], validate=True)
+        except ValueError:  # padding that does not end a whole quantum
+            invalid += 1
+            continue
+        carry = text[cut:]
+    return bytes(decoded), invalid + (1 if carry else 0)
 
 
 def _check_bound(name: str, value: int | None) -> None:

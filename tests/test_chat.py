@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
 import pickle
 from pathlib import Path
@@ -18,6 +19,7 @@ from qwen_sse.chat import (
     DEFAULT_MAX_ANSWER_CHARS,
     DEFAULT_MAX_ANSWER_CHUNKS,
     DEFAULT_MAX_STREAM_BYTES,
+    AudioResult,
     ChatAccumulator,
     ChatResult,
     ChatStreamDecoder,
@@ -873,3 +875,146 @@ def test_an_empty_finish_reason_is_no_finish_reason() -> None:
     result = run([stream(*frames, delta_frame(content="done", finish_reason="stop"))])
     assert result.complete
     assert (result.content, result.finish_reason) == ("half done", "stop")
+
+
+# --- Qwen-Omni audio: base64 pieces folded per choice, decoded by result() ---
+
+PCM = bytes(range(30))  # 15 samples of 16-bit PCM; base64 is 40 characters, no padding
+PCM_B64 = base64.b64encode(PCM).decode()
+
+
+def audio_frame(index: int = 0, **audio: Any) -> str:
+    return delta_frame(index, audio=audio)
+
+
+def audio_result(*frames: str) -> ChatResult:
+    return run([stream(*frames, delta_frame(finish_reason="stop"))])
+
+
+def test_audio_folds_pieces_and_transcript_under_every_chunking() -> None:
+    # The way Qwen-Omni speaks: the text in audio.transcript, content null, then the data
+    # in pieces that split base64 quanta anywhere; id and expires_at repeat on each.
+    cuts = [0, 7, 8, 21, 40]
+    data = stream(
+        delta_frame(role="assistant", content=None, audio={"transcript": "我是"}),
+        delta_frame(content=None, audio={"transcript": "通义千问。"}),
+        *(
+            audio_frame(data=PCM_B64[start:end], id="audio_1", expires_at=1_745_000_000)
+            for start, end in itertools.pairwise(cuts)
+        ),
+        delta_frame(finish_reason="stop", audio={"data": "", "id": "audio_2"}),
+    )
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.complete, label
+        assert result.audio == AudioResult(
+            id="audio_1", data=PCM, transcript="我是通义千问。", expires_at=1_745_000_000
+        ), label
+        assert result.content == "", label  # a transcript is not content
+        assert result.choices[0].audio is result.audio
+
+
+def test_audio_is_none_without_audio_and_the_duration_follows_the_pcm() -> None:
+    assert run([stream(delta_frame(content="hi", finish_reason="stop"))]).audio is None
+    assert ChatResult().audio is None
+    one_second = AudioResult(data=bytes(48_000))
+    assert one_second.duration_s == 1.0
+    assert (AudioResult.sample_rate_hz, AudioResult.sample_width_bytes) == (24_000, 2)
+
+
+def test_audio_of_several_choices_stays_apart() -> None:
+    data = stream(
+        audio_frame(0, data=PCM_B64[:20], transcript="a"),
+        audio_frame(1, data=base64.b64encode(b"other").decode()),
+        audio_frame(0, data=PCM_B64[20:], transcript="b"),
+        delta_frame(0, finish_reason="stop"),
+        delta_frame(1, finish_reason="stop"),
+    )
+    decoder = ChatStreamDecoder(request={"n": 2})
+    decoder.feed(data)
+    decoder.feed_eof()
+    first, second = (choice.audio for choice in decoder.result().choices)
+    assert first is not None
+    assert second is not None
+    assert (first.data, first.transcript) == (PCM, "ab")
+    assert (second.data, second.transcript) == (b"other", "")
+
+
+def test_pieces_that_carry_their_own_padding_decode_one_by_one() -> None:
+    chunks = [b"a", b"bc", b"defg", b"\x00\xff"]
+    frames = [audio_frame(data=base64.b64encode(chunk).decode()) for chunk in chunks]
+    assert base64.b64encode(b"a").decode().endswith("==")
+    audio = audio_result(*frames).audio
+    assert audio is not None
+    assert (audio.data, audio.invalid_pieces) == (b"".join(chunks), 0)
+
+
+def test_pieces_that_are_not_base64_are_left_out_and_counted() -> None:
+    # Unpadded pieces that split quanta, one of them broken: the rest still decodes.
+    pieces = [PCM_B64[:6], "not base64!", PCM_B64[6:16], "QQ=x", "é", PCM_B64[16:]]
+    audio = audio_result(*(audio_frame(data=p) for p in pieces)).audio
+    assert audio is not None
+    assert (audio.data, audio.invalid_pieces) == (PCM, 3)
+    # Padding that ends a quantum early is bad too: "QQ=" is three characters.
+    audio = audio_result(*(audio_frame(data=p) for p in ("QUJD", "QQ=", "QUJD"))).audio
+    assert audio is not None
+    assert (audio.data, audio.invalid_pieces) == (b"ABCABC", 1)
+
+
+def test_a_cut_stream_keeps_the_whole_quanta_of_its_audio_in_the_partial() -> None:
+    error = failure([stream(audio_frame(data=PCM_B64[:10]), done=False)])
+    assert isinstance(error, IncompleteStreamError)
+    assert error.partial is not None
+    audio = error.partial.audio
+    assert audio is not None
+    assert (audio.data, audio.invalid_pieces) == (PCM[:6], 1)  # 8 characters, 2 left over
+
+
+_chunk_bytes = st.lists(st.binary(max_size=20), min_size=1, max_size=8)
+
+
+@given(_chunk_bytes, st.data())
+@settings(max_examples=200, deadline=None)
+def test_audio_decodes_to_its_bytes_however_the_base64_is_cut(
+    chunks: list[bytes], data: st.DataObject
+) -> None:
+    whole = b"".join(chunks)
+    text = base64.b64encode(whole).decode()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    split = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+    self_padded = [base64.b64encode(chunk).decode() for chunk in chunks]
+    for pieces in (split, self_padded):
+        accumulator = ChatAccumulator()
+        for piece in pieces:
+            accumulator.add(decode_chunk(audio_frame(data=piece)))
+        audio = accumulator.result(complete=False).audio
+        assert audio is not None
+        assert (audio.data, audio.invalid_pieces) == (whole, 0)
+
+
+def test_audio_counts_against_max_answer_chars_and_transcripts_too() -> None:
+    # A server that streams audio without end is stopped like one that streams text.
+    frames = [audio_frame(data=PCM_B64) for _ in range(10)]  # 40 characters each
+    decoder = ChatStreamDecoder(max_answer_chars=100)
+    error = _limit_failure(decoder, [stream(f, done=False) for f in frames])
+    assert error.limit == "max_answer_chars"
+    assert error.observed == 120  # stopped after the read that passed the bound
+    assert error.partial is not None
+    assert error.partial.audio is not None
+    assert error.partial.audio.data == PCM * 3
+    assert decoder.accumulator.chars == 120
+    decoder = ChatStreamDecoder(max_answer_chars=5)
+    error = _limit_failure(decoder, [stream(audio_frame(transcript="abc"), done=False)] * 3)
+    assert error.observed == 6
+
+
+def test_audio_starts_the_time_to_first_token() -> None:
+    # An answer spoken with no content still meets the first-token deadline.
+    decoder = ChatStreamDecoder(started_at_s=10.0)
+    decoder.feed(stream(delta_frame(role="assistant"), done=False), now_s=10.5)
+    assert not decoder.accumulator.has_text
+    decoder.feed(stream(audio_frame(transcript="我"), done=False), now_s=11.0)
+    decoder.feed(stream(audio_frame(data=PCM_B64), done=False), now_s=11.25)
+    assert decoder.accumulator.has_text
+    timing = decoder.result().timing
+    assert (timing.ttft_s, timing.token_times_s) == (1.0, (1.0, 1.25))

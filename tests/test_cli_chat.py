@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import struct
+import wave
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qwen_sse.cli import main
 from qwen_sse.emulator import emulated_answer
+from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 
 def mock_answer(prompt: str, **params: object) -> str:
@@ -90,3 +97,123 @@ def test_native_json_lines_are_the_decoded_chunks(capsys: pytest.CaptureFixture[
     text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in chunks)
     assert text == mock_answer("hi", max_tokens=3)
     assert chunks[-1]["usage"]["total_tokens"] > 0
+
+
+# --- --audio: a spoken answer (Qwen-Omni, compatible mode) written as a WAV file ---
+
+# Three samples of a 24 kHz tone's start (16-bit little-endian), five times over: 30 bytes.
+SPEECH_PCM = struct.pack("<3h", 0, 12_000, -12_000) * 5
+SPEECH_B64 = base64.b64encode(SPEECH_PCM).decode()
+
+
+def omni_stream(audio_pieces: list[str], transcript: list[str]) -> bytes:
+    """What Qwen-Omni sends for modalities text+audio: the text as audio.transcript
+    (content null), then the base64 PCM in pieces, then the finish reason and usage."""
+    frames = [frame([{"index": 0, "delta": {"role": "assistant", "content": None}}])]
+    frames += [
+        frame([{"index": 0, "delta": {"content": None, "audio": {"transcript": text}}}])
+        for text in transcript
+    ]
+    frames += [
+        frame(
+            [
+                {
+                    "index": 0,
+                    "delta": {"audio": {"data": piece, "id": "audio_1", "expires_at": 1}},
+                }
+            ]
+        )
+        for piece in audio_pieces
+    ]
+    frames.append(frame([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    frames.append(frame([], usage={"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}))
+    return http_response(sse_body(frames))
+
+
+def serving(response: bytes) -> Any:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(response)
+        await writer.drain()
+
+    return raw_server(handler)
+
+
+async def chat_cli(*argv: str) -> int:
+    # main() runs its own event loop; the raw server needs this one to keep serving.
+    return await asyncio.to_thread(main, ["chat", *argv])
+
+
+async def test_audio_is_asked_for_and_written_as_a_playable_wav(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    out_wav = tmp_path / "answer.wav"
+    pieces = [SPEECH_B64[:7], SPEECH_B64[7:25], SPEECH_B64[25:]]  # cut across quanta
+    async with serving(omni_stream(pieces, ["我是", "通义千问。"])) as server:
+        status = await chat_cli(
+            "--base-url",
+            server.url,
+            "--model",
+            "qwen3-omni-flash",
+            "--audio",
+            str(out_wav),
+            "你是谁",
+        )
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    sent = server.requests[0].json()
+    assert sent["modalities"] == ["text", "audio"]
+    assert sent["audio"] == {"voice": "Cherry", "format": "wav"}
+    assert out == "我是通义千问。\n"  # the transcript, streamed as the answer
+    assert f"wrote 0.00 s of audio to {out_wav}" in err
+    assert out_wav.read_bytes()[:4] == b"RIFF"
+    with wave.open(str(out_wav), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24_000)
+        assert wav.getnframes() == len(SPEECH_PCM) // 2
+        assert wav.readframes(wav.getnframes()) == SPEECH_PCM
+
+
+async def test_no_audio_is_one_clear_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    out_wav = tmp_path / "answer.wav"
+    async with serving(sse_answer("just text")) as server:
+        status = await chat_cli("--base-url", server.url, "--audio", str(out_wav), "hi")
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out == "just text\n"
+    (line,) = [line for line in err.splitlines() if line.startswith("qwen-sse chat:")]
+    assert line.startswith(f"qwen-sse chat: no audio arrived, so {out_wav} was not written")
+    assert not out_wav.exists()
+
+
+async def test_an_unwritable_wav_is_one_clear_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    async with serving(omni_stream([SPEECH_B64], ["hi"])) as server:
+        status = await chat_cli("--base-url", server.url, "--audio", str(tmp_path), "hi")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"qwen-sse chat: cannot write {tmp_path}: Is a directory" in err
+    assert "Traceback" not in err
+
+
+async def test_the_audio_of_a_cut_answer_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    out_wav = tmp_path / "answer.wav"
+    audio = {"data": SPEECH_B64[:20], "id": "audio_1"}  # 15 bytes: 7 whole samples
+    body = sse_body([frame([{"index": 0, "delta": {"audio": audio}}])], done=False)
+    async with serving(http_response(body)) as server:
+        status = await chat_cli(
+            "--base-url", server.url, "--max-attempts", "1", "--audio", str(out_wav), "hi"
+        )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "qwen-sse: error: stream ended without data: [DONE]" in err
+    assert f"wrote 0.00 s of audio to {out_wav}" in err
+    with wave.open(str(out_wav), "rb") as wav:
+        assert wav.readframes(wav.getnframes()) == SPEECH_PCM[:14]

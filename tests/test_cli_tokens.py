@@ -142,10 +142,27 @@ def test_text_over_the_limit_exits_1(capsys: pytest.CaptureFixture[str]) -> None
     ]
 
 
-def test_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(
-        *run(capsys, "--model", "qwen-maxx", "hi"), "'qwen-maxx' (known: qwen-max"
-    )
+@pytest.mark.parametrize("model", ["qwen-maxx", "qwen3-30b-a3b", "my-local-model"])
+def test_a_model_without_documented_limits_still_gets_its_count(
+    capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    status, out, err = run(capsys, "--model", model, "通义千问具有强大的能力。")
+    assert (status, out) == (0, ["8"])
+    assert len(err) == 1
+    assert err[0].startswith(f"qwen-sse tokens: note: the limits of model {model!r}")
+    assert "are not documented" in err[0]
+    assert "(known: qwen-max, " in err[0]
+
+
+def test_a_model_without_limits_is_never_over_them(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "prompt.json"
+    path.write_text(json.dumps([{"role": "user", "content": "1" * 40_000}]), "utf-8")
+    status, out, err = run(capsys, "--messages", str(path), "--model", "qwen-maxx")
+    assert (status, out) == (0, [str(40_000 + 8)])
+    assert len(err) == 1
+    assert "not documented" in err[0]
 
 
 def test_unreadable_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

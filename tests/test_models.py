@@ -35,6 +35,21 @@ def digits_prompt(prompt_tokens: int) -> list[dict[str, Any]]:
         ("qwen3-max", 262_144, 258_048, 65_536),
         ("qwq-plus", 131_072, 98_304, 8_192),
         ("qwen-long", 10_000_000, 10_000_000, 32_768),
+        ("qwen3.5-plus", 1_000_000, 991_808, 65_536),
+        ("qwen3.5-flash", 1_000_000, 991_808, 65_536),
+        ("qwen3.6-plus", 1_000_000, 934_464, 65_536),
+        ("qwen3-coder-plus", 1_000_000, 997_952, 65_536),
+        ("qwen3-coder-flash", 1_000_000, 997_952, 65_536),
+        ("qwen-coder-turbo", 131_072, 129_024, 8_192),
+        ("qwen-vl-max", 131_072, 129_024, 8_192),
+        ("qwen-vl-plus", 131_072, 129_024, 8_192),
+        ("qwen3-vl-plus", 262_144, 260_096, 32_768),
+        ("qwen-omni-turbo", 32_768, 30_720, 2_048),
+        ("qwen3-omni-flash", 65_536, 49_152, 16_384),
+        ("qwen-mt-plus", 16_384, 8_192, 8_192),
+        ("qwen-mt-turbo", 16_384, 8_192, 8_192),
+        ("qwen3-235b-a22b", 131_072, 114_688, 16_384),
+        ("qwen3-32b", 131_072, 114_688, 16_384),
     ],
 )
 def test_documented_limits(model: str, context: int, max_input: int, max_output: int) -> None:
@@ -45,14 +60,50 @@ def test_documented_limits(model: str, context: int, max_input: int, max_output:
     assert limits.max_input_tokens <= limits.context_tokens
 
 
-def test_table_holds_exactly_the_documented_models() -> None:
-    assert len(MODEL_LIMITS) == 8
+def test_table_holds_exactly_the_sourced_models() -> None:
+    assert len(MODEL_LIMITS) == 23
     assert all(name == limits.model for name, limits in MODEL_LIMITS.items())
-    assert "thinking" in MODEL_LIMITS["qwen-plus"].note
+    for limits in MODEL_LIMITS.values():
+        assert 0 < limits.max_output_tokens < limits.context_tokens, limits.model
+        assert 0 < limits.max_input_tokens <= limits.context_tokens, limits.model
+
+
+@pytest.mark.parametrize("model", ["qwen-plus", "qwen-flash", "qwen3.5-plus", "qwen3-vl-plus"])
+def test_thinking_mode_figures_are_in_the_note(model: str) -> None:
+    assert "thinking mode" in MODEL_LIMITS[model].note
+
+
+def test_qwen3_max_thinking_budget_is_in_the_note() -> None:
+    note = MODEL_LIMITS["qwen3-max"].note
+    assert "32,768" in note
+    assert "81,920" in note
+
+
+def test_a_derived_max_input_is_context_minus_max_output_and_says_so() -> None:
+    derived = [limits for limits in MODEL_LIMITS.values() if "derived" in limits.note]
+    assert {limits.model for limits in derived} == {
+        "qwen3.6-plus",
+        "qwen3-omni-flash",
+        "qwen-mt-plus",
+        "qwen3-235b-a22b",
+        "qwen3-32b",
+    }
+    for limits in derived:
+        assert limits.max_input_tokens == limits.context_tokens - limits.max_output_tokens
 
 
 @pytest.mark.parametrize(
-    "model", ["qwen-max-2025-01-25", "qwen-plus-latest", "QWEN-MAX", "gpt-4o", "", "qwen"]
+    "model",
+    [
+        "qwen-max-2025-01-25",
+        "qwen-plus-latest",
+        "QWEN-MAX",
+        "gpt-4o",
+        "",
+        "qwen",
+        "qwen3-coder-plus-2025-07-22",
+        "Qwen/Qwen3-32B",
+    ],
 )
 def test_other_names_are_unknown(model: str) -> None:
     # Snapshots and aliases need not share limits (qwen-max and qwen-max-latest do not).

@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import json
 import sys
+import wave
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 from qwen_sse import protocols
-from qwen_sse.chat import ChatResult
+from qwen_sse.chat import AudioResult, ChatResult
 from qwen_sse.chunks import encode_chunk
 from qwen_sse.client import QwenClient
 from qwen_sse.config import Timeouts
@@ -159,6 +160,12 @@ def add_parser(subparsers: Any) -> None:
     )
     add_prompt_options(parser)
     parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
+    parser.add_argument(
+        "--audio",
+        metavar="OUT.wav",
+        help="ask for a spoken answer too (Qwen-Omni models in compatible mode, voice "
+        "Cherry), print its transcript and write the audio to OUT.wav",
+    )
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -229,6 +236,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"qwen-sse chat: {error}", file=sys.stderr)
         return 2
+    if args.audio:
+        # Compatible mode's request for speech (Qwen-Omni streams it as delta.audio).
+        params.update(modalities=["text", "audio"], audio={"voice": "Cherry", "format": "wav"})
     return asyncio.run(_chat(args, messages, params))
 
 
@@ -250,11 +260,14 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
                                 phase = "reasoning"
                                 out.write(_style("[thinking] ", styled))
                             out.write(_style(delta.reasoning_content, styled))
-                        if delta.content:
+                        answer = delta.content
+                        if not answer and delta.audio is not None:
+                            answer = delta.audio.transcript  # a spoken answer's text
+                        if answer:
                             if phase == "reasoning":
                                 out.write("\n\n")
                             phase = "answer"
-                            out.write(delta.content)
+                            out.write(answer)
                     out.flush()
             if not args.json:
                 out.write("\n")
@@ -262,8 +275,45 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
     except QwenSSEError as error:
         out.flush()
         report_error(error, sys.stderr)
+        if args.audio and error.partial is not None and error.partial.audio is not None:
+            save_audio(error.partial, args.audio, sys.stderr)  # what was spoken is kept
         return 2 if isinstance(error, ValueError) else 1
+    if args.audio:
+        return save_audio(stream.result, args.audio, sys.stderr)
     return 0
+
+
+def save_audio(result: ChatResult, path: str, err: TextIO) -> int:
+    """Write the answer's audio to ``path`` as a WAV file (its transcript was streamed
+    as the answer); one error line and 1 when no audio arrived."""
+    audio = result.audio
+    if audio is None or not audio.data:
+        print(
+            f"qwen-sse chat: no audio arrived, so {path} was not written "
+            f"(model {result.model or '?'}; Qwen-Omni models speak)",
+            file=err,
+        )
+        return 1
+    try:
+        write_wav(path, audio)
+    except OSError as error:
+        print(f"qwen-sse chat: cannot write {path}: {error.strerror}", file=err)
+        return 1
+    lost = f"; {audio.invalid_pieces} bad base64 piece(s) left out" if audio.invalid_pieces else ""
+    print(f"qwen-sse chat: wrote {audio.duration_s:.2f} s of audio to {path}{lost}", file=err)
+    return 0
+
+
+def write_wav(path: str, audio: AudioResult) -> None:
+    """``audio`` as a playable WAV file: a RIFF header, then the PCM samples."""
+    frame_bytes = audio.sample_width_bytes * audio.channels
+    # The file is opened first: a wave.Wave_write whose open() failed breaks in __del__.
+    with open(path, "wb") as file, wave.open(file, "wb") as wav:
+        wav.setnchannels(audio.channels)
+        wav.setsampwidth(audio.sample_width_bytes)
+        wav.setframerate(audio.sample_rate_hz)
+        # A cut stream can end inside a sample; a WAV holds whole frames only.
+        wav.writeframes(audio.data[: len(audio.data) - len(audio.data) % frame_bytes])
 
 
 def _style(text: str, styled: bool) -> str:
