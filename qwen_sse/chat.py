@@ -39,7 +39,13 @@ from typing import Any, ClassVar
 import msgspec
 
 from qwen_sse import protocols
-from qwen_sse.chunks import ChatCompletionChunk, ChoiceDeltaAudio, ChoiceDeltaToolCall, Usage
+from qwen_sse.chunks import (
+    ChatCompletionChunk,
+    ChoiceDeltaAudio,
+    ChoiceDeltaToolCall,
+    SearchResult,
+    Usage,
+)
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -134,7 +140,9 @@ class AudioResult(msgspec.Struct, frozen=True, gc=False):
 
 
 class ChoiceResult(msgspec.Struct, frozen=True, gc=False):
-    """Everything one choice streamed, joined; ``audio`` is None when no audio arrived."""
+    """Everything one choice streamed, joined; ``audio`` is None when no audio arrived;
+    ``reasoning_signature`` is the Anthropic protocol's signature of the thinking text
+    (send it back with that text in the next turn), "" elsewhere."""
 
     index: int = 0
     role: str = "assistant"
@@ -143,6 +151,7 @@ class ChoiceResult(msgspec.Struct, frozen=True, gc=False):
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     audio: AudioResult | None = None
+    reasoning_signature: str = ""
 
 
 class StreamTiming(msgspec.Struct, frozen=True, gc=False):
@@ -170,13 +179,17 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     """A whole streamed answer (``complete``) or what arrived before a failure.
 
     ``complete`` is True only when every choice received its finish reason and the
-    protocol's end marker arrived (``data: [DONE]``; natively, the frame that carries the
-    finish reason); anything less is a truncated answer, raised as an error whose
-    ``.partial`` is this result with ``complete`` False.
+    protocol's end marker arrived (``data: [DONE]``, ``message_stop``,
+    ``response.completed``; natively, the frame that carries the last finish reason);
+    anything less is a truncated answer, raised as an error whose ``.partial`` is this
+    result with ``complete`` False. Finish reasons are the OpenAI names whatever the
+    protocol (``stop``, ``length``, ``tool_calls``, ``content_filter``).
 
-    ``content``, ``reasoning_content``, ``tool_calls``, ``finish_reason`` and ``audio`` are
-    those of choice 0; ``choices`` holds every choice when ``n > 1``. ``request_id`` is the
-    ``x-request-id`` header when the client saw one, else the chunk id's uuid.
+    ``content``, ``reasoning_content``, ``tool_calls``, ``finish_reason``, ``audio`` and
+    ``reasoning_signature`` are those of choice 0; ``choices`` holds every choice when
+    ``n > 1``. ``search_results`` are the web-search sources the native protocol returns
+    with ``enable_search``. ``request_id`` is the ``x-request-id`` header when the client
+    saw one, else the chunk id's uuid.
 
     Set by the client: ``attempts`` (HTTP requests made, retries and resumes included),
     ``resumes`` (continuations spliced in after a broken stream), and ``queue_wait_s``
@@ -185,6 +198,7 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
 
     choices: tuple[ChoiceResult, ...] = ()
     usage: Usage | None = None
+    search_results: tuple[SearchResult, ...] = ()
     id: str = ""
     request_id: str = ""
     model: str = ""
@@ -209,6 +223,10 @@ class ChatResult(msgspec.Struct, frozen=True, gc=False):
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
+
+    @property
+    def reasoning_signature(self) -> str:
+        return self.choices[0].reasoning_signature if self.choices else ""
 
     @property
     def audio(self) -> AudioResult | None:
@@ -246,12 +264,13 @@ class _AudioState:
 
 
 class _ChoiceState:
-    __slots__ = ("audio", "content", "finish_reason", "reasoning", "role", "tools")
+    __slots__ = ("audio", "content", "finish_reason", "reasoning", "role", "signature", "tools")
 
     def __init__(self) -> None:
         self.role = ""
         self.content: list[str] = []
         self.reasoning: list[str] = []
+        self.signature: list[str] = []
         self.tools: dict[int, _ToolCallState] = {}
         self.audio: _AudioState | None = None
         self.finish_reason: str | None = None
@@ -276,6 +295,7 @@ class ChatAccumulator:
         "id",
         "model",
         "request_id",
+        "search_results",
         "started_at_s",
         "usage",
     )
@@ -300,6 +320,7 @@ class ChatAccumulator:
         self.id = ""
         self.model = ""
         self.usage: Usage | None = None
+        self.search_results: tuple[SearchResult, ...] = ()
         self._choices: dict[int, _ChoiceState] = {}
         self._token_times: list[float] = []
         self._chars = 0
@@ -311,6 +332,7 @@ class ChatAccumulator:
         self.id = ""
         self.model = ""
         self.usage = None
+        self.search_results = ()
         self._choices = {}
         self._token_times = []
         self._chars = 0
@@ -394,6 +416,8 @@ class ChatAccumulator:
             self.model = chunk.model
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.search_results is not None:
+            self.search_results = tuple(chunk.search_results)
         text_chars = 0
         for choice in chunk.choices:
             state = self._choices.get(choice.index)
@@ -415,6 +439,10 @@ class ChatAccumulator:
             audio = delta.audio
             if audio is not None:
                 text_chars += self._add_audio(state, audio)
+            signature = delta.reasoning_signature
+            if signature:
+                state.signature.append(signature)
+                self._chars += len(signature)
             if delta.role and not state.role:
                 state.role = delta.role
             finish_reason = choice.finish_reason
@@ -488,6 +516,7 @@ class ChatAccumulator:
                 role=state.role or "assistant",
                 content="".join(state.content),
                 reasoning_content="".join(state.reasoning),
+                reasoning_signature="".join(state.signature),
                 tool_calls=tuple(
                     ToolCall(
                         index=call_index,
@@ -507,6 +536,7 @@ class ChatAccumulator:
         return ChatResult(
             choices=choices,
             usage=self.usage,
+            search_results=self.search_results,
             id=self.id,
             request_id=request_id,
             model=self.model,

@@ -26,7 +26,7 @@ from qwen_sse.chat import (
     ToolCall,
     ToolCallFunction,
 )
-from qwen_sse.chunks import ChatCompletionChunk, decode_chunk
+from qwen_sse.chunks import ChatCompletionChunk, SearchResult, decode_chunk
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -1018,3 +1018,28 @@ def test_audio_starts_the_time_to_first_token() -> None:
     assert decoder.accumulator.has_text
     timing = decoder.result().timing
     assert (timing.ttft_s, timing.token_times_s) == (1.0, (1.0, 1.25))
+
+
+def test_signature_and_search_results_reach_the_result() -> None:
+    signed = {
+        "id": "x",
+        "choices": [
+            {"index": 0, "delta": {"reasoning_content": "hm", "reasoning_signature": "c2ln"}}
+        ],
+        "search_results": [{"index": 1, "title": "T", "url": "https://example.com/a"}],
+    }
+    finish = {
+        "id": "x",
+        "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+    }
+    stream = b"".join(f"data: {json.dumps(frame)}\n\n".encode() for frame in (signed, finish))
+    for _, pieces in every_chunking(stream + b"data: [DONE]\n\n"):
+        decoder = ChatStreamDecoder()
+        for piece in pieces:
+            decoder.feed(piece)
+        result = decoder.result()
+        assert result.complete
+        assert result.reasoning_signature == "c2ln"
+        assert result.search_results == (
+            SearchResult(index=1, title="T", url="https://example.com/a"),
+        )

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from qwen_sse.chat import DEFAULT_MAX_STREAM_BYTES, ChatResult, ChatStreamDecoder
+from qwen_sse.chat import (
+    DEFAULT_MAX_STREAM_BYTES,
+    ChatResult,
+    ChatStreamDecoder,
+    ChoiceResult,
+    decode,
+)
 from qwen_sse.errors import (
     InBandError,
     IncompleteStreamError,
@@ -17,7 +23,12 @@ from qwen_sse.errors import (
     QwenSSEError,
     StreamLimitError,
 )
-from qwen_sse.protocols.native import CUMULATIVE_STREAM_BYTES_FACTOR, native_request_body
+from qwen_sse.protocols.native import (
+    CUMULATIVE_STREAM_BYTES_FACTOR,
+    NATIVE,
+    NATIVE_MULTIMODAL,
+    native_request_body,
+)
 from tests.chunkings import every_chunking
 
 FIXTURE = Path(__file__).parent / "fixtures" / "native-plain.sse"
@@ -294,3 +305,100 @@ def test_native_choices_count_against_max_answer_chunks() -> None:
         decoder.feed_eof()
     assert caught.value.limit == "max_answer_chunks"
     assert caught.value.observed == 101
+
+
+def tool_frame(arguments: str, finish: str = "null") -> str:
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": arguments},
+    }
+    return frame("", finish, tool_calls=[call])
+
+
+def test_cumulative_tool_call_arguments_are_not_doubled() -> None:
+    # With incremental_output false DashScope repeats every tool call's arguments so far.
+    data = native_stream(
+        tool_frame('{"ci'),
+        tool_frame('{"city": "Pa'),
+        tool_frame('{"city": "Paris"}', "tool_calls"),
+    )
+    for label, pieces in every_chunking(data):
+        result = run(pieces, incremental=False)
+        assert result.complete, label
+        (call,) = result.tool_calls
+        assert (call.id, call.function.name) == ("call_1", "get_weather"), label
+        assert call.function.arguments == '{"city": "Paris"}', label
+    shrinking = native_stream(tool_frame('{"city": "Pa'), tool_frame('{"x'))
+    decoder = native_decoder(incremental=False)
+    with pytest.raises(ProtocolError, match="cumulative tool call 0 arguments of choice 0"):
+        decoder.feed(shrinking)
+        decoder.feed_eof()
+
+
+def test_search_sources_and_plugin_usage_reach_the_result() -> None:
+    first = json.loads(frame("据报道"))
+    first["output"]["search_info"] = {
+        "search_results": [
+            {
+                "index": 1,
+                "title": "天气预报",
+                "url": "https://example.com/weather",
+                "site_name": "Example",
+                "icon": "https://example.com/icon.png",
+            }
+        ]
+    }
+    last = json.loads(frame("，晴。", "stop", 4))
+    last["usage"]["plugins"] = {"search": {"count": 1, "strategy": "standard"}}
+    data = native_stream(
+        json.dumps(first, ensure_ascii=False), json.dumps(last, ensure_ascii=False)
+    )
+    for label, pieces in every_chunking(data):
+        result = run(pieces)
+        assert result.complete, label
+        assert result.content == "据报道，晴。"
+        assert [(s.index, s.title, s.site_name) for s in result.search_results] == [
+            (1, "天气预报", "Example")
+        ]
+        assert result.usage is not None
+        assert result.usage.plugins == {"search": {"count": 1, "strategy": "standard"}}
+
+
+def test_multimodal_content_parts_decode_as_text() -> None:
+    parts = [
+        frame("").replace('"content": ""', '"content": [{"text": "图中"}]'),
+        frame("").replace('"content": ""', '"content": [{"text": "是一只"}, {"text": "猫"}]'),
+        frame("", "stop", 4).replace('"content": ""', '"content": []'),
+    ]
+    data = native_stream(*parts)
+    for label, pieces in every_chunking(data):
+        decoder = ChatStreamDecoder(protocol="native-multimodal")
+        for piece in pieces:
+            decoder.feed(piece)
+        decoder.feed_eof()
+        result = decoder.result()
+        assert result.complete, label
+        assert result.content == "图中是一只猫", label
+    cumulative = native_stream(
+        frame("").replace('"content": ""', '"content": [{"text": "图中"}]'),
+        frame("", "stop").replace('"content": ""', '"content": [{"text": "图中是猫"}]'),
+    )
+    request = native_request_body("qwen3-vl-plus", [], {"incremental_output": False})
+    assert decode(cumulative, "native-multimodal", request=request).content == "图中是猫"
+
+
+def test_native_continuation_is_partial_mode_under_input_messages() -> None:
+    body = native_request_body("qwen-plus", [{"role": "user", "content": "hi"}], {})
+    so_far = ChatResult(choices=(ChoiceResult(content="Hel"),))
+    continued = NATIVE.continuation(body, so_far)
+    assert continued is not None
+    assert continued["input"]["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hel", "partial": True},
+    ]
+    assert continued["parameters"] == body["parameters"]
+    thinking = native_request_body("qwen-plus", [], {"enable_thinking": True})
+    assert NATIVE.continuation(thinking, so_far) is None
+    assert NATIVE_MULTIMODAL.continuation(body, so_far) is None
