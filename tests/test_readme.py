@@ -57,7 +57,13 @@ def example(words: str) -> str:
 
 
 def test_every_python_example_is_run_below() -> None:
-    ran = ("client.stream_chat(", "RedisQuota(", "SSEDecoder(max_event_bytes", "count_tokens(")
+    ran = (
+        "client.stream_chat(",
+        'QwenClient(protocol="anthropic")',
+        "RedisQuota(",
+        "SSEDecoder(max_event_bytes",
+        "count_tokens(",
+    )
     assert len(python_examples()) == len(ran)
     for words in ran:
         example(words)
@@ -101,6 +107,18 @@ async def test_the_streaming_example_runs(
     assert float(ttft_s) >= 0
     assert request_id == streamed.request_id
     assert [request.outcome for request in dashscope.requests] == ["completed", "completed"]
+
+
+async def test_the_protocol_example_runs(
+    dashscope: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await asyncio.to_thread(run_example, example('QwenClient(protocol="anthropic")'), {})
+    (request,) = dashscope.requests
+    assert request.path == "/apps/anthropic/v1/messages"
+    assert request.body["thinking"]["type"] == "enabled"
+    assert request.outcome == "completed"
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("True")
 
 
 @pytest.fixture
