@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 from qwen_sse.trace import TraceView
@@ -174,3 +175,58 @@ def test_json_nested_too_deep_is_flagged_not_raised() -> None:
         view, text = trace([(0.1, wire.encode())])
         assert kinds(view)[0] == "broken-json"
         assert "event #1 message:" in text
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def anthropic_events(text: str) -> list[bytes]:
+    """The events of Anthropic's documented text stream, each with its blank line; its
+    ``output_tokens`` (15, Claude's count for "Hello!") made Qwen's (2), so that only the
+    anomaly under test shows."""
+    text = text.replace('"output_tokens": 15', '"output_tokens": 2')
+    return [block + b"\n\n" for block in text.encode().split(b"\n\n") if block.strip()]
+
+
+def test_usage_that_contradicts_an_anthropic_text_is_flagged() -> None:
+    raw = (FIXTURES / "anthropic-basic.sse").read_text("utf-8")
+    events = [block + b"\n\n" for block in raw.encode().split(b"\n\n") if block.strip()]
+    view, _ = trace([(0.1 + n / 100, e) for n, e in enumerate(events)], protocol="anthropic")
+    assert kinds(view) == ["usage-mismatch"]
+    assert "is 15 but the streamed text is 2 tokens" in view.anomalies[0].detail
+
+
+def test_a_documented_anthropic_stream_is_clean() -> None:
+    events = anthropic_events((FIXTURES / "anthropic-basic.sse").read_text("utf-8"))
+    view, text = trace([(0.1 + n / 100, e) for n, e in enumerate(events)], protocol="anthropic")
+    assert kinds(view) == []
+    assert "complete: yes" in text
+
+
+def test_an_anthropic_content_block_never_stopped_is_flagged() -> None:
+    events = anthropic_events((FIXTURES / "anthropic-basic.sse").read_text("utf-8"))
+    unstopped = [e for e in events if not e.startswith(b"event: content_block_stop")]
+    view, text = trace([(0.1 + n / 100, e) for n, e in enumerate(unstopped)], protocol="anthropic")
+    assert kinds(view) == ["protocol-error"]
+    assert "content block 0 was never stopped" in view.anomalies[0].detail
+    assert "complete: no" in text
+
+
+def test_an_anthropic_stream_without_message_stop_is_missing_its_end() -> None:
+    events = anthropic_events((FIXTURES / "anthropic-basic.sse").read_text("utf-8"))
+    cut = [e for e in events if not e.startswith(b"event: message_stop")]
+    view, _ = trace([(0.1 + n / 100, e) for n, e in enumerate(cut)], protocol="anthropic")
+    assert kinds(view) == ["missing-end"]
+    assert view.anomalies[0].detail == "the stream ended without message_stop"
+
+
+def test_a_responses_delta_before_its_item_is_flagged() -> None:
+    created = {"type": "response.created", "response": {"id": "r1", "output": []}}
+    delta = {"type": "response.output_text.delta", "item_id": "msg_9", "delta": "hi"}
+    reads = [
+        (0.1, f"event: response.created\ndata: {json.dumps(created)}\n\n".encode()),
+        (0.2, f"event: response.output_text.delta\ndata: {json.dumps(delta)}\n\n".encode()),
+    ]
+    view, _ = trace(reads, protocol="responses")
+    assert kinds(view) == ["protocol-error"]
+    assert "response.output_text.delta" in view.anomalies[0].detail
