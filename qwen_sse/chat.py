@@ -410,7 +410,9 @@ class ChatAccumulator:
         return not self._unfinished and len(self._choices) >= max(1, self.expected_choices)
 
     def add(self, chunk: ChatCompletionChunk, now_s: float = 0.0) -> None:
-        """Fold one chunk in (see :meth:`check_bounds` for the bounds)."""
+        """Fold one chunk in (see :meth:`check_bounds` for the bounds). A choice whose
+        ``finish_reason`` is the string ``"null"`` has none: the chunk is corrected in
+        place, so whoever receives it next sees ``None``."""
         if not self.id:
             self.id = chunk.id
             self.model = chunk.model
@@ -447,9 +449,15 @@ class ChatAccumulator:
                 state.role = delta.role
             finish_reason = choice.finish_reason
             if finish_reason:  # "" is a placeholder some servers send, not a reason
-                if state.finish_reason is None:
-                    self._unfinished -= 1
-                state.finish_reason = finish_reason
+                if finish_reason == "null":
+                    # The string means null (DashScope's native frames, and at times its
+                    # compatible mode). Fixed in the chunk itself, before anyone sees it:
+                    # checked here, on this rare branch, it costs the hot path nothing.
+                    msgspec.structs.force_setattr(choice, "finish_reason", None)
+                else:
+                    if state.finish_reason is None:
+                        self._unfinished -= 1
+                    state.finish_reason = finish_reason
         if text_chars:
             self._chars += text_chars
             self._token_times.append(now_s - self.started_at_s)

@@ -1043,3 +1043,18 @@ def test_signature_and_search_results_reach_the_result() -> None:
         assert result.search_results == (
             SearchResult(index=1, title="T", url="https://example.com/a"),
         )
+
+
+def test_a_null_string_finish_reason_is_no_finish_reason() -> None:
+    # DashScope's native frames say "null" until the end; its compatible mode does at times.
+    quoted = frame([{"index": 0, "delta": {"content": "a"}, "finish_reason": "null"}])
+    final = frame([{"index": 0, "delta": {"content": "b"}, "finish_reason": "stop"}])
+    for label, pieces in every_chunking(stream(quoted, final)):
+        decoder = ChatStreamDecoder()
+        chunks = [chunk for piece in pieces for chunk in decoder.feed(piece)]
+        assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"], label
+        assert decoder.result().complete, label
+    cut = ChatStreamDecoder()
+    cut.feed(stream(quoted, done=False))
+    with pytest.raises(IncompleteStreamError, match="choice 0 has no finish_reason"):
+        cut.feed_eof()

@@ -7,7 +7,7 @@ Request: ``POST {base}/chat/completions`` with ``Authorization: Bearer``; the bo
 the caller's parameters at the top level (where DashScope wants ``enable_thinking``...).
 Stream (protocol.md): ``data: {chunk}`` events, ending with ``data: [DONE]``; a frame with a
 top-level ``error`` object is an :class:`~qwen_sse.errors.InBandError`; ``finish_reason``
-given as the string ``"null"`` means null. Resume: DashScope's partial mode (the text so
+given as the string ``"null"`` means null (the accumulator reads it so, for every protocol). Resume: DashScope's partial mode (the text so
 far as a last assistant message with ``"partial": true``), for text answers without
 thinking and with one choice.
 """
@@ -45,7 +45,6 @@ __all__ = ["COMPATIBLE", "DONE_MARKER", "CompatibleProtocol", "CompatibleReader"
 
 DONE_MARKER = "[DONE]"
 _DONE_BYTES = DONE_MARKER.encode()
-_NULL_STRING = b'"null"'
 
 
 class CompatibleReader:
@@ -76,24 +75,8 @@ class CompatibleReader:
                     ErrorBody(message=chunk.error) if isinstance(chunk.error, str) else chunk.error
                 )
                 return len(out) + 1, _in_band_error(body, chunk.id)
-            if _NULL_STRING in data:  # rare: only then look for a "null" finish reason
-                chunk = _without_null_finish(chunk)
             append(chunk)
         return len(out), None
-
-
-def _without_null_finish(chunk: ChatCompletionChunk) -> ChatCompletionChunk:
-    """``chunk`` with any ``finish_reason: "null"`` (a string) read as null, as DashScope's
-    native protocol means it."""
-    if not any(choice.finish_reason == "null" for choice in chunk.choices):
-        return chunk
-    choices = [
-        msgspec.structs.replace(choice, finish_reason=None)
-        if choice.finish_reason == "null"
-        else choice
-        for choice in chunk.choices
-    ]
-    return msgspec.structs.replace(chunk, choices=choices)
 
 
 def _frame_error(data: bytes, decode_error: msgspec.DecodeError) -> QwenSSEError:
