@@ -1055,6 +1055,6 @@ def test_a_null_string_finish_reason_is_no_finish_reason() -> None:
         assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"], label
         assert decoder.result().complete, label
     cut = ChatStreamDecoder()
-    cut.feed(stream(quoted, done=False))
+    cut.feed(stream(quoted))
     with pytest.raises(IncompleteStreamError, match="choice 0 has no finish_reason"):
         cut.feed_eof()

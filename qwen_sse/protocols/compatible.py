@@ -7,9 +7,9 @@ Request: ``POST {base}/chat/completions`` with ``Authorization: Bearer``; the bo
 the caller's parameters at the top level (where DashScope wants ``enable_thinking``...).
 Stream (protocol.md): ``data: {chunk}`` events, ending with ``data: [DONE]``; a frame with a
 top-level ``error`` object is an :class:`~qwen_sse.errors.InBandError`; ``finish_reason``
-given as the string ``"null"`` means null (the accumulator reads it so, for every protocol). Resume: DashScope's partial mode (the text so
-far as a last assistant message with ``"partial": true``), for text answers without
-thinking and with one choice.
+given as the string ``"null"`` means null (the accumulator reads it so, for every
+protocol). Resume: DashScope's partial mode (the text so far as a last assistant message
+with ``"partial": true``), for text answers without thinking and with one choice.
 """
 
 from __future__ import annotations
