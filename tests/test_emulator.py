@@ -40,7 +40,6 @@ from qwen_sse.errors import (
     IncompleteStreamError,
     ProtocolError,
 )
-from qwen_sse.native import NativeStreamDecoder
 from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder
 from qwen_sse.tokens import count_message_tokens, count_tokens, message_token_count
 
@@ -1135,7 +1134,8 @@ def native_frames(body: bytes) -> list[tuple[int, str, Any]]:
 
 def native_result(body: bytes, *, incremental: bool = True) -> ChatResult:
     """Decode a whole native stream; raises what the native decoder raises."""
-    decoder = NativeStreamDecoder(incremental=incremental)
+    request = {"parameters": {"incremental_output": incremental}}
+    decoder = ChatStreamDecoder(protocol="native", request=request)
     decoder.feed(body)
     decoder.feed_eof()
     return decoder.result()
@@ -1568,7 +1568,7 @@ async def test_native_huge_frame_and_json_content_type(
     assert len(events[1].data.encode()) == size
     assert set(json.loads(events[1].data)["output"]["choices"][0]["message"]["content"]) == {"x"}
     with pytest.raises(EventTooLargeError):
-        decoder = NativeStreamDecoder(max_event_bytes=64 * 1024)
+        decoder = ChatStreamDecoder(protocol="native", max_event_bytes=64 * 1024)
         decoder.feed(huge.body)
         decoder.feed_eof()
 
@@ -1585,3 +1585,4 @@ async def test_native_base_url(emu: Emulator) -> None:
     assert emu.native_base_url + "/services/aigc/text-generation/generation" == (
         emu.base_url.removesuffix("/compatible-mode/v1") + NATIVE_PATH
     )
+
