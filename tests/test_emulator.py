@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from multidict import CIMultiDictProxy
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
 from qwen_sse.chunks import ChatCompletionChunk
 from qwen_sse.emulator import (
@@ -1586,3 +1587,9 @@ async def test_native_base_url(emu: Emulator) -> None:
         emu.base_url.removesuffix("/compatible-mode/v1") + NATIVE_PATH
     )
 
+
+async def test_base_url_for_takes_a_name_or_a_protocol(emu: Emulator) -> None:
+    assert emu.base_url_for("compatible") == emu.base_url
+    assert emu.base_url_for(protocols.get("native")) == emu.native_base_url
+    with pytest.raises(ValueError, match="does not serve protocol 'carrier-pigeon'"):
+        emu.base_url_for("carrier-pigeon")

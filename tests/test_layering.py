@@ -7,7 +7,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qwen_sse"
 
-CORE = {"sse", "chunks", "chat", "native", "retry", "ratelimit", "tokens", "models", "errors"}
+CORE = {
+    "sse",
+    "chunks",
+    "chat",
+    "protocols",
+    "native",
+    "retry",
+    "ratelimit",
+    "tokens",
+    "models",
+    "errors",
+}
 IO = {"client", "limiter", "config"}
 EDGE = {"cli", "emulator", "bench", "trace", "recording", "locust"}
 FORBIDDEN_IN_CORE = {"aiohttp", "asyncio", "os", "time", "random", "logging"}
