@@ -1591,5 +1591,102 @@ async def test_native_base_url(emu: Emulator) -> None:
 async def test_base_url_for_takes_a_name_or_a_protocol(emu: Emulator) -> None:
     assert emu.base_url_for("compatible") == emu.base_url
     assert emu.base_url_for(protocols.get("native")) == emu.native_base_url
+    assert emu.base_url_for("native-multimodal") == emu.native_base_url
     with pytest.raises(ValueError, match="does not serve protocol 'carrier-pigeon'"):
         emu.base_url_for("carrier-pigeon")
+
+
+# --- the native multimodal protocol -------------------------------------------------------------
+
+MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+USER_PARTS = [
+    {
+        "role": "user",
+        "content": [{"image": "https://example.com/cat.png"}, {"text": "Tell me about streaming."}],
+    }
+]
+
+
+async def post_multimodal(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, *, stream: bool = True
+) -> Received:
+    headers = {NATIVE_SSE_HEADER: "enable"} if stream else {}
+    url = emu.base_url_for("native-multimodal") + "/services/aigc/multimodal-generation/generation"
+    return await post(session, emu, body, headers=headers, url=url)
+
+
+def multimodal_result(body: bytes, *, incremental: bool = True) -> ChatResult:
+    request = {"parameters": {"incremental_output": incremental}}
+    decoder = ChatStreamDecoder(protocol="native-multimodal", request=request)
+    decoder.feed(body)
+    decoder.feed_eof()
+    return decoder.result()
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_multimodal_streams_content_as_parts(
+    emu: Emulator, session: aiohttp.ClientSession, incremental: bool
+) -> None:
+    body = native_body(USER_PARTS, enable_thinking=True, incremental_output=incremental)
+    received = await post_multimodal(session, emu, body)
+    assert received.status == 200
+    answer = emulated_answer(compatible_of(body))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    messages = [
+        data["output"]["choices"][0]["message"] for _, _, data in native_frames(received.body)
+    ]
+    if incremental:
+        shown = [*([""] * len(reasoning)), *content, ""]
+    else:
+        shown = [*([""] * len(reasoning)), *prefixes(content), answer.content]
+    assert [message["content"] for message in messages] == [
+        [{"text": text}] if text else [] for text in shown
+    ]
+    assert all(isinstance(message["reasoning_content"], str) for message in messages)
+    result = multimodal_result(received.body, incremental=incremental)
+    assert result.complete
+    assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+    [record] = emu.requests
+    assert record.path == MULTIMODAL_PATH
+
+
+async def test_multimodal_answer_reads_the_text_parts_and_ignores_result_format(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    # The text format is the text protocol's default; the multimodal one answers messages.
+    body = {"model": "qwen-plus", "input": {"messages": USER_PARTS}}
+    received = await post_multimodal(session, emu, body)
+    answer = emulated_answer(compatible_of(body))
+    assert multimodal_result(received.body, incremental=False).content == answer.content
+    # The image part counts for nothing, as the prompt count reads it.
+    assert (
+        multimodal_result(received.body, incremental=False).usage
+        == chat_chunks((await post(session, emu, chat_body(USER_PARTS))).body)[1].usage
+    )
+
+    one = await post_multimodal(session, emu, body, stream=False)
+    [choice] = json.loads(one.body)["output"]["choices"]
+    assert choice["message"] == {"content": [{"text": answer.content}], "role": "assistant"}
+
+
+async def test_multimodal_faults_and_errors_are_native(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    huge = Fault(huge_event_bytes=100_000)
+    emu.schedule(huge, Fault(error_after_events=2), Fault(status=429))
+    received = await post_multimodal(session, emu, native_body(USER_PARTS))
+    events = SSEDecoder().feed(received.body)
+    assert len(events[1].data.encode()) == 100_000
+    [part] = json.loads(events[1].data)["output"]["choices"][0]["message"]["content"]
+    assert set(part["text"]) == {"x"}
+
+    cut = await post_multimodal(session, emu, native_body(USER_PARTS))
+    frames = native_frames(cut.body)
+    assert [event for _, event, _ in frames] == ["result", "result", "error"]
+    assert frames[-1][2]["code"] == "DataInspectionFailed"
+    with pytest.raises(InBandError):
+        multimodal_result(cut.body)
+
+    limited = await post_multimodal(session, emu, native_body(USER_PARTS))
+    assert limited.status == 429
+    assert native_error_of(limited)["code"] == "Throttling.RateQuota"

@@ -1,4 +1,5 @@
-"""The native framing: DashScope's own generation protocol.
+"""The native framings: DashScope's own generation protocol, text (``native``) and
+multimodal (``native-multimodal``).
 
 Edge layer (part of :mod:`qwen_sse.emulator`). The body ``{"model", "input": {"messages"},
 "parameters": {...}}`` reads as the compatible body with ``model``, ``messages`` and the
@@ -20,6 +21,12 @@ is one JSON ``{"output", "usage", "request_id"}``. Errors are native too: HTTP b
 ``event:error`` frames with ``:HTTP_STATUS/400``. A native stream keeps its frames under
 any content type a fault imposes, as DashScope sends error frames under
 ``application/json``.
+
+The multimodal protocol is the same at ``.../multimodal-generation/generation``, except
+that message content is an array of parts, in requests (``[{"text": ...}, {"image":
+...}]``; the text parts are what the answer and the prompt count read) and in answers
+(``[{"text": ...}]``, ``[]`` for a frame without text), and that it always answers in the
+message format (``result_format`` is not its business).
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, tool_calls_of
 from qwen_sse.emulator.rejects import Reject, bad_request
-from qwen_sse.protocols.native import NATIVE
+from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL, NativeProtocol
 
 if TYPE_CHECKING:
     from qwen_sse.emulator.faults import Pacer, Streamer
     from qwen_sse.emulator.records import Outcome
 
-__all__ = ["NATIVE_FRAMING", "NATIVE_SSE_HEADER", "NativeFraming"]
+__all__ = ["MULTIMODAL_FRAMING", "NATIVE_FRAMING", "NATIVE_SSE_HEADER", "NativeFraming"]
 
 NATIVE_SSE_HEADER = "X-DashScope-SSE"
 """The request header that asks for a native stream (value ``enable``)."""
@@ -67,13 +74,15 @@ _NATIVE_ONLY_PARAMETERS = frozenset({"result_format", "incremental_output"})
 class _NativeOptions(NamedTuple):
     text_format: bool
     incremental: bool
+    parts: bool  # message content as an array of parts (multimodal), not a string
 
 
-def _from_native(body: Any) -> tuple[dict[str, Any], _NativeOptions]:
+def _from_native(body: Any, *, multimodal: bool) -> tuple[dict[str, Any], _NativeOptions]:
     """The compatible body equivalent to a native one, and the native output options.
 
     The compatible body is checked as any other afterwards; only the native envelope is
-    checked here (400 ``InvalidParameter``).
+    checked here (400 ``InvalidParameter``). ``multimodal`` answers in the message format
+    whatever ``result_format`` says, with content parts.
     """
     if not isinstance(body, dict):
         raise bad_request("The request body is not a JSON object.")
@@ -89,7 +98,7 @@ def _from_native(body: Any) -> tuple[dict[str, Any], _NativeOptions]:
     incremental = parameters.get("incremental_output", False)
     if not isinstance(incremental, bool):
         raise bad_request("incremental_output should be a boolean.")
-    text_format = result_format == "text"
+    text_format = result_format == "text" and not multimodal
     if text_format and (parameters.get("enable_thinking") is True or parameters.get("tools")):
         raise bad_request("enable_thinking and tools need result_format 'message'.")
     compatible = {
@@ -97,7 +106,14 @@ def _from_native(body: Any) -> tuple[dict[str, Any], _NativeOptions]:
     }
     compatible["model"] = body.get("model")
     compatible["messages"] = inputs.get("messages")
-    return compatible, _NativeOptions(text_format, incremental)
+    return compatible, _NativeOptions(text_format, incremental, multimodal)
+
+
+def _content(text: str, *, parts: bool) -> str | list[dict[str, str]]:
+    """A message's content: the text, or as parts ``[{"text": ...}]`` (none when empty)."""
+    if not parts:
+        return text
+    return [{"text": text}] if text else []
 
 
 def _native_usage(input_tokens: int, output_tokens: int, reasoning: int | None) -> dict[str, Any]:
@@ -129,6 +145,7 @@ class NativeFrames:
         "_input_tokens",
         "_output_tally",
         "_output_tokens",
+        "_parts",
         "_reasoning",
         "_reasoning_tally",
         "_reasoning_tokens",
@@ -154,6 +171,7 @@ class NativeFrames:
         self._error_head = b"".join((b"event:error", eol, b":HTTP_STATUS/400", eol, b"data:"))
         self._request_id = request_id
         self._text_format = options.text_format
+        self._parts = options.parts
         self._incremental = options.incremental
         self._thinking = thinking
         self._input_tokens = input_tokens
@@ -199,7 +217,7 @@ class NativeFrames:
         )
 
     def huge(self, size: int) -> bytes:
-        bare = len(self._text("")) - len(self._result_head) - len(self._end)
+        bare = len(self._text("x")) - 1 - len(self._result_head) - len(self._end)
         return self._text("x" * max(0, size - bare))
 
     def _so_far(self, text: str) -> str:
@@ -218,7 +236,7 @@ class NativeFrames:
         reasoning: str | None = None,
         finish_reason: str = "null",
     ) -> bytes:
-        message: dict[str, Any] = {"content": content}
+        message: dict[str, Any] = {"content": _content(content, parts=self._parts)}
         if self._thinking:
             message["reasoning_content"] = (
                 reasoning if reasoning is not None else self._so_far(self._reasoning)
@@ -287,7 +305,9 @@ class _NativeReply:
         if self._options.text_format:
             output = {"finish_reason": answer.finish_reason, "text": answer.content}
         else:
-            message: dict[str, Any] = {"content": answer.content}
+            message: dict[str, Any] = {
+                "content": _content(answer.content, parts=self._options.parts)
+            }
             if answering.body.get("enable_thinking") is True:
                 message["reasoning_content"] = answer.reasoning
             if answer.tool_calls:
@@ -305,12 +325,15 @@ class _NativeReply:
 
 
 class NativeFraming:
-    """The native framing (see the module docstring)."""
+    """The framing of a native ``protocol``; ``multimodal`` for ``native-multimodal``
+    (see the module docstring)."""
 
-    protocol = NATIVE
+    def __init__(self, protocol: NativeProtocol, *, multimodal: bool) -> None:
+        self.protocol = protocol
+        self._multimodal = multimodal
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _NativeReply:
-        answer_request, options = _from_native(body)
+        answer_request, options = _from_native(body, multimodal=self._multimodal)
         sse = headers.get(NATIVE_SSE_HEADER, "").lower() == "enable"
         return _NativeReply(answer_request, options, sse=sse)
 
@@ -323,4 +346,5 @@ class NativeFraming:
         return encode(payload)
 
 
-NATIVE_FRAMING = NativeFraming()
+NATIVE_FRAMING = NativeFraming(NATIVE, multimodal=False)
+MULTIMODAL_FRAMING = NativeFraming(NATIVE_MULTIMODAL, multimodal=True)
