@@ -1690,3 +1690,267 @@ async def test_multimodal_faults_and_errors_are_native(
     limited = await post_multimodal(session, emu, native_body(USER_PARTS))
     assert limited.status == 429
     assert native_error_of(limited)["code"] == "Throttling.RateQuota"
+
+
+# --- the OpenAI Responses protocol --------------------------------------------------------------
+
+RESPONSES_FRAME = re.compile(
+    rb"id:(\d+)\nevent:([\w.]+)\n:HTTP_STATUS/(\d+)\ndata:([^\n]*)\n\n", re.ASCII
+)
+
+
+def flat(tool: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions tool in the Responses API's shape."""
+    return {"type": "function", **tool["function"]}
+
+
+WEATHER_FLAT = flat(WEATHER)
+TIME_FLAT = flat(TIME)
+
+
+def without_ids(value: Any) -> Any:
+    """A JSON value with the parts that differ between two requests (ids, times) nulled."""
+    if isinstance(value, dict):
+        return {
+            key: None if key in ("id", "item_id", "created_at") else without_ids(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [without_ids(item) for item in value]
+    return value
+
+
+def responses_body(text: str = "Tell me about streaming.", **extra: Any) -> dict[str, Any]:
+    return {"model": "qwen-plus", "input": text, "stream": True, **extra}
+
+
+async def post_responses(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, **options: Any
+) -> Received:
+    url = emu.base_url_for("responses") + "/responses"
+    return await post(session, emu, body, url=url, **options)
+
+
+def responses_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """``(event, data JSON)`` of every frame of an LF Responses stream that is nothing but
+    DashScope-style frames, numbered from 1 (ids) and 0 (sequence numbers) without a gap."""
+    matches = list(RESPONSES_FRAME.finditer(body))
+    assert b"".join(match[0] for match in matches) == body
+    events = []
+    for number, match in enumerate(matches):
+        data = json.loads(match[4])
+        assert (int(match[1]), data["sequence_number"]) == (number + 1, number)
+        assert data["type"] == match[2].decode()
+        assert match[3] == (b"400" if data["type"] == "error" else b"200")
+        events.append((data["type"], data))
+    return events
+
+
+def joined(events: list[tuple[str, dict[str, Any]]], kind: str) -> str:
+    return "".join(data["delta"] for event, data in events if event == kind)
+
+
+async def test_responses_stream_reasoning_then_text(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = responses_body(enable_thinking=True)
+    received = await post_responses(session, emu, body)
+    assert received.status == 200
+    assert received.headers["Content-Type"].startswith("text/event-stream")
+    events = responses_events(received.body)
+    answer = emulated_answer(chat_body(enable_thinking=True))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    item = ["response.output_item.added", "response.content_part.added"]
+    done = ["response.content_part.done", "response.output_item.done"]
+    assert [event for event, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        *item,
+        *["response.reasoning_text.delta"] * len(reasoning),
+        "response.reasoning_text.done",
+        *done,
+        *item,
+        *["response.output_text.delta"] * len(content),
+        "response.output_text.done",
+        *done,
+        "response.completed",
+    ]
+    assert joined(events, "response.reasoning_text.delta") == answer.reasoning
+    assert joined(events, "response.output_text.delta") == answer.content
+    response = events[-1][1]["response"]
+    assert response["status"] == "completed"
+    thought, message = response["output"]
+    assert thought["content"] == [{"type": "reasoning_text", "text": answer.reasoning}]
+    assert message["content"][0]["text"] == answer.content
+    prompt = count_message_tokens(USER_EN)
+    completion = count_tokens(answer.reasoning) + count_tokens(answer.content)
+    assert response["usage"] == {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": count_tokens(answer.reasoning)},
+        "total_tokens": prompt + completion,
+    }
+    [record] = emu.requests
+    assert record.path == "/compatible-mode/v1/responses"
+    assert [kind for kind, _ in record.written] == [piece.kind for piece in answer.pieces]
+
+
+async def test_responses_input_items_read_as_the_chat_messages(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather"}
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "get_weather, Paris?"}]},
+        {**call, "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+    ]
+    body = {
+        "model": "qwen-plus",
+        "instructions": "Be brief.",
+        "input": items,
+        "tools": [WEATHER_FLAT],
+    }
+    received = await post_responses(session, emu, body)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "get_weather, Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    answer = emulated_answer({"model": "qwen-plus", "messages": messages, "tools": [WEATHER]})
+    response = json.loads(received.body)  # no "stream": one response object
+    assert response["object"] == "response"
+    assert response["status"] == "completed"
+    [message] = response["output"]  # after a tool result, the answer is text
+    assert message["content"][0]["text"] == answer.content
+    assert response["usage"]["input_tokens"] == message_token_count(messages, [WEATHER]).tokens
+
+
+async def test_responses_tool_calls_are_function_call_items(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    text = "Use get_weather and get_time."
+    body = responses_body(text, tools=[WEATHER_FLAT, TIME_FLAT], parallel_tool_calls=True)
+    events = responses_events((await post_responses(session, emu, body)).body)
+    chat = chat_body([{"role": "user", "content": text}], tools=[WEATHER, TIME])
+    answer = emulated_answer({**chat, "parallel_tool_calls": True})
+    assert len(answer.tool_calls) == 2
+    done = [data["item"] for event, data in events if event == "response.output_item.done"]
+    assert [(item["name"], item["arguments"]) for item in done] == list(answer.tool_calls)
+    assert [item["call_id"] for item in done] == list(answer.tool_call_ids)
+    for index, item in enumerate(done):
+        deltas = [
+            data["delta"]
+            for event, data in events
+            if event == "response.function_call_arguments.delta" and data["output_index"] == index
+        ]
+        assert "".join(deltas) == item["arguments"]
+    assert "response.content_part.added" not in [event for event, _ in events]
+
+
+async def test_responses_max_output_tokens_ends_incomplete(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    events = responses_events(
+        (await post_responses(session, emu, responses_body(max_output_tokens=5))).body
+    )
+    answer = emulated_answer(chat_body(max_tokens=5))
+    assert answer.finish_reason == "length"
+    event, data = events[-1]
+    assert event == "response.incomplete"
+    assert data["response"]["status"] == "incomplete"
+    assert data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert data["response"]["output"][0]["status"] == "incomplete"
+    assert joined(events, "response.output_text.delta") == answer.content
+
+
+async def test_responses_errors_are_openai_shaped(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    unauthorized = await post_responses(session, emu, responses_body(), key="sk-wrong")
+    assert unauthorized.status == 401
+    assert json.loads(unauthorized.body)["error"]["code"] == "invalid_api_key"
+    no_input = await post_responses(session, emu, {"model": "qwen-plus"})
+    assert no_input.status == 400
+    assert "input is required" in json.loads(no_input.body)["error"]["message"]
+    limited = await post_responses(session, emu, responses_body(), fault=Fault(status=429))
+    assert json.loads(limited.body)["error"]["code"] == "limit_requests"
+
+
+async def test_responses_in_band_error_continues_the_numbering(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault(error_after_events=5, code="InternalError", message="boom")
+    received = await post_responses(session, emu, responses_body(), fault=fault)
+    events = responses_events(received.body)
+    assert len(events) == 6
+    assert events[-1] == (
+        "error",
+        {
+            "type": "error",
+            "sequence_number": 5,
+            "code": "InternalError",
+            "message": "boom",
+            "param": None,
+        },
+    )
+    assert emu.requests[-1].outcome == "in_band_error"
+
+
+async def test_responses_no_done_malformed_and_huge(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    whole = responses_events((await post_responses(session, emu, responses_body())).body)
+    no_done = await post_responses(session, emu, responses_body(), fault=Fault(no_done=True))
+    assert [event for event, _ in responses_events(no_done.body)] == [
+        event for event, _ in whole[:-1]
+    ]
+
+    malformed = await post_responses(
+        session, emu, responses_body(), fault=Fault(malformed_after_events=4)
+    )
+    events = SSEDecoder().feed(malformed.body)
+    assert [event.id for event in events] == [str(n) for n in range(1, len(whole) + 2)]
+    assert (
+        events[4].data == '{"type":"response.output_text.delta","sequence_number":4,"delta":"broken'
+    )
+
+    huge = await post_responses(
+        session, emu, responses_body(), fault=Fault(huge_event_bytes=70_000)
+    )
+    events = SSEDecoder().feed(huge.body)
+    assert [event.event for event in events[3:6]] == [
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+    ]
+    assert len(events[4].data.encode()) == 70_000
+    assert set(json.loads(events[4].data)["delta"]) == {"x"}
+    assert json.loads(events[4].data)["sequence_number"] == 4
+
+
+@pytest.mark.parametrize("line_ending", ["\r\n", "\r"])
+async def test_responses_line_endings_and_byte_writes_give_the_same_events(
+    emu: Emulator, session: aiohttp.ClientSession, line_ending: str
+) -> None:
+    def normalized_events(body: bytes) -> list[tuple[str, str, Any]]:
+        return [(e.id, e.event, without_ids(json.loads(e.data))) for e in SSEDecoder().feed(body)]
+
+    plain = await post_responses(session, emu, responses_body())
+    fault = Fault(line_ending=line_ending, write_bytes=7)  # type: ignore[arg-type]
+    other = await post_responses(session, emu, responses_body(), fault=fault)
+    assert normalized_events(plain.body) == normalized_events(other.body)
+    assert line_ending.encode() * 2 in other.body
+

@@ -78,14 +78,16 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     * ``content_type``: the 200 response's content type; a type containing ``json`` gets
       the non-streaming ``chat.completion`` body, any other the usual event stream.
 
-    Native requests take the same faults, their codes in DashScope's native spelling
-    (``limit_requests`` is ``Throttling.RateQuota``, ``data_inspection_failed``
-    ``DataInspectionFailed``...; other codes as given). Their events are frames (``id``,
-    ``event``, the ``:HTTP_STATUS`` comment and the data); ``error_after_events`` sends an
-    ``event:error`` frame; ``no_done`` ends before the frame with the finish reason;
-    ``huge_event_bytes`` pads the content of a frame after the first; a native stream
-    keeps its frames under any ``content_type``, as DashScope sends error frames under
-    ``application/json``.
+    Every protocol takes the same faults, in its own terms (see its framing in
+    :mod:`qwen_sse.emulator.framing`): codes in its spelling (native ``limit_requests`` is
+    ``Throttling.RateQuota``, Anthropic's ``rate_limit_error``...); an event is a whole
+    SSE event, with its ``id``, ``event`` and comment lines; ``error_after_events`` sends
+    the protocol's in-band error event; ``no_done`` ends just before the protocol's end
+    marker (native: the frame with the finish reason; Responses: ``response.completed``;
+    Anthropic: ``message_stop``); ``huge_event_bytes`` pads a text delta of the open output
+    item or block (native: a frame after the first; Responses and Anthropic: before the
+    first delta). A native stream keeps its frames under any ``content_type``, as DashScope
+    sends error frames under ``application/json``.
     """
 
     status: int | None = None
@@ -155,7 +157,13 @@ class Stop(Exception):
 
 
 class FaultFrames(Protocol):
-    """What :class:`Streamer` needs of a protocol's frames to apply a fault."""
+    """What :class:`Streamer` needs of a protocol's frames to apply a fault.
+
+    ``huge_after`` is the number of events sent before the huge event goes in: those
+    before the first that carries text (1 in compatible mode: the role chunk).
+    """
+
+    huge_after: int
 
     def numbered(self, frame: bytes, number: int) -> bytes:
         """``frame`` as sent as the ``number``-th event (from 1)."""
@@ -237,7 +245,11 @@ class Streamer:
             if sent == fault.malformed_after_events and not self._malformed_sent:
                 self._malformed_sent = True
                 frame = self._frames.malformed()
-            elif fault.huge_event_bytes is not None and sent == 1 and not self._huge_sent:
+            elif (
+                fault.huge_event_bytes is not None
+                and sent == self._frames.huge_after
+                and not self._huge_sent
+            ):
                 self._huge_sent = True
                 frame = self._frames.huge(fault.huge_event_bytes)
             else:

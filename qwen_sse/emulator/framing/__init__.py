@@ -11,12 +11,18 @@ from collections.abc import Mapping
 from qwen_sse.emulator.framing.base import Answering, Endpoint, Framing, Reply
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING
 from qwen_sse.emulator.framing.native import MULTIMODAL_FRAMING, NATIVE_FRAMING
+from qwen_sse.emulator.framing.responses import RESPONSES_FRAMING
 
 __all__ = ["FRAMINGS", "Answering", "Endpoint", "Framing", "Reply", "framing_for"]
 
 FRAMINGS: Mapping[str, Framing] = {
     framing.protocol.name: framing
-    for framing in (COMPATIBLE_FRAMING, NATIVE_FRAMING, MULTIMODAL_FRAMING)
+    for framing in (
+        COMPATIBLE_FRAMING,
+        NATIVE_FRAMING,
+        MULTIMODAL_FRAMING,
+        RESPONSES_FRAMING,
+    )
 }
 """Every framing, by the name of the protocol it serves."""
 

@@ -87,6 +87,8 @@ class CompatibleFrames:
 
     __slots__ = ("_chunk_id", "_created", "_end", "_model", "_suffix")
 
+    huge_after = 1  # the role chunk
+
     def __init__(self, chunk_id: str, model: str, created: int, line_ending: str) -> None:
         self._chunk_id = chunk_id
         self._model = model

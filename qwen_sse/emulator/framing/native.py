@@ -136,6 +136,8 @@ class NativeFrames:
     in sequence.
     """
 
+    huge_after = 1  # the first frame stays as it is
+
     __slots__ = (
         "_content",
         "_end",
