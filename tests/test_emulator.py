@@ -1954,3 +1954,186 @@ async def test_responses_line_endings_and_byte_writes_give_the_same_events(
     assert normalized_events(plain.body) == normalized_events(other.body)
     assert line_ending.encode() * 2 in other.body
 
+
+# --- the Anthropic Messages protocol ------------------------------------------------------------
+
+ANTHROPIC_FRAME = re.compile(rb"event:(\w+)\ndata:([^\n]*)\n\n", re.ASCII)
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": WEATHER_FLAT["description"],
+    "input_schema": WEATHER_FLAT["parameters"],
+}
+
+
+def anthropic_body(text: str = "Tell me about streaming.", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "qwen-plus",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": text}],
+        "stream": True,
+        **extra,
+    }
+
+
+async def post_anthropic(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, **options: Any
+) -> Received:
+    url = emu.base_url_for("anthropic") + "/v1/messages"
+    key = options.pop("key", KEY)
+    headers = {"x-api-key": key} if key is not None else {}
+    return await post(session, emu, body, url=url, key=None, headers=headers, **options)
+
+
+def anthropic_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """``(event, data JSON)`` of every event of an LF Messages stream that is nothing but
+    DashScope-style events, each data's type its event's."""
+    matches = list(ANTHROPIC_FRAME.finditer(body))
+    assert b"".join(match[0] for match in matches) == body
+    events = [(match[1].decode(), json.loads(match[2])) for match in matches]
+    assert all(data["type"] == event for event, data in events)
+    return events
+
+
+def deltas_of(events: list[tuple[str, dict[str, Any]]], kind: str, field: str) -> str:
+    return "".join(
+        data["delta"][field]
+        for event, data in events
+        if event == "content_block_delta" and data["delta"]["type"] == kind
+    )
+
+
+async def test_anthropic_stream_thinking_then_text(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = anthropic_body(thinking={"type": "enabled", "budget_tokens": 1024})
+    received = await post_anthropic(session, emu, body)
+    assert received.status == 200
+    events = anthropic_events(received.body)
+    answer = emulated_answer(chat_body(enable_thinking=True))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    assert [event for event, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * (len(reasoning) + 1),  # and the signature
+        "content_block_stop",
+        "content_block_start",
+        *["content_block_delta"] * len(content),
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert deltas_of(events, "thinking_delta", "thinking") == answer.reasoning
+    assert deltas_of(events, "text_delta", "text") == answer.content
+    assert deltas_of(events, "signature_delta", "signature")
+    blocks = [
+        data["content_block"]["type"] for event, data in events if event == "content_block_start"
+    ]
+    assert blocks == ["thinking", "text"]
+    start, delta = events[0][1]["message"], events[-2][1]
+    assert start["usage"] == {"input_tokens": count_message_tokens(USER_EN), "output_tokens": 0}
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    completion = count_tokens(answer.reasoning) + count_tokens(answer.content)
+    assert delta["usage"] == {"output_tokens": completion}
+    [record] = emu.requests
+    assert record.path == "/apps/anthropic/v1/messages"
+    assert record.headers["x-api-key"] == "REDACTED"
+
+
+async def test_anthropic_tool_use_and_the_tool_loop(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    question = "What does get_weather say for Paris?"
+    body = anthropic_body(question, tools=[WEATHER_TOOL])
+    events = anthropic_events((await post_anthropic(session, emu, body)).body)
+    answer = emulated_answer(chat_body([{"role": "user", "content": question}], tools=[WEATHER]))
+    [(name, arguments)] = answer.tool_calls
+    [block] = [data["content_block"] for event, data in events if event == "content_block_start"]
+    assert block == {"type": "tool_use", "id": answer.tool_call_ids[0], "name": name, "input": {}}
+    assert deltas_of(events, "input_json_delta", "partial_json") == arguments
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+    use = {"type": "tool_use", "id": block["id"], "name": name, "input": json.loads(arguments)}
+    result = {"type": "tool_result", "tool_use_id": block["id"], "content": "sunny"}
+    body["messages"] += [
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+    body["stream"] = False
+    message = json.loads((await post_anthropic(session, emu, body)).body)
+    assert message["stop_reason"] == "end_turn"
+    assert [block["type"] for block in message["content"]] == ["text"]
+
+
+async def test_anthropic_prefill_continues_as_partial_mode(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    whole = emulated_answer(chat_body())
+    prefix = whole.content[:30]
+    body = anthropic_body(stream=False)
+    body["messages"].append({"role": "assistant", "content": prefix})
+    message = json.loads((await post_anthropic(session, emu, body)).body)
+    assert prefix + message["content"][0]["text"] == whole.content
+
+
+async def test_anthropic_errors_are_anthropic_shaped(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    def error_of(received: Received) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(received.body)
+        assert body["type"] == "error"
+        assert body["request_id"] == received.headers["x-request-id"]
+        return dict(body["error"])
+
+    missing = await post_anthropic(session, emu, anthropic_body(), key=None)
+    assert missing.status == 401
+    assert error_of(missing)["type"] == "authentication_error"
+    no_max = anthropic_body()
+    del no_max["max_tokens"]
+    refused = await post_anthropic(session, emu, no_max)
+    assert refused.status == 400
+    assert error_of(refused)["type"] == "invalid_request_error"
+    limited = await post_anthropic(session, emu, anthropic_body(), fault=Fault(status=429))
+    assert error_of(limited)["type"] == "rate_limit_error"
+    overloaded = Fault(status=529, code="overloaded_error", message="Overloaded")
+    busy = await post_anthropic(session, emu, anthropic_body(), fault=overloaded)
+    assert (busy.status, error_of(busy)) == (
+        529,
+        {"type": "overloaded_error", "message": "Overloaded"},
+    )
+    # Claude Code's ANTHROPIC_AUTH_TOKEN sends the key as a bearer token.
+    url = emu.base_url_for("anthropic") + "/v1/messages"
+    assert (await post(session, emu, anthropic_body(), url=url)).status == 200
+
+
+async def test_anthropic_faults(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    whole = anthropic_events((await post_anthropic(session, emu, anthropic_body())).body)
+    cut = await post_anthropic(session, emu, anthropic_body(), fault=Fault(error_after_events=4))
+    events = anthropic_events(cut.body)
+    assert without_ids(events[:4]) == without_ids(whole[:4])
+    assert events[4] == (
+        "error",
+        {
+            "type": "error",
+            "error": {"type": "data_inspection_failed", "message": NATIVE_IN_BAND.decode()},
+        },
+    )
+    no_done = await post_anthropic(session, emu, anthropic_body(), fault=Fault(no_done=True))
+    assert without_ids(anthropic_events(no_done.body)) == without_ids(whole[:-1])
+
+    huge = await post_anthropic(
+        session, emu, anthropic_body(), fault=Fault(huge_event_bytes=50_000)
+    )
+    sse_events = SSEDecoder().feed(huge.body)
+    assert [event.event for event in sse_events[:4]] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ]
+    assert len(sse_events[3].data.encode()) == 50_000
+    assert set(json.loads(sse_events[3].data)["delta"]["text"]) == {"x"}
+
+    dropped = await post_anthropic(session, emu, anthropic_body(), fault=Fault(drop_after_events=3))
+    assert dropped.error is not None
+    assert without_ids(anthropic_events(dropped.body)) == without_ids(whole[:3])

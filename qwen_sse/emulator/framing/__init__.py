@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from qwen_sse.emulator.framing.anthropic import ANTHROPIC_FRAMING
 from qwen_sse.emulator.framing.base import Answering, Endpoint, Framing, Reply
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING
 from qwen_sse.emulator.framing.native import MULTIMODAL_FRAMING, NATIVE_FRAMING
@@ -22,6 +23,7 @@ FRAMINGS: Mapping[str, Framing] = {
         NATIVE_FRAMING,
         MULTIMODAL_FRAMING,
         RESPONSES_FRAMING,
+        ANTHROPIC_FRAMING,
     )
 }
 """Every framing, by the name of the protocol it serves."""
