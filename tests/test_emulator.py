@@ -2074,6 +2074,7 @@ async def test_anthropic_prefill_continues_as_partial_mode(
     body["messages"].append({"role": "assistant", "content": prefix})
     message = json.loads((await post_anthropic(session, emu, body)).body)
     assert prefix + message["content"][0]["text"] == whole.content
+    assert emu.requests[-1].body == body  # recorded as sent
 
 
 async def test_anthropic_errors_are_anthropic_shaped(

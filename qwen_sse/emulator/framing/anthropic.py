@@ -95,8 +95,10 @@ def _text_of_blocks(content: Any) -> Any:
 def _message(message: Any) -> list[Any]:
     """The chat messages of one Anthropic message (tool results first, as they answer the
     calls before them)."""
-    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+    if not isinstance(message, dict):
         return [message]
+    if not isinstance(message.get("content"), list):
+        return [dict(message)]  # a copy: a prefill gets marked partial
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
