@@ -2138,3 +2138,26 @@ async def test_anthropic_faults(emu: Emulator, session: aiohttp.ClientSession) -
     dropped = await post_anthropic(session, emu, anthropic_body(), fault=Fault(drop_after_events=3))
     assert dropped.error is not None
     assert without_ids(anthropic_events(dropped.body)) == without_ids(whole[:3])
+
+
+# --- every protocol ----------------------------------------------------------------------------
+
+
+async def test_every_protocol_counts_against_the_same_limits(
+    session: aiohttp.ClientSession,
+) -> None:
+    # The same conversation costs the same tokens in every protocol: three fit, not four.
+    answer = emulated_answer(chat_body())
+    tokens = count_message_tokens(USER_EN) + count_tokens(answer.content)
+    config = EmulatorConfig(ttft_s=0, itl_s=0, rpm=4, tpm=3 * tokens)
+    async with Emulator(config) as emu:
+        statuses = [
+            (await post(session, emu, chat_body())).status,
+            (await post_responses(session, emu, responses_body())).status,
+            (await post_anthropic(session, emu, anthropic_body())).status,
+        ]
+        refused = await post_anthropic(session, emu, anthropic_body())
+    assert statuses == [200, 200, 200]
+    assert refused.status == 429
+    assert json.loads(refused.body)["error"]["type"] == "rate_limit_error"
+    assert json.loads(refused.body)["error"]["message"].startswith("Allocated quota exceeded")
