@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from multidict import CIMultiDictProxy
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
 from qwen_sse.chunks import ChatCompletionChunk
 from qwen_sse.emulator import (
@@ -1134,9 +1135,8 @@ def native_frames(body: bytes) -> list[tuple[int, str, Any]]:
 
 def native_result(body: bytes, *, incremental: bool = True) -> ChatResult:
     """Decode a whole native stream; raises what the native decoder raises."""
-    decoder = ChatStreamDecoder(
-        protocol="native", request={"parameters": {"incremental_output": incremental}}
-    )
+    request = {"parameters": {"incremental_output": incremental}}
+    decoder = ChatStreamDecoder(protocol="native", request=request)
     decoder.feed(body)
     decoder.feed_eof()
     return decoder.result()
@@ -1586,3 +1586,578 @@ async def test_native_base_url(emu: Emulator) -> None:
     assert emu.native_base_url + "/services/aigc/text-generation/generation" == (
         emu.base_url.removesuffix("/compatible-mode/v1") + NATIVE_PATH
     )
+
+
+async def test_base_url_for_takes_a_name_or_a_protocol(emu: Emulator) -> None:
+    assert emu.base_url_for("compatible") == emu.base_url
+    assert emu.base_url_for(protocols.get("native")) == emu.native_base_url
+    assert emu.base_url_for("native-multimodal") == emu.native_base_url
+    with pytest.raises(ValueError, match="does not serve protocol 'carrier-pigeon'"):
+        emu.base_url_for("carrier-pigeon")
+
+
+# --- the native multimodal protocol -------------------------------------------------------------
+
+MULTIMODAL_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+USER_PARTS = [
+    {
+        "role": "user",
+        "content": [{"image": "https://example.com/cat.png"}, {"text": "Tell me about streaming."}],
+    }
+]
+
+
+async def post_multimodal(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, *, stream: bool = True
+) -> Received:
+    headers = {NATIVE_SSE_HEADER: "enable"} if stream else {}
+    url = emu.base_url_for("native-multimodal") + "/services/aigc/multimodal-generation/generation"
+    return await post(session, emu, body, headers=headers, url=url)
+
+
+def multimodal_result(body: bytes, *, incremental: bool = True) -> ChatResult:
+    request = {"parameters": {"incremental_output": incremental}}
+    decoder = ChatStreamDecoder(protocol="native-multimodal", request=request)
+    decoder.feed(body)
+    decoder.feed_eof()
+    return decoder.result()
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_multimodal_streams_content_as_parts(
+    emu: Emulator, session: aiohttp.ClientSession, incremental: bool
+) -> None:
+    body = native_body(USER_PARTS, enable_thinking=True, incremental_output=incremental)
+    received = await post_multimodal(session, emu, body)
+    assert received.status == 200
+    answer = emulated_answer(compatible_of(body))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    messages = [
+        data["output"]["choices"][0]["message"] for _, _, data in native_frames(received.body)
+    ]
+    if incremental:
+        shown = [*([""] * len(reasoning)), *content, ""]
+    else:
+        shown = [*([""] * len(reasoning)), *prefixes(content), answer.content]
+    assert [message["content"] for message in messages] == [
+        [{"text": text}] if text else [] for text in shown
+    ]
+    assert all(isinstance(message["reasoning_content"], str) for message in messages)
+    result = multimodal_result(received.body, incremental=incremental)
+    assert result.complete
+    assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+    [record] = emu.requests
+    assert record.path == MULTIMODAL_PATH
+
+
+async def test_multimodal_answer_reads_the_text_parts_and_ignores_result_format(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    # The text format is the text protocol's default; the multimodal one answers messages.
+    body = {"model": "qwen-plus", "input": {"messages": USER_PARTS}}
+    received = await post_multimodal(session, emu, body)
+    answer = emulated_answer(compatible_of(body))
+    assert multimodal_result(received.body, incremental=False).content == answer.content
+    # The image part counts for nothing, as the prompt count reads it.
+    assert (
+        multimodal_result(received.body, incremental=False).usage
+        == chat_chunks((await post(session, emu, chat_body(USER_PARTS))).body)[1].usage
+    )
+
+    one = await post_multimodal(session, emu, body, stream=False)
+    [choice] = json.loads(one.body)["output"]["choices"]
+    assert choice["message"] == {"content": [{"text": answer.content}], "role": "assistant"}
+
+
+async def test_multimodal_faults_and_errors_are_native(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    huge = Fault(huge_event_bytes=100_000)
+    emu.schedule(huge, Fault(error_after_events=2), Fault(status=429))
+    received = await post_multimodal(session, emu, native_body(USER_PARTS))
+    events = SSEDecoder().feed(received.body)
+    assert len(events[1].data.encode()) == 100_000
+    [part] = json.loads(events[1].data)["output"]["choices"][0]["message"]["content"]
+    assert set(part["text"]) == {"x"}
+
+    cut = await post_multimodal(session, emu, native_body(USER_PARTS))
+    frames = native_frames(cut.body)
+    assert [event for _, event, _ in frames] == ["result", "result", "error"]
+    assert frames[-1][2]["code"] == "DataInspectionFailed"
+    with pytest.raises(InBandError):
+        multimodal_result(cut.body)
+
+    limited = await post_multimodal(session, emu, native_body(USER_PARTS))
+    assert limited.status == 429
+    assert native_error_of(limited)["code"] == "Throttling.RateQuota"
+
+
+# --- the OpenAI Responses protocol --------------------------------------------------------------
+
+RESPONSES_FRAME = re.compile(
+    rb"id:(\d+)\nevent:([\w.]+)\n:HTTP_STATUS/(\d+)\ndata:([^\n]*)\n\n", re.ASCII
+)
+
+
+def flat(tool: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions tool in the Responses API's shape."""
+    return {"type": "function", **tool["function"]}
+
+
+WEATHER_FLAT = flat(WEATHER)
+TIME_FLAT = flat(TIME)
+
+
+def without_ids(value: Any) -> Any:
+    """A JSON value with the parts that differ between two requests (ids, times) nulled."""
+    if isinstance(value, dict):
+        return {
+            key: None if key in ("id", "item_id", "created_at") else without_ids(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [without_ids(item) for item in value]
+    return value
+
+
+def responses_body(text: str = "Tell me about streaming.", **extra: Any) -> dict[str, Any]:
+    return {"model": "qwen-plus", "input": text, "stream": True, **extra}
+
+
+async def post_responses(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, **options: Any
+) -> Received:
+    url = emu.base_url_for("responses") + "/responses"
+    return await post(session, emu, body, url=url, **options)
+
+
+def responses_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """``(event, data JSON)`` of every frame of an LF Responses stream that is nothing but
+    DashScope-style frames, numbered from 1 (ids) and 0 (sequence numbers) without a gap."""
+    matches = list(RESPONSES_FRAME.finditer(body))
+    assert b"".join(match[0] for match in matches) == body
+    events = []
+    for number, match in enumerate(matches):
+        data = json.loads(match[4])
+        assert (int(match[1]), data["sequence_number"]) == (number + 1, number)
+        assert data["type"] == match[2].decode()
+        assert match[3] == (b"400" if data["type"] == "error" else b"200")
+        events.append((data["type"], data))
+    return events
+
+
+def joined(events: list[tuple[str, dict[str, Any]]], kind: str) -> str:
+    return "".join(data["delta"] for event, data in events if event == kind)
+
+
+async def test_responses_stream_reasoning_then_text(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = responses_body(enable_thinking=True)
+    received = await post_responses(session, emu, body)
+    assert received.status == 200
+    assert received.headers["Content-Type"].startswith("text/event-stream")
+    events = responses_events(received.body)
+    answer = emulated_answer(chat_body(enable_thinking=True))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    item = ["response.output_item.added", "response.content_part.added"]
+    done = ["response.content_part.done", "response.output_item.done"]
+    assert [event for event, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        *item,
+        *["response.reasoning_text.delta"] * len(reasoning),
+        "response.reasoning_text.done",
+        *done,
+        *item,
+        *["response.output_text.delta"] * len(content),
+        "response.output_text.done",
+        *done,
+        "response.completed",
+    ]
+    assert joined(events, "response.reasoning_text.delta") == answer.reasoning
+    assert joined(events, "response.output_text.delta") == answer.content
+    response = events[-1][1]["response"]
+    assert response["status"] == "completed"
+    thought, message = response["output"]
+    assert thought["content"] == [{"type": "reasoning_text", "text": answer.reasoning}]
+    assert message["content"][0]["text"] == answer.content
+    prompt = count_message_tokens(USER_EN)
+    completion = count_tokens(answer.reasoning) + count_tokens(answer.content)
+    assert response["usage"] == {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": count_tokens(answer.reasoning)},
+        "total_tokens": prompt + completion,
+    }
+    [record] = emu.requests
+    assert record.path == "/compatible-mode/v1/responses"
+    assert [kind for kind, _ in record.written] == [piece.kind for piece in answer.pieces]
+
+
+async def test_responses_input_items_read_as_the_chat_messages(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather"}
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "get_weather, Paris?"}]},
+        {**call, "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+    ]
+    body = {
+        "model": "qwen-plus",
+        "instructions": "Be brief.",
+        "input": items,
+        "tools": [WEATHER_FLAT],
+    }
+    received = await post_responses(session, emu, body)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "get_weather, Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    answer = emulated_answer({"model": "qwen-plus", "messages": messages, "tools": [WEATHER]})
+    response = json.loads(received.body)  # no "stream": one response object
+    assert response["object"] == "response"
+    assert response["status"] == "completed"
+    [message] = response["output"]  # after a tool result, the answer is text
+    assert message["content"][0]["text"] == answer.content
+    assert response["usage"]["input_tokens"] == message_token_count(messages, [WEATHER]).tokens
+
+
+async def test_responses_tool_calls_are_function_call_items(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    text = "Use get_weather and get_time."
+    body = responses_body(text, tools=[WEATHER_FLAT, TIME_FLAT], parallel_tool_calls=True)
+    events = responses_events((await post_responses(session, emu, body)).body)
+    chat = chat_body([{"role": "user", "content": text}], tools=[WEATHER, TIME])
+    answer = emulated_answer({**chat, "parallel_tool_calls": True})
+    assert len(answer.tool_calls) == 2
+    done = [data["item"] for event, data in events if event == "response.output_item.done"]
+    assert [(item["name"], item["arguments"]) for item in done] == list(answer.tool_calls)
+    assert [item["call_id"] for item in done] == list(answer.tool_call_ids)
+    for index, item in enumerate(done):
+        deltas = [
+            data["delta"]
+            for event, data in events
+            if event == "response.function_call_arguments.delta" and data["output_index"] == index
+        ]
+        assert "".join(deltas) == item["arguments"]
+    assert "response.content_part.added" not in [event for event, _ in events]
+
+
+async def test_responses_max_output_tokens_ends_incomplete(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    events = responses_events(
+        (await post_responses(session, emu, responses_body(max_output_tokens=5))).body
+    )
+    answer = emulated_answer(chat_body(max_tokens=5))
+    assert answer.finish_reason == "length"
+    event, data = events[-1]
+    assert event == "response.incomplete"
+    assert data["response"]["status"] == "incomplete"
+    assert data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert data["response"]["output"][0]["status"] == "incomplete"
+    assert joined(events, "response.output_text.delta") == answer.content
+
+
+async def test_responses_errors_are_openai_shaped(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    unauthorized = await post_responses(session, emu, responses_body(), key="sk-wrong")
+    assert unauthorized.status == 401
+    assert json.loads(unauthorized.body)["error"]["code"] == "invalid_api_key"
+    no_input = await post_responses(session, emu, {"model": "qwen-plus"})
+    assert no_input.status == 400
+    assert "input is required" in json.loads(no_input.body)["error"]["message"]
+    limited = await post_responses(session, emu, responses_body(), fault=Fault(status=429))
+    assert json.loads(limited.body)["error"]["code"] == "limit_requests"
+
+
+async def test_responses_in_band_error_continues_the_numbering(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    fault = Fault(error_after_events=5, code="InternalError", message="boom")
+    received = await post_responses(session, emu, responses_body(), fault=fault)
+    events = responses_events(received.body)
+    assert len(events) == 6
+    assert events[-1] == (
+        "error",
+        {
+            "type": "error",
+            "sequence_number": 5,
+            "code": "InternalError",
+            "message": "boom",
+            "param": None,
+        },
+    )
+    assert emu.requests[-1].outcome == "in_band_error"
+
+
+async def test_responses_no_done_malformed_and_huge(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    whole = responses_events((await post_responses(session, emu, responses_body())).body)
+    no_done = await post_responses(session, emu, responses_body(), fault=Fault(no_done=True))
+    assert [event for event, _ in responses_events(no_done.body)] == [
+        event for event, _ in whole[:-1]
+    ]
+
+    malformed = await post_responses(
+        session, emu, responses_body(), fault=Fault(malformed_after_events=4)
+    )
+    events = SSEDecoder().feed(malformed.body)
+    assert [event.id for event in events] == [str(n) for n in range(1, len(whole) + 2)]
+    assert (
+        events[4].data == '{"type":"response.output_text.delta","sequence_number":4,"delta":"broken'
+    )
+
+    huge = await post_responses(
+        session, emu, responses_body(), fault=Fault(huge_event_bytes=70_000)
+    )
+    events = SSEDecoder().feed(huge.body)
+    assert [event.event for event in events[3:6]] == [
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+    ]
+    assert len(events[4].data.encode()) == 70_000
+    assert set(json.loads(events[4].data)["delta"]) == {"x"}
+    assert json.loads(events[4].data)["sequence_number"] == 4
+
+
+@pytest.mark.parametrize("line_ending", ["\r\n", "\r"])
+async def test_responses_line_endings_and_byte_writes_give_the_same_events(
+    emu: Emulator, session: aiohttp.ClientSession, line_ending: str
+) -> None:
+    def normalized_events(body: bytes) -> list[tuple[str, str, Any]]:
+        return [(e.id, e.event, without_ids(json.loads(e.data))) for e in SSEDecoder().feed(body)]
+
+    plain = await post_responses(session, emu, responses_body())
+    fault = Fault(line_ending=line_ending, write_bytes=7)  # type: ignore[arg-type]
+    other = await post_responses(session, emu, responses_body(), fault=fault)
+    assert normalized_events(plain.body) == normalized_events(other.body)
+    assert line_ending.encode() * 2 in other.body
+
+
+# --- the Anthropic Messages protocol ------------------------------------------------------------
+
+ANTHROPIC_FRAME = re.compile(rb"event:(\w+)\ndata:([^\n]*)\n\n", re.ASCII)
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": WEATHER_FLAT["description"],
+    "input_schema": WEATHER_FLAT["parameters"],
+}
+
+
+def anthropic_body(text: str = "Tell me about streaming.", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "qwen-plus",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": text}],
+        "stream": True,
+        **extra,
+    }
+
+
+async def post_anthropic(
+    session: aiohttp.ClientSession, emu: Emulator, body: Any, **options: Any
+) -> Received:
+    url = emu.base_url_for("anthropic") + "/v1/messages"
+    key = options.pop("key", KEY)
+    headers = {"x-api-key": key} if key is not None else {}
+    return await post(session, emu, body, url=url, key=None, headers=headers, **options)
+
+
+def anthropic_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """``(event, data JSON)`` of every event of an LF Messages stream that is nothing but
+    DashScope-style events, each data's type its event's."""
+    matches = list(ANTHROPIC_FRAME.finditer(body))
+    assert b"".join(match[0] for match in matches) == body
+    events = [(match[1].decode(), json.loads(match[2])) for match in matches]
+    assert all(data["type"] == event for event, data in events)
+    return events
+
+
+def deltas_of(events: list[tuple[str, dict[str, Any]]], kind: str, field: str) -> str:
+    return "".join(
+        data["delta"][field]
+        for event, data in events
+        if event == "content_block_delta" and data["delta"]["type"] == kind
+    )
+
+
+async def test_anthropic_stream_thinking_then_text(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = anthropic_body(thinking={"type": "enabled", "budget_tokens": 1024})
+    received = await post_anthropic(session, emu, body)
+    assert received.status == 200
+    events = anthropic_events(received.body)
+    answer = emulated_answer(chat_body(enable_thinking=True))
+    reasoning, content = texts(answer, "reasoning_content"), texts(answer, "content")
+    assert [event for event, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * (len(reasoning) + 1),  # and the signature
+        "content_block_stop",
+        "content_block_start",
+        *["content_block_delta"] * len(content),
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert deltas_of(events, "thinking_delta", "thinking") == answer.reasoning
+    assert deltas_of(events, "text_delta", "text") == answer.content
+    assert deltas_of(events, "signature_delta", "signature")
+    blocks = [
+        data["content_block"]["type"] for event, data in events if event == "content_block_start"
+    ]
+    assert blocks == ["thinking", "text"]
+    start, delta = events[0][1]["message"], events[-2][1]
+    assert start["usage"] == {"input_tokens": count_message_tokens(USER_EN), "output_tokens": 0}
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    completion = count_tokens(answer.reasoning) + count_tokens(answer.content)
+    assert delta["usage"] == {"output_tokens": completion}
+    [record] = emu.requests
+    assert record.path == "/apps/anthropic/v1/messages"
+    assert record.headers["x-api-key"] == "REDACTED"
+
+
+async def test_anthropic_tool_use_and_the_tool_loop(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    question = "What does get_weather say for Paris?"
+    body = anthropic_body(question, tools=[WEATHER_TOOL])
+    events = anthropic_events((await post_anthropic(session, emu, body)).body)
+    answer = emulated_answer(chat_body([{"role": "user", "content": question}], tools=[WEATHER]))
+    [(name, arguments)] = answer.tool_calls
+    [block] = [data["content_block"] for event, data in events if event == "content_block_start"]
+    assert block == {"type": "tool_use", "id": answer.tool_call_ids[0], "name": name, "input": {}}
+    assert deltas_of(events, "input_json_delta", "partial_json") == arguments
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+    use = {"type": "tool_use", "id": block["id"], "name": name, "input": json.loads(arguments)}
+    result = {"type": "tool_result", "tool_use_id": block["id"], "content": "sunny"}
+    body["messages"] += [
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [result]},
+    ]
+    body["stream"] = False
+    message = json.loads((await post_anthropic(session, emu, body)).body)
+    assert message["stop_reason"] == "end_turn"
+    assert [block["type"] for block in message["content"]] == ["text"]
+
+
+async def test_anthropic_prefill_continues_as_partial_mode(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    whole = emulated_answer(chat_body())
+    prefix = whole.content[:30]
+    body = anthropic_body(stream=False)
+    body["messages"].append({"role": "assistant", "content": prefix})
+    message = json.loads((await post_anthropic(session, emu, body)).body)
+    assert prefix + message["content"][0]["text"] == whole.content
+    assert emu.requests[-1].body == body  # recorded as sent
+
+
+async def test_anthropic_errors_are_anthropic_shaped(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    def error_of(received: Received) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(received.body)
+        assert body["type"] == "error"
+        assert body["request_id"] == received.headers["x-request-id"]
+        return dict(body["error"])
+
+    missing = await post_anthropic(session, emu, anthropic_body(), key=None)
+    assert missing.status == 401
+    assert error_of(missing)["type"] == "authentication_error"
+    no_max = anthropic_body()
+    del no_max["max_tokens"]
+    refused = await post_anthropic(session, emu, no_max)
+    assert refused.status == 400
+    assert error_of(refused)["type"] == "invalid_request_error"
+    limited = await post_anthropic(session, emu, anthropic_body(), fault=Fault(status=429))
+    assert error_of(limited)["type"] == "rate_limit_error"
+    overloaded = Fault(status=529, code="overloaded_error", message="Overloaded")
+    busy = await post_anthropic(session, emu, anthropic_body(), fault=overloaded)
+    assert (busy.status, error_of(busy)) == (
+        529,
+        {"type": "overloaded_error", "message": "Overloaded"},
+    )
+    # Claude Code's ANTHROPIC_AUTH_TOKEN sends the key as a bearer token.
+    url = emu.base_url_for("anthropic") + "/v1/messages"
+    assert (await post(session, emu, anthropic_body(), url=url)).status == 200
+
+
+async def test_anthropic_faults(emu: Emulator, session: aiohttp.ClientSession) -> None:
+    whole = anthropic_events((await post_anthropic(session, emu, anthropic_body())).body)
+    cut = await post_anthropic(session, emu, anthropic_body(), fault=Fault(error_after_events=4))
+    events = anthropic_events(cut.body)
+    assert without_ids(events[:4]) == without_ids(whole[:4])
+    assert events[4] == (
+        "error",
+        {
+            "type": "error",
+            "error": {"type": "data_inspection_failed", "message": NATIVE_IN_BAND.decode()},
+        },
+    )
+    no_done = await post_anthropic(session, emu, anthropic_body(), fault=Fault(no_done=True))
+    assert without_ids(anthropic_events(no_done.body)) == without_ids(whole[:-1])
+
+    huge = await post_anthropic(
+        session, emu, anthropic_body(), fault=Fault(huge_event_bytes=50_000)
+    )
+    sse_events = SSEDecoder().feed(huge.body)
+    assert [event.event for event in sse_events[:4]] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ]
+    assert len(sse_events[3].data.encode()) == 50_000
+    assert set(json.loads(sse_events[3].data)["delta"]["text"]) == {"x"}
+
+    dropped = await post_anthropic(session, emu, anthropic_body(), fault=Fault(drop_after_events=3))
+    assert dropped.error is not None
+    assert without_ids(anthropic_events(dropped.body)) == without_ids(whole[:3])
+
+
+# --- every protocol ----------------------------------------------------------------------------
+
+
+async def test_every_protocol_counts_against_the_same_limits(
+    session: aiohttp.ClientSession,
+) -> None:
+    # The same conversation costs the same tokens in every protocol: three fit, not four.
+    answer = emulated_answer(chat_body())
+    tokens = count_message_tokens(USER_EN) + count_tokens(answer.content)
+    config = EmulatorConfig(ttft_s=0, itl_s=0, rpm=4, tpm=3 * tokens)
+    async with Emulator(config) as emu:
+        statuses = [
+            (await post(session, emu, chat_body())).status,
+            (await post_responses(session, emu, responses_body())).status,
+            (await post_anthropic(session, emu, anthropic_body())).status,
+        ]
+        refused = await post_anthropic(session, emu, anthropic_body())
+    assert statuses == [200, 200, 200]
+    assert refused.status == 429
+    assert json.loads(refused.body)["error"]["type"] == "rate_limit_error"
+    assert json.loads(refused.body)["error"]["message"].startswith("Allocated quota exceeded")

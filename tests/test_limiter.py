@@ -26,7 +26,7 @@ import pytest
 import redis
 import redis.asyncio
 
-import qwen_sse.emulator as emulator_module
+import qwen_sse.emulator.server as emulator_server
 from qwen_sse.chunks import Usage
 from qwen_sse.client import QwenClient
 from qwen_sse.emulator import FAULT_HEADER, Emulator, EmulatorConfig, Fault
@@ -445,7 +445,7 @@ def record_arrivals(server: Emulator, monkeypatch: pytest.MonkeyPatch) -> list[A
     arrivals: list[Arrival] = []
     current: contextvars.ContextVar[str] = contextvars.ContextVar("question")
     respond = server._respond
-    admit = emulator_module._RateWindow.admit
+    admit = emulator_server._RateWindow.admit
 
     async def respond_noting_the_question(exchange: Any, raw: bytes) -> Any:
         current.set(json.loads(raw)["messages"][-1]["content"])
@@ -460,7 +460,7 @@ def record_arrivals(server: Emulator, monkeypatch: pytest.MonkeyPatch) -> list[A
         arrivals.append(Arrival(now_s, current.get(), tokens, admitted=True))
 
     monkeypatch.setattr(server, "_respond", respond_noting_the_question)
-    monkeypatch.setattr(emulator_module._RateWindow, "admit", admit_recording)
+    monkeypatch.setattr(emulator_server._RateWindow, "admit", admit_recording)
     return arrivals
 
 
