@@ -662,7 +662,8 @@ def test_headers_carry_the_key_and_the_version_and_api_key_of_inverts_them() -> 
     assert headers == {"x-api-key": "sk-test", "anthropic-version": "2023-06-01"}
     assert ANTHROPIC.api_key_of(headers) == "sk-test"
     assert ANTHROPIC.api_key_of({"X-Api-Key": " sk-test "}) == "sk-test"
-    assert ANTHROPIC.api_key_of({"Authorization": "Bearer sk-test"}) == ""
+    assert ANTHROPIC.api_key_of({"Authorization": "Bearer sk-test"}) == "sk-test"
+    assert ANTHROPIC.api_key_of({}) == ""
 
 
 def test_request_body_moves_system_messages_to_a_system_string() -> None:

@@ -80,6 +80,7 @@ from qwen_sse.protocols.base import (
     ErrorFields,
     Frame,
     RequestFacts,
+    bearer_key,
     error_fields,
     frame_failure,
     json_error_in_body,
@@ -404,10 +405,11 @@ class AnthropicProtocol:
         return f"<wire protocol {self.name}>"
 
     def api_key_of(self, headers: Mapping[str, str]) -> str:
+        # The official SDK sends a key given as auth_token as a bearer token instead.
         for header, value in headers.items():
             if header.lower() == "x-api-key":
                 return value.strip()
-        return ""
+        return bearer_key(headers)
 
     def headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
-from qwen_sse.emulator.framing.base import Answering, PlannedEndpoint, endpoint
+from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode
 from qwen_sse.emulator.rejects import Reject, bad_request
-from qwen_sse.protocols.base import bearer_key
+from qwen_sse.protocols.anthropic import ANTHROPIC
 
 if TYPE_CHECKING:
     from qwen_sse.emulator.faults import Pacer, Streamer
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ANTHROPIC_FRAMING", "AnthropicFraming"]
 
-NAME = "anthropic"
-ROOT = "/apps/anthropic"
-PATH = "/v1/messages"
 
 # DashScope's codes as Anthropic's error types; a code not listed is its own type.
 _ERROR_TYPES = {
@@ -70,10 +67,6 @@ _DELTAS = {
     "content": ("text_delta", "text"),
     "arguments": ("input_json_delta", "partial_json"),
 }
-
-
-def _api_key_of(headers: Mapping[str, str]) -> str:
-    return headers.get("x-api-key", "").strip() or bearer_key(headers)
 
 
 def _error_type(code: str) -> str:
@@ -376,7 +369,7 @@ class _AnthropicReply:
 class AnthropicFraming:
     """The Anthropic framing (see the module docstring)."""
 
-    protocol = endpoint(PlannedEndpoint(NAME, ROOT, PATH, _api_key_of))
+    protocol = ANTHROPIC
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _AnthropicReply:
         if not isinstance(body, dict):

@@ -13,17 +13,15 @@ non-stream body. HTTP error bodies and codes are the framing's too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 from qwen_sse.emulator.accounting import AnswerUsage
 from qwen_sse.emulator.answers import EmulatedAnswer
 from qwen_sse.emulator.faults import FaultFrames, LineEnding, Send
 from qwen_sse.emulator.rejects import Reject
-from qwen_sse.protocols import PROTOCOLS
 
-__all__ = ["Answering", "Endpoint", "Framing", "PlannedEndpoint", "Reply", "endpoint"]
+__all__ = ["Answering", "Endpoint", "Framing", "Reply"]
 
 
 class Endpoint(Protocol):
@@ -43,25 +41,6 @@ class Endpoint(Protocol):
     def api_key_of(self, headers: Mapping[str, str]) -> str:
         """The API key ``headers`` carry ("" if none)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedEndpoint:
-    """A protocol the registry (:data:`qwen_sse.protocols.PROTOCOLS`) does not have yet:
-    where the emulator serves it and how it reads its key (``key_of``)."""
-
-    name: str
-    root: str
-    path: str
-    key_of: Callable[[Mapping[str, str]], str]
-
-    def api_key_of(self, headers: Mapping[str, str]) -> str:
-        return self.key_of(headers)
-
-
-def endpoint(planned: PlannedEndpoint) -> Endpoint:
-    """The registered protocol of ``planned``'s name, or ``planned`` while there is none."""
-    return PROTOCOLS.get(planned.name, planned)
 
 
 class Answering(NamedTuple):

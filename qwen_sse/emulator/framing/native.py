@@ -11,7 +11,8 @@ enable`` the answer streams as protocol.md's frames: ``id:<n>``, ``event:result`
 usage cumulative in every frame (output tokens so far), and a last frame with empty
 content and the real finish reason instead of ``[DONE]``. ``parameters.incremental_output``
 (default false, as DashScope's) false repeats the whole ``content`` and
-``reasoning_content`` so far in each frame (tool-call arguments stay fragments);
+``reasoning_content`` so far in each frame, and each tool call as it stands (its id, name
+and arguments so far);
 ``result_format: "text"`` (the default, as DashScope's; it refuses ``enable_thinking`` and
 ``tools``) gives ``{"output": {"finish_reason", "text"}}``. Without the header the answer
 is one JSON ``{"output", "usage", "request_id"}``. Errors are native too: HTTP bodies
@@ -139,6 +140,7 @@ class NativeFrames:
     huge_after = 1  # the first frame stays as it is
 
     __slots__ = (
+        "_calls",
         "_content",
         "_end",
         "_eol",
@@ -179,6 +181,8 @@ class NativeFrames:
         self._input_tokens = input_tokens
         self._reasoning = ""
         self._content = ""
+        # Each tool call as it stands: (id, name, arguments so far), for cumulative frames.
+        self._calls: dict[int, tuple[str, str, str]] = {}
         self._reasoning_tally = TokenTally()
         self._output_tally = TokenTally()
         self._reasoning_tokens = 0
@@ -198,6 +202,11 @@ class NativeFrames:
         if piece.kind == "content":
             self._content += piece.text
             return self._text(piece.text if self._incremental else self._content)
+        if not self._incremental:
+            known_id, known_name, arguments = self._calls.get(piece.call_index, ("", "", ""))
+            call_id, name = call_id or known_id, name or known_name
+            self._calls[piece.call_index] = (call_id, name, arguments + piece.text)
+            piece = piece._replace(text=arguments + piece.text)
         function = {"name": name, "arguments": piece.text} if call_id else {"arguments": piece.text}
         call = {"index": piece.call_index, "id": call_id, "type": "function", "function": function}
         return self._message(self._so_far(self._content), [call])

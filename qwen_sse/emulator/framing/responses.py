@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
-from qwen_sse.emulator.framing.base import Answering, PlannedEndpoint, endpoint
+from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, error_envelope
 from qwen_sse.emulator.rejects import Reject, bad_request
-from qwen_sse.protocols.base import bearer_key
+from qwen_sse.protocols.responses import RESPONSES
 
 if TYPE_CHECKING:
     from qwen_sse.emulator.faults import Pacer, Streamer
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RESPONSES_FRAMING", "ResponsesFraming"]
 
-NAME = "responses"
-ROOT = "/compatible-mode/v1"
-PATH = "/responses"
 
 # Answer requests take these as they are; the rest of a Responses body is mapped or ignored.
 _PASSED_THROUGH = ("model", "enable_thinking", "thinking_budget", "parallel_tool_calls")
@@ -431,7 +428,7 @@ class _ResponsesReply:
 class ResponsesFraming:
     """The Responses framing (see the module docstring)."""
 
-    protocol = endpoint(PlannedEndpoint(NAME, ROOT, PATH, bearer_key))
+    protocol = RESPONSES
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _ResponsesReply:
         if not isinstance(body, dict):
