@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from qwen_sse import protocols
 from qwen_sse.chat import ChatResult
 from qwen_sse.client import QwenClient, WireTap
+from qwen_sse.emulator import EmulatedAnswer, Emulator, EmulatorConfig, Fault, emulated_answer
 from qwen_sse.errors import (
     AuthenticationError,
     InBandError,
@@ -27,7 +28,9 @@ from qwen_sse.errors import (
     RateLimitError,
 )
 from qwen_sse.limiter import Outcome
-from qwen_sse.retry import NO_RETRIES
+from qwen_sse.retry import NO_RETRIES, RetryPolicy
+from qwen_sse.tokens import count_tokens
+from tests.fakesleep import FakeSleep
 from tests.rawserver import RawHandler, RawServer, http_response, raw_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -213,3 +216,125 @@ async def test_a_throttled_responses_request_is_a_rate_limit_error() -> None:
         with pytest.raises(RateLimitError) as caught:
             await ask(server, "responses")
     assert caught.value.kind == "rpm"
+
+
+# --- Every registered protocol against the emulator, which serves them all. ---
+
+EMULATOR_KEY = "sk-test"
+ASK = [{"role": "user", "content": "Tell me about streaming."}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+RESUMABLE = {"compatible", "native"}
+
+
+def expected_answer(**params: Any) -> EmulatedAnswer:
+    """What the emulator answers ``ASK`` with, whatever the protocol it is asked in."""
+    return emulated_answer({"model": "qwen-plus", "messages": ASK, **params})
+
+
+def continuation_of(protocol: str, body: Mapping[str, Any]) -> str:
+    """What the emulator streams for a partial-mode ``body`` of ``protocol``: the rest of
+    the answer after the prefix in its last message."""
+    facts = protocols.get(protocol).facts(body)
+    return emulated_answer({"model": facts.model, "messages": list(facts.messages)}).content
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    config = EmulatorConfig(api_key=EMULATOR_KEY, ttft_s=0, itl_s=0)
+    async with Emulator(config) as running:
+        yield running
+
+
+def client_of(emulator: Emulator, protocol: str, **options: Any) -> QwenClient:
+    return QwenClient(EMULATOR_KEY, emulator.base_url_for(protocol), protocol=protocol, **options)
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+async def test_every_protocol_gets_the_answer_the_emulator_meant(
+    emulator: Emulator, protocol: str
+) -> None:
+    async with client_of(emulator, protocol) as client:
+        plain = await client.chat(ASK, "qwen-plus")
+        thinking = await client.chat(ASK, "qwen-plus", enable_thinking=True)
+        tools = await client.chat(ASK, "qwen-plus", tools=[WEATHER_TOOL], tool_choice="auto")
+    expected = expected_answer()
+    assert plain.complete
+    assert plain.content == expected.content
+    assert plain.finish_reason == "stop"
+    assert plain.usage is not None
+    assert plain.usage.completion_tokens == count_tokens(expected.content)
+    reasoning = expected_answer(enable_thinking=True)
+    assert thinking.complete
+    assert (thinking.reasoning_content, thinking.content) == (
+        reasoning.reasoning,
+        reasoning.content,
+    )
+    called = expected_answer(tools=[WEATHER_TOOL], tool_choice="auto")
+    assert tools.complete
+    assert tools.finish_reason == called.finish_reason
+    assert [(c.function.name, c.function.arguments) for c in tools.tool_calls] == list(
+        called.tool_calls
+    )
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+async def test_every_protocol_reports_an_in_band_error_with_what_arrived(
+    emulator: Emulator, protocol: str
+) -> None:
+    emulator.schedule(Fault(error_after_events=4, code="data_inspection_failed"))
+    async with client_of(emulator, protocol, retry=NO_RETRIES) as client:
+        with pytest.raises(InBandError) as caught:
+            await client.chat(ASK, "qwen-plus")
+    partial = caught.value.partial
+    assert partial is not None
+    assert not partial.complete
+    assert expected_answer().content.startswith(partial.content)
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+async def test_a_cut_stream_resumes_where_the_protocol_can_and_is_never_complete_elsewhere(
+    emulator: Emulator, protocol: str
+) -> None:
+    emulator.schedule(Fault(drop_after_events=6))
+    policy = RetryPolicy(resume=True, initial_delay_s=0.001)
+    expected = expected_answer().content
+    async with client_of(emulator, protocol, retry=policy, sleep=FakeSleep()) as client:
+        if protocol in RESUMABLE:
+            result = await client.chat(ASK, "qwen-plus")
+            assert result.complete
+            assert result.resumes == 1
+            continuation = emulator.requests[-1].body
+            assert continuation is not None
+            last = protocols.get(protocol).facts(continuation).messages[-1]
+            assert last["role"] == "assistant"
+            assert last["partial"] is True
+            assert result.content == last["content"] + continuation_of(protocol, continuation)
+            return
+        with pytest.raises(IncompleteStreamError) as caught:
+            await client.chat(ASK, "qwen-plus")
+    partial = caught.value.partial
+    assert partial is not None
+    assert not partial.complete
+    assert partial.content
+    assert expected.startswith(partial.content)
+    assert len(emulator.requests) == 1  # no continuation exists: none was sent
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+async def test_a_stream_without_its_end_marker_is_never_complete(
+    emulator: Emulator, protocol: str
+) -> None:
+    emulator.schedule(Fault(no_done=True))
+    async with client_of(emulator, protocol, retry=NO_RETRIES) as client:
+        with pytest.raises(IncompleteStreamError) as caught:
+            await client.chat(ASK, "qwen-plus")
+    assert caught.value.partial is not None
+    assert not caught.value.partial.complete
+    assert caught.value.partial.content == expected_answer().content
