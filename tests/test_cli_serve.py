@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.cli import build_parser, main
 from qwen_sse.emulator import EmulatorConfig, emulated_answer
@@ -69,7 +70,8 @@ async def serve(*args: str) -> AsyncIterator[Served]:
         assert match, first
         rest = [
             (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
-            for _ in range(3)
+            # One line a protocol, then "accepting ..." and "try: curl ...".
+            for _ in range(len(protocols.NAMES) + 2)
         ]
         yield Served(process, match[1], first + "".join(rest))
     finally:
@@ -100,7 +102,9 @@ async def test_serve_answers_a_request_and_stops_on_ctrl_c() -> None:
         decoder.feed_eof()
         assert decoder.result().content == emulated_answer(BODY).content
         assert "curl -N" in served.banner
-        assert "native protocol at http://127.0.0.1:" in served.banner
+        origin = served.base_url.removesuffix("/compatible-mode/v1")
+        for protocol in protocols.PROTOCOLS.values():
+            assert f"POST {origin}{protocol.root}{protocol.path}" in served.banner
         assert f"{served.base_url}/chat/completions" in served.banner
         assert "Bearer sk-test" in served.banner
 

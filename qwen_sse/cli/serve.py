@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from qwen_sse import protocols
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.recording import ReplayServer, load_recording
@@ -168,7 +169,8 @@ def _announce(emulator: Emulator, config: EmulatorConfig) -> None:
         )
     )
     print(f"qwen-sse serve: DashScope emulator at {emulator.base_url}")
-    print(f"native protocol at {emulator.native_base_url}")
+    for protocol in protocols.PROTOCOLS.values():
+        print(f"  {protocol.name:<18} POST {emulator.base_url_for(protocol)}{protocol.path}")
     print(f"accepting {accepted}; stop with Ctrl-C")
     print(f"try: {curl}", flush=True)
     if emulator.host not in _LOOPBACK:
