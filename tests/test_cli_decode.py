@@ -72,3 +72,41 @@ def test_done_without_a_finish_reason_prints_what_arrived_and_fails(
         "qwen-sse decode: stream ended with data: [DONE] but choice 0 has no finish_reason"
         f" (3 events, {len(body)} bytes)"
     )
+
+
+def test_decode_reads_each_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "--protocol", "anthropic", str(FIXTURES / "anthropic-basic.sse")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "Hello!"
+    assert "finish_reason=stop" in err
+    assert main(["decode", "--protocol", "native", str(FIXTURES / "native-plain.sse")]) == 0
+    assert "finish_reason=stop" in capsys.readouterr().err
+
+
+def test_decode_checks_the_stream_against_its_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One choice of the two that n=2 asked for: the answer is cut, whatever [DONE] says.
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"model": "qwen-plus", "messages": [], "n": 2}))
+    stream = str(FIXTURES / "compat-plain-en.sse")
+    assert main(["decode", stream]) == 0
+    capsys.readouterr()
+    assert main(["decode", "--request", str(request), stream]) == 1
+    assert "choice 1 has no finish_reason" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["decode", "--request", str(bad), stream]) == 2
+    assert "not a JSON object" in capsys.readouterr().err
+
+
+def test_decode_names_the_anthropic_end_marker_when_it_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (FIXTURES / "anthropic-basic.sse").read_text("utf-8")
+    cut = tmp_path / "cut.sse"
+    cut.write_text(text[: text.index("event: message_stop")], "utf-8")
+    assert main(["decode", "--protocol", "anthropic", str(cut)]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() == "Hello!"
+    assert "stream ended without message_stop" in err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.chunks import encode_chunk
 from qwen_sse.cli import main
 from qwen_sse.client import QwenClient
@@ -22,12 +23,21 @@ KEY = "sk-test"
 HELLO = [{"role": "user", "content": "你好"}]
 
 
-async def record_live(path: Path, *, itl_s: float = 0.0) -> list[str]:
-    """One live call against the emulator, recorded; returns its chunks as JSON lines."""
+async def record_live(
+    path: Path, *, itl_s: float = 0.0, protocol: str = "compatible", name_it: bool = True
+) -> list[str]:
+    """One live call against the emulator, recorded (naming its protocol unless not
+    ``name_it``, as recordings did before they named it); returns its chunks as JSON lines."""
     config = EmulatorConfig(api_key=KEY, ttft_s=0.0, itl_s=itl_s, answer_tokens=12)
     with path.open("w", encoding="utf-8") as file:
         async with Emulator(config) as server:
-            client = QwenClient(KEY, server.base_url, wire_tap=Recorder(file), retry=NO_RETRIES)
+            client = QwenClient(
+                KEY,
+                server.base_url_for(protocol),
+                protocol=protocol,
+                wire_tap=Recorder(file, protocol=protocol if name_it else ""),
+                retry=NO_RETRIES,
+            )
             async with client, client.stream_chat(HELLO) as stream:
                 return [encode_chunk(chunk).decode() async for chunk in stream]
 
@@ -40,6 +50,22 @@ async def test_a_recording_replays_to_exactly_the_live_chunks(
     status = await asyncio.to_thread(main, ["replay", "--json", str(path)])
     assert status == 0
     assert capsys.readouterr().out.splitlines() == live
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+@pytest.mark.parametrize("name_it", [True, False], ids=["named", "by-url"])
+async def test_every_protocol_replays_to_its_live_chunks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str, name_it: bool
+) -> None:
+    path = tmp_path / "live.jsonl"
+    live = await record_live(path, protocol=protocol, name_it=name_it)
+    assert (load_recording(path)[0].protocol == protocol) is name_it
+    assert await asyncio.to_thread(main, ["replay", "--json", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == live
+    assert await asyncio.to_thread(main, ["replay", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "complete: yes" in out
+    assert "anomalies: none" in out
 
 
 async def test_replay_shows_the_trace_view(
