@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from qwen_sse import protocols
+
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "benchmarks" / "locustfile.py"
 URL_LINE = re.compile(r"DashScope emulator at (http://127\.0\.0\.1:\d+/compatible-mode/v1)")
 LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
@@ -187,3 +189,44 @@ def test_failed_answers_are_failed_events(tmp_path: Path) -> None:
     assert ("LLM", "TTFT") not in rows
     failures = (tmp_path / "run_failures.csv").read_text()
     assert "HTTP 429" in failures
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["native", "responses", "anthropic"])
+def test_the_user_speaks_the_protocol_it_is_given(tmp_path: Path, protocol: str) -> None:
+    with serve() as url:
+        origin = url.removesuffix("/compatible-mode/v1")
+        wire = protocols.get(protocol)
+        completed = subprocess.run(
+            [
+                *LOCUST,
+                "--headless",
+                "--users",
+                "1",
+                "--run-time",
+                "2s",
+                "--host",
+                origin + wire.root,
+                "--csv",
+                str(tmp_path / "run"),
+                "--qwen-protocol",
+                protocol,
+                "--qwen-input-tokens",
+                "16",
+                "--qwen-output-tokens",
+                "4",
+            ],
+            env={**os.environ, "DASHSCOPE_API_KEY": "sk-test"},
+            capture_output=True,
+            timeout=45,
+            check=False,
+        )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = stats(tmp_path / "run_stats.csv")
+    ttft, e2e = rows[("LLM", "TTFT")], rows[("LLM", "E2E")]
+    assert int(e2e["Request Count"]) > 0
+    assert int(e2e["Failure Count"]) == 0
+    assert int(ttft["Request Count"]) == int(e2e["Request Count"])
+    # Each answer of 4 pieces has 3 gaps, whatever the protocol's framing.
+    assert int(rows[("LLM", "ITL")]["Request Count"]) == 3 * int(e2e["Request Count"])
+    assert int(rows[("POST", f"{wire.path.lstrip('/')} (headers)")]["Failure Count"]) == 0
