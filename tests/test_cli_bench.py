@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.bench.plot import DISTRIBUTIONS_PNG, TIMELINE_PNG
 from qwen_sse.bench.schema import CSV_COLUMNS, RECORD_SCHEMA, SUMMARY_SCHEMA, SWEEP_SCHEMA
 from qwen_sse.cli import main
@@ -167,3 +168,35 @@ def test_a_real_endpoint_needs_a_key(
     monkeypatch.delenv("QWEN_API_KEY", raising=False)
     assert main(["bench", "--base-url", "http://127.0.0.1:9/v1", "--requests", "1"]) == 2
     assert "DASHSCOPE_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["native", "responses", "anthropic"])
+def test_a_run_in_another_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    status = main(
+        [
+            "bench",
+            *FAST_MOCK,
+            *SMALL,
+            "--protocol",
+            protocol,
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--json",
+            str(summary_path),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert status == 0, err
+    summary = json.loads(summary_path.read_text())
+    assert summary["completed"] == 4
+    assert summary["failed"] == 0
+    assert summary["base_url"].endswith(protocols.get(protocol).root)
+    assert summary["protocol"] == protocol
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    # Every answer of 4 pieces was decoded whole, whatever the protocol's framing.
+    assert summary["total_output_tokens"] >= 4 * 4

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.cli import main
 from qwen_sse.emulator import emulated_answer
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
@@ -217,3 +218,20 @@ async def test_the_audio_of_a_cut_answer_is_still_written(
     assert f"wrote 0.00 s of audio to {out_wav}" in err
     with wave.open(str(out_wav), "rb") as wav:
         assert wav.readframes(wav.getnframes()) == SPEECH_PCM[:14]
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+def test_mock_chat_speaks_every_protocol(capsys: pytest.CaptureFixture[str], protocol: str) -> None:
+    assert main(["chat", "--mock", "--protocol", protocol, "你好"]) == 0
+    out, err = capsys.readouterr()
+    assert out == mock_answer("你好") + "\n"
+    assert "first token" in err.strip().splitlines()[-1]
+
+
+def test_an_unknown_protocol_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["chat", "--mock", "--protocol", "grpc", "hi"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'grpc'" in err
+    assert "anthropic" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.cli import main
 from qwen_sse.emulator import FAULT_HEADER, Fault
 
@@ -153,3 +154,17 @@ def test_a_native_error_frame_shows_as_an_in_band_error(
     assert "!! in-band-error:" in out
     assert "DataInspectionFailed" in out
     assert "!! missing-end" not in out
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+def test_every_protocol_traces_clean_and_flags_a_missing_end(
+    protocol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["trace", "--mock", "--protocol", protocol, "--max-tokens", "4", "你好"]) == 0
+    out = capsys.readouterr().out
+    wire = protocols.get(protocol)
+    assert f"{wire.root}{wire.path}" in out.splitlines()[0]
+    assert "anomalies: none" in out
+    assert "complete: yes" in out
+    cut = trace_with(Fault(no_done=True), capsys, "--protocol", protocol, status=1)
+    assert f"!! missing-end: the stream ended without {wire.end_marker}" in cut

@@ -239,6 +239,7 @@ def compose(config: BenchConfig, target: Target, results: Sequence[ShardResult])
         "model_id": target.model,
         "tokenizer_id": "qwen",
         "base_url": target.base_url,
+        "protocol": target.protocol,
         "num_prompts": config.planned_requests(),
         "request_rate": rate,
         "burstiness": burstiness,

@@ -150,6 +150,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "model_id",
         "tokenizer_id",
         "base_url",
+        "protocol",
         "num_prompts",
         "request_rate",
         "burstiness",
@@ -186,7 +187,11 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "backend": {"const": "openai-chat"},
         "model_id": {"type": "string"},
         "tokenizer_id": {"const": "qwen"},
-        "base_url": {"type": "string"},
+        "base_url": {"type": "string", "description": "the protocol's base URL"},
+        "protocol": {
+            "type": "string",
+            "description": "the wire protocol the requests spoke (qwen_sse.protocols)",
+        },
         "num_prompts": {
             "type": ["integer", "null"],
             "description": "measured requests planned; null when bounded by time only",
