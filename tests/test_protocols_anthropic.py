@@ -31,7 +31,7 @@ from qwen_sse.protocols.anthropic import (
     DEFAULT_THINKING_BUDGET_TOKENS,
     FINISH_REASONS,
 )
-from qwen_sse.protocols.base import ErrorFields
+from qwen_sse.protocols.base import MAX_ANSWER_PARTS, ErrorFields
 from tests.chunkings import every_chunking
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -838,3 +838,17 @@ def test_thinking_off_and_its_own_spelling_win() -> None:
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 5000}
     default = ANTHROPIC.request_body("m", [], {"enable_thinking": True}, include_usage=True)
     assert default["thinking"]["budget_tokens"] == DEFAULT_THINKING_BUDGET_TOKENS
+
+
+def test_content_blocks_are_bounded() -> None:
+    # Empty blocks add no chunk, so no chunk bound counts them: the reader does.
+    start = 'event: message_start\ndata: {"type":"message_start","message":{"id":"m"}}\n\n'
+    blocks = (
+        json.dumps({"type": "content_block_start", "index": n, "content_block": {"type": "text"}})
+        for n in range(MAX_ANSWER_PARTS + 1)
+    )
+    stream = start + "".join(f"event: content_block_start\ndata: {b}\n\n" for b in blocks)
+    decoder = ChatStreamDecoder(protocol="anthropic")
+    with pytest.raises(ProtocolError, match=f"more than {MAX_ANSWER_PARTS} content blocks"):
+        decoder.feed(stream.encode())
+        decoder.feed_eof()

@@ -22,6 +22,7 @@ from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder, ToolCall, ToolCallFunction, decode
 from qwen_sse.chunks import ChatCompletionChunk, CompletionTokensDetails, PromptTokensDetails
 from qwen_sse.errors import InBandError, IncompleteStreamError, ProtocolError, QwenSSEError
+from qwen_sse.protocols.base import MAX_ANSWER_PARTS
 from qwen_sse.protocols.responses import RESPONSES, ResponsesReader
 from qwen_sse.sse import SSEDecoder
 from qwen_sse.tokens import message_token_count
@@ -973,3 +974,19 @@ def test_chat_completions_tools_take_the_responses_shape() -> None:
     assert body["tool_choice"] == {"type": "function", "name": "f"}
     web = {"type": "web_search"}
     assert RESPONSES.request_body("m", [], {"tools": [web]}, include_usage=True)["tools"] == [web]
+
+
+def test_output_items_are_bounded() -> None:
+    # Items that carry no text yet add no chunk, so no chunk bound counts them: the reader does.
+    items = [
+        (
+            "response.output_item.added",
+            {"output_index": n, "item": {"type": "message", "id": f"m{n}"}},
+        )
+        for n in range(MAX_ANSWER_PARTS + 1)
+    ]
+    data = stream([*created(), *items])
+    decoder = ChatStreamDecoder(protocol="responses")
+    with pytest.raises(ProtocolError, match=f"more than {MAX_ANSWER_PARTS} output items"):
+        decoder.feed(data)
+        decoder.feed_eof()

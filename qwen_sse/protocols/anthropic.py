@@ -77,6 +77,7 @@ from qwen_sse.chunks import (
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
+    MAX_ANSWER_PARTS,
     ErrorFields,
     Frame,
     RequestFacts,
@@ -103,10 +104,11 @@ ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header every request carries (the one DashScope documents)."""
 
 DEFAULT_MAX_TOKENS = 4096
+"""``max_tokens`` of a request whose parameters give none: the Messages API requires it."""
+
 DEFAULT_THINKING_BUDGET_TOKENS = 1024
 """The thinking budget sent for ``enable_thinking=True`` without ``thinking_budget``: the
 smallest Anthropic accepts (it must also stay below ``max_tokens``)."""
-"""``max_tokens`` of a request whose parameters give none: the Messages API requires it."""
 
 FINISH_REASONS: Mapping[str, str] = {
     "end_turn": "stop",
@@ -258,6 +260,8 @@ class AnthropicReader:
             raise _Violation(f"content_block_start of content block {index} has no content_block")
         if index in self._blocks:
             raise _Violation(f"content block {index} started twice")
+        if len(self._blocks) >= MAX_ANSWER_PARTS:
+            raise _Violation(f"more than {MAX_ANSWER_PARTS} content blocks in one answer")
         tool_index = _NOT_A_TOOL_CALL
         if block.type == "tool_use":
             tool_index = self._tool_calls

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from qwen_sse.chat import ChatResult
 
 __all__ = [
+    "MAX_ANSWER_PARTS",
     "ErrorFields",
     "Frame",
     "FrameReader",
@@ -154,6 +155,13 @@ def bearer_key(headers: Mapping[str, str]) -> str:
     """The key of an ``Authorization: Bearer <key>`` header ("" if there is none)."""
     scheme, _, key = headers.get("Authorization", "").partition(" ")
     return key.strip() if scheme.lower() == "bearer" else ""
+
+
+MAX_ANSWER_PARTS = 1 << 16
+"""How many parts (Anthropic content blocks, Responses output items) one answer may
+announce. A reader keeps a little state for each, and a part that carries no text yet
+adds no chunk, so no other bound counts them; a real answer has a handful (one per tool
+call, thinking or text run), and 65,536 leaves any of them a wide margin."""
 
 
 def max_choices(value: Any) -> int:

@@ -89,6 +89,7 @@ from qwen_sse.chunks import (
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
+    MAX_ANSWER_PARTS,
     ErrorFields,
     Frame,
     RequestFacts,
@@ -369,6 +370,8 @@ class ResponsesReader:
         key = item.id or f"#{event.output_index}"
         if key in self._items:
             raise ProtocolError(f"{_ITEM_ADDED} announces item {key!r} a second time")
+        if len(self._items) >= MAX_ANSWER_PARTS:
+            raise ProtocolError(f"more than {MAX_ANSWER_PARTS} output items in one answer")
         is_call = item.type == "function_call"
         state = _ItemState(key, item.type, self._calls if is_call else -1)
         self._items[key] = state
