@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+import anthropic
+import openai
 import pytest
 
 from qwen_sse import protocols
@@ -170,3 +172,29 @@ def test_serve_defaults_mirror_the_emulator_config() -> None:
     assert args.itl_ms == defaults.itl_s * 1000
     assert args.answer_tokens == defaults.answer_tokens
     assert args.func.__module__ == "qwen_sse.cli.serve"
+
+
+@pytest.mark.timeout(60)
+async def test_the_official_sdks_stream_from_the_served_emulator() -> None:
+    # The Responses and Messages SDKs, which nobody here wrote, against the command itself.
+    question = [{"role": "user", "content": "你好"}]
+    expected = emulated_answer({"model": "qwen-plus", "messages": question}).content
+    async with serve() as served:
+        origin = served.base_url.removesuffix("/compatible-mode/v1")
+        oai = openai.AsyncOpenAI(api_key="sk-test", base_url=served.base_url, max_retries=0)
+        async with oai.responses.stream(model="qwen-plus", input="你好") as responses:
+            final = await responses.get_final_response()
+        await oai.close()
+        assert final.output_text == expected
+        claude = anthropic.AsyncAnthropic(
+            api_key="sk-test", base_url=origin + "/apps/anthropic", max_retries=0
+        )
+        async with claude.messages.stream(
+            model="qwen-plus",
+            max_tokens=1024,
+            messages=question,  # type: ignore[arg-type]
+        ) as messages:
+            message = await messages.get_final_message()
+        await claude.close()
+        assert [block.text for block in message.content if block.type == "text"] == [expected]
+        assert message.stop_reason == "end_turn"
