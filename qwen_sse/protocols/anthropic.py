@@ -78,17 +78,15 @@ from qwen_sse.chunks import (
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
     MAX_ANSWER_PARTS,
-    ErrorFields,
     Frame,
+    ProtocolDefaults,
     RequestFacts,
     bearer_key,
-    error_fields,
     frame_failure,
-    json_error_in_body,
 )
 
 if TYPE_CHECKING:
-    from qwen_sse.chat import ChatResult
+    pass
 
 __all__ = [
     "ANTHROPIC",
@@ -392,7 +390,7 @@ def _decode_error(error: msgspec.DecodeError, data: bytes) -> ProtocolError:
     return ProtocolError(f"data frame is not valid JSON: {error}", frame=data)
 
 
-class AnthropicProtocol:
+class AnthropicProtocol(ProtocolDefaults):
     """Anthropic Messages (``anthropic``); see the module docstring."""
 
     name = "anthropic"
@@ -404,9 +402,6 @@ class AnthropicProtocol:
         "it rejects a prefill that ends in whitespace, cannot prefill thinking, and DashScope "
         "does not document prefill for this endpoint"
     )
-
-    def __repr__(self) -> str:
-        return f"<wire protocol {self.name}>"
 
     def api_key_of(self, headers: Mapping[str, str]) -> str:
         # The official SDK sends a key given as auth_token as a bearer token instead.
@@ -477,18 +472,6 @@ class AnthropicProtocol:
 
     def reader(self, body: Mapping[str, Any]) -> AnthropicReader:
         return AnthropicReader()
-
-    def stream_bytes_factor(self, body: Mapping[str, Any]) -> int:
-        return 1
-
-    def error_fields(self, body: bytes) -> ErrorFields:
-        return error_fields(body)
-
-    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
-        return json_error_in_body(body, request_id)
-
-    def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
-        return None
 
 
 def _text_of(content: Any) -> str:

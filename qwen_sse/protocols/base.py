@@ -31,6 +31,7 @@ __all__ = [
     "ErrorFields",
     "Frame",
     "FrameReader",
+    "ProtocolDefaults",
     "RequestFacts",
     "WireProtocol",
     "bearer_key",
@@ -149,6 +150,36 @@ class WireProtocol(Protocol):
         """The request that continues ``so_far`` (text only, cut before its finish
         reason), or None where this protocol or this request cannot continue."""
         ...
+
+
+class ProtocolDefaults:
+    """What most protocols do, for a protocol class to inherit and override: a bearer key
+    (``Authorization: Bearer``), the usual byte bound, the error bodies
+    :func:`error_fields` reads, and no continuation. It states no grammar: a subclass
+    still defines its request, facts and reader."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"<wire protocol {self.name}>"
+
+    def api_key_of(self, headers: Mapping[str, str]) -> str:
+        return bearer_key(headers)
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def stream_bytes_factor(self, body: Mapping[str, Any]) -> int:
+        return 1
+
+    def error_fields(self, body: bytes) -> ErrorFields:
+        return error_fields(body)
+
+    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
+        return json_error_in_body(body, request_id)
+
+    def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
+        return None
 
 
 def bearer_key(headers: Mapping[str, str]) -> str:

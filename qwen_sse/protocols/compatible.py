@@ -28,13 +28,10 @@ from qwen_sse.chunks import (
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
-    ErrorFields,
     Frame,
+    ProtocolDefaults,
     RequestFacts,
-    bearer_key,
-    error_fields,
     frame_failure,
-    json_error_in_body,
     max_choices,
 )
 
@@ -102,7 +99,7 @@ def _in_band_error(body: ErrorBody, frame_id: str) -> InBandError:
     )
 
 
-class CompatibleProtocol:
+class CompatibleProtocol(ProtocolDefaults):
     """OpenAI Chat Completions (``compatible``); see the module docstring."""
 
     name = "compatible"
@@ -113,12 +110,6 @@ class CompatibleProtocol:
         "partial mode: the text so far goes back as an assistant message with "
         '"partial": true (text answers without thinking, one choice)'
     )
-
-    def api_key_of(self, headers: Mapping[str, str]) -> str:
-        return bearer_key(headers)
-
-    def headers(self, api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"}
 
     def request_body(
         self,
@@ -145,15 +136,6 @@ class CompatibleProtocol:
 
     def reader(self, body: Mapping[str, Any]) -> CompatibleReader:
         return CompatibleReader()
-
-    def stream_bytes_factor(self, body: Mapping[str, Any]) -> int:
-        return 1
-
-    def error_fields(self, body: bytes) -> ErrorFields:
-        return error_fields(body)
-
-    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
-        return json_error_in_body(body, request_id)
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         if body.get("enable_thinking") is True or body.get("n", 1) != 1:

@@ -49,11 +49,9 @@ from qwen_sse.chunks import (
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
-    ErrorFields,
     Frame,
+    ProtocolDefaults,
     RequestFacts,
-    bearer_key,
-    error_fields,
     frame_failure,
     json_error_in_body,
     max_choices,
@@ -304,7 +302,7 @@ def _usage(usage: _NativeUsage | None) -> Usage | None:
     )
 
 
-class NativeProtocol:
+class NativeProtocol(ProtocolDefaults):
     """DashScope's native generation protocol at ``path``; see the module docstring."""
 
     root = "/api/v1"
@@ -315,12 +313,6 @@ class NativeProtocol:
         self.path = path
         self.resume = resume
         self._partial_mode = partial_mode
-
-    def __repr__(self) -> str:
-        return f"<wire protocol {self.name}>"
-
-    def api_key_of(self, headers: Mapping[str, str]) -> str:
-        return bearer_key(headers)
 
     def headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}", "X-DashScope-SSE": "enable"}
@@ -355,9 +347,6 @@ class NativeProtocol:
     def stream_bytes_factor(self, body: Mapping[str, Any]) -> int:
         incremental = _parameters(body).get("incremental_output", True) is not False
         return 1 if incremental else CUMULATIVE_STREAM_BYTES_FACTOR
-
-    def error_fields(self, body: bytes) -> ErrorFields:
-        return error_fields(body)
 
     def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
         # DashScope sends native error frames under application/json at times.

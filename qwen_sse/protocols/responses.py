@@ -90,17 +90,14 @@ from qwen_sse.chunks import (
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
     MAX_ANSWER_PARTS,
-    ErrorFields,
     Frame,
+    ProtocolDefaults,
     RequestFacts,
-    bearer_key,
-    error_fields,
     frame_failure,
-    json_error_in_body,
 )
 
 if TYPE_CHECKING:
-    from qwen_sse.chat import ChatResult
+    pass
 
 __all__ = ["RESPONSES", "ResponsesProtocol", "ResponsesReader"]
 
@@ -565,8 +562,10 @@ def _chat_messages(body: Mapping[str, Any]) -> list[Any]:
     return messages
 
 
-class ResponsesProtocol:
-    """OpenAI Responses (``responses``); see the module docstring."""
+class ResponsesProtocol(ProtocolDefaults):
+    """OpenAI Responses (``responses``); see the module docstring. The usual byte bound
+    fits: the ``.done`` events and ``response.completed`` repeat the answer a few times,
+    but once per item, not per token (a few bytes a token against a delta frame's ~200)."""
 
     name = "responses"
     root = "/compatible-mode/v1"
@@ -576,15 +575,6 @@ class ResponsesProtocol:
         "none: the Responses API has no prefix continuation (no partial mode), so a broken "
         "answer cannot be continued where it stopped"
     )
-
-    def __repr__(self) -> str:
-        return f"<wire protocol {self.name}>"
-
-    def api_key_of(self, headers: Mapping[str, str]) -> str:
-        return bearer_key(headers)
-
-    def headers(self, api_key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"}
 
     def request_body(
         self,
@@ -619,20 +609,6 @@ class ResponsesProtocol:
 
     def reader(self, body: Mapping[str, Any]) -> ResponsesReader:
         return ResponsesReader()
-
-    def stream_bytes_factor(self, body: Mapping[str, Any]) -> int:
-        # The .done events and response.completed repeat the answer a few times, but once
-        # per item, not per token: a few bytes a token against a delta frame's ~200.
-        return 1
-
-    def error_fields(self, body: bytes) -> ErrorFields:
-        return error_fields(body)
-
-    def error_in_body(self, body: bytes, request_id: str = "") -> InBandError | None:
-        return json_error_in_body(body, request_id)
-
-    def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
-        return None
 
 
 def _function_tool(tool: Any) -> Any:
