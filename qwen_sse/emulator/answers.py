@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from qwen_sse.protocols.base import text_of
+
 __all__ = [
     "EmulatedAnswer",
     "Piece",
@@ -24,7 +26,6 @@ __all__ = [
     "is_partial",
     "max_pieces",
     "seed_of",
-    "text_of",
 ]
 
 
@@ -79,19 +80,6 @@ _ZH_REASONING_OPENERS = ("嗯", "，", "用户", "在", "问", "这个", "问题
 
 def _has_cjk(text: str) -> bool:
     return any("\u3400" <= char <= "\u9fff" or "\uf900" <= char <= "\ufaff" for char in text)
-
-
-def text_of(content: Any) -> str:
-    """The text of a message content: a string, or the joined ``text`` of its parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
 
 
 def _words(rng: random.Random, chinese: bool) -> Iterator[str]:

@@ -40,7 +40,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from qwen_sse.emulator.accounting import answer_usage, prompt_tokens
-from qwen_sse.emulator.answers import digest, emulated_answer, is_partial, text_of
+from qwen_sse.emulator.answers import digest, emulated_answer, is_partial
 from qwen_sse.emulator.config import EmulatorConfig
 from qwen_sse.emulator.faults import (
     FAULT_HEADER,
@@ -56,6 +56,7 @@ from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, fr
 from qwen_sse.emulator.records import RecordedRequest, redacted
 from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request
 from qwen_sse.models import model_limits
+from qwen_sse.protocols.base import text_of
 from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.protocols.native import NATIVE
 

@@ -83,6 +83,7 @@ from qwen_sse.protocols.base import (
     RequestFacts,
     bearer_key,
     frame_failure,
+    text_of,
 )
 
 if TYPE_CHECKING:
@@ -425,7 +426,7 @@ class AnthropicProtocol(ProtocolDefaults):
         chat: list[Any] = []
         for message in messages:
             if isinstance(message, Mapping) and message.get("role") == "system":
-                system.append(_text_of(message.get("content")))
+                system.append(text_of(message.get("content")))
             else:
                 chat.append(message)
         body: dict[str, Any] = {
@@ -474,19 +475,6 @@ class AnthropicProtocol(ProtocolDefaults):
         return AnthropicReader()
 
 
-def _text_of(content: Any) -> str:
-    """A system message's text: its string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-        )
-    return ""
-
-
 def _anthropic_messages(messages: Sequence[Any]) -> list[Any]:
     """Chat messages as Anthropic takes them: an assistant message's ``tool_calls`` become
     ``tool_use`` blocks after its text, and each run of ``tool`` messages one user turn of
@@ -496,7 +484,7 @@ def _anthropic_messages(messages: Sequence[Any]) -> list[Any]:
         if not isinstance(message, Mapping):
             converted.append(message)
         elif message.get("role") == "assistant" and message.get("tool_calls"):
-            text = _text_of(message.get("content"))
+            text = text_of(message.get("content"))
             blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
             for call in message["tool_calls"]:
                 function = call.get("function") or {}

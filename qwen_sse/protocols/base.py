@@ -39,6 +39,7 @@ __all__ = [
     "frame_failure",
     "json_error_in_body",
     "max_choices",
+    "text_of",
 ]
 
 Frame = tuple[str, bytes]
@@ -180,6 +181,20 @@ class ProtocolDefaults:
 
     def continuation(self, body: Mapping[str, Any], so_far: ChatResult) -> dict[str, Any] | None:
         return None
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's ``content``: a string, or the joined ``text`` of its parts
+    (``[{"type": "text", "text": ...}]``, DashScope's multimodal ``[{"text": ...}]``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
+    return ""
 
 
 def bearer_key(headers: Mapping[str, str]) -> str:
