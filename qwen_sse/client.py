@@ -241,8 +241,9 @@ class ChatStream:
     Failures before any output reached the caller are retried under the client's
     :class:`~qwen_sse.retry.RetryPolicy` (chunks without output, like the role-only first
     chunk, are held back until output arrives, so a retry never repeats one). After
-    output, a broken stream raises, or, with ``resume`` on, is continued through
-    DashScope's partial mode and spliced into the same iteration; the continuation request
+    output, a broken stream raises, or, with ``resume`` on, is continued (the protocol's
+    continuation: DashScope's partial mode, where the protocol has one) and spliced into
+    the same iteration; the continuation request
     is retried under the same policy. A redirect (3xx) is never followed: it raises
     :class:`~qwen_sse.errors.RedirectError`.
     """
@@ -822,9 +823,12 @@ class QwenClient:
     sees); it is refused over plain ``http://`` to a non-loopback host unless
     ``allow_insecure_http=True``.
 
-    ``protocol="native"`` speaks DashScope's native protocol (``base_url`` then names the
-    ``.../api/v1`` root) and yields the same chunks and result. ``wire_tap`` receives every
-    request, response head and raw body piece with its arrival time (:class:`WireTap`).
+    ``protocol`` names the wire protocol (:data:`qwen_sse.protocols.NAMES`: ``compatible``,
+    ``native``, ``native-multimodal``, ``responses``, ``anthropic``) or is a protocol
+    object; every one yields the same chunks and result, and ``base_url`` then names that
+    protocol's root (``.../compatible-mode/v1``, ``.../api/v1``, ``.../apps/anthropic``).
+    ``wire_tap`` receives every request, response head and raw body piece with its arrival
+    time (:class:`WireTap`).
 
     ``retry`` is the :class:`~qwen_sse.retry.RetryPolicy` (``NO_RETRIES`` turns retries
     off; ``RetryPolicy(resume=True)`` resumes broken streams); ``limiter`` admits every
