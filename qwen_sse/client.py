@@ -312,7 +312,7 @@ class ChatStream:
     @property
     def result(self) -> ChatResult:
         """The result so far; ``complete`` only once every choice received its finish
-        reason and the protocol's end marker (``[DONE]``) arrived."""
+        reason and the protocol's end marker arrived."""
         if self._final is not None:
             return self._final
         return self._snapshot()
@@ -768,7 +768,7 @@ class ChatStream:
         )
 
     def _close_response(self, *, clean: bool) -> None:
-        """Release the connection: back to the pool after ``[DONE]``, else closed."""
+        """Release the connection: back to the pool after the end marker, else closed."""
         if self._deadlines is not None:
             self._deadlines.stop()
         response = self._response
