@@ -48,9 +48,29 @@ What it measures
    in the last quarter of the event over one in the first quarter, stays near 1 for a
    linear decoder and grows with the event for one that re-copies or re-scans its buffer.
 
-3. **Targets** of issue 2 (information, never an exit status): the full path
+3. **Protocols.** The same answer in each wire protocol qwen-sse speaks
+   (``qwen_sse.protocols.NAMES``: compatible, native, native-multimodal, responses,
+   anthropic), decoded by ``ChatStreamDecoder(protocol=name, request=body).feed`` in
+   16 KiB reads: the cost of each protocol beside the compatible one. Before any timing,
+   an in-process emulator (``qwen_sse.emulator.Emulator``, no pacing) is asked over
+   loopback, with aiohttp, for a long plain-text answer of ``--protocol-events`` text
+   pieces in every protocol (request body from the protocol's ``request_body``, headers
+   from its ``headers``), and each response body is kept as raw bytes. A stream is mostly
+   text deltas, plus its protocol's lifecycle events (compatible: role, finish, usage,
+   ``[DONE]``; responses: ``response.created`` ... ``response.completed``; anthropic:
+   ``message_start``, ``ping``, ``content_block_*``, ``message_delta``, ``message_stop``),
+   so the table counts both the SSE **events** and the answer's text **pieces** (the
+   same for every protocol), and gives the cost per event and per piece: per event
+   compares decoders frame for frame, per piece prices the same answer. Every decoded
+   result must be complete and its content equal to the emulated answer's
+   (``qwen_sse.emulator.emulated_answer``). The compatible row here decodes the
+   emulator's stream, not the synthetic one of section 1, so it is the protocols'
+   baseline, not a repeat of ``qwen chat``.
+
+4. **Targets** (information, never an exit status). Issue 2: the full path
    (``qwen chat``) costs <= 1.5 us per event at 16 KiB reads, and ``qwen feed`` frames at
-   >= 2x the event rate of openai-python at 16 KiB reads.
+   >= 2x the event rate of openai-python at 16 KiB reads. Issue 11: the same full path
+   (the ``qwen chat`` row at 16 KiB reads of section 1) costs <= 1.2 us per event.
 
 Method: each measurement runs ``--repeat`` times after one untimed warm-up on a short
 complete stream, timed with ``time.perf_counter_ns`` around the whole stream; the median and the
@@ -59,8 +79,9 @@ peers' events are gc-tracked objects, ours are not, and that difference is real)
 ``gc.collect()`` runs before every timed run so that one run's garbage is not billed to
 the next. Decoders are constructed inside the timed run. MB is 10**6 bytes of the raw
 stream. Every run's event count is checked against the stream, and the accumulated
-``qwen chat`` result against the generated text, so a broken decoder cannot post a
-fast figure.
+``qwen chat`` result (and each protocol's) against the generated text, so a broken
+decoder cannot post a fast figure. The protocol streams are timed the same way, with
+their whole stream as the warm-up.
 
 How to run
 ----------
@@ -70,6 +91,7 @@ How to run
     python benchmarks/bench_sse.py                  # full run, about a minute
     python benchmarks/bench_sse.py --quick          # smoke test, a couple of seconds
     python benchmarks/bench_sse.py --json out.json  # JSON to a file instead of stdout
+    python benchmarks/bench_sse.py --no-large       # without section 2 (large events)
 
 Pin it to one idle core for steadier figures, e.g. ``taskset -c 1 python ...``.
 
@@ -81,14 +103,29 @@ and keeps the JSON. In the table, ``us/ev`` is microseconds per event (median, t
 minimum over the repeats), ``ev/s`` and ``MB/s`` are from the median, and
 ``x openai`` is the median event rate relative to openai-python in the same layer
 (framing rows against ``openai``, ``+json`` rows and ``qwen chat`` against
-``openai+json``). The JSON holds the same figures unrounded, with every run's time
-(``throughput``, ``large_event``, ``linearity``), the ``targets`` with pass/fail, the
-configuration and the environment (Python, platform, CPU model, package versions).
+``openai+json``).
+
+The protocol table has one row per protocol: ``events`` (SSE events in the stream),
+``pieces`` (text pieces of the answer), ``B/ev`` (bytes per event), ``us/ev med`` and
+``us/ev min`` (microseconds per event, median and minimum over the repeats),
+``us/piece`` (median time over the pieces) and ``x compat`` (the median cost per event
+over the compatible protocol's; above 1 is dearer).
+
+The JSON holds the same figures unrounded, with every run's time
+(``throughput``, ``large_event``, ``linearity``, ``protocols``), the ``targets`` with
+pass/fail (each naming its ``issue``), the configuration and the environment (Python,
+platform, CPU model, package versions). Each ``protocols`` row holds ``protocol``,
+``events``, ``pieces``, ``chunks`` (chunks the decoder returned), ``bytes``,
+``bytes_per_event``, ``read_size``, ``reads``, ``repeat``, ``median_ns``, ``min_ns``,
+``us_per_event_median``, ``us_per_event_min``, ``us_per_piece_median``,
+``events_per_s``, ``mb_per_s``, ``runs_ns`` and ``ratio_to_compatible_per_event`` and
+``..._per_piece`` (medians).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import importlib
 import importlib.metadata
@@ -104,19 +141,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import benchenv
 
+from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
+from qwen_sse.emulator import EmulatedAnswer, Emulator, EmulatorConfig, emulated_answer
+from qwen_sse.models import MODEL_LIMITS
+from qwen_sse.protocols import WireProtocol
+from qwen_sse.protocols.compatible import COMPATIBLE
 from qwen_sse.sse import SSEDecoder
 
 KIB = 1024
 MIB = 1024 * KIB
 READ_SIZES = (1, 64, KIB, 16 * KIB, 256 * KIB)
 TARGET_READ_SIZE = 16 * KIB
-TARGET_FULL_US_PER_EVENT = 1.5
-TARGET_FRAMING_SPEEDUP = 2.0
+TARGET_FULL_US_PER_EVENT = 1.5  # issue 2
+TARGET_FRAMING_SPEEDUP = 2.0  # issue 2
+TARGET_FULL_US_PER_EVENT_ISSUE_11 = 1.2
 LARGE_READ_SIZE = KIB
 LARGE_LINE_BYTES = KIB
+PROTOCOL_READ_SIZE = TARGET_READ_SIZE
+PROTOCOL_MODEL = "qwen-plus"
+# English: the emulator answers in the language of the last user message; its English
+# words include accented letters, so the reads still cut through multi-byte characters.
+PROTOCOL_MESSAGES: tuple[dict[str, str], ...] = (
+    {"role": "user", "content": "Explain how a streamed answer travels over SSE."},
+)
+PROTOCOL_API_KEY = "sk-test"
+PROTOCOL_MAX_PIECES = MODEL_LIMITS[PROTOCOL_MODEL].max_output_tokens
 
 FRAMING = "framing"
 FULL = "full"
@@ -228,6 +281,68 @@ def large_many_lines(size: int) -> bytes:
     return line * (size // LARGE_LINE_BYTES) + b"\n"
 
 
+@dataclass(frozen=True, slots=True)
+class ProtocolStream:
+    """One protocol's response to the answer request: its body, bytes and SSE events."""
+
+    protocol: WireProtocol
+    body: dict[str, Any]
+    data: bytes
+    events: int
+
+
+def count_events(data: bytes) -> int:
+    """The SSE events of a whole stream (an unterminated last event is not one)."""
+    decoder = SSEDecoder(max(len(data), 1))
+    return len(decoder.feed_frames(data)) + len(decoder.feed_eof())
+
+
+def _answer_params(answer_tokens: int) -> dict[str, Any]:
+    # Every protocol is asked for max_tokens equal to the answer's length, which ends it
+    # with "stop" as without a bound: Anthropic's body needs a max_tokens, and its default
+    # (4,096) would cut a longer answer there, making it a different answer.
+    return {"max_tokens": answer_tokens}
+
+
+async def _fetch_streams(answer_tokens: int) -> list[ProtocolStream]:
+    config = EmulatorConfig(ttft_s=0, itl_s=0, answer_tokens=answer_tokens, api_key=None)
+    streams: list[ProtocolStream] = []
+    async with Emulator(config) as emulator, aiohttp.ClientSession() as session:
+        for protocol in protocols.PROTOCOLS.values():
+            body = protocol.request_body(
+                PROTOCOL_MODEL,
+                list(PROTOCOL_MESSAGES),
+                _answer_params(answer_tokens),
+                include_usage=True,
+            )
+            async with session.post(
+                emulator.base_url_for(protocol) + protocol.path,
+                headers=protocol.headers(PROTOCOL_API_KEY),
+                json=body,
+            ) as response:
+                data = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(
+                        f"emulator answered {protocol.name} with HTTP {response.status}: "
+                        f"{data[:200].decode(errors='replace')}"
+                    )
+            streams.append(ProtocolStream(protocol, body, data, count_events(data)))
+    return streams
+
+
+def capture_protocol_streams(answer_tokens: int) -> tuple[EmulatedAnswer, list[ProtocolStream]]:
+    """The emulated answer of ``answer_tokens`` text pieces, and its bytes in every protocol.
+
+    The emulator reads each protocol's request as the equivalent compatible-mode body, so
+    every stream carries the answer ``emulated_answer`` gives for the compatible body.
+    """
+    compatible = COMPATIBLE.request_body(
+        PROTOCOL_MODEL, list(PROTOCOL_MESSAGES), _answer_params(answer_tokens), include_usage=True
+    )
+    answer = emulated_answer(compatible, answer_tokens=answer_tokens)
+    return answer, asyncio.run(_fetch_streams(answer_tokens))
+
+
 # ---------------------------------------------------------------------------------------
 # Decoders under test
 
@@ -274,6 +389,24 @@ def run_qwen_chat(reads: Iterable[bytes]) -> int:
         count += len(feed(data, 0.0))
     decoder.feed_eof()
     return count + decoder.done  # [DONE] is an event, not a chunk
+
+
+def run_protocol(stream: ProtocolStream) -> Runner:
+    """``ChatStreamDecoder`` in ``stream``'s protocol, told its request body; the runner
+    returns the SSE events the decoder consumed."""
+    name = stream.protocol.name
+    body = stream.body
+
+    def run(reads: Iterable[bytes]) -> int:
+        decoder = ChatStreamDecoder(protocol=name, request=body)
+        feed = decoder.feed
+        for data in reads:
+            feed(data, 0.0)
+        decoder.feed_eof()
+        return decoder.events
+
+    run.__qualname__ = f"run_protocol[{name}]"
+    return run
 
 
 def _run_large(max_event_bytes: int, frames: bool) -> Runner:
@@ -443,6 +576,22 @@ def check_chat_result(reads: Sequence[bytes], workload: Workload) -> None:
         raise RuntimeError("ChatStreamDecoder result does not match the generated stream")
 
 
+def check_protocol_result(stream: ProtocolStream, reads: Sequence[bytes], answer: str) -> int:
+    """Decode ``stream`` once, untimed; raise unless the result is complete and its content
+    is ``answer``. Returns the chunks the decoder gave."""
+    decoder = ChatStreamDecoder(protocol=stream.protocol.name, request=stream.body)
+    chunks = 0
+    for data in reads:
+        chunks += len(decoder.feed(data))
+    decoder.feed_eof()
+    result = decoder.result()
+    if not result.complete or result.content != answer:
+        raise RuntimeError(
+            f"ChatStreamDecoder({stream.protocol.name}) result does not match the emulated answer"
+        )
+    return chunks
+
+
 def _rates(timing: Timing, events: int, nbytes: int) -> dict[str, float]:
     seconds = timing.median_ns / 1e9
     return {
@@ -489,6 +638,49 @@ def bench_read_sizes(
                 row.update(_rates(timing, workload.events, len(workload.data)))
                 row["runs_ns"] = timing.runs_ns
             rows.append(row)
+    return rows
+
+
+def bench_protocols(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every protocol's stream of the same answer, decoded in 16 KiB reads."""
+    answer, streams = capture_protocol_streams(args.protocol_events)
+    pieces = sum(1 for piece in answer.pieces if piece.kind == "content")
+    rows: list[dict[str, Any]] = []
+    base: dict[str, Any] | None = None
+    for stream in streams:
+        reads = split(stream.data, PROTOCOL_READ_SIZE)
+        chunks = check_protocol_result(stream, reads, answer.content)
+        log(
+            f"  protocol {stream.protocol.name}: {stream.events:,} events, {pieces:,} pieces, "
+            f"{len(stream.data) / 1e6:.2f} MB, {len(reads):,} reads"
+        )
+        timing = measure(run_protocol(stream), reads, stream.events, args.repeat, reads)
+        row: dict[str, Any] = {
+            "protocol": stream.protocol.name,
+            "events": stream.events,
+            "pieces": pieces,
+            "chunks": chunks,
+            "bytes": len(stream.data),
+            "bytes_per_event": len(stream.data) / stream.events,
+            "read_size": PROTOCOL_READ_SIZE,
+            "reads": len(reads),
+            "repeat": args.repeat,
+        }
+        row.update(_rates(timing, stream.events, len(stream.data)))
+        row["us_per_piece_median"] = timing.median_ns / pieces / 1e3
+        row["runs_ns"] = timing.runs_ns
+        rows.append(row)
+        if stream.protocol is COMPATIBLE:
+            base = row
+    if base is None:
+        raise RuntimeError("the compatible protocol is not registered")
+    for row in rows:
+        row["ratio_to_compatible_per_event"] = (
+            row["us_per_event_median"] / base["us_per_event_median"]
+        )
+        row["ratio_to_compatible_per_piece"] = (
+            row["us_per_piece_median"] / base["us_per_piece_median"]
+        )
     return rows
 
 
@@ -623,11 +815,13 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     frames = median_at("qwen feed_frames")
     return {
         "full_path_us_per_event_16k": {
+            "issue": 2,
             "value": full_us,
             "target_max": TARGET_FULL_US_PER_EVENT,
             "pass": None if full_us is None else full_us <= TARGET_FULL_US_PER_EVENT,
         },
         "framing_speedup_vs_openai_16k": {
+            "issue": 2,
             "value": speedup,
             "target_min": TARGET_FRAMING_SPEEDUP,
             "pass": None if speedup is None else speedup >= TARGET_FRAMING_SPEEDUP,
@@ -636,6 +830,12 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 if frames is None or openai is None
                 else frames["events_per_s"] / openai["events_per_s"]
             ),
+        },
+        "full_path_us_per_event_16k_issue_11": {
+            "issue": 11,
+            "value": full_us,
+            "target_max": TARGET_FULL_US_PER_EVENT_ISSUE_11,
+            "pass": None if full_us is None else full_us <= TARGET_FULL_US_PER_EVENT_ISSUE_11,
         },
     }
 
@@ -719,20 +919,45 @@ def large_table(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> lis
     return lines
 
 
+def protocol_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = (
+        f"{'protocol':<18} {'events':>7} {'pieces':>7} {'B/ev':>6} {'us/ev med':>9} "
+        f"{'us/ev min':>9} {'us/piece':>8} {'x compat':>8}"
+    )
+    lines = [
+        f"protocols: the same answer in every protocol, ChatStreamDecoder.feed in "
+        f"{_size(PROTOCOL_READ_SIZE)} reads",
+        header,
+        "-" * len(header),
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['protocol']:<18} {row['events']:>7,} {row['pieces']:>7,} "
+            f"{row['bytes_per_event']:>6.0f} {row['us_per_event_median']:>9.3f} "
+            f"{row['us_per_event_min']:>9.3f} {row['us_per_piece_median']:>8.3f} "
+            f"{row['ratio_to_compatible_per_event']:>7.2f}x"
+        )
+    return lines
+
+
 def target_lines(result: dict[str, Any]) -> list[str]:
     full = result["full_path_us_per_event_16k"]
     speed = result["framing_speedup_vs_openai_16k"]
+    full_11 = result["full_path_us_per_event_16k_issue_11"]
 
     def verdict(passed: bool | None) -> str:
         return "n/a" if passed is None else ("PASS" if passed else "MISS")
 
     return [
-        "targets (issue 2; information only, a miss never changes the exit status):",
-        f"  full path us/event at 16 KiB reads: {_fmt(full['value'], '.3f')} us "
+        "targets (information only, a miss never changes the exit status):",
+        f"  issue 2: full path us/event at 16 KiB reads: {_fmt(full['value'], '.3f')} us "
         f"(target <= {TARGET_FULL_US_PER_EVENT}) {verdict(full['pass'])}",
-        f"  framing speedup vs openai-python at 16 KiB reads: {_fmt(speed['value'], '.2f', 'x')} "
+        f"  issue 2: framing speedup vs openai-python at 16 KiB reads: "
+        f"{_fmt(speed['value'], '.2f', 'x')} "
         f"(target >= {TARGET_FRAMING_SPEEDUP:g}x) {verdict(speed['pass'])}"
         f"  [feed_frames: {_fmt(speed['feed_frames_value'], '.2f', 'x')}]",
+        f"  issue 11: full path us/event at 16 KiB reads: {_fmt(full_11['value'], '.3f')} us "
+        f"(target <= {TARGET_FULL_US_PER_EVENT_ISSUE_11}) {verdict(full_11['pass'])}",
     ]
 
 
@@ -746,6 +971,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-reads", type=int, default=400_000, help="cap on feed calls per run (tiny reads)"
     )
+    parser.add_argument(
+        "--protocol-events",
+        type=int,
+        default=20_000,
+        help="text pieces of the answer each protocol streams (about as many events; "
+        f"at most {PROTOCOL_MAX_PIECES:,}, {PROTOCOL_MODEL}'s max output tokens)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--no-large", action="store_true", help="skip the large-event section")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the JSON here")
@@ -754,8 +986,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.events = min(args.events, 200)
         args.repeat = min(args.repeat, 2)
         args.max_reads = min(args.max_reads, 5_000)
+        args.protocol_events = min(args.protocol_events, 200)
     if args.events < 8 or args.repeat < 1 or args.max_reads < 1:
         parser.error("--events must be >= 8, --repeat and --max-reads >= 1")
+    if not 1 <= args.protocol_events <= PROTOCOL_MAX_PIECES:
+        parser.error(f"--protocol-events must be in 1..{PROTOCOL_MAX_PIECES:,}")
     return args
 
 
@@ -774,9 +1009,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"openai {env['packages']['openai'] or '-'}, "
         f"httpx-sse {env['packages']['httpx-sse'] or '-'}"
     )
-    log(f"events={args.events:,} repeat={args.repeat} max_reads={args.max_reads:,}")
+    log(
+        f"events={args.events:,} repeat={args.repeat} max_reads={args.max_reads:,} "
+        f"protocol_events={args.protocol_events:,}"
+    )
     rows = bench_read_sizes(args, contenders(openai, httpx_sse), log)
     large = [] if args.no_large else bench_large_event(args, openai, httpx_sse, log)
+    by_protocol = bench_protocols(args, log)
     ratios = linearity(large)
     goal = targets(rows)
 
@@ -785,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if large:
         log("\n".join(large_table(large, ratios)))
         log("")
+    log("\n".join(protocol_table(by_protocol)))
+    log("")
     log("\n".join(target_lines(goal)))
 
     workload = build_stream(args.events)
@@ -795,6 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "events": args.events,
             "repeat": args.repeat,
             "max_reads": args.max_reads,
+            "protocol_events": args.protocol_events,
+            "protocol_read_size": PROTOCOL_READ_SIZE,
             "quick": args.quick,
             "read_sizes": list(READ_SIZES),
             "statistic": "median and min of repeat runs, perf_counter_ns, one warm-up",
@@ -811,6 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "throughput": rows,
         "large_event": large,
         "linearity": ratios,
+        "protocols": by_protocol,
         "targets": goal,
     }
     text = json.dumps(document, indent=2)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from qwen_sse import protocols
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -31,10 +33,20 @@ def run_quick(script: str, *extra: str) -> dict[str, object]:
 @pytest.mark.timeout(300)
 def test_bench_sse_quick() -> None:
     document = run_quick("bench_sse.py")
-    assert {"throughput", "large_event", "linearity", "targets"} <= document.keys()
+    assert {"throughput", "large_event", "linearity", "protocols", "targets"} <= document.keys()
     text = json.dumps(document["throughput"])
     for name in ("feed", "feed_frames", "chat", "openai", "httpx-sse"):
         assert name in text
+    rows = document["protocols"]
+    assert isinstance(rows, list)
+    assert [row["protocol"] for row in rows] == list(protocols.NAMES)
+    for row in rows:
+        assert row["us_per_event_median"] > 0
+        assert row["us_per_piece_median"] > 0
+        assert row["events"] >= row["pieces"] > 0
+    targets = document["targets"]
+    assert isinstance(targets, dict)
+    assert {target["issue"] for target in targets.values()} == {2, 11}
 
 
 def test_bench_tokens_quick() -> None:
