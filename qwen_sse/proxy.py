@@ -31,6 +31,7 @@ first address only).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -92,15 +93,13 @@ class Proxy:
         return f"{scheme}://{shown}@{rest}"
 
     @property
-    def url_with_credentials(self) -> str:
-        """The URL to connect with, credentials percent-encoded in it: secret, never shown."""
+    def headers(self) -> dict[str, str]:
+        """``Proxy-Authorization: Basic`` with the credentials (UTF-8, as httpx sends them;
+        aiohttp would send Latin-1), or no header: secret, never shown."""
         if not self.has_credentials:
-            return self.url
-        userinfo = quote(self.username, safe="")
-        if self.password:
-            userinfo += ":" + quote(self.password, safe="")
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{userinfo}@{rest}"
+            return {}
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
+        return {"Proxy-Authorization": f"Basic {token}"}
 
     @property
     def named(self) -> str:
