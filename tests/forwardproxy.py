@@ -107,9 +107,13 @@ async def _serving(
 
 @asynccontextmanager
 async def forward_proxy(
-    *, credentials: tuple[str, str] | None = None, deny_connect: bool = False
+    *,
+    credentials: tuple[str, str] | None = None,
+    deny_connect: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[ProxySeen]:
-    """A forward proxy on loopback; ``ProxySeen.url`` is ``http://127.0.0.1:PORT``."""
+    """A forward proxy on loopback; ``ProxySeen.url`` is ``http://127.0.0.1:PORT``, or
+    ``https://`` with ``tls`` (its server context: clients speak TLS to the proxy)."""
     seen = ProxySeen()
     expected = b""
     if credentials is not None:
@@ -150,8 +154,8 @@ async def forward_proxy(
             upstream[1].write(b"\r\n".join([first, *kept]) + b"\r\n\r\n")
         await _join((reader, writer), upstream, seen.relayed)
 
-    async with _serving(handle) as port:
-        seen.url = f"http://127.0.0.1:{port}"
+    async with _serving(handle, tls) as port:
+        seen.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         yield seen
 
 

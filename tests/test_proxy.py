@@ -313,11 +313,13 @@ async def emulator() -> AsyncIterator[Emulator]:
 
 @dataclass
 class Tls:
-    """An https address of the emulator and the context that trusts its certificate."""
+    """An https address of the emulator, the context that trusts its certificate, and a
+    server context with a certificate for 127.0.0.1 from the same CA (for a TLS proxy)."""
 
     base_url: str
     port: int
     client_context: ssl.SSLContext
+    server_context: ssl.SSLContext
 
 
 @pytest.fixture
@@ -328,7 +330,8 @@ async def tls(emulator: Emulator) -> AsyncIterator[Tls]:
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     async with tls_front(emulator.port, server_context) as port:
-        yield Tls(f"https://127.0.0.1:{port}/compatible-mode/v1", port, client_context)
+        url = f"https://127.0.0.1:{port}/compatible-mode/v1"
+        yield Tls(url, port, client_context, server_context)
 
 
 async def test_http_proxy_carries_a_plain_http_request_key_and_all(
@@ -370,6 +373,22 @@ async def test_https_goes_through_connect_and_the_proxy_never_sees_the_key(
     assert b"Authorization" not in everything
     assert b"/chat/completions" not in everything
     assert b"\r\n\r\n" not in bytes(seen.relayed)
+
+
+async def test_an_https_proxy_is_spoken_to_over_tls_with_the_same_trust(
+    tls: Tls, emulator: Emulator
+) -> None:
+    async with forward_proxy(tls=tls.server_context, credentials=("alice", PASSWORD)) as seen:
+        assert seen.url.startswith("https://")
+        client = QwenClient(
+            KEY, tls.base_url, proxy=credentialed(seen.url), ssl_context=tls.client_context
+        )
+        async with client:
+            assert (await client.chat(HELLO)).complete
+    # The proxy decrypted the CONNECT (its credentials included); inside, TLS again.
+    assert seen.connects == [f"127.0.0.1:{tls.port}"]
+    assert seen.relayed[:1] == b"\x16"
+    assert KEY.encode() not in seen.everything
 
 
 async def test_without_a_proxy_https_reaches_the_tls_front_directly(tls: Tls) -> None:
