@@ -23,10 +23,11 @@ which the openai SDK ships with):
 * Loopback is not special: a target on 127.0.0.1 or ``localhost`` goes through the proxy
   unless ``NO_PROXY`` names it.
 
-Two deliberate differences from httpx: a ``:PORT`` entry also matches a URL that leaves the
-port implicit (``example.com:443`` matches ``https://example.com``; httpx compares only an
-explicit port), and networks match as httpx2 matches them (httpx 0.28 compares a network's
-first address only).
+Networks and ``*.example.com`` follow httpx2, which fixed them (httpx 0.28 compares a
+network's first address only, and ignores ``*.example.com``). One deliberate difference from
+both: a ``:PORT`` entry also matches a URL that leaves the port implicit
+(``example.com:443`` matches ``https://example.com``; httpx compares an explicit port only).
+aiohttp's own ``trust_env`` is not used: it ignores ``ALL_PROXY`` and ``https://`` proxies.
 """
 
 from __future__ import annotations
@@ -74,10 +75,6 @@ class Proxy:
 
     def __repr__(self) -> str:
         return f"Proxy({self.redacted!r}, source={self.source!r})"
-
-    @property
-    def scheme(self) -> str:
-        return self.url.partition("://")[0]
 
     @property
     def has_credentials(self) -> bool:

@@ -204,7 +204,7 @@ def test_a_star_sends_everything_direct(url: str) -> None:
 def test_a_proxy_url_is_read_with_its_credentials() -> None:
     proxy = parse_proxy("http://alice:s3cr%40t@Proxy.Example:3128/", source="HTTPS_PROXY")
     assert proxy.url == "http://proxy.example:3128"
-    assert (proxy.host, proxy.port, proxy.scheme) == ("proxy.example", 3128, "http")
+    assert (proxy.host, proxy.port) == ("proxy.example", 3128)
     assert (proxy.username, proxy.password) == ("alice", "s3cr@t")
     assert proxy.redacted == "http://alice:***@proxy.example:3128"
     assert proxy.headers == {"Proxy-Authorization": "Basic YWxpY2U6czNjckB0"}
