@@ -19,6 +19,7 @@ import itertools
 import logging
 import random
 import re
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -70,6 +71,7 @@ from qwen_sse.errors import (
 )
 from qwen_sse.limiter import Limiter, LimitRequest, Outcome, Permit
 from qwen_sse.protocols import WireProtocol
+from qwen_sse.proxy import Proxy, check_proxy_security, resolve_proxy
 from qwen_sse.retry import RetryPolicy
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
 
@@ -104,7 +106,7 @@ class WireTap(Protocol):
     that attempt's request was sent; headers come with the key redacted, and so do the
     server's headers and body pieces, should a server echo the key (an echo split across two
     reads is not seen). Callbacks run on the read path: they must be quick and must not
-    raise."""
+    raise. A proxy's credentials show as ``Proxy-Authorization: ***``."""
 
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         """An attempt is about to be sent."""
@@ -479,13 +481,17 @@ class ChatStream:
                 headers=self._headers,
                 allow_redirects=False,
                 timeout=self._client._request_timeout(self._timeouts),
+                proxy=self._client._proxy_url,
+                proxy_headers=self._client._proxy_headers,
             )
         except asyncio.CancelledError:
             failure = self._timeout_after_cancel()
             if failure is None:
                 raise
         except aiohttp.ClientError as error:
-            failure = _map_client_error(error, self._timeouts, started=False)
+            failure = _map_client_error(
+                error, self._timeouts, started=False, proxy=self._client.proxy
+            )
         except ValueError as error:
             # aiohttp refuses malformed headers (e.g. control characters in extra headers).
             failure = ConfigurationError(f"the request could not be sent: {error}")
@@ -560,14 +566,21 @@ class ChatStream:
             self._tap.data(body, self._since_sent())
         code, message, body_request_id = self._client.wire.error_fields(body)
         kept = {k: v for k in _KEPT_ERROR_HEADERS if (v := response.headers.get(k)) is not None}
-        error = status_error(
-            status=response.status,
-            code=code,
-            message=message or (response.reason or ""),
-            request_id=request_id or body_request_id,
-            body=body.decode("utf-8", "replace"),
-            headers=kept,
-        )
+        error: QwenSSEError
+        proxy = self._client.proxy
+        if response.status == 407 and proxy is not None:
+            # Only a proxy says 407: this one refused a plain-http request (https goes
+            # through CONNECT, whose refusal aiohttp raises).
+            error = proxy.refused(407, response.reason or "")
+        else:
+            error = status_error(
+                status=response.status,
+                code=code,
+                message=message or (response.reason or ""),
+                request_id=request_id or body_request_id,
+                body=body.decode("utf-8", "replace"),
+                headers=kept,
+            )
         self._scrubber.error(error)  # the reason phrase and the headers kept, too
         self._release_permit("throttled" if _is_throttling(error) else "error")
         self._tap_end(error)
@@ -830,6 +843,19 @@ class QwenClient:
     ``wire_tap`` receives every request, response head and raw body piece with its arrival
     time (:class:`WireTap`).
 
+    ``proxy``: None (the default) takes the proxy from ``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``ALL_PROXY`` and ``NO_PROXY`` (either letter case) as httpx and the openai SDK do
+    (:mod:`qwen_sse.proxy`); a URL (``http://user:password@host:3128``, or ``https://`` for
+    TLS to the proxy) sends every request through that proxy, ``NO_PROXY`` aside; ``""``
+    means no proxy whatever the environment says. The choice is made here, once: ``proxy``
+    is then the :class:`~qwen_sse.proxy.Proxy` (its repr hides the password) or None.
+    An https target is reached through a ``CONNECT`` tunnel: the proxy sees its host and
+    port, never the key. A plain-http target hands the proxy the whole request, key
+    included, so a proxy not on loopback is refused unless ``allow_insecure_http=True``.
+    A proxy that cannot be reached or refuses raises :class:`~qwen_sse.errors.ProxyError`.
+    ``ssl_context`` verifies https servers (and an https proxy) in place of the system's
+    trust store, e.g. with a private CA.
+
     ``retry`` is the :class:`~qwen_sse.retry.RetryPolicy` (``NO_RETRIES`` turns retries
     off; ``RetryPolicy(resume=True)`` resumes broken streams); ``limiter`` admits every
     request (:mod:`qwen_sse.limiter`). ``sleep`` and ``random_source`` are the clock and
@@ -866,6 +892,8 @@ class QwenClient:
         random_source: random.Random | None = None,
         protocol: str | WireProtocol = "compatible",
         wire_tap: WireTap | None = None,
+        proxy: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.wire = protocols.get(protocol)
         self.protocol = self.wire.name
@@ -873,6 +901,11 @@ class QwenClient:
         self.base_url = resolve_base_url(base_url, region, root=self.wire.root)
         self._chat_url = self.base_url + self.wire.path
         check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)
+        self.proxy: Proxy | None = resolve_proxy(self.base_url, proxy)
+        check_proxy_security(self.base_url, self.proxy, allow_insecure_http=allow_insecure_http)
+        self._proxy_url = self.proxy.url if self.proxy is not None else None
+        self._proxy_headers = (self.proxy.headers or None) if self.proxy is not None else None
+        self.ssl_context = ssl_context
         self.model = model
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
@@ -902,10 +935,16 @@ class QwenClient:
             **(default_headers or {}),
             **self.wire.headers(key),
         }
+        if self._proxy_headers and self.base_url.startswith("http:"):
+            # aiohttp sends proxy_headers only with CONNECT; a plain-http request goes to
+            # the proxy itself, so it carries them (never an https request: its headers
+            # travel through the tunnel to the server).
+            self._headers.update(self._proxy_headers)
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"QwenClient(base_url={self.base_url!r}, api_key={self._redacted_key!r})"
+        via = f", proxy={self.proxy.redacted!r}" if self.proxy is not None else ""
+        return f"QwenClient(base_url={self.base_url!r}, api_key={self._redacted_key!r}{via})"
 
     async def __aenter__(self) -> Self:
         self._open_session()
@@ -922,7 +961,10 @@ class QwenClient:
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, limit_per_host=0, ttl_dns_cache=300
+                limit=self.max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                ssl=self.ssl_context if self.ssl_context is not None else True,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -1036,9 +1078,13 @@ class _KeyScrubber:
 
     def sent_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Request headers safe to show: the key becomes ``***`` wherever it appears
-        (``Authorization: Bearer ***``, ``x-api-key: ***``)."""
+        (``Authorization: Bearer ***``, ``x-api-key: ***``), and so do a proxy's
+        credentials (``Proxy-Authorization: ***``)."""
         key = self._key
-        return {name: value.replace(key, "***") for name, value in headers.items()}
+        return {
+            name: "***" if name.lower() == "proxy-authorization" else value.replace(key, "***")
+            for name, value in headers.items()
+        }
 
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` itself when no value holds the key, else a scrubbed copy."""
@@ -1137,7 +1183,12 @@ def _has_output(decoder: ChatStreamDecoder, chunks: list[ChatCompletionChunk]) -
 
 
 def _map_client_error(
-    error: aiohttp.ClientError, timeouts: Timeouts, *, started: bool, encoding: str = ""
+    error: aiohttp.ClientError,
+    timeouts: Timeouts,
+    *,
+    started: bool,
+    encoding: str = "",
+    proxy: Proxy | None = None,
 ) -> QwenSSEError:
     """The one mapping of aiohttp's exceptions to the package's.
 
@@ -1145,11 +1196,16 @@ def _map_client_error(
     their tracebacks' frames hold the request headers, API key included. Its message keeps
     what a human needs: aiohttp's class name and description. ``encoding`` is the
     response's ``Content-Encoding``, to name it when its decoding fails.
+    ``proxy`` is the request's proxy: an error of its own names it without credentials.
     """
     name = type(error).__name__
     reason = " ".join((str(error) or name).split())
     if isinstance(error, aiohttp.ServerTimeoutError) and not started:
         return ConnectTimeoutError(timeout_s=timeouts.connect_s or 0.0)
+    if proxy is not None and isinstance(error, aiohttp.ClientProxyConnectionError):
+        return proxy.unreachable(str(error.os_error))
+    if proxy is not None and isinstance(error, aiohttp.ClientHttpProxyError):
+        return proxy.refused(error.status, error.message)
     if isinstance(error, aiohttp.ClientSSLError):
         return TransportError(f"TLS with {error.host}:{error.port} failed: {error.os_error}")
     if isinstance(error, aiohttp.ClientConnectorError):

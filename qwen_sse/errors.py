@@ -15,6 +15,7 @@ Core module: imports nothing from aiohttp, asyncio, os, time, random or logging.
     │   └── IncompleteStreamError     truncated: no end marker, or no finish reason before it
     │       └── StreamInterruptedError  the connection broke mid-stream
     ├── TransportError                the connection failed (refused, reset, TLS, DNS)
+    │   └── ProxyError                the proxy is unreachable or refused (407, 403); .proxy
     ├── QueueTimeoutError             a limiter did not admit the request in time; nothing sent
     ├── RequestTimeoutError           a deadline passed; subclasses say which one
     │   ├── ConnectTimeoutError
@@ -61,6 +62,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
+    "ProxyError",
     "QueueTimeoutError",
     "QwenSSEError",
     "RateLimitError",
@@ -240,6 +242,20 @@ class StreamInterruptedError(IncompleteStreamError):
 
 class TransportError(QwenSSEError):
     """The connection could not be made or broke (refused, reset, TLS, DNS)."""
+
+
+class ProxyError(TransportError):
+    """The proxy could not be reached, or refused the request or its ``CONNECT`` tunnel.
+
+    ``proxy`` is its URL without credentials; ``status`` is its HTTP answer (407: it wants
+    credentials or refused them; 403: it forbids the target), or None when it could not be
+    reached.
+    """
+
+    def __init__(self, message: str, *, proxy: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+        self.status = status
 
 
 class QueueTimeoutError(QwenSSEError):

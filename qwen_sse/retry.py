@@ -4,9 +4,10 @@ Core module (sans-I/O): imports nothing from aiohttp, asyncio, os, time, random 
 Time and randomness arrive as arguments (``elapsed_s``, ``now_epoch_s``,
 ``random_fraction``), so every decision is reproducible in a test.
 
-Retried: connection failures, connect timeouts, a stream that failed or stalled before its
-first token (a total timeout is final), HTTP 408, 409, 429 that means throttling (RPM, TPM,
-burst), and 5xx. Never retried: other 4xx, billing 429s (``CommodityNotPurchased``,
+Retried: connection failures (a proxy that cannot be reached or answers 5xx included),
+connect timeouts, a stream that failed or stalled before its first token (a total timeout
+is final), HTTP 408, 409, 429 that means throttling (RPM, TPM, burst), and 5xx. Never
+retried: other 4xx (a proxy's 407 or 403 included), billing 429s (``CommodityNotPurchased``,
 ``PrepaidBillOverdue``, ``PostpaidBillOverdue``, an exhausted plan), in-band errors
 (moderation is deliberate), protocol errors and redirects (3xx, never followed). A server's
 ``x-should-retry: true|false`` (any letter case) overrides the status rule. Delays:
@@ -28,6 +29,7 @@ from qwen_sse.errors import (
     FirstTokenTimeoutError,
     IdleTimeoutError,
     IncompleteStreamError,
+    ProxyError,
     QwenSSEError,
     RateLimitError,
     RedirectError,
@@ -137,6 +139,8 @@ def classify(error: QwenSSEError) -> tuple[bool, str]:
         if error.status in _RETRYABLE_STATUSES or error.status >= 500:
             return True, f"HTTP {error.status} {error.code}".rstrip()
         return False, f"HTTP {error.status} is not retryable"
+    if isinstance(error, ProxyError) and error.status is not None and error.status < 500:
+        return False, f"the proxy answered {error.status}"
     if isinstance(error, TransportError | ConnectTimeoutError):
         return True, str(error)
     if isinstance(error, FirstTokenTimeoutError | IdleTimeoutError | IncompleteStreamError):

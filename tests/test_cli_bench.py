@@ -200,3 +200,21 @@ def test_a_run_in_another_protocol(
     jsonschema.validate(summary, SUMMARY_SCHEMA)
     # Every answer of 4 pieces was decoded whole, whatever the protocol's framing.
     assert summary["total_output_tokens"] >= 4 * 4
+
+
+def test_mock_ignores_the_proxy_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    status = main(["bench", *FAST_MOCK, *SMALL, "--requests", "2"])
+    _, err = capsys.readouterr()
+    assert status == 0, err
+
+
+def test_a_remote_proxy_for_plain_http_exits_2_before_any_load(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    arguments = ["bench", "--base-url", "http://127.0.0.1:9/v1", "--requests", "1"]
+    assert main([*arguments, "--proxy", "http://proxy.invalid:3128"]) == 2
+    assert "through the proxy http://proxy.invalid:3128" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pytest
 from qwen_sse import protocols
 from qwen_sse.cli import main
 from qwen_sse.emulator import emulated_answer
+from tests.forwardproxy import forward_proxy
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 
@@ -235,3 +236,36 @@ def test_an_unknown_protocol_is_one_clear_line(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert "invalid choice: 'grpc'" in err
     assert "anthropic" in err
+
+
+async def test_proxy_sends_the_request_through_the_proxy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    async with serving(sse_answer("via the proxy")) as server, forward_proxy() as seen:
+        status = await chat_cli("--base-url", server.url, "--proxy", seen.url, "hi")
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert out == "via the proxy\n"
+    [head] = seen.heads
+    assert head.startswith(f"POST {server.url}/chat/completions ".encode())
+
+
+def test_mock_ignores_the_proxy_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A proxy elsewhere could not reach the in-process emulator (and must not see the key).
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    assert main(["chat", "--mock", "你好"]) == 0
+    assert capsys.readouterr().out == mock_answer("你好") + "\n"
+
+
+def test_a_remote_proxy_for_plain_http_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    monkeypatch.setenv("HTTP_PROXY", "http://user:hunter22@proxy.invalid:3128")
+    assert main(["chat", "--base-url", "http://127.0.0.1:9/v1", "hi"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "through the proxy http://proxy.invalid:3128 (from HTTP_PROXY)" in line
+    assert "hunter22" not in line

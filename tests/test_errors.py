@@ -21,6 +21,7 @@ from qwen_sse.errors import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    ProxyError,
     QwenSSEError,
     RateLimitError,
     RedirectError,
@@ -121,6 +122,7 @@ def sample_errors() -> list[QwenSSEError]:
             limit="max_answer_chars", limit_value=10, observed=12, unit="chars", partial=partial
         ),
         EventTooLargeError(max_event_bytes=10, event_bytes=11, between_events=True),
+        ProxyError("the proxy refused", proxy="http://127.0.0.1:3128", status=407),
     ]
 
 

@@ -17,6 +17,7 @@ from qwen_sse.errors import (
     InBandError,
     IncompleteStreamError,
     ProtocolError,
+    ProxyError,
     QwenSSEError,
     RedirectError,
     StreamLimitError,
@@ -42,6 +43,10 @@ def http(status: int, code: str = "", message: str = "", **headers: str) -> Qwen
     ("error", "retryable"),
     [
         (TransportError("cannot connect"), True),
+        (ProxyError("cannot connect to the proxy", proxy="http://p:3128"), True),
+        (ProxyError("tunnel refused", proxy="http://p:3128", status=502), True),
+        (ProxyError("credentials refused", proxy="http://p:3128", status=407), False),
+        (ProxyError("target forbidden", proxy="http://p:3128", status=403), False),
         (ConnectTimeoutError(timeout_s=1), True),
         (FirstTokenTimeoutError(timeout_s=1), True),
         (IncompleteStreamError("cut before the first token"), True),

@@ -42,7 +42,8 @@ _UNLIMITED_FILES = 1 << 20
 class Target(msgspec.Struct, frozen=True, kw_only=True):
     """Where the load goes. ``base_url`` is ``protocol``'s base URL; ``api_key`` None reads
     it from the environment in each worker (so that it never travels between processes);
-    ``timeouts`` bound every request."""
+    ``timeouts`` bound every request. ``proxy`` is :class:`~qwen_sse.client.QwenClient`'s:
+    None takes it from the environment in each worker, ``""`` means none."""
 
     base_url: str
     model: str
@@ -50,6 +51,7 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     allow_insecure_http: bool = False
+    proxy: str | None = None
 
 
 class ShardPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,6 +166,7 @@ async def run_shard(
         max_connections=connections_needed(plan.shape, len(plan.slots)),
         allow_insecure_http=target.allow_insecure_http,
         protocol=target.protocol,
+        proxy=target.proxy,
     )
     loop = asyncio.get_running_loop()
     shard = _Shard(

@@ -41,6 +41,7 @@ from qwen_sse.cli.chat import add_connection_options, parse_params, timeouts_fro
 from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
+from qwen_sse.proxy import check_proxy_security, resolve_proxy
 
 _GOODPUT_KEYS = ("ttft", "tpot", "e2el")
 
@@ -260,10 +261,14 @@ def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
                 protocol=args.protocol,
                 api_key=MOCK_API_KEY,
                 timeouts=timeouts,
+                # The emulator runs on this machine: no proxy of the environment between.
+                proxy=args.proxy or "",
             )
         return
     base_url = resolve_base_url(args.base_url, args.region, root=protocols.get(args.protocol).root)
     check_transport_security(base_url, allow_insecure_http=args.allow_insecure_http)
+    proxy = resolve_proxy(base_url, args.proxy)
+    check_proxy_security(base_url, proxy, allow_insecure_http=args.allow_insecure_http)
     # Fail now, not in every worker; the key itself stays in the environment.
     resolve_api_key(None)
     yield Target(
@@ -272,6 +277,7 @@ def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
         protocol=args.protocol,
         timeouts=timeouts,
         allow_insecure_http=args.allow_insecure_http,
+        proxy=args.proxy,
     )
 
 

@@ -64,6 +64,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="an extra request header (repeatable), e.g. an emulator fault",
     )
     target.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="send requests through this proxy, http://[USER:PASSWORD@]HOST:PORT ('' for "
+        "none); default: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (a password is "
+        "safer there than on the command line)",
+    )
+    target.add_argument(
         "--allow-insecure-http",
         action="store_true",
         help="allow sending the key over plain http to a non-loopback host",
@@ -131,6 +138,8 @@ async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator
                 timeouts=timeouts_from(args),
                 retry=retry_from(args),
                 default_headers=headers_from(args),
+                # The emulator is in-process: no proxy of the environment stands between.
+                proxy=args.proxy or "",
                 **options,
             ) as client,
         ):
@@ -145,6 +154,7 @@ async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator
         allow_insecure_http=args.allow_insecure_http,
         default_headers=headers_from(args),
         protocol=args.protocol,
+        proxy=args.proxy,
         **options,
     ) as client:
         yield client
