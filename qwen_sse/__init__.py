@@ -3,9 +3,14 @@
 The public names are re-exported here; see the README for the tour. The client names are
 loaded on first use, so that the sans-I/O core (``SSEDecoder``, ``count_tokens``, ...) can
 be imported without paying for aiohttp.
+
+Logging: the package logger ``qwen_sse`` gets a ``NullHandler`` and nothing else (no level,
+no output); the application decides what shows, or ``QWEN_SSE_LOG`` does
+(:mod:`qwen_sse.wirelog`).
 """
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from qwen_sse.chat import (
@@ -64,6 +69,8 @@ if TYPE_CHECKING:
     from qwen_sse.client import ChatStream, QwenClient
 
 __version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {"ChatStream": "qwen_sse.client", "QwenClient": "qwen_sse.client"}
 

@@ -32,7 +32,7 @@ from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from qwen_sse import protocols
+from qwen_sse import protocols, wirelog
 from qwen_sse.chat import (
     DEFAULT_MAX_ANSWER_CHARS,
     DEFAULT_MAX_ANSWER_CHUNKS,
@@ -298,6 +298,8 @@ class ChatStream:
         self._bytes_before = 0
         self._events_before = 0
         self._tap = client.wire_tap
+        if wirelog.wanted():
+            self._tap = wirelog.WireLog(self, self._scrubber, inner=self._tap)
         self._tap_open = False
         self._sent_at = 0.0
         self.status: int | None = None
@@ -699,7 +701,7 @@ class ChatStream:
         self._release_permit("error")
         self._resumes += 1
         _log.warning(
-            "resuming a broken stream after %d characters (resume %d of %d): %s%s",
+            "resuming a broken stream at once after %d characters (resume %d of %d): %s%s",
             len(self._accumulator.result(complete=False).content),
             self._resumes,
             self._retry.max_resumes,
@@ -827,7 +829,10 @@ class QwenClient:
     ``QwenClient(api_key=None, base_url=None, region=None)``: the key comes from the
     argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY`` (a missing key raises
     :class:`~qwen_sse.errors.ConfigurationError` before any traffic); ``base_url``
-    overrides ``region`` (``beijing`` by default, ``singapore``, ``us``, ``hongkong``).
+    overrides ``region`` (``beijing`` by default, ``singapore``, ``us``, ``hongkong``), and
+    either argument overrides ``DASHSCOPE_BASE_URL`` and ``DASHSCOPE_REGION``
+    (:func:`~qwen_sse.config.resolve_base_url`). ``QWEN_SSE_LOG=debug|info`` turns on the
+    wire log (:mod:`qwen_sse.wirelog`).
     Use it as ``async with QwenClient() as client``; it owns one ``aiohttp.ClientSession``
     whose pool holds up to ``max_connections`` connections (streams hold one each).
     The key never appears in a repr, log line, or exception (no raised error chains
@@ -895,6 +900,7 @@ class QwenClient:
         proxy: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        wirelog.enable_from_env()
         self.wire = protocols.get(protocol)
         self.protocol = self.wire.name
         self.wire_tap = wire_tap

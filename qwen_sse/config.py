@@ -1,6 +1,7 @@
 """Where requests go and with what credentials: regions, base URLs, the API key, timeouts.
 
-I/O layer: it reads the environment; it never logs, stores or prints the key.
+I/O layer, and the one module of the library that reads the environment (see the README's
+table of environment variables); it never logs, stores or prints the key.
 """
 
 from __future__ import annotations
@@ -16,14 +17,21 @@ from qwen_sse.errors import ConfigurationError
 
 __all__ = [
     "API_KEY_ENV_VARS",
+    "BASE_URL_ENV_VARS",
     "COMPATIBLE_ROOT",
     "DEFAULT_REGION",
+    "LOG_CONTENT_ENV_VAR",
+    "LOG_ENV_VAR",
+    "LOG_ENV_VARS",
     "NATIVE_REGIONS",
     "REGIONS",
+    "REGION_ENV_VARS",
     "REGION_ORIGINS",
+    "LogSwitch",
     "Timeouts",
     "check_transport_security",
     "is_loopback_host",
+    "log_switch",
     "redact_key",
     "resolve_api_key",
     "resolve_base_url",
@@ -48,6 +56,17 @@ NATIVE_REGIONS: Mapping[str, str] = {
 """Base URLs of the native protocols."""
 DEFAULT_REGION = "beijing"
 API_KEY_ENV_VARS = ("DASHSCOPE_API_KEY", "QWEN_API_KEY")
+BASE_URL_ENV_VARS = ("DASHSCOPE_BASE_URL", "QWEN_BASE_URL")
+"""Where the base URL comes from when no argument names one, first set first: the
+compatible-mode base URL (see :func:`resolve_base_url`)."""
+REGION_ENV_VARS = ("DASHSCOPE_REGION", "QWEN_REGION")
+"""Where the region comes from when no argument and no base URL variable names one."""
+LOG_ENV_VAR = "QWEN_SSE_LOG"
+LOG_CONTENT_ENV_VAR = "QWEN_SSE_LOG_CONTENT"
+LOG_ENV_VARS = (LOG_ENV_VAR, LOG_CONTENT_ENV_VAR)
+_LOG_LEVELS = ("debug", "info")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 class Timeouts(msgspec.Struct, frozen=True):
@@ -73,13 +92,19 @@ class Timeouts(msgspec.Struct, frozen=True):
                 raise ConfigurationError(f"timeout {name} must be positive or None, got {value}")
 
 
-def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """The key from the argument, else ``DASHSCOPE_API_KEY``, else ``QWEN_API_KEY``;
-    surrounding whitespace (a key read from a file) is dropped, and a key with whitespace or
-    control characters inside is refused without being shown."""
+def resolve_api_key(
+    api_key: str | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    env_vars: tuple[str, ...] = API_KEY_ENV_VARS,
+) -> str:
+    """The key from the argument, else from the first of ``env_vars`` that is set
+    (``DASHSCOPE_API_KEY``, then ``QWEN_API_KEY``); surrounding whitespace (a key read from a
+    file) is dropped, and a key with whitespace or control characters inside is refused
+    without being shown."""
     candidates = [("the api_key argument", api_key or "")]
     env = os.environ if environ is None else environ
-    candidates += [(name, env.get(name, "")) for name in API_KEY_ENV_VARS]
+    candidates += [(name, env.get(name, "")) for name in env_vars]
     for source, raw in candidates:
         key = raw.strip()
         if not key:
@@ -89,27 +114,105 @@ def resolve_api_key(api_key: str | None, environ: Mapping[str, str] | None = Non
                 f"the API key from {source} contains whitespace or control characters"
             )
         return key
-    raise ConfigurationError(
-        "no API key: pass api_key=... or set DASHSCOPE_API_KEY (or QWEN_API_KEY)"
-    )
+    raise ConfigurationError(f"no API key: set {_either(env_vars)}, or pass api_key=...")
 
 
 def resolve_base_url(
-    base_url: str | None, region: str | None, *, root: str = COMPATIBLE_ROOT
+    base_url: str | None,
+    region: str | None,
+    *,
+    root: str = COMPATIBLE_ROOT,
+    environ: Mapping[str, str] | None = None,
 ) -> str:
-    """``base_url`` if given (any compatible server), else the region's host with ``root``,
-    the protocol's base path (``/compatible-mode/v1``, ``/api/v1``, ``/apps/anthropic``)."""
+    """The base URL of a protocol whose root on a DashScope host is ``root``
+    (``/compatible-mode/v1``, ``/api/v1``, ``/apps/anthropic``).
+
+    Arguments first, then the environment, then the default: ``base_url`` if given (the
+    protocol's base URL on any server), else ``region``'s host with ``root``; else
+    ``DASHSCOPE_BASE_URL`` (or ``QWEN_BASE_URL``), else ``DASHSCOPE_REGION`` (or
+    ``QWEN_REGION``); else Beijing. A base URL from the environment is the compatible-mode
+    base URL, the one DashScope documents and ``qwen-sse serve`` prints
+    (``https://host/compatible-mode/v1``, or any OpenAI-compatible server's ``.../v1``), so
+    that one variable serves every protocol: a protocol with another root gets that URL
+    with ``/compatible-mode/v1`` replaced by its root, and a URL that does not end in it
+    (another server's layout) is refused for such a protocol, saying so.
+    """
     if base_url:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"base_url must be an http(s) URL with a host: {base_url!r}")
-        return base_url.rstrip("/")
-    name = (region or DEFAULT_REGION).lower()
+        return _checked_url(base_url, "base_url")
+    if region:
+        return _region_url(region, root)
+    env = os.environ if environ is None else environ
+    for name in BASE_URL_ENV_VARS:
+        if value := env.get(name, "").strip():
+            return _from_compatible_url(_checked_url(value, name), name, root)
+    for name in REGION_ENV_VARS:
+        if value := env.get(name, "").strip():
+            return _region_url(value, root, source=name)
+    return REGION_ORIGINS[DEFAULT_REGION] + root
+
+
+def _checked_url(url: str, source: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{source} must be an http(s) URL with a host: {url!r}")
+    return url.rstrip("/")
+
+
+def _region_url(region: str, root: str, *, source: str = "") -> str:
+    """``region``'s host with ``root``; ``source`` names the variable it came from, if any."""
     try:
-        return REGION_ORIGINS[name] + root
+        return REGION_ORIGINS[region.lower()] + root
     except KeyError:
         known = ", ".join(REGIONS)
-        raise ConfigurationError(f"unknown region {region!r}; known regions: {known}") from None
+        where = f" in {source}" if source else ""
+        raise ConfigurationError(
+            f"unknown region {region!r}{where}; known regions: {known}"
+        ) from None
+
+
+def _from_compatible_url(url: str, source: str, root: str) -> str:
+    """The base URL for ``root`` on the server whose compatible-mode base URL is ``url``."""
+    if root == COMPATIBLE_ROOT:
+        return url
+    if not url.endswith(COMPATIBLE_ROOT):
+        raise ConfigurationError(
+            f"{source} ({url}) is a compatible-mode base URL that does not end in "
+            f"{COMPATIBLE_ROOT}, so this protocol's base URL (its root is {root}) cannot be "
+            "derived from it: pass base_url=... for this protocol"
+        )
+    return url.removesuffix(COMPATIBLE_ROOT) + root
+
+
+def _either(names: tuple[str, ...]) -> str:
+    """``A``, ``A (or B)``, ``A (or B or C)``."""
+    first, *others = names
+    return f"{first} (or {' or '.join(others)})" if others else first
+
+
+class LogSwitch(msgspec.Struct, frozen=True):
+    """What ``QWEN_SSE_LOG`` and ``QWEN_SSE_LOG_CONTENT`` ask for: ``level`` ``"debug"``,
+    ``"info"`` or None (unset: the application's logging configuration rules), and whether
+    to show prompt and answer content (``content``, which only the debug level shows)."""
+
+    level: str | None = None
+    content: bool = False
+
+
+def log_switch(environ: Mapping[str, str] | None = None) -> LogSwitch:
+    """The log switch the environment sets; an unknown value is a
+    :class:`~qwen_sse.errors.ConfigurationError` naming the variable and what it accepts."""
+    env = os.environ if environ is None else environ
+    level = env.get(LOG_ENV_VAR, "").strip().lower()
+    if level and level not in _LOG_LEVELS:
+        raise ConfigurationError(
+            f"{LOG_ENV_VAR}={env[LOG_ENV_VAR]!r} is not one of {', '.join(_LOG_LEVELS)}"
+        )
+    content = env.get(LOG_CONTENT_ENV_VAR, "").strip().lower()
+    if content not in _TRUE + _FALSE:
+        raise ConfigurationError(
+            f"{LOG_CONTENT_ENV_VAR}={env[LOG_CONTENT_ENV_VAR]!r} is not 1 or 0"
+        )
+    return LogSwitch(level=level or None, content=content in _TRUE)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 
 from qwen_sse import protocols
+from qwen_sse.bench import benchmark, workers
 from qwen_sse.bench.plot import DISTRIBUTIONS_PNG, TIMELINE_PNG
+from qwen_sse.bench.runner import Target
 from qwen_sse.bench.schema import CSV_COLUMNS, RECORD_SCHEMA, SUMMARY_SCHEMA, SWEEP_SCHEMA
 from qwen_sse.cli import main
+from tests.served import served
 
 FAST_MOCK = ["--mock", "--mock-ttft-ms", "30", "--mock-itl-ms", "5", "--mock-jitter-ms", "1"]
 SMALL = ["--input-tokens", "24", "--output-tokens", "4", "--quiet"]
@@ -168,6 +172,49 @@ def test_a_real_endpoint_needs_a_key(
     monkeypatch.delenv("QWEN_API_KEY", raising=False)
     assert main(["bench", "--base-url", "http://127.0.0.1:9/v1", "--requests", "1"]) == 2
     assert "DASHSCOPE_API_KEY" in capsys.readouterr().err
+
+
+def test_workers_read_the_key_from_the_variable_named_and_only_its_name_travels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "sk-test-bench-0123456789abcdef"
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    monkeypatch.delenv("QWEN_API_KEY", raising=False)
+    monkeypatch.setenv("BENCH_KEY", key)  # the workers inherit the environment
+    sent: list[bytes] = []  # what goes to the worker processes about the target
+    run_workers = workers.run_workers
+
+    def watched(plans: Any, target: Target, **options: Any) -> Any:
+        sent.append(msgspec.msgpack.encode(target))
+        return run_workers(plans, target, **options)
+
+    monkeypatch.setattr(benchmark, "run_workers", watched)
+    summary_path = tmp_path / "summary.json"
+    with served(key) as base_url:
+        status = main(
+            [
+                "bench",
+                *SMALL,
+                "--base-url",
+                base_url,
+                "--api-key-env",
+                "BENCH_KEY",
+                "--concurrency",
+                "2",
+                "--requests",
+                "4",
+                "--workers",
+                "2",
+                "--json",
+                str(summary_path),
+            ]
+        )
+    _, err = capsys.readouterr()
+    assert status == 0, err
+    assert json.loads(summary_path.read_text())["completed"] == 4
+    (target,) = sent
+    assert key.encode() not in target
+    assert b"BENCH_KEY" in target
 
 
 @pytest.mark.parametrize("protocol", ["native", "responses", "anthropic"])

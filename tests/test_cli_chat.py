@@ -17,6 +17,7 @@ from qwen_sse.cli import main
 from qwen_sse.emulator import emulated_answer
 from tests.forwardproxy import forward_proxy
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
+from tests.served import served
 
 
 def mock_answer(prompt: str, **params: object) -> str:
@@ -75,6 +76,41 @@ def test_missing_key_exits_2(
     assert "DASHSCOPE_API_KEY" in capsys.readouterr().err
 
 
+SERVED_KEY = "sk-test-chat-0123456789abcdef"
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+def test_two_environment_variables_point_chat_at_a_served_emulator(
+    protocol: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with served(SERVED_KEY) as base_url:
+        monkeypatch.setenv("DASHSCOPE_BASE_URL", base_url)
+        monkeypatch.setenv("DASHSCOPE_API_KEY", SERVED_KEY)
+        assert main(["chat", "--protocol", protocol, "你好"]) == 0
+    out, err = capsys.readouterr()
+    assert out == mock_answer("你好") + "\n"
+    assert SERVED_KEY not in err
+
+
+def test_the_key_from_the_variable_api_key_env_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-not-this-one")
+    monkeypatch.setenv("OPENAI_API_KEY", SERVED_KEY)
+    with served(SERVED_KEY) as base_url:
+        assert main(["chat", "--base-url", base_url, "hi"]) == 1
+        assert "HTTP 401" in capsys.readouterr().err
+        args = ["chat", "--base-url", base_url, "--api-key-env", "OPENAI_API_KEY", "hi"]
+        assert main(args) == 0
+    assert capsys.readouterr().out == mock_answer("hi") + "\n"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["chat", "--api-key-env", "OPENAI_API_KEY", "hi"]) == 2
+    assert capsys.readouterr().err == (
+        "qwen-sse: error: no API key: set OPENAI_API_KEY, or name the variable that holds it "
+        "with --api-key-env\n"
+    )
+
+
 def test_bad_param_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--mock", "--param", "novalue", "hi"]) == 2
     assert "KEY=JSON" in capsys.readouterr().err
@@ -82,7 +118,7 @@ def test_bad_param_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_invalid_retry_option_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--mock", "--max-attempts", "0", "hi"]) == 2
-    assert "max_attempts must be at least 1" in capsys.readouterr().err
+    assert "qwen-sse: error: --max-attempts must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_native_mock_chat_gives_the_same_answer(capsys: pytest.CaptureFixture[str]) -> None:

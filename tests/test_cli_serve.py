@@ -139,7 +139,6 @@ async def test_serve_exits_by_itself_after_exit_after_s() -> None:
         ["--fault", "{not json"],
         ["--fault", '{"status": 200}'],
         ["--fault", '{"unknown_field": 1}'],
-        ["--ttft-ms", "-5"],
         ["--answer-tokens", "0"],
     ],
 )
@@ -148,6 +147,55 @@ def test_serve_rejects_invalid_settings(
 ) -> None:
     assert main(["serve", *args]) == 2
     assert "qwen-sse serve: invalid setting" in capsys.readouterr().err
+
+
+def test_invalid_settings_are_named_by_their_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--answer-tokens", "0"]) == 2
+    assert "--answer-tokens must be at least 1, got 0" in capsys.readouterr().err
+    for option in ("--ttft-ms", "--itl-ms", "--jitter-ms"):
+        with pytest.raises(SystemExit) as caught:
+            build_parser().parse_args(["serve", option, "-5"])
+        assert caught.value.code == 2
+        assert f"argument {option}: must not be negative, got -5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typed", ["sk-test-typed", "sktesttyped"])
+def test_a_key_typed_as_an_option_is_refused_unseen(
+    typed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args in (["--api-key", typed], [f"--api-key={typed}"], ["--api-key-env", typed + "!"]):
+        with pytest.raises(SystemExit) as caught:
+            build_parser().parse_args(["serve", *args])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert typed not in err
+        assert "--api-key-env" in err
+
+
+@pytest.mark.timeout(60)
+async def test_serve_accepts_the_key_its_variable_holds_and_never_shows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = "sk-test-served-0123456789abcdef"
+    monkeypatch.setenv("SERVED_KEY", key)  # the command inherits this environment
+    async with serve("--api-key-env", "SERVED_KEY") as served:
+        assert (await post(served.base_url, key))[0] == 200
+        assert (await post(served.base_url, "sk-test"))[0] == 401
+        assert key not in served.banner
+        assert "accepting the bearer key in $SERVED_KEY" in served.banner
+        assert '-H "Authorization: Bearer $SERVED_KEY"' in served.banner
+
+
+def test_an_unset_key_variable_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SERVED_KEY", raising=False)
+    assert main(["serve", "--api-key-env", "SERVED_KEY", "--exit-after-s", "0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "qwen-sse serve: invalid setting: no API key: set SERVED_KEY, or name the variable "
+        "that holds it with --api-key-env"
+    )
 
 
 def test_serve_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,12 +210,13 @@ def test_serve_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
 def test_serve_defaults_mirror_the_emulator_config() -> None:
     args = build_parser().parse_args(["serve"])
     defaults = EmulatorConfig()
-    assert (args.host, args.port, args.api_key, args.any_key) == (
+    assert (args.host, args.port, args.api_key_env, args.any_key) == (
         "127.0.0.1",
         8000,
-        "sk-test",
+        None,
         False,
     )
+    assert defaults.api_key == "sk-test"  # what serve accepts by default
     assert args.ttft_ms == defaults.ttft_s * 1000
     assert args.itl_ms == defaults.itl_s * 1000
     assert args.answer_tokens == defaults.answer_tokens

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from qwen_sse import protocols
 from qwen_sse.cli import main
 from qwen_sse.emulator import FAULT_HEADER, Fault
+from tests.served import served
 
 SECRET = "sk-test-trace-secret-0123456789abcdef"
 
@@ -69,35 +68,8 @@ def test_a_clean_trace(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture
 def served_with_secret_key() -> Iterator[str]:
     """``qwen-sse serve`` in a subprocess that accepts only SECRET; yields its base URL."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qwen_sse",
-            "serve",
-            "--port",
-            "0",
-            "--api-key",
-            SECRET,
-            "--ttft-ms",
-            "0",
-            "--itl-ms",
-            "1",
-            "--exit-after-s",
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/compatible-mode/v1)", line)
-        assert match, line
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with served(SECRET) as base_url:
+        yield base_url
 
 
 def test_no_trace_or_recording_contains_the_key(
@@ -118,6 +90,28 @@ def test_no_trace_or_recording_contains_the_key(
         assert SECRET not in text
         assert SECRET[10:] not in text
     assert "Bearer ***" in record.read_text("utf-8")
+
+
+def test_the_key_from_another_variable_with_the_wire_log_on(
+    served_with_secret_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-wrong")
+    monkeypatch.setenv("OTHER_KEY", SECRET)
+    monkeypatch.setenv("QWEN_SSE_LOG", "debug")
+    monkeypatch.setenv("QWEN_SSE_LOG_CONTENT", "1")
+    args = ["trace", "--base-url", served_with_secret_key, "--api-key-env", "OTHER_KEY", "hi"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "complete: yes" in out
+    assert " INFO qwen_sse.wirelog: call " in err
+    assert "-> 200, request id " in err
+    assert "Authorization: Bearer ***" in err
+    assert "data: [DONE]" in err
+    for text in (out, err):
+        assert SECRET not in text
+        assert SECRET[10:] not in text
 
 
 def test_an_unwritable_recording_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

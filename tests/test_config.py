@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from qwen_sse import protocols
 from qwen_sse.config import (
+    COMPATIBLE_ROOT,
     REGIONS,
     Timeouts,
     check_transport_security,
@@ -33,6 +35,15 @@ def test_missing_key_names_both_variables() -> None:
     assert "QWEN_API_KEY" in str(caught.value)
 
 
+def test_the_key_from_other_variables() -> None:
+    env = {"DASHSCOPE_API_KEY": "sk-test-a", "OPENAI_API_KEY": "sk-test-o"}
+    assert resolve_api_key(None, env, env_vars=("OPENAI_API_KEY",)) == "sk-test-o"
+    assert resolve_api_key("sk-test-arg", env, env_vars=("OPENAI_API_KEY",)) == "sk-test-arg"
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_api_key(None, env, env_vars=("MY_KEY",))
+    assert str(caught.value) == "no API key: set MY_KEY, or pass api_key=..."
+
+
 @pytest.mark.parametrize("region", sorted(REGIONS))
 def test_regions(region: str) -> None:
     assert resolve_base_url(None, region) == REGIONS[region]
@@ -40,8 +51,68 @@ def test_regions(region: str) -> None:
 
 
 def test_default_region_is_beijing_and_base_url_wins() -> None:
-    assert resolve_base_url(None, None) == "https://dashscope.aliyuncs.com/compatible-mode/v1"
-    assert resolve_base_url("https://host/v1/", "singapore") == "https://host/v1"
+    assert resolve_base_url(None, None, environ={}) == (
+        "https://dashscope.aliyuncs.com/compatible-mode/v1"
+    )
+    assert resolve_base_url("https://host/v1/", "singapore", environ={}) == "https://host/v1"
+
+
+def test_arguments_win_over_the_environment_and_the_environment_over_the_default() -> None:
+    env = {"DASHSCOPE_BASE_URL": "http://127.0.0.1:8000/compatible-mode/v1/"}
+    assert resolve_base_url(None, None, environ=env) == "http://127.0.0.1:8000/compatible-mode/v1"
+    assert resolve_base_url("https://arg/v1", None, environ=env) == "https://arg/v1"
+    # A region argument is an argument: it wins over a base URL from the environment.
+    assert resolve_base_url(None, "singapore", environ=env) == REGIONS["singapore"]
+    assert resolve_base_url(None, None, environ={"DASHSCOPE_REGION": "US"}) == REGIONS["us"]
+    assert (
+        resolve_base_url(None, None, environ={"QWEN_REGION": "hongkong"}) == (REGIONS["hongkong"])
+    )
+    # Within the environment, a base URL wins over a region, DASHSCOPE_ over QWEN_.
+    both = {**env, "DASHSCOPE_REGION": "us", "QWEN_BASE_URL": "https://other/compatible-mode/v1"}
+    assert resolve_base_url(None, None, environ=both) == env["DASHSCOPE_BASE_URL"].rstrip("/")
+    assert resolve_base_url(None, None, environ={"QWEN_BASE_URL": "https://q/v1"}) == "https://q/v1"
+    # Empty variables are unset.
+    assert resolve_base_url(None, None, environ={"DASHSCOPE_BASE_URL": " "}) == (REGIONS["beijing"])
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+def test_a_base_url_from_the_environment_serves_every_protocol(protocol: str) -> None:
+    root = protocols.get(protocol).root
+    env = {"DASHSCOPE_BASE_URL": "http://127.0.0.1:8000/compatible-mode/v1"}
+    assert resolve_base_url(None, None, root=root, environ=env) == "http://127.0.0.1:8000" + root
+    region = resolve_base_url(None, None, root=root, environ={"DASHSCOPE_REGION": "singapore"})
+    assert region == "https://dashscope-intl.aliyuncs.com" + root
+
+
+def test_another_servers_base_url_from_the_environment_serves_its_own_root_only() -> None:
+    env = {"DASHSCOPE_BASE_URL": "http://127.0.0.1:8080/v1"}
+    for protocol in protocols.PROTOCOLS.values():
+        if protocol.root == COMPATIBLE_ROOT:
+            assert resolve_base_url(None, None, root=protocol.root, environ=env) == (
+                "http://127.0.0.1:8080/v1"
+            )
+        else:
+            with pytest.raises(ConfigurationError) as caught:
+                resolve_base_url(None, None, root=protocol.root, environ=env)
+            message = str(caught.value)
+            assert "DASHSCOPE_BASE_URL (http://127.0.0.1:8080/v1)" in message
+            assert protocol.root in message
+            assert "base_url=" in message
+    # An argument for that protocol settles it.
+    assert resolve_base_url("http://127.0.0.1:8080", None, root="/api/v1", environ=env) == (
+        "http://127.0.0.1:8080"
+    )
+
+
+def test_bad_values_from_the_environment_name_their_variable() -> None:
+    with pytest.raises(ConfigurationError, match=r"^DASHSCOPE_BASE_URL must be an http\(s\) URL"):
+        resolve_base_url(None, None, environ={"DASHSCOPE_BASE_URL": "localhost:8000"})
+    with pytest.raises(ConfigurationError, match=r"^base_url must be an http\(s\) URL"):
+        resolve_base_url("ftp://host", None, environ={})
+    with pytest.raises(ConfigurationError, match="unknown region 'mars' in QWEN_REGION; known"):
+        resolve_base_url(None, None, environ={"QWEN_REGION": "mars"})
+    with pytest.raises(ConfigurationError, match="unknown region 'mars'; known"):
+        resolve_base_url(None, "mars", environ={})
 
 
 @pytest.mark.parametrize(

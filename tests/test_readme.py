@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from qwen_sse.emulator import Emulator, EmulatorConfig, emulated_answer
 from qwen_sse.errors import TokenLimitError
 from qwen_sse.tokens import count_tokens, message_token_count
 from tests.redisserver import running_redis
+from tests.served import served
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +111,41 @@ async def test_the_streaming_example_runs(
     assert float(ttft_s) >= 0
     assert request_id == streamed.request_id
     assert [request.outcome for request in dashscope.requests] == ["completed", "completed"]
+
+
+def test_the_streaming_example_runs_against_qwen_sse_serve_with_two_variables(
+    tmp_path: Path,
+) -> None:
+    """The README's command, as written but for the port: the example, unchanged, in a
+    fresh process, against the emulator served by ``qwen-sse serve``."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    (command,) = [line for line in readme.splitlines() if line.endswith(" python example.py")]
+    *assignments, _, _ = command.split()
+    variables = dict(assignment.split("=", 1) for assignment in assignments)
+    assert sorted(variables) == ["DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL"]
+    script = tmp_path / "example.py"
+    script.write_text(example("client.stream_chat("), "utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("QWEN_API_KEY", "DASHSCOPE_API_KEY")}
+    with served(variables["DASHSCOPE_API_KEY"]) as base_url:
+        documented = variables["DASHSCOPE_BASE_URL"]
+        assert documented.endswith(config.COMPATIBLE_ROOT)
+        variables["DASHSCOPE_BASE_URL"] = base_url  # the port the test's server got
+        env |= {**variables, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    messages = [{"role": "user", "content": "你是谁？"}]
+    answer = emulated_answer({"model": "qwen-plus", "messages": messages}).content
+    prompt_tokens = message_token_count(messages).tokens
+    head = f"{answer}\n {prompt_tokens} {count_tokens(answer)}\n"
+    assert done.stdout.startswith(head)
+    assert done.stderr == ""
 
 
 async def test_the_protocol_example_runs(

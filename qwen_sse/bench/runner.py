@@ -26,7 +26,7 @@ from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, slot_start_s
 from qwen_sse.bench.workload import RequestSpec, Workload
 from qwen_sse.chat import ChatResult
 from qwen_sse.client import QwenClient
-from qwen_sse.config import Timeouts
+from qwen_sse.config import API_KEY_ENV_VARS, Timeouts, resolve_api_key
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.retry import NO_RETRIES
 from qwen_sse.tokens import count_tokens
@@ -41,14 +41,17 @@ _UNLIMITED_FILES = 1 << 20
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
     """Where the load goes. ``base_url`` is ``protocol``'s base URL; ``api_key`` None reads
-    it from the environment in each worker (so that it never travels between processes);
-    ``timeouts`` bound every request. ``proxy`` is :class:`~qwen_sse.client.QwenClient`'s:
-    None takes it from the environment in each worker, ``""`` means none."""
+    it from the environment in each worker (so that it never travels between processes):
+    from the variable ``api_key_env`` names, or ``DASHSCOPE_API_KEY`` (or ``QWEN_API_KEY``)
+    when that is None; ``timeouts`` bound every request. ``proxy`` is
+    :class:`~qwen_sse.client.QwenClient`'s: None takes it from the environment in each
+    worker, ``""`` means none."""
 
     base_url: str
     model: str
     protocol: str = "compatible"
     api_key: str | None = None
+    api_key_env: str | None = None
     timeouts: Timeouts = Timeouts()
     allow_insecure_http: bool = False
     proxy: str | None = None
@@ -155,8 +158,9 @@ async def run_shard(
     """
     open_files = raise_open_files_limit()
     prepared = specs if specs is not None else prepare(plan)
+    key_vars = API_KEY_ENV_VARS if target.api_key_env is None else (target.api_key_env,)
     client = QwenClient(
-        target.api_key,
+        resolve_api_key(target.api_key, env_vars=key_vars),
         target.base_url,
         model=target.model,
         timeouts=target.timeouts,

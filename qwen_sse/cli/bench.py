@@ -37,7 +37,14 @@ from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
-from qwen_sse.cli.chat import add_connection_options, parse_params, timeouts_from
+from qwen_sse.cli.chat import (
+    add_connection_options,
+    api_key_env_vars,
+    parse_params,
+    timeouts_from,
+)
+from qwen_sse.cli.serve import non_negative
+from qwen_sse.cli.words import in_cli_words
 from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
@@ -156,9 +163,9 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--plot", metavar="DIR", help="write PNG charts (needs qwen-sse[plot])")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
     mock = parser.add_argument_group("emulator timing (with --mock)")
-    mock.add_argument("--mock-ttft-ms", type=float, default=150.0)
-    mock.add_argument("--mock-itl-ms", type=float, default=20.0)
-    mock.add_argument("--mock-jitter-ms", type=float, default=10.0)
+    mock.add_argument("--mock-ttft-ms", type=non_negative, default=150.0)
+    mock.add_argument("--mock-itl-ms", type=non_negative, default=20.0)
+    mock.add_argument("--mock-jitter-ms", type=non_negative, default=10.0)
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -175,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                 return _single(args, config, target)
             return _sweep(args, config, target, *sweep)
     except (ConfigurationError, ValueError) as error:
-        print(f"qwen-sse bench: {error}", file=sys.stderr)
+        print(f"qwen-sse bench: {in_cli_words(str(error))}", file=sys.stderr)
         return 2
     except WorkerError as error:
         print(f"qwen-sse bench: {error}", file=sys.stderr)
@@ -269,12 +276,14 @@ def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
     check_transport_security(base_url, allow_insecure_http=args.allow_insecure_http)
     proxy = resolve_proxy(base_url, args.proxy)
     check_proxy_security(base_url, proxy, allow_insecure_http=args.allow_insecure_http)
-    # Fail now, not in every worker; the key itself stays in the environment.
-    resolve_api_key(None)
+    # Fail now, not in every worker. The key itself stays in the environment: the workers
+    # get the name of its variable and read it there.
+    resolve_api_key(None, env_vars=api_key_env_vars(args))
     yield Target(
         base_url=base_url,
         model=args.model,
         protocol=args.protocol,
+        api_key_env=args.api_key_env,
         timeouts=timeouts,
         allow_insecure_http=args.allow_insecure_http,
         proxy=args.proxy,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import wave
 from collections.abc import AsyncIterator
@@ -14,14 +15,48 @@ from typing import Any, TextIO
 from qwen_sse import protocols
 from qwen_sse.chat import AudioResult, ChatResult
 from qwen_sse.chunks import encode_chunk
+from qwen_sse.cli.words import in_cli_words
 from qwen_sse.client import QwenClient
-from qwen_sse.config import Timeouts
+from qwen_sse.config import API_KEY_ENV_VARS, Timeouts, resolve_api_key
 from qwen_sse.emulator import Emulator, EmulatorConfig
 from qwen_sse.errors import ConfigurationError, QwenSSEError
 from qwen_sse.retry import RetryPolicy
 
 _MOCK_KEY = "sk-mock"
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class RefuseKeyValue(argparse.Action):
+    """``--api-key``, taken only to be refused without showing its value: a key on the command
+    line stays in the shell's history and shows in process lists (``ps``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            "no option takes the key itself (it would stay in the shell history and show in "
+            "process lists): put it in DASHSCOPE_API_KEY, or in another variable and name "
+            "that with --api-key-env NAME"
+        )
+
+
+def env_var_name(text: str) -> str:
+    """An ``--api-key-env`` value: the name of an environment variable. Anything else is
+    refused without being shown: it may be a key typed where its variable's name belongs."""
+    if not _ENV_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            "wants the name of an environment variable (letters, digits and _), such as "
+            "OPENAI_API_KEY; the key itself never goes on the command line"
+        )
+    return text
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +66,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--region",
         choices=("beijing", "singapore", "us", "hongkong"),
-        help="DashScope region (default beijing; the key must belong to it)",
+        help="DashScope region (default: DASHSCOPE_REGION, else beijing; the key must "
+        "belong to it)",
     )
     target.add_argument(
         "--protocol",
@@ -48,8 +84,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--base-url",
-        help="the protocol's base URL on any compatible server (overrides --region), e.g. "
-        "https://host/compatible-mode/v1",
+        help="the protocol's base URL on any compatible server (overrides --region and "
+        "DASHSCOPE_BASE_URL), e.g. https://host/compatible-mode/v1",
     )
     target.add_argument(
         "--mock",
@@ -62,6 +98,15 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:VALUE",
         help="an extra request header (repeatable), e.g. an emulator fault",
+    )
+    target.add_argument("--api-key", action=RefuseKeyValue)
+    target.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        type=env_var_name,
+        help="read the key from environment variable NAME instead of DASHSCOPE_API_KEY "
+        "(or QWEN_API_KEY), e.g. OPENAI_API_KEY for another OpenAI-compatible server; "
+        "no option takes the key itself",
     )
     target.add_argument(
         "--proxy",
@@ -93,6 +138,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--first-token-timeout", type=float, default=defaults.first_token_s)
     limits.add_argument("--idle-timeout", type=float, default=defaults.idle_s)
     limits.add_argument("--total-timeout", type=float, default=0.0)
+
+
+def api_key_env_vars(args: argparse.Namespace) -> tuple[str, ...]:
+    """The variables the key is read from: ``--api-key-env``'s, else the usual ones."""
+    return (args.api_key_env,) if args.api_key_env else API_KEY_ENV_VARS
 
 
 def headers_from(args: argparse.Namespace) -> dict[str, str]:
@@ -146,6 +196,7 @@ async def open_client(args: argparse.Namespace, **options: Any) -> AsyncIterator
             yield client
         return
     async with QwenClient(
+        resolve_api_key(None, env_vars=api_key_env_vars(args)),
         base_url=args.base_url,
         region=args.region,
         model=args.model,
@@ -166,7 +217,9 @@ def add_parser(subparsers: Any) -> None:
         help="stream an answer as it arrives",
         description="Stream one chat answer to the terminal: reasoning (if any) apart from "
         "the answer, then a one-line summary on stderr. The key comes from "
-        "DASHSCOPE_API_KEY or QWEN_API_KEY.",
+        "DASHSCOPE_API_KEY or QWEN_API_KEY (or the variable --api-key-env names); "
+        "DASHSCOPE_BASE_URL and DASHSCOPE_REGION stand in for --base-url and --region; "
+        "QWEN_SSE_LOG=info|debug logs every HTTP attempt on stderr.",
     )
     add_prompt_options(parser)
     parser.add_argument("--json", action="store_true", help="print every chunk as a JSON line")
@@ -244,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         messages, params = request_from(args)
     except ValueError as error:
-        print(f"qwen-sse chat: {error}", file=sys.stderr)
+        print(f"qwen-sse chat: {in_cli_words(str(error))}", file=sys.stderr)
         return 2
     if args.audio:
         # Compatible mode's request for speech (Qwen-Omni streams it as delta.audio).
@@ -357,7 +410,8 @@ def summary_line(result: ChatResult) -> str:
 def report_error(error: QwenSSEError, err: TextIO) -> None:
     """One line for the error (and its notes); a second when an answer was cut short."""
     notes = "; ".join(getattr(error, "__notes__", ()))
-    print(f"qwen-sse: error: {error}" + (f" ({notes})" if notes else ""), file=err)
+    line = f"qwen-sse: error: {error}" + (f" ({notes})" if notes else "")
+    print(in_cli_words(line), file=err)
     partial = error.partial
     if partial is not None and (partial.content or partial.reasoning_content):
         received = len(partial.content) + len(partial.reasoning_content)

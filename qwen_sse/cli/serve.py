@@ -13,12 +13,26 @@ from typing import Any
 import msgspec
 
 from qwen_sse import protocols
+from qwen_sse.cli.chat import RefuseKeyValue, env_var_name
+from qwen_sse.cli.words import in_cli_words
+from qwen_sse.config import resolve_api_key
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.recording import ReplayServer, load_recording
 
 _DEFAULTS = EmulatorConfig()
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def non_negative(text: str) -> float:
+    """An option's number that may be 0 but not less (nor NaN): the emulator's delays."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,23 +45,31 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    parser.add_argument("--api-key", action=RefuseKeyValue)
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
-        "--api-key", default=_DEFAULTS.api_key, help="the bearer key accepted (default: sk-test)"
+        "--api-key-env",
+        metavar="NAME",
+        type=env_var_name,
+        help=f"accept only the key held by environment variable NAME (default: accept "
+        f"{_DEFAULTS.api_key}); no option takes a key itself",
     )
     keys.add_argument("--any-key", action="store_true", help="accept any bearer key")
     parser.add_argument(
         "--ttft-ms",
-        type=float,
+        type=non_negative,
         default=_DEFAULTS.ttft_s * 1000,
         help="time to first token, ms",
     )
     parser.add_argument(
-        "--itl-ms", type=float, default=_DEFAULTS.itl_s * 1000, help="delay between tokens, ms"
+        "--itl-ms",
+        type=non_negative,
+        default=_DEFAULTS.itl_s * 1000,
+        help="delay between tokens, ms",
     )
     parser.add_argument(
         "--jitter-ms",
-        type=float,
+        type=non_negative,
         default=_DEFAULTS.jitter_s * 1000,
         help="each delay moves by up to this much either way, ms",
     )
@@ -81,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         fault = msgspec.json.decode(args.fault, type=Fault) if args.fault else None
         config = EmulatorConfig(
-            api_key=None if args.any_key else args.api_key,
+            api_key=None if args.any_key else _accepted_key(args.api_key_env),
             ttft_s=args.ttft_ms / 1000,
             itl_s=args.itl_ms / 1000,
             jitter_s=args.jitter_ms / 1000,
@@ -91,9 +113,17 @@ def run(args: argparse.Namespace) -> int:
             record_requests=False,
         )
     except ValueError as error:
-        print(f"qwen-sse serve: invalid setting: {error}", file=sys.stderr)
+        print(f"qwen-sse serve: invalid setting: {in_cli_words(str(error))}", file=sys.stderr)
         return 2
-    return _run_until_stopped(_serve(config, args.host, args.port, args.exit_after_s), args)
+    served = _serve(config, args.host, args.port, args.exit_after_s, args.api_key_env)
+    return _run_until_stopped(served, args)
+
+
+def _accepted_key(env_var: str | None) -> str:
+    """The key the emulator accepts: the one ``env_var`` holds, else the default test key."""
+    if env_var is None:
+        return _DEFAULTS.api_key or "sk-test"
+    return resolve_api_key(None, env_vars=(env_var,))
 
 
 def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
@@ -138,15 +168,31 @@ async def _wait(exit_after_s: float | None) -> None:
         await asyncio.sleep(exit_after_s)
 
 
-async def _serve(config: EmulatorConfig, host: str, port: int, exit_after_s: float | None) -> None:
+async def _serve(
+    config: EmulatorConfig,
+    host: str,
+    port: int,
+    exit_after_s: float | None,
+    key_env: str | None,
+) -> None:
     async with Emulator(config, host=host, port=port) as emulator:
-        _announce(emulator, config)
+        _announce(emulator, config, key_env)
         await _wait(exit_after_s)
 
 
-def _announce(emulator: Emulator, config: EmulatorConfig) -> None:
-    key = config.api_key or "sk-test"
-    accepted = "any bearer key" if config.api_key is None else f"bearer key {config.api_key}"
+def _announce(emulator: Emulator, config: EmulatorConfig, key_env: str | None) -> None:
+    """What is served where, and a curl command to try it. A key from the environment is
+    named, never shown: the command refers to its variable."""
+    if config.api_key is None:
+        accepted, authorization = "any bearer key", shlex.quote("Authorization: Bearer sk-test")
+    elif key_env is not None:
+        accepted, authorization = (
+            f"the bearer key in ${key_env}",
+            f'"Authorization: Bearer ${key_env}"',
+        )
+    else:
+        accepted = f"bearer key {config.api_key}"
+        authorization = shlex.quote(f"Authorization: Bearer {config.api_key}")
     body = json.dumps(
         {
             "model": "qwen-plus",
@@ -161,7 +207,7 @@ def _announce(emulator: Emulator, config: EmulatorConfig) -> None:
             "curl -N",
             shlex.quote(f"{emulator.base_url}/chat/completions"),
             "-H",
-            shlex.quote(f"Authorization: Bearer {key}"),
+            authorization,
             "-H",
             shlex.quote("Content-Type: application/json"),
             "-d",
