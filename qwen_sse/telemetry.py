@@ -21,8 +21,9 @@ each limiter admission, retry and resume, and once at the end):
   ``gen_ai.usage.input_tokens`` / ``output_tokens`` (summed over a resumed call's
   attempts, as billed), ``gen_ai.usage.cache_read.input_tokens`` and
   ``gen_ai.usage.reasoning.output_tokens`` where the server reports them,
-  ``gen_ai.response.time_to_first_chunk``, ``qwen_sse.request_id``, ``qwen_sse.attempts``
-  and ``qwen_sse.resumes``.
+  ``gen_ai.response.time_to_first_chunk``, ``qwen_sse.request_id``, and
+  ``qwen_sse.attempts`` and ``qwen_sse.resumes`` when the call was retried or resumed.
+  Attributes set at the end are skipped for a span that is not recording (sampled out).
 * On failure: status ``ERROR``, ``error.type`` (the exception's class name, one of
   :mod:`qwen_sse.errors`: ``RateLimitError``, ``InBandError``, ``FirstTokenTimeoutError``
   ...; ``cancelled`` when the caller cancelled the call or left it before its end;
@@ -127,6 +128,7 @@ _SECONDS_BUCKETS = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip
 _INSTRUMENTATION = "qwen_sse"
+_TOKEN_TYPE = "gen_ai.token.type"
 # Finish reasons as the conventions' output-message schema spells them (the rest agree).
 _SCHEMA_FINISH_REASONS = {"tool_calls": "tool_call", "function_call": "tool_call"}
 
@@ -323,31 +325,16 @@ class CallTelemetry:
             },
         )
 
-    def failed(self, error: BaseException) -> None:
-        """The call is about to end with ``error`` (raised to the caller)."""
-        self._error = error
-
-    def end(self, result: ChatResult, outcome: Outcome) -> None:
-        """The call ended (``ok`` only when the answer is complete) with ``result``: set the
-        response attributes and status, end the span, record the metrics."""
-        duration_s = time.perf_counter() - self._started_at_s
+    def _describe(self, result: ChatResult, error_type: str | None) -> None:
+        """Set the span's response attributes, and its error status if ``error_type``."""
         telemetry = self._telemetry
         scrub = self._scrub
         span = self._span
-        timing = result.timing
-        attributes: dict[str, Any] = {
-            "qwen_sse.attempts": result.attempts,
-            "qwen_sse.resumes": result.resumes,
-        }
+        attributes: dict[str, Any] = {}
         if result.id:
             attributes["gen_ai.response.id"] = scrub(result.id)
-        if result.request_id:
-            attributes["qwen_sse.request_id"] = scrub(result.request_id)
-        metric_attributes = self._metric_attributes
         if result.model:
-            model = scrub(result.model)
-            attributes["gen_ai.response.model"] = model
-            metric_attributes = {**metric_attributes, "gen_ai.response.model": model}
+            attributes["gen_ai.response.model"] = scrub(result.model)
         reasons = [scrub(c.finish_reason) for c in result.choices if c.finish_reason]
         if reasons:
             attributes["gen_ai.response.finish_reasons"] = reasons
@@ -361,19 +348,22 @@ class CallTelemetry:
             reasoning = usage.completion_tokens_details
             if reasoning is not None and reasoning.reasoning_tokens is not None:
                 attributes["gen_ai.usage.reasoning.output_tokens"] = reasoning.reasoning_tokens
-        if timing.ttft_s is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = timing.ttft_s
+        if result.timing.ttft_s is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = result.timing.ttft_s
+        if result.request_id:
+            attributes["qwen_sse.request_id"] = scrub(result.request_id)
+        if result.attempts > 1:
+            attributes["qwen_sse.attempts"] = result.attempts
+        if result.resumes:
+            attributes["qwen_sse.resumes"] = result.resumes
         if telemetry.capture_content:
             attributes["gen_ai.output.messages"] = scrub(_json(_output_messages(result)))
-        duration_attributes = metric_attributes
-        if outcome != "ok":
+        if error_type is not None:
             error = self._error
-            error_type = _error_type(error, outcome)
             attributes["error.type"] = error_type
-            duration_attributes = {**metric_attributes, "error.type": error_type}
             code = error.code if isinstance(error, APIStatusError | InBandError) else ""
             if code:
-                attributes["qwen_sse.error.code"] = scrub(str(code))
+                attributes["qwen_sse.error.code"] = scrub(code)
             description = None
             if error is not None and (
                 telemetry.capture_content or not isinstance(error, ProtocolError)
@@ -381,12 +371,41 @@ class CallTelemetry:
                 description = scrub(str(error))
             span.set_status(telemetry._status(telemetry._status_code.ERROR, description))
         span.set_attributes(attributes)
+
+    def failed(self, error: BaseException) -> None:
+        """The call is about to end with ``error`` (raised to the caller)."""
+        self._error = error
+
+    def end(self, result: ChatResult, outcome: Outcome) -> None:
+        """The call ended (``ok`` only when the answer is complete) with ``result``: set the
+        response attributes and status, end the span, record the metrics."""
+        # The result's clock where it has one, so that the time to the first chunk (on that
+        # clock) never exceeds the duration; a call that never got past the limiter has none.
+        duration_s = result.timing.total_s
+        if duration_s is None:
+            duration_s = time.perf_counter() - self._started_at_s
+        telemetry = self._telemetry
+        span = self._span
+        usage = result.usage
+        timing = result.timing
+        metric_attributes = self._metric_attributes
+        if result.model:
+            model = self._scrub(result.model)
+            metric_attributes = {**metric_attributes, "gen_ai.response.model": model}
+        error_type = None if outcome == "ok" else _error_type(self._error, outcome)
+        if span.is_recording():  # a span sampled out takes no attributes: skip the work
+            self._describe(result, error_type)
         span.end()
-        telemetry._duration.record(duration_s, duration_attributes)
+        telemetry._duration.record(
+            duration_s,
+            metric_attributes
+            if error_type is None
+            else {**metric_attributes, "error.type": error_type},
+        )
         if usage is not None:
             record = telemetry._token_usage.record
-            record(usage.prompt_tokens, {**metric_attributes, "gen_ai.token.type": "input"})
-            record(usage.completion_tokens, {**metric_attributes, "gen_ai.token.type": "output"})
+            record(usage.prompt_tokens, {**metric_attributes, _TOKEN_TYPE: "input"})
+            record(usage.completion_tokens, {**metric_attributes, _TOKEN_TYPE: "output"})
         ttft_s = timing.ttft_s
         if ttft_s is None:
             return

@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from qwen_sse import protocols, telemetry
@@ -45,7 +46,7 @@ from qwen_sse.telemetry import (
     uninstrument,
 )
 from tests.fakesleep import FakeSleep
-from tests.rawserver import frame, http_response, raw_server, sse_body
+from tests.rawserver import frame, held_answer, http_response, raw_server, sse_body
 
 KEY = "sk-test"
 SECRET_KEY = "sk-test-not-a-real-key-0123456789"
@@ -59,6 +60,7 @@ class Otel:
     telemetry: Telemetry
     exporter: InMemorySpanExporter
     reader: InMemoryMetricReader
+    meter_provider: MeterProvider
 
     def spans(self) -> Sequence[ReadableSpan]:
         return self.exporter.get_finished_spans()
@@ -105,6 +107,7 @@ def make_otel(**options: Any) -> Otel:
         Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider, **options),
         exporter,
         reader,
+        meter_provider,
     )
 
 
@@ -162,9 +165,7 @@ async def test_a_call_is_one_client_span_with_the_conventions_attributes(
         "gen_ai.usage.output_tokens": result.usage.completion_tokens,
         "gen_ai.response.time_to_first_chunk": result.timing.ttft_s,
         "qwen_sse.request_id": result.request_id,
-        "qwen_sse.attempts": 1,
-        "qwen_sse.resumes": 0,
-    }
+    }  # qwen_sse.attempts and .resumes only when the call retried or resumed
     assert result.id.startswith("chatcmpl-")
     assert span.events == ()
 
@@ -204,6 +205,22 @@ async def test_a_call_records_the_client_metrics(emulator: Emulator, otel: Otel)
     expected_s = (duration.sum - result.timing.ttft_s) / (result.usage.completion_tokens - 1)
     assert per_token.sum == pytest.approx(expected_s)
     assert otel.points(TIME_PER_OUTPUT_CHUNK) == []  # off unless chunk_metrics=True
+
+
+async def test_a_call_sampled_out_exports_no_span_and_still_counts_in_the_metrics(
+    emulator: Emulator,
+) -> None:
+    otel = make_otel()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sampled_out = Telemetry(tracer_provider=tracer_provider, meter_provider=otel.meter_provider)
+    async with QwenClient(KEY, emulator.base_url, telemetry=sampled_out) as qwen:
+        result = await qwen.chat(HELLO)
+    assert result.complete
+    assert exporter.get_finished_spans() == ()
+    (duration,) = otel.points(OPERATION_DURATION)
+    assert duration.count == 1
 
 
 async def test_chunk_metrics_record_every_gap_between_output_chunks(emulator: Emulator) -> None:
@@ -306,10 +323,18 @@ async def test_an_in_band_error_ends_the_span_in_error_with_what_arrived(
     assert otel.points(TIME_PER_OUTPUT_TOKEN) == []
 
 
-async def test_a_call_left_before_its_end_is_cancelled(emulator: Emulator, otel: Otel) -> None:
-    async with client_of(emulator, otel) as qwen, qwen.stream_chat(HELLO) as stream:
-        async for _ in stream:
-            break
+async def test_a_call_left_before_its_end_is_cancelled(otel: Otel) -> None:
+    release = asyncio.Event()
+    first = frame([{"index": 0, "delta": {"role": "assistant", "content": "first"}}])
+    rest = frame([{"index": 0, "delta": {"content": " rest"}, "finish_reason": "stop"}])
+    async with (
+        raw_server(held_answer(first, rest, release)) as server,
+        QwenClient(KEY, server.url, telemetry=otel.telemetry) as qwen,
+    ):
+        async with qwen.stream_chat(HELLO) as stream:
+            async for _ in stream:
+                break
+        release.set()
     span = otel.span()
     assert span.status.status_code is StatusCode.ERROR
     assert attributes(span)["error.type"] == "cancelled"
@@ -389,21 +414,26 @@ async def test_a_resume_is_a_span_event_and_the_usage_is_the_billed_sum(
     }
 
 
-async def test_the_limiter_admission_is_a_span_event_with_the_queue_wait(
-    emulator: Emulator, otel: Otel
-) -> None:
+async def test_the_limiter_admission_is_a_span_event_with_the_queue_wait(otel: Otel) -> None:
+    release = asyncio.Event()
+    first_frame = frame([{"index": 0, "delta": {"role": "assistant", "content": "first"}}])
+    rest = frame([{"index": 0, "delta": {"content": " rest"}, "finish_reason": "stop"}])
     limiter = ConcurrencyLimiter(1)
-    async with client_of(emulator, otel, limiter=limiter) as qwen:
+    async with (
+        raw_server(held_answer(first_frame, rest, release)) as server,
+        QwenClient(KEY, server.url, telemetry=otel.telemetry, limiter=limiter) as qwen,
+    ):
         async with qwen.stream_chat(HELLO) as first:
             await first.__anext__()  # the first call holds the one permit, mid-stream
             second = asyncio.create_task(qwen.chat(HELLO))
             for _ in range(20):  # let it reach the limiter and queue there
                 await asyncio.sleep(0)
             assert not second.done()
-            assert limiter.in_flight == 1
+            release.set()
             async for _ in first:
                 pass
         result = await second
+    assert result.content == "first rest"
     assert result.queue_wait_s > 0
     by_start = sorted(otel.spans(), key=lambda span: span.start_time or 0)
     waits = [events(span, "qwen_sse.limiter.admitted") for span in by_start]
