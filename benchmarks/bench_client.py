@@ -2,8 +2,9 @@
 
 What it measures
 ----------------
-Five HTTP streaming clients read the same DashScope-like chat stream from the same local
-server, each in a fresh process of its own, one process per client and workload:
+Five HTTP streaming clients (and qwen-sse once more with telemetry on) read the same
+DashScope-like chat stream from the same local server, each in a fresh process of its own,
+one process per client and workload:
 
 =================  ==========================================================================
 client             what it does with every stream
@@ -12,6 +13,9 @@ client             what it does with every stream
                    no JSON. The floor: what HTTP and the event loop cost on their own.
 ``qwen-sse``       ``QwenClient.stream_chat``: every typed chunk (SSE framing, msgspec
                    decoding, accumulation into ``ChatResult``), then ``stream.result``.
+``qwen-sse otel``  the same with ``QwenClient(telemetry=...)``: the OpenTelemetry SDK
+                   records every call's span (batched to an exporter that drops them)
+                   and metrics (kept in an in-memory reader): what telemetry costs.
 ``openai``         ``AsyncOpenAI(max_retries=0)`` over its own httpx client sized for the
                    concurrency, ``chat.completions.create(stream=True)``: pydantic chunks.
 ``httpx-sse``      ``httpx.AsyncClient`` + ``httpx_sse.aconnect_sse`` + ``json.loads`` of
@@ -24,8 +28,9 @@ Every client but the floor reads each chunk's ``choices[0].delta.content``; each
 checked when it ends: the exact chunk count, ``data: [DONE]`` seen, the text length (and for
 qwen-sse ``result.complete`` and ``result.content`` equal to the text sent; for the floor,
 the exact byte count). A client that loses or mangles anything is reported as an error,
-never as a fast client. The peers (``openai``, ``httpx``/``httpx-sse``) are optional: if
-one cannot be imported its rows say "not installed" and the rest runs.
+never as a fast client. The peers (``openai``, ``httpx``/``httpx-sse``) and the
+OpenTelemetry SDK are optional: if one cannot be imported its rows say "not installed" and
+the rest runs.
 
 Workloads (sizes with ``--quick`` in brackets):
 
@@ -79,6 +84,7 @@ How to run
     python benchmarks/bench_client.py --quick              # smoke test, well under a minute
     python benchmarks/bench_client.py --json out.json      # JSON to a file, not stdout
     python benchmarks/bench_client.py --only raw,qwen --workloads bulk,paced --repeat 5
+    python benchmarks/bench_client.py --only raw,qwen,qwen-otel --workloads paced  # telemetry
     python benchmarks/bench_client.py --only qwen --profile /tmp/bench_client_prof
 
 ``--profile DIR`` runs the timed passes under cProfile in each client process and writes
@@ -103,8 +109,9 @@ and the floor's events per read (about 1 is one chunk per read, the ``[DONE]`` w
 a read too; more means its reads coalesced because it could not keep up). For
 ``memory``: ``KB/stream`` (median), RSS before and at the peak, and how long opening all
 streams took (qwen-sse holds the role-only chunk back until text arrives, so its first
-chunk comes one server tick later). Last, the targets of issue 4, as information: a miss
-never changes the exit status, which is 0 unless the script itself is misused.
+chunk comes one server tick later). Last, the targets of issues 4 and 12 (telemetry: paced
+CPU per event with telemetry on over off), as information: a miss never changes the exit
+status, which is 0 unless the script itself is misused.
 """
 
 from __future__ import annotations
@@ -138,6 +145,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from qwen_sse.client import QwenClient
+    from qwen_sse.telemetry import Telemetry
 
 MODEL = "qwen-plus"
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "你好，请介绍一下你自己。"}]
@@ -154,11 +162,13 @@ HEADERS = {
     "Accept": "text/event-stream",
 }
 
-CLIENTS = ("raw aiohttp", "qwen-sse", "openai", "httpx-sse", "aiohttp lines")
+CLIENTS = ("raw aiohttp", "qwen-sse", "qwen-sse otel", "openai", "httpx-sse", "aiohttp lines")
 ALIASES = {
     "raw": "raw aiohttp",
     "raw-aiohttp": "raw aiohttp",
     "qwen": "qwen-sse",
+    "qwen-otel": "qwen-sse otel",
+    "otel": "qwen-sse otel",
     "openai": "openai",
     "httpx": "httpx-sse",
     "httpx-sse": "httpx-sse",
@@ -167,11 +177,13 @@ ALIASES = {
 }
 FLOOR = "raw aiohttp"
 OURS = "qwen-sse"
+OURS_WITH_TELEMETRY = "qwen-sse otel"
 WORKLOADS = ("bulk", "paced", "memory")
 
 TARGET_BULK_US = 2.5
 TARGET_PACED_RATIO = 1.2
 TARGET_MEMORY_KB = 30.0
+TARGET_TELEMETRY_RATIO = 1.1
 
 SERVER_LIFETIME_S = 3600.0
 HOLD_CHUNKS = 3600  # memory streams: one chunk a second, far longer than a measurement
@@ -753,9 +765,15 @@ class QwenSSE(BenchClient):
         from qwen_sse.client import QwenClient  # noqa: PLC0415
 
         self.client = QwenClient(
-            api_key=API_KEY, base_url=base_url, max_connections=max(4096, connections + 64)
+            api_key=API_KEY,
+            base_url=base_url,
+            max_connections=max(4096, connections + 64),
+            telemetry=self.telemetry(),
         )
         await self.client.__aenter__()
+
+    def telemetry(self) -> Telemetry | bool:
+        return False
 
     async def stream(self, expect: Expected, on_first: OnFirst) -> int:
         events = chars = 0
@@ -778,6 +796,41 @@ class QwenSSE(BenchClient):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class QwenSSEWithTelemetry(QwenSSE):
+    """``QwenClient`` with telemetry on, through the OpenTelemetry SDK as a service runs it:
+    spans to a batch processor (its exporter drops them: exporting is the collector's
+    cost, not the client's), metrics aggregated in memory."""
+
+    shutdown: list[Callable[[], object]]
+
+    def telemetry(self) -> Telemetry | bool:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from qwen_sse.telemetry import Telemetry  # noqa: PLC0415
+
+        class Dropped(SpanExporter):
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        self.shutdown = [tracer_provider.shutdown, meter_provider.shutdown]
+        return Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+    async def close(self) -> None:
+        await super().close()
+        for shutdown in self.shutdown:
+            shutdown()
 
 
 class OpenAISDK(BenchClient):
@@ -874,6 +927,7 @@ class HttpxSSE(BenchClient):
 CLIENT_CLASSES: dict[str, type[BenchClient]] = {
     "raw aiohttp": RawAiohttp,
     "qwen-sse": QwenSSE,
+    "qwen-sse otel": QwenSSEWithTelemetry,
     "openai": OpenAISDK,
     "httpx-sse": HttpxSSE,
     "aiohttp lines": AiohttpLines,
@@ -1266,6 +1320,10 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     bulk_us = None if bulk is None else bulk.get("cpu_us_per_event_median")
     paced_ratio = None if paced is None else paced.get("x_raw")
     memory_kb = None if memory is None else memory.get("kb_per_stream_median")
+    paced_us = None if paced is None else paced.get("cpu_us_per_event_median")
+    with_telemetry = find("paced", OURS_WITH_TELEMETRY)
+    telemetry_us = None if with_telemetry is None else with_telemetry.get("cpu_us_per_event_median")
+    telemetry_ratio = None if paced_us is None or telemetry_us is None else telemetry_us / paced_us
     return {
         "bulk_cpu_us_per_event": {
             "value": bulk_us,
@@ -1282,6 +1340,11 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "target_max": TARGET_MEMORY_KB,
             "pass": None if memory_kb is None else memory_kb <= TARGET_MEMORY_KB,
         },
+        "paced_cpu_per_event_telemetry_on_x_off": {
+            "value": telemetry_ratio,
+            "target_max": TARGET_TELEMETRY_RATIO,
+            "pass": None if telemetry_ratio is None else telemetry_ratio <= TARGET_TELEMETRY_RATIO,
+        },
     }
 
 
@@ -1290,7 +1353,16 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    packages = ("qwen-sse", "aiohttp", "msgspec", "openai", "httpx", "httpx2", "httpx-sse")
+    packages = (
+        "qwen-sse",
+        "aiohttp",
+        "msgspec",
+        "openai",
+        "httpx",
+        "httpx2",
+        "httpx-sse",
+        "opentelemetry-sdk",
+    )
     return {**benchenv.environment(packages), "event_loop": "asyncio default (selector)"}
 
 
@@ -1372,15 +1444,19 @@ def target_lines(goal: dict[str, Any], quick: bool) -> list[str]:
     bulk = goal["bulk_cpu_us_per_event"]
     paced = goal["paced_cpu_per_event_x_raw"]
     memory = goal["memory_kb_per_stream"]
+    telemetry = goal["paced_cpu_per_event_telemetry_on_x_off"]
     caveat = "; --quick sizes are too small to judge them by" if quick else ""
     return [
-        f"targets (issue 4; information only, a miss never changes the exit status{caveat}):",
+        f"targets (issues 4, 12; information only, a miss never changes the exit status{caveat}):",
         f"  bulk: qwen-sse CPU per event {_fmt(bulk['value'], '.2f', ' us')} "
         f"(target <= {TARGET_BULK_US} us) {verdict(bulk['pass'])}",
         f"  paced: qwen-sse CPU per event {_fmt(paced['value'], '.2f', 'x')} the raw floor's "
         f"(target <= {TARGET_PACED_RATIO}x) {verdict(paced['pass'])}",
         f"  memory: qwen-sse {_fmt(memory['value'], '.1f', ' KB')} per concurrent stream "
         f"(target <= {TARGET_MEMORY_KB:g} KB) {verdict(memory['pass'])}",
+        f"  telemetry: paced CPU per event with telemetry on "
+        f"{_fmt(telemetry['value'], '.3f', 'x')} off "
+        f"(target <= {TARGET_TELEMETRY_RATIO}x) {verdict(telemetry['pass'])}",
     ]
 
 
@@ -1394,7 +1470,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(CLIENTS),
-        help="comma-separated clients: raw, qwen, openai, httpx-sse, aiohttp-lines",
+        help="comma-separated clients: raw, qwen, qwen-otel, openai, httpx-sse, aiohttp-lines",
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="comma-separated: bulk, paced, memory"

@@ -74,6 +74,7 @@ from qwen_sse.protocols import WireProtocol
 from qwen_sse.proxy import Proxy, check_proxy_security, resolve_proxy
 from qwen_sse.retry import RetryPolicy
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES
+from qwen_sse.telemetry import CallTelemetry, Telemetry, start_call, telemetry_setting
 
 __all__ = ["ChatStream", "QwenClient", "WireTap"]
 
@@ -302,6 +303,7 @@ class ChatStream:
             self._tap = wirelog.WireLog(self, self._scrubber, inner=self._tap)
         self._tap_open = False
         self._sent_at = 0.0
+        self._otel: CallTelemetry | None = None
         self.status: int | None = None
         self.headers: Mapping[str, str] = {}
 
@@ -384,6 +386,13 @@ class ChatStream:
         self._call_started_at = asyncio.get_running_loop().time()
         self._request_started_at = self._call_started_at
         self._accumulator.started_at_s = self._call_started_at
+        self._otel = start_call(
+            self._client.telemetry,
+            self._client.wire,
+            self._body,
+            url=self._url,
+            scrub=self._scrubber.value,
+        )
         await self._open_with_retries(self._body)
 
     async def _open_with_retries(self, body: dict[str, Any], *, continuation: bool = False) -> None:
@@ -437,6 +446,10 @@ class ChatStream:
             decision.reason,
             self._request_id_note(error),
         )
+        if self._otel is not None:
+            self._otel.retry(
+                error, attempt=self._attempts, delay_s=decision.delay_s, reason=decision.reason
+            )
         try:
             await self._client._sleep(decision.delay_s)
         except BaseException:
@@ -456,7 +469,10 @@ class ChatStream:
             request = _limit_request(self._client.wire, body)
             waited_from = asyncio.get_running_loop().time()
             self._permit = await limiter.acquire(request)
-            self._queue_wait_s += asyncio.get_running_loop().time() - waited_from
+            waited_s = asyncio.get_running_loop().time() - waited_from
+            self._queue_wait_s += waited_s
+            if self._otel is not None:
+                self._otel.queue_wait(waited_s)
         loop = asyncio.get_running_loop()
         sent_at = self._sent_at = loop.time()
         deadlines = self._deadlines = _Deadlines(self._timeouts, sent_at, self._call_started_at)
@@ -708,6 +724,9 @@ class ChatStream:
             error,
             self._request_id_note(error),
         )
+        if self._otel is not None:
+            received_chars = len(self._accumulator.result(complete=False).content)
+            self._otel.resume(error, resume=self._resumes, received_chars=received_chars)
         if self._accumulator.usage is not None:
             self._earlier_usage.append(self._accumulator.usage)
             self._accumulator.usage = None
@@ -746,6 +765,8 @@ class ChatStream:
         """Finish with ``error``: attach the partial result and the attempt count."""
         if count_attempts and self._request_attempts > 1:
             error.add_note(f"gave up after {self._request_attempts} attempts")
+        if self._otel is not None:
+            self._otel.failed(error)
         self._finish("throttled" if _is_throttling(error) else "error")
         error.partial = self._final
         return self._scrubber.error(error)
@@ -821,6 +842,8 @@ class ChatStream:
             self._finished = True
             if self._started and self._final is None:
                 self._final = self._snapshot()
+            if self._otel is not None and self._final is not None:
+                self._otel.end(self._final, outcome)
 
 
 class QwenClient:
@@ -846,7 +869,10 @@ class QwenClient:
     object; every one yields the same chunks and result, and ``base_url`` then names that
     protocol's root (``.../compatible-mode/v1``, ``.../api/v1``, ``.../apps/anthropic``).
     ``wire_tap`` receives every request, response head and raw body piece with its arrival
-    time (:class:`WireTap`).
+    time (:class:`WireTap`). ``telemetry`` reports every call to OpenTelemetry
+    (:mod:`qwen_sse.telemetry`): a :class:`~qwen_sse.telemetry.Telemetry`, True for the
+    global providers, False for none; None (the default) follows
+    :func:`qwen_sse.telemetry.instrument`.
 
     ``proxy``: None (the default) takes the proxy from ``HTTPS_PROXY``, ``HTTP_PROXY``,
     ``ALL_PROXY`` and ``NO_PROXY`` (either letter case) as httpx and the openai SDK do
@@ -899,11 +925,13 @@ class QwenClient:
         wire_tap: WireTap | None = None,
         proxy: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        telemetry: Telemetry | bool | None = None,
     ) -> None:
         wirelog.enable_from_env()
         self.wire = protocols.get(protocol)
         self.protocol = self.wire.name
         self.wire_tap = wire_tap
+        self.telemetry = telemetry_setting(telemetry)
         self.base_url = resolve_base_url(base_url, region, root=self.wire.root)
         self._chat_url = self.base_url + self.wire.path
         check_transport_security(self.base_url, allow_insecure_http=allow_insecure_http)

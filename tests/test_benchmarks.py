@@ -59,10 +59,20 @@ def test_bench_client_quick() -> None:
     document = run_quick("bench_client.py", "--repeat", "1")
     assert {"server", "results", "targets"} <= document.keys()
     text = json.dumps(document["results"])
-    for name in ("raw aiohttp", "qwen-sse", "openai", "httpx-sse", "aiohttp lines"):
+    for name in (
+        "raw aiohttp",
+        "qwen-sse",
+        "qwen-sse otel",
+        "openai",
+        "httpx-sse",
+        "aiohttp lines",
+    ):
         assert name in text
     for workload in ("bulk", "paced", "memory"):
         assert workload in text
+    targets = document["targets"]
+    assert isinstance(targets, dict)
+    assert targets["paced_cpu_per_event_telemetry_on_x_off"]["value"] > 0
 
 
 @pytest.mark.timeout(300)

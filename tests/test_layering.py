@@ -10,7 +10,7 @@ from qwen_sse import protocols
 PACKAGE = Path(__file__).resolve().parents[1] / "qwen_sse"
 
 CORE = {"sse", "chunks", "chat", "protocols", "retry", "ratelimit", "tokens", "models", "errors"}
-IO = {"client", "limiter", "config", "proxy", "wirelog"}
+IO = {"client", "limiter", "config", "proxy", "wirelog", "telemetry"}
 EDGE = {"cli", "emulator", "bench", "trace", "recording", "locust"}
 FORBIDDEN_IN_CORE = {"aiohttp", "asyncio", "os", "time", "random", "logging"}
 

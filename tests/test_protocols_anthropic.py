@@ -717,7 +717,7 @@ def test_facts_count_the_system_prompt_as_a_message() -> None:
         {"role": "user", "content": "U"},
     ]
     assert (facts.max_tokens, facts.choices) == (64, 1)
-    assert ANTHROPIC.facts({}) == (("", [], None, 1))
+    assert ANTHROPIC.facts({}) == ("", [], None, 1, None, None)
 
 
 def test_error_bodies_read_the_anthropic_way() -> None:

@@ -15,10 +15,18 @@ from typing import Any
 
 import pytest
 import redis
+from opentelemetry.sdk.metrics import export as metrics_export
+from opentelemetry.sdk.trace import export as trace_export
 
 from qwen_sse import config
 from qwen_sse.emulator import Emulator, EmulatorConfig, emulated_answer
 from qwen_sse.errors import TokenLimitError
+from qwen_sse.telemetry import (
+    OPERATION_DURATION,
+    TIME_PER_OUTPUT_TOKEN,
+    TIME_TO_FIRST_CHUNK,
+    TOKEN_USAGE,
+)
 from qwen_sse.tokens import count_tokens, message_token_count
 from tests.redisserver import running_redis
 from tests.served import served
@@ -65,6 +73,7 @@ def test_every_python_example_is_run_below() -> None:
         "client.stream_chat(",
         'QwenClient(protocol="anthropic")',
         "RedisQuota(",
+        "Telemetry(tracer_provider",
         "SSEDecoder(max_event_bytes",
         "count_tokens(",
     )
@@ -187,6 +196,33 @@ async def test_the_limiter_example_runs_against_redis(
         assert store.dbsize() > 0
     finally:
         store.close()
+
+
+async def test_the_telemetry_example_prints_the_span_and_the_metrics(
+    dashscope: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The console exporters default to the sys.stdout of when their module was imported,
+    # maybe before capsys replaced it: the example gets ones that write to today's.
+    class SpanToStdout(trace_export.ConsoleSpanExporter):
+        def __init__(self) -> None:
+            super().__init__(out=sys.stdout)
+
+    class MetricsToStdout(metrics_export.ConsoleMetricExporter):
+        def __init__(self) -> None:
+            super().__init__(out=sys.stdout)
+
+    monkeypatch.setattr(trace_export, "ConsoleSpanExporter", SpanToStdout)
+    monkeypatch.setattr(metrics_export, "ConsoleMetricExporter", MetricsToStdout)
+    await asyncio.to_thread(run_example, example("Telemetry(tracer_provider"), {})
+    (request,) = dashscope.requests
+    assert request.body["temperature"] == 0.7
+    assert request.outcome == "completed"
+    out = capsys.readouterr().out
+    assert '"name": "chat qwen-plus"' in out
+    assert '"gen_ai.request.temperature": 0.7' in out
+    for metric in (TOKEN_USAGE, OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_TOKEN):
+        assert f'"name": "{metric}"' in out
+    assert "sk-test" not in out
 
 
 def test_the_decoder_example_runs(capsys: pytest.CaptureFixture[str]) -> None:

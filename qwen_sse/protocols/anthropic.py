@@ -83,6 +83,7 @@ from qwen_sse.protocols.base import (
     RequestFacts,
     bearer_key,
     frame_failure,
+    sampling_value,
     text_of,
 )
 
@@ -469,6 +470,8 @@ class AnthropicProtocol(ProtocolDefaults):
             messages=chat,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             choices=1,
+            temperature=sampling_value(body.get("temperature")),
+            top_p=sampling_value(body.get("top_p")),
         )
 
     def reader(self, body: Mapping[str, Any]) -> AnthropicReader:

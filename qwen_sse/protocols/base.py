@@ -39,6 +39,7 @@ __all__ = [
     "frame_failure",
     "json_error_in_body",
     "max_choices",
+    "sampling_value",
     "text_of",
 ]
 
@@ -68,14 +69,17 @@ class FrameReader(Protocol):
 
 
 class RequestFacts(NamedTuple):
-    """What the client, limiters and decoders need to know of a request body, whatever
-    its protocol: the model, the messages (for the prompt's token count), the most output
-    tokens asked for, and how many choices the answer must have."""
+    """What the client, limiters, decoders and telemetry need to know of a request body,
+    whatever its protocol: the model, the messages (for the prompt's token count), the most
+    output tokens asked for, how many choices the answer must have, and the sampling
+    settings asked for (``temperature``, ``top_p``; None when the body sets none)."""
 
     model: str
     messages: Sequence[Any]
     max_tokens: int | None
     choices: int
+    temperature: float | None = None
+    top_p: float | None = None
 
 
 class ErrorFields(NamedTuple):
@@ -213,6 +217,14 @@ call, thinking or text run), and 65,536 leaves any of them a wide margin."""
 def max_choices(value: Any) -> int:
     """The choice count a request's ``n`` asks for (1 unless an int in 2..128)."""
     return value if isinstance(value, int) and 1 < value <= 128 else 1
+
+
+def sampling_value(value: Any) -> float | None:
+    """A sampling setting (``temperature``, ``top_p``) as a float when the body holds a
+    number there (a bool is not one), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def frame_failure(failure: Exception, frame: bytes) -> ProtocolError:

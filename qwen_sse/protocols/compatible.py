@@ -33,6 +33,7 @@ from qwen_sse.protocols.base import (
     RequestFacts,
     frame_failure,
     max_choices,
+    sampling_value,
 )
 
 if TYPE_CHECKING:
@@ -132,6 +133,8 @@ class CompatibleProtocol(ProtocolDefaults):
             messages=body.get("messages") or (),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             choices=max_choices(body.get("n", 1)),
+            temperature=sampling_value(body.get("temperature")),
+            top_p=sampling_value(body.get("top_p")),
         )
 
     def reader(self, body: Mapping[str, Any]) -> CompatibleReader:

@@ -55,6 +55,7 @@ from qwen_sse.protocols.base import (
     frame_failure,
     json_error_in_body,
     max_choices,
+    sampling_value,
 )
 from qwen_sse.protocols.compatible import partial_messages
 from qwen_sse.sse import SSEDecoder
@@ -335,6 +336,8 @@ class NativeProtocol(ProtocolDefaults):
             messages=_messages(body),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             choices=max_choices(parameters.get("n", 1)),
+            temperature=sampling_value(parameters.get("temperature")),
+            top_p=sampling_value(parameters.get("top_p")),
         )
 
     def reader(self, body: Mapping[str, Any]) -> NativeReader:

@@ -94,6 +94,7 @@ from qwen_sse.protocols.base import (
     ProtocolDefaults,
     RequestFacts,
     frame_failure,
+    sampling_value,
 )
 
 if TYPE_CHECKING:
@@ -605,6 +606,8 @@ class ResponsesProtocol(ProtocolDefaults):
             messages=_chat_messages(body),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             choices=1,
+            temperature=sampling_value(body.get("temperature")),
+            top_p=sampling_value(body.get("top_p")),
         )
 
     def reader(self, body: Mapping[str, Any]) -> ResponsesReader:
