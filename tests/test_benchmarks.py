@@ -16,6 +16,9 @@ from qwen_sse import protocols
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
+# A stage of its own (`pytest -m benchmarks`, run by .ci/run): it takes a minute.
+pytestmark = pytest.mark.benchmarks
+
 
 def run_quick(script: str, *extra: str) -> dict[str, object]:
     completed = subprocess.run(
