@@ -864,10 +864,51 @@ def test_a_given_max_output_tokens_wins_over_max_tokens() -> None:
     assert (body["max_output_tokens"], "max_tokens" in body) == (9, False)
 
 
-def test_a_tool_result_that_is_not_text_goes_as_json() -> None:
-    tool = {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": "x"}]}
+def test_a_tool_result_in_text_parts_goes_as_its_text_and_anything_else_as_json() -> None:
+    parts = [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]
+    tool = {"role": "tool", "tool_call_id": "c", "content": parts}
     [item] = RESPONSES.request_body("m", [tool], {}, include_usage=True)["input"]
-    assert item["output"] == '[{"type":"text","text":"x"}]'
+    assert item["output"] == "xy"
+    other = {"role": "tool", "tool_call_id": "c", "content": {"temperature": 21}}
+    [item] = RESPONSES.request_body("m", [other], {}, include_usage=True)["input"]
+    assert item["output"] == '{"temperature":21}'
+
+
+def test_an_event_named_only_by_its_event_line_is_checked_like_any_other() -> None:
+    # No "type" in the JSON, a field of the wrong type: an error, never a silent skip.
+    fields = b'{"item_id": "msg_1", "output_index": "0", "delta": "x"}'
+    bad = b"event: response.output_text.delta\ndata: " + fields + b"\n\n"
+    data = stream([*created(), *message("msg_1", 0, "Hello ")])
+    decoder = ChatStreamDecoder(protocol="responses")
+    decoder.feed(data)
+    with pytest.raises(ProtocolError, match="output_index"):
+        decoder.feed(bad)
+        decoder.feed_eof()
+
+
+def test_a_done_text_adds_what_the_deltas_lacked_and_a_contradicting_one_fails() -> None:
+    def done(text: str) -> Event:
+        return (
+            "response.output_text.done",
+            {"item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text},
+        )
+
+    added = (
+        "response.output_item.added",
+        {"output_index": 0, "item": {"type": "message", "id": "msg_1"}},
+    )
+    delta = (
+        "response.output_text.delta",
+        {"item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "The answer is"},
+    )
+    longer = stream([*created(), added, delta, done("The answer is 42."), completed()])
+    for label, pieces in every_chunking(longer):
+        assert run(pieces).content == "The answer is 42.", label
+    other = stream([*created(), added, delta, done("Another answer"), completed()])
+    decoder = ChatStreamDecoder(protocol="responses")
+    with pytest.raises(ProtocolError, match="does not extend the 13 characters"):
+        decoder.feed(other)
+        decoder.feed_eof()
 
 
 def test_facts_read_the_body_back_as_chat_messages() -> None:

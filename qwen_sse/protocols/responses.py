@@ -95,6 +95,7 @@ from qwen_sse.protocols.base import (
     RequestFacts,
     frame_failure,
     sampling_value,
+    text_of,
 )
 
 if TYPE_CHECKING:
@@ -115,18 +116,19 @@ _COMPLETED = "response.completed"
 _INCOMPLETE = "response.incomplete"
 _FAILED = "response.failed"
 _ERROR = "error"
-# Events about one item's content that repeat what the deltas carried: only their order
-# is checked.
+# Events about one item's parts that add nothing to the answer: only their order is checked.
 _ITEM_EVENTS = frozenset(
     {
         "response.content_part.added",
         "response.content_part.done",
-        "response.output_text.done",
-        "response.reasoning_text.done",
-        "response.reasoning_summary_text.done",
         "response.reasoning_summary_part.added",
         "response.reasoning_summary_part.done",
     }
+)
+# The full text of one part, which the deltas before it carried (checked in _text_done).
+_TEXT_DONE = "response.output_text.done"
+_REASONING_DONES = frozenset(
+    {"response.reasoning_text.done", "response.reasoning_summary_text.done"}
 )
 _KNOWN = frozenset(
     {
@@ -140,7 +142,9 @@ _KNOWN = frozenset(
         _INCOMPLETE,
         _FAILED,
         _ERROR,
+        _TEXT_DONE,
         *_REASONING_DELTAS,
+        *_REASONING_DONES,
         *_ITEM_EVENTS,
     }
 )
@@ -189,8 +193,11 @@ class _Event(msgspec.Struct, frozen=True, gc=False):
 
     type: str = ""
     delta: str | None = None
+    text: str | None = None
     item_id: str | None = None
     output_index: int | None = None
+    content_index: int | None = None
+    summary_index: int | None = None
     item: _Item | None = None
     arguments: str | None = None
     response: _Response | None = None
@@ -208,10 +215,11 @@ _type_decoder = msgspec.json.Decoder(_Type)
 
 
 class _ItemState:
-    """One output item: its type, whether it is done, and for a function call its tool-call
-    index and the argument fragments emitted so far."""
+    """One output item: its type, whether it is done, for a function call its tool-call
+    index and the argument fragments emitted so far, and the text emitted for each of its
+    text parts (keyed by reasoning or not, and ``summary_index`` or ``content_index``)."""
 
-    __slots__ = ("call", "done", "emitted", "id", "type")
+    __slots__ = ("call", "done", "emitted", "id", "texts", "type")
 
     def __init__(self, item_id: str, item_type: str, call: int) -> None:
         self.id = item_id
@@ -219,6 +227,7 @@ class _ItemState:
         self.call = call
         self.done = False
         self.emitted: list[str] = []
+        self.texts: dict[tuple[bool, int], list[str]] = {}
 
 
 class ResponsesReader:
@@ -255,7 +264,7 @@ class ResponsesReader:
             try:
                 event = _event_decoder.decode(data)
             except msgspec.ValidationError as invalid:
-                if _unknown_type(data):  # an event this module does not read, shaped its own way
+                if _unknown_type(data, event_type):  # an event this module does not read
                     continue
                 return consumed, ProtocolError(
                     f"event has a field of the wrong type: {invalid}", frame=data
@@ -281,13 +290,13 @@ class ResponsesReader:
     ) -> InBandError | None:
         """Append what ``event`` adds to the answer; return its error, if it is one."""
         if kind == _TEXT_DELTA:
-            self._find(kind, event.item_id, event.output_index)
-            if event.delta:
-                out.append(self._chunk(ChoiceDelta(content=event.delta)))
+            self._text(kind, event, event.delta, out, reasoning=False)
         elif kind in _REASONING_DELTAS:
-            self._find(kind, event.item_id, event.output_index)
-            if event.delta:
-                out.append(self._chunk(ChoiceDelta(reasoning_content=event.delta)))
+            self._text(kind, event, event.delta, out, reasoning=True)
+        elif kind == _TEXT_DONE:
+            self._text_done(kind, event, out, reasoning=False)
+        elif kind in _REASONING_DONES:
+            self._text_done(kind, event, out, reasoning=True)
         elif kind == _ARGUMENTS_DELTA:
             call = self._call_of(kind, event)
             if event.delta:
@@ -399,6 +408,44 @@ class ResponsesReader:
             self._complete_arguments(_ITEM_DONE, state, item.arguments, out)
         state.done = True
 
+    def _text(
+        self,
+        kind: str,
+        event: _Event,
+        text: str | None,
+        out: list[ChatCompletionChunk],
+        *,
+        reasoning: bool,
+    ) -> None:
+        """Emit ``text``, a piece of one text part of the item ``event`` names."""
+        state = self._find(kind, event.item_id, event.output_index)
+        if not text:
+            return
+        if state is not None:
+            part = event.summary_index if reasoning else event.content_index
+            state.texts.setdefault((reasoning, part or 0), []).append(text)
+        delta = ChoiceDelta(reasoning_content=text) if reasoning else ChoiceDelta(content=text)
+        out.append(self._chunk(delta))
+
+    def _text_done(
+        self, kind: str, event: _Event, out: list[ChatCompletionChunk], *, reasoning: bool
+    ) -> None:
+        """A part's full text: emit what it adds to the deltas (usually nothing); a text
+        that does not extend them is a ProtocolError, never a silent loss."""
+        state = self._find(kind, event.item_id, event.output_index)
+        final = event.text
+        if state is None or final is None:
+            return
+        part = (reasoning, (event.summary_index if reasoning else event.content_index) or 0)
+        streamed = "".join(state.texts.get(part, ()))
+        if not final.startswith(streamed):
+            raise ProtocolError(
+                f"{kind} gives item {state.id!r} a text that does not extend the "
+                f"{len(streamed)} characters its deltas carried"
+            )
+        if len(final) > len(streamed):
+            self._text(kind, event, final[len(streamed) :], out, reasoning=reasoning)
+
     def _complete_arguments(
         self, kind: str, call: _ItemState, final: str | None, out: list[ChatCompletionChunk]
     ) -> None:
@@ -460,10 +507,18 @@ class ResponsesReader:
         )
 
 
-def _unknown_type(data: bytes) -> bool:
-    """True for a frame whose ``type`` names no event this module reads."""
+def _is_text_parts(content: Any) -> bool:
+    """True for a message content given as text parts (``[{"type": "text", "text"}]``)."""
+    return isinstance(content, list) and all(
+        isinstance(part, Mapping) and isinstance(part.get("text"), str) for part in content
+    )
+
+
+def _unknown_type(data: bytes, event_type: str) -> bool:
+    """True for a frame whose ``type`` (else its ``event:`` name) names no event this module
+    reads."""
     try:
-        return _type_decoder.decode(data).type not in _KNOWN
+        return (_type_decoder.decode(data).type or event_type) not in _KNOWN
     except (msgspec.DecodeError, RecursionError):
         return False
 
@@ -504,6 +559,8 @@ def _input_items(messages: Sequence[Any]) -> list[Any]:
                     "call_id": message.get("tool_call_id", ""),
                     "output": output
                     if isinstance(output, str)
+                    else text_of(output)
+                    if _is_text_parts(output)
                     else msgspec.json.encode(output).decode(),
                 }
             )
