@@ -54,6 +54,7 @@ from qwen_sse.errors import (
     StreamLimitError,
 )
 from qwen_sse.protocols import WireProtocol
+from qwen_sse.protocols.base import frame_failure
 from qwen_sse.protocols.compatible import DONE_MARKER
 from qwen_sse.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 
@@ -724,7 +725,10 @@ class ChatStreamDecoder:
         out: list[ChatCompletionChunk] = []
         if self.done or self.error is not None or not frames:
             return out
-        consumed, error = self._reader.read(frames, out)
+        try:
+            consumed, error = self._reader.read(frames, out)
+        except Exception as failure:  # a reader's own bug: still one clear error, not a crash
+            consumed, error = len(frames), frame_failure(failure, frames[-1][1])
         add = self.accumulator.add
         for chunk in out:
             add(chunk, now_s)

@@ -120,15 +120,17 @@ class Proxy:
 
 
 def _redact_text(text: str) -> str:
-    """``text`` (a proxy URL that may not parse) with any userinfo redacted."""
+    """``text`` (a proxy URL that may not parse) with any userinfo redacted: everything
+    before the last ``@`` (a password may hold ``/``, ``?`` or ``#``, which would otherwise
+    end the host part early)."""
     scheme, sep, rest = text.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hostport = netloc.rpartition("@")
+    userinfo, at, after = rest.rpartition("@")
     if not at:
         return text
     user, colon, _ = userinfo.partition(":")
+    user = user.split("/", 1)[0]
     shown = f"{user}:***" if colon else "***"
-    return f"{scheme}{sep}{shown}@{hostport}{slash}{path}"
+    return f"{scheme}{sep}{shown}@{after}"
 
 
 def parse_proxy(value: str, *, source: str) -> Proxy:

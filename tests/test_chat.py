@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from qwen_sse.errors import (
     StreamLimitError,
     TransportError,
 )
+from qwen_sse.protocols.compatible import CompatibleProtocol, CompatibleReader
 from qwen_sse.sse import SSEDecoder
 from tests.chunkings import LINE_ENDINGS, every_chunking, with_line_ending
 
@@ -1058,3 +1060,21 @@ def test_a_null_string_finish_reason_is_no_finish_reason() -> None:
     cut.feed(stream(quoted))
     with pytest.raises(IncompleteStreamError, match="choice 0 has no finish_reason"):
         cut.feed_eof()
+
+
+def test_a_reader_that_breaks_its_contract_still_gives_one_clear_error() -> None:
+    class Broken(CompatibleReader):
+        def read(
+            self, frames: Sequence[tuple[str, bytes]], out: list[ChatCompletionChunk]
+        ) -> tuple[int, QwenSSEError | None]:
+            raise KeyError("a bug")
+
+    class BrokenProtocol(CompatibleProtocol):
+        def reader(self, body: Mapping[str, Any]) -> CompatibleReader:
+            return Broken()
+
+    decoder = ChatStreamDecoder(protocol=BrokenProtocol())
+    with pytest.raises(ProtocolError, match="data frame could not be decoded") as caught:
+        decoder.feed(stream(delta_frame(content="hi")))
+    assert caught.value.partial is not None
+    assert not caught.value.partial.complete

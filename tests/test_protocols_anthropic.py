@@ -381,7 +381,7 @@ def test_tool_use_blocks_count_from_zero_whatever_their_block_index() -> None:
     [
         ({}, [], "{}"),
         ({}, [""], "{}"),  # the page's streams open every tool_use block with ""
-        ({"city": "杭州"}, [], '{"city":"杭州"}'),
+        ({"city": "杭州"}, [], '{"city": "杭州"}'),  # the input as the server wrote it
         ({}, ['{"a"', ": 1}"], '{"a": 1}'),
     ],
 )
@@ -852,3 +852,35 @@ def test_content_blocks_are_bounded() -> None:
     with pytest.raises(ProtocolError, match=f"more than {MAX_ANSWER_PARTS} content blocks"):
         decoder.feed(stream.encode())
         decoder.feed_eof()
+
+
+def test_a_deep_tool_input_is_taken_as_sent_and_other_blocks_keep_none() -> None:
+    deep = '{"n":' + "[" * 900 + "]" * 900 + "}"
+    start = 'event: message_start\ndata: {"type":"message_start","message":{"id":"m"}}\n\n'
+    block = (
+        'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        '"content_block":{"type":"tool_use","id":"t","name":"f","input":' + deep + "}}\n\n"
+    )
+    rest = "".join(
+        f"event: {kind}\ndata: {data}\n\n"
+        for kind, data in (
+            ("content_block_stop", '{"type":"content_block_stop","index":0}'),
+            ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use"}}'),
+            ("message_stop", '{"type":"message_stop"}'),
+        )
+    )
+    result = decode((start + block + rest).encode(), "anthropic")
+    assert result.complete
+    assert result.tool_calls[0].function.arguments == deep
+
+
+def test_request_body_leaves_the_callers_messages_as_they_are() -> None:
+    results = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "a", "content": "1"}],
+    }
+    messages = [results, {"role": "tool", "tool_call_id": "b", "content": "2"}]
+    for _ in range(3):
+        body = ANTHROPIC.request_body("m", messages, {}, include_usage=True)
+        assert len(body["messages"][0]["content"]) == 2
+    assert len(results["content"]) == 1

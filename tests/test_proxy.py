@@ -225,6 +225,22 @@ def test_proxy_url_forms(value: str, url: str) -> None:
     assert parse_proxy(value, source="x").url == url
 
 
+@pytest.mark.parametrize("password", ["s3cr/et", "s3cr?et", "s3cr#et", "a/b@c"])
+def test_a_password_with_url_delimiters_never_shows_in_an_error(
+    password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", f"http://alice:{password}@proxy.example:3128")
+    try:
+        resolve_proxy("https://dashscope.aliyuncs.com/compatible-mode/v1")
+    except ConfigurationError as error:
+        assert password not in str(error)
+        assert "alice:***@" in str(error)
+    else:
+        proxy = resolve_proxy("https://dashscope.aliyuncs.com/compatible-mode/v1")
+        assert proxy is not None
+        assert password not in repr(proxy)
+
+
 def test_a_username_alone_is_redacted_too() -> None:
     # A proxy token often travels as the username.
     proxy = parse_proxy("http://tok-123456@proxy:3128", source="x")

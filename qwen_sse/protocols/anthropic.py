@@ -36,8 +36,8 @@ Mapping onto the shared chunk model, one choice (index 0), every chunk with the 
 - Each ``tool_use`` block is a tool call of ``type: "function"`` whose ``index`` counts the
   ``tool_use`` blocks (0, 1, ...): ``id`` and ``name`` come with its start, each
   ``input_json_delta.partial_json`` is an ``arguments`` fragment, and a block stopped
-  without any JSON text gets its start ``input`` as arguments (``"{}"``: called without
-  input).
+  without any JSON text gets its start ``input`` as arguments, exactly as the server wrote
+  it (``"{}"`` when it had none: called without input).
 - ``message_delta``: a chunk whose ``finish_reason`` is the ``stop_reason`` the OpenAI way
   (``end_turn`` and ``stop_sequence``: ``stop``; ``max_tokens``: ``length``; ``tool_use``:
   ``tool_calls``; ``refusal``: ``content_filter``; any other verbatim, e.g.
@@ -140,7 +140,7 @@ class _Block(msgspec.Struct, frozen=True, gc=False):
     name: str = ""
     text: str = ""
     thinking: str = ""
-    input: dict[str, Any] | None = None
+    input: msgspec.Raw = msgspec.Raw()  # kept as sent: re-encoding could recurse or grow
 
 
 class _Delta(msgspec.Struct, frozen=True, gc=False):
@@ -176,14 +176,18 @@ _NOT_A_TOOL_CALL = -1
 
 class _BlockState:
     """One content block: its type, its tool-call index (or -1), whether it is still open,
-    and, for a tool call, its start ``input`` and whether any JSON text streamed."""
+    and, for a tool call, its start ``input`` as sent (until JSON text streams) and whether
+    any JSON text streamed."""
 
     __slots__ = ("input", "json_streamed", "open", "tool_index", "type")
 
     def __init__(self, block: _Block, tool_index: int) -> None:
         self.type = block.type
         self.tool_index = tool_index
-        self.input = block.input
+        # Only a tool call's input can become its arguments; a copy, so that the frame it
+        # came in is not kept alive with it.
+        given = bytes(block.input) if tool_index != _NOT_A_TOOL_CALL else b""
+        self.input: bytes | None = given if given not in (b"", b"null") else None
         self.open = True
         self.json_streamed = False
 
@@ -291,6 +295,7 @@ class AnthropicReader:
         elif kind == "input_json_delta":
             if delta.partial_json and state.tool_index != _NOT_A_TOOL_CALL:
                 state.json_streamed = True
+                state.input = None
                 out.append(self._arguments(state.tool_index, delta.partial_json))
         elif kind == "thinking_delta":
             if delta.thinking:
@@ -302,7 +307,9 @@ class AnthropicReader:
         state = self._open_block("content_block_stop", event)
         state.open = False
         if state.tool_index != _NOT_A_TOOL_CALL and not state.json_streamed:
-            arguments = msgspec.json.encode(state.input or {}).decode()
+            given = state.input
+            state.input = None
+            arguments = "{}" if given is None else given.decode()
             out.append(self._arguments(state.tool_index, arguments))
 
     def _arguments(self, tool_index: int, fragment: str) -> ChatCompletionChunk:
@@ -507,8 +514,9 @@ def _anthropic_messages(messages: Sequence[Any]) -> list[Any]:
                 "content": message.get("content", ""),
             }
             last = converted[-1] if converted else None
-            if isinstance(last, dict) and last.get("role") == "user" and _is_results(last):
-                last["content"].append(result)
+            if isinstance(last, Mapping) and last.get("role") == "user" and _is_results(last):
+                # A new message: ``last`` may be the caller's own, which must not change.
+                converted[-1] = {**last, "content": [*last["content"], result]}
             else:
                 converted.append({"role": "user", "content": [result]})
         else:
