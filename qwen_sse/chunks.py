@@ -27,6 +27,7 @@ __all__ = [
     "CompletionTokensDetails",
     "DeltaChoice",
     "ErrorBody",
+    "InputOutputUsage",
     "PromptTokensDetails",
     "SearchResult",
     "Usage",
@@ -127,6 +128,32 @@ class Usage(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
     plugins: dict[str, Any] | None = None
+
+
+class InputOutputUsage(msgspec.Struct, frozen=True, gc=False):
+    """Usage as DashScope's native protocols and the Responses API spell it
+    (``input_tokens``, ``output_tokens``, their details, native ``plugins``); :meth:`usage`
+    is the same in the shared model."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    input_tokens_details: PromptTokensDetails | None = None
+    output_tokens_details: CompletionTokensDetails | None = None
+    plugins: dict[str, Any] | None = None
+
+    def usage(self) -> Usage:
+        """The shared model's :class:`Usage` (``total_tokens`` summed when not given)."""
+        total = self.total_tokens
+        return Usage(
+            prompt_tokens=self.input_tokens,
+            completion_tokens=self.output_tokens,
+            total_tokens=total if total is not None else self.input_tokens + self.output_tokens,
+            prompt_tokens_details=self.prompt_tokens_details or self.input_tokens_details,
+            completion_tokens_details=self.output_tokens_details,
+            plugins=self.plugins,
+        )
 
 
 class SearchResult(msgspec.Struct, frozen=True, gc=False):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from qwen_sse.chunks import (
     ChatCompletionChunk,
+    CompletionTokensDetails,
     ErrorBody,
+    InputOutputUsage,
+    PromptTokensDetails,
+    Usage,
     decode_chunk,
     decode_error_frame,
     encode_chunk,
@@ -150,3 +155,20 @@ def test_encode_chunk_round_trips_without_the_error_key() -> None:
     encoded = encode_chunk(chunk)
     assert b'"error"' not in encoded
     assert decode_chunk(encoded) == chunk
+
+
+def test_input_output_usage_maps_to_the_shared_usage() -> None:
+    decoded = msgspec.json.decode(
+        b'{"input_tokens": 5, "output_tokens": 7, "input_tokens_details": {"cached_tokens": 2},'
+        b' "output_tokens_details": {"reasoning_tokens": 3}, "plugins": {"search": {"count": 1}}}',
+        type=InputOutputUsage,
+    )
+    assert decoded.usage() == Usage(
+        prompt_tokens=5,
+        completion_tokens=7,
+        total_tokens=12,  # summed when the server gives none
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=2),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=3),
+        plugins={"search": {"count": 1}},
+    )
+    assert InputOutputUsage(1, 2, total_tokens=9).usage().total_tokens == 9

@@ -40,11 +40,9 @@ from qwen_sse.chunks import (
     ChoiceDelta,
     ChoiceDeltaAudio,
     ChoiceDeltaToolCall,
-    CompletionTokensDetails,
     DeltaChoice,
-    PromptTokensDetails,
+    InputOutputUsage,
     SearchResult,
-    Usage,
     chunk_protocol_error,
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
@@ -111,25 +109,9 @@ class _NativeOutput(msgspec.Struct, frozen=True, gc=False):
     search_info: _SearchInfo | None = None
 
 
-class _OutputTokensDetails(msgspec.Struct, frozen=True, gc=False):
-    reasoning_tokens: int | None = None
-    text_tokens: int | None = None
-    audio_tokens: int | None = None
-
-
-class _NativeUsage(msgspec.Struct, frozen=True, gc=False):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int | None = None
-    prompt_tokens_details: PromptTokensDetails | None = None
-    input_tokens_details: PromptTokensDetails | None = None
-    output_tokens_details: _OutputTokensDetails | None = None
-    plugins: dict[str, Any] | None = None
-
-
 class _NativeFrame(msgspec.Struct, frozen=True, gc=False):
     output: _NativeOutput | None = None
-    usage: _NativeUsage | None = None
+    usage: InputOutputUsage | None = None
     request_id: str = ""
     code: str | None = None
     message: str | None = None
@@ -224,7 +206,7 @@ class NativeReader:
             id=frame.request_id,
             object="chat.completion.chunk",
             choices=choices,
-            usage=_usage(frame.usage),
+            usage=None if frame.usage is None else frame.usage.usage(),
             search_results=search_results,
         )
 
@@ -277,30 +259,6 @@ class NativeReader:
 
 def _finish(reason: str | None) -> str | None:
     return None if reason in _NOT_FINISHED else reason
-
-
-def _usage(usage: _NativeUsage | None) -> Usage | None:
-    if usage is None:
-        return None
-    details = usage.output_tokens_details
-    return Usage(
-        prompt_tokens=usage.input_tokens,
-        completion_tokens=usage.output_tokens,
-        total_tokens=(
-            usage.total_tokens
-            if usage.total_tokens is not None
-            else usage.input_tokens + usage.output_tokens
-        ),
-        prompt_tokens_details=usage.prompt_tokens_details or usage.input_tokens_details,
-        completion_tokens_details=(
-            CompletionTokensDetails(
-                details.reasoning_tokens, details.text_tokens, details.audio_tokens
-            )
-            if details is not None
-            else None
-        ),
-        plugins=usage.plugins,
-    )
 
 
 class NativeProtocol(ProtocolDefaults):

@@ -82,10 +82,8 @@ from qwen_sse.chunks import (
     ChoiceDelta,
     ChoiceDeltaToolCall,
     ChoiceDeltaToolCallFunction,
-    CompletionTokensDetails,
     DeltaChoice,
-    PromptTokensDetails,
-    Usage,
+    InputOutputUsage,
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
@@ -159,14 +157,6 @@ class _Item(msgspec.Struct, frozen=True, gc=False):
     arguments: str | None = None
 
 
-class _Usage(msgspec.Struct, frozen=True, gc=False):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int | None = None
-    input_tokens_details: PromptTokensDetails | None = None
-    output_tokens_details: CompletionTokensDetails | None = None
-
-
 class _Error(msgspec.Struct, frozen=True, gc=False):
     code: str | int | None = None
     message: str | None = None
@@ -183,7 +173,7 @@ class _Response(msgspec.Struct, frozen=True, gc=False):
     id: str = ""
     model: str = ""
     created_at: int | float | None = None
-    usage: _Usage | None = None
+    usage: InputOutputUsage | None = None
     error: _Error | None = None
     incomplete_details: _IncompleteDetails | None = None
 
@@ -363,7 +353,7 @@ class ResponsesReader:
                     id=self._id,
                     created=self._created_s,
                     model=self._model,
-                    usage=_usage(usage),
+                    usage=usage.usage(),
                 )
             )
         self.ended = True
@@ -529,17 +519,6 @@ def _in_band_error(error: _Error, request_id: str) -> InBandError:
         message=error.message or "",
         type=error.type or "",
         request_id=request_id,
-    )
-
-
-def _usage(usage: _Usage) -> Usage:
-    total = usage.total_tokens
-    return Usage(
-        prompt_tokens=usage.input_tokens,
-        completion_tokens=usage.output_tokens,
-        total_tokens=total if total is not None else usage.input_tokens + usage.output_tokens,
-        prompt_tokens_details=usage.input_tokens_details,
-        completion_tokens_details=usage.output_tokens_details,
     )
 
 
