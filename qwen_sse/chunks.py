@@ -208,11 +208,14 @@ themselves with :func:`chunk_protocol_error`."""
 _error_decoder = msgspec.json.Decoder(_ErrorFrame)
 
 
-def chunk_protocol_error(error: msgspec.DecodeError, frame: str | bytes) -> ProtocolError:
-    """The ``ProtocolError`` for a frame msgspec rejected, naming the field path."""
+def chunk_protocol_error(
+    error: msgspec.DecodeError, frame: str | bytes, *, what: str = "chunk"
+) -> ProtocolError:
+    """The ``ProtocolError`` for a frame msgspec rejected, naming the field path; ``what``
+    names the frame (a ``chunk``, or a protocol's ``event``)."""
     reason = str(error)
     if isinstance(error, msgspec.ValidationError):
-        return ProtocolError(f"chunk has a field of the wrong type: {reason}", frame=frame)
+        return ProtocolError(f"{what} has a field of the wrong type: {reason}", frame=frame)
     return ProtocolError(f"data frame is not valid JSON: {reason}", frame=frame)
 
 

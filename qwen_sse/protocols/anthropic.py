@@ -74,6 +74,7 @@ from qwen_sse.chunks import (
     DeltaChoice,
     PromptTokensDetails,
     Usage,
+    chunk_protocol_error,
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
@@ -216,7 +217,7 @@ class AnthropicReader:
             try:
                 event = _event_decoder.decode(data)
             except msgspec.DecodeError as decode_error:
-                return consumed, _decode_error(decode_error, data)
+                return consumed, chunk_protocol_error(decode_error, data, what="event")
             except Exception as failure:  # e.g. RecursionError from deeply nested JSON
                 return consumed, frame_failure(failure, data)
             kind = "error" if event_type == "error" else event.type or event_type
@@ -391,12 +392,6 @@ def _in_band_error(error: _Error | str | None) -> InBandError:
         return InBandError(code="", message=error)
     body = error or _Error()
     return InBandError(code=body.type, message=body.message, type=body.type)
-
-
-def _decode_error(error: msgspec.DecodeError, data: bytes) -> ProtocolError:
-    if isinstance(error, msgspec.ValidationError):
-        return ProtocolError(f"event has a field of the wrong type: {error}", frame=data)
-    return ProtocolError(f"data frame is not valid JSON: {error}", frame=data)
 
 
 class AnthropicProtocol(ProtocolDefaults):

@@ -84,6 +84,7 @@ from qwen_sse.chunks import (
     ChoiceDeltaToolCallFunction,
     DeltaChoice,
     InputOutputUsage,
+    chunk_protocol_error,
 )
 from qwen_sse.errors import InBandError, ProtocolError, QwenSSEError
 from qwen_sse.protocols.base import (
@@ -260,9 +261,7 @@ class ResponsesReader:
                     f"event has a field of the wrong type: {invalid}", frame=data
                 )
             except msgspec.DecodeError as decode_error:
-                return consumed, ProtocolError(
-                    f"data frame is not valid JSON: {decode_error}", frame=data
-                )
+                return consumed, chunk_protocol_error(decode_error, data, what="event")
             except Exception as failure:  # e.g. RecursionError from deeply nested JSON
                 return consumed, frame_failure(failure, data)
             try:
