@@ -7,6 +7,8 @@ protocol (the native protocol's ``InvalidParameter``, Anthropic's ``invalid_requ
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "IN_BAND_CODE",
     "IN_BAND_MESSAGE",
@@ -14,6 +16,7 @@ __all__ = [
     "TPM_MESSAGE",
     "Reject",
     "bad_request",
+    "json_object",
 ]
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str, str]] = {
@@ -69,6 +72,13 @@ class Reject(Exception):
             self.type = code
         else:
             self.type = "invalid_request_error"
+
+
+def json_object(body: Any) -> dict[str, Any]:
+    """``body`` when it is a JSON object; else the 400 DashScope answers."""
+    if not isinstance(body, dict):
+        raise bad_request("The request body is not a JSON object.")
+    return body
 
 
 def bad_request(message: str) -> Reject:

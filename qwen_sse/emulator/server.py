@@ -54,7 +54,7 @@ from qwen_sse.emulator.faults import (
 )
 from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, framing_for
 from qwen_sse.emulator.records import RecordedRequest, redacted
-from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request
+from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request, json_object
 from qwen_sse.models import model_limits
 from qwen_sse.protocols.base import text_of
 from qwen_sse.protocols.compatible import COMPATIBLE
@@ -341,9 +341,8 @@ class Emulator:
         frames, send = reply.stream(answering)
         return await self._stream(exchange, frames, send)
 
-    def _check_body(self, body: Any) -> tuple[dict[str, Any], list[Any]]:
-        if not isinstance(body, dict):
-            raise bad_request("The request body is not a JSON object.")
+    def _check_body(self, raw: Any) -> tuple[dict[str, Any], list[Any]]:
+        body = json_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise bad_request("The model parameter is required.")

@@ -38,7 +38,7 @@ from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode
-from qwen_sse.emulator.rejects import Reject, bad_request
+from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.anthropic import ANTHROPIC
 
 if TYPE_CHECKING:
@@ -372,9 +372,7 @@ class AnthropicFraming:
     protocol = ANTHROPIC
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _AnthropicReply:
-        if not isinstance(body, dict):
-            raise bad_request("The request body is not a JSON object.")
-        return _AnthropicReply(body)
+        return _AnthropicReply(json_object(body))
 
     def error_body(self, reject: Reject, request_id: str) -> bytes:
         error = {"type": _error_type(reject.code), "message": reject.message}

@@ -21,7 +21,7 @@ from qwen_sse.emulator.accounting import AnswerUsage
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
-from qwen_sse.emulator.rejects import Reject, bad_request
+from qwen_sse.emulator.rejects import Reject, json_object
 from qwen_sse.protocols.compatible import COMPATIBLE, DONE_MARKER
 
 if TYPE_CHECKING:
@@ -331,9 +331,7 @@ class CompatibleFraming:
     protocol = COMPATIBLE
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _CompatibleReply:
-        if not isinstance(body, dict):
-            raise bad_request("The request body is not a JSON object.")
-        return _CompatibleReply(body)
+        return _CompatibleReply(json_object(body))
 
     def error_body(self, reject: Reject, request_id: str) -> bytes:
         return error_envelope(reject, request_id)

@@ -40,7 +40,7 @@ from qwen_sse.emulator.answers import EmulatedAnswer, Piece
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, tool_calls_of
-from qwen_sse.emulator.rejects import Reject, bad_request
+from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL, NativeProtocol
 
 if TYPE_CHECKING:
@@ -85,9 +85,7 @@ def _from_native(body: Any, *, multimodal: bool) -> tuple[dict[str, Any], _Nativ
     checked here (400 ``InvalidParameter``). ``multimodal`` answers in the message format
     whatever ``result_format`` says, with content parts.
     """
-    if not isinstance(body, dict):
-        raise bad_request("The request body is not a JSON object.")
-    inputs = body.get("input")
+    inputs = json_object(body).get("input")
     if not isinstance(inputs, dict):
         raise bad_request("input must be an object with messages.")
     parameters = body.get("parameters", {})

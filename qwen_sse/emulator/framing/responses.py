@@ -36,7 +36,7 @@ from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, error_envelope
-from qwen_sse.emulator.rejects import Reject, bad_request
+from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.responses import RESPONSES
 
 if TYPE_CHECKING:
@@ -431,9 +431,7 @@ class ResponsesFraming:
     protocol = RESPONSES
 
     def reply_to(self, body: Any, headers: Mapping[str, str]) -> _ResponsesReply:
-        if not isinstance(body, dict):
-            raise bad_request("The request body is not a JSON object.")
-        return _ResponsesReply(body)
+        return _ResponsesReply(json_object(body))
 
     def error_body(self, reject: Reject, request_id: str) -> bytes:
         return error_envelope(reject, request_id)
