@@ -29,7 +29,6 @@ FILE``). Figures vary with the machine and its load; they are never a pass/fail.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -155,12 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": benchenv.environment(["aiohttp", "msgspec"]),
         "levels": rows,
     }
-    text = json.dumps(document, indent=2)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as output:
-            output.write(text + "\n")
-    else:
-        print(text)
+    benchenv.emit(document, args.json or None)
     return 0
 
 

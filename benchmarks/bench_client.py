@@ -1557,12 +1557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": rows,
         "targets": goal,
     }
-    text = json.dumps(document, indent=2)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-        log(f"JSON written to {args.json}")
-    else:
-        print(text)
+    benchenv.emit(document, args.json or None)
     return 0
 
 

@@ -1057,12 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocols": by_protocol,
         "targets": goal,
     }
-    text = json.dumps(document, indent=2)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-        log(f"JSON written to {args.json}")
-    else:
-        print(text)
+    benchenv.emit(document, args.json or None)
     return 0
 
 

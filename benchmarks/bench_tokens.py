@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import benchenv
+
 from qwen_sse.tokens import count_message_tokens, count_tokens
 
 SENTENCES = (
@@ -191,12 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "counting": rates,
         "prompts": prompts,
     }
-    text = json.dumps(document, indent=2)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as output:
-            output.write(text + "\n")
-    else:
-        print(text)
+    benchenv.emit(document, args.json or None)
     return 0
 
 

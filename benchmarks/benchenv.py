@@ -7,6 +7,7 @@ Imported by the scripts beside it (``python benchmarks/bench_*.py`` puts this fo
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -45,3 +46,13 @@ def environment(packages: Iterable[str]) -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()),
         "packages": {name: version(name) for name in packages},
     }
+
+
+def emit(document: dict[str, Any], path: str | Path | None) -> None:
+    """The JSON report: to ``path`` when given (saying so on stderr), else to stdout."""
+    text = json.dumps(document, indent=2)
+    if path is None:
+        print(text)
+        return
+    Path(path).write_text(text + "\n", encoding="utf-8")
+    print(f"JSON written to {path}", file=sys.stderr)

@@ -248,14 +248,23 @@ async def test_reasoning_text_is_the_first_token() -> None:
 # --- the command line and the load generator ---
 
 
-async def test_qwen_sse_chat_exits_1_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def chat_against(
+    answer: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``qwen-sse chat`` (one attempt) against a server that sends ``answer``: its exit
+    status, stdout and stderr."""
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
-    async with raw_server(answering(INTERRUPTED_EMPTY)) as server:
+    async with raw_server(answering(answer)) as server:
         args = ["chat", "--base-url", server.url, "--max-attempts", "1", "hi"]
         status = await asyncio.to_thread(main, args)
     out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def test_qwen_sse_chat_exits_1_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = await chat_against(INTERRUPTED_EMPTY, monkeypatch, capsys)
     assert status == 1
     assert out == ""
     (line,) = err.splitlines()
@@ -265,11 +274,7 @@ async def test_qwen_sse_chat_exits_1_with_one_line(
 async def test_qwen_sse_chat_says_the_text_shown_is_incomplete(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
-    async with raw_server(answering(INTERRUPTED)) as server:
-        args = ["chat", "--base-url", server.url, "--max-attempts", "1", "hi"]
-        status = await asyncio.to_thread(main, args)
-    out, err = capsys.readouterr()
+    status, out, err = await chat_against(INTERRUPTED, monkeypatch, capsys)
     assert status == 1
     assert out == "half an answer"
     error_line, note = err.splitlines()
