@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         fault = msgspec.json.decode(args.fault, type=Fault) if args.fault else None
     except (msgspec.DecodeError, ValueError) as error:
-        print_error("qwen-sse serve", f"--fault {args.fault!r}: {error}")
+        print_error("qwen-sse serve", f"invalid setting: --fault {args.fault!r}: {error}")
         return 2
     try:
         config = EmulatorConfig(
