@@ -598,6 +598,8 @@ class ChatStream:
                 request_id=request_id or body_request_id,
                 body=body.decode("utf-8", "replace"),
                 headers=kept,
+                method="POST",
+                url=self._url,
             )
         self._scrubber.error(error)  # the reason phrase and the headers kept, too
         self._release_permit("throttled" if _is_throttling(error) else "error")

@@ -75,6 +75,7 @@ __all__ = [
     "TokenLimitError",
     "TotalTimeoutError",
     "TransportError",
+    "one_line",
     "status_error",
 ]
 
@@ -196,7 +197,7 @@ class InBandError(StreamError):
         partial: ChatResult | None = None,
     ) -> None:
         rid = f" (request id {request_id})" if request_id else ""
-        shown = _one_line(message)
+        shown = one_line(message)
         super().__init__(f"in-band error {code or type or '?'}: {shown}{rid}", partial=partial)
         self.code = code
         self.error_message = message
@@ -312,7 +313,9 @@ class APIStatusError(QwenSSEError):
     """The server answered with an HTTP error status.
 
     ``code`` is DashScope's (or OpenAI's) error code verbatim, ``request_id`` the
-    ``x-request-id`` header or the body's ``request_id``, ``body`` the raw response text.
+    ``x-request-id`` header or the body's ``request_id``, ``body`` the raw response text,
+    ``method`` and ``url`` the request's ("" when not known). The message is one line; for
+    a status that says the address is wrong (404, 405) it names the method and URL.
     """
 
     def __init__(
@@ -324,13 +327,22 @@ class APIStatusError(QwenSSEError):
         request_id: str = "",
         body: str = "",
         headers: dict[str, str] | None = None,
+        method: str = "",
+        url: str = "",
     ) -> None:
         parts = [f"HTTP {status}"]
         if code:
             parts.append(code)
-        text = " ".join(parts) + (f": {_one_line(message)}" if message else "")
+        # A bare server's reason ("404: Not Found") would repeat the status.
+        shown = one_line(message).removeprefix(f"{status}: ")
+        text = " ".join(parts) + (f": {shown}" if shown else "")
+        about = []
+        if url and status in _ADDRESS_STATUSES:
+            about.append(f"{method} {url}".strip())
         if request_id:
-            text += f" (request id {request_id})"
+            about.append(f"request id {request_id}")
+        if about:
+            text += f" ({'; '.join(about)})"
         super().__init__(text)
         self.status = status
         self.code = code
@@ -338,6 +350,12 @@ class APIStatusError(QwenSSEError):
         self.request_id = request_id
         self.body = body
         self.headers = dict(headers or {})
+        self.method = method
+        self.url = url
+
+
+# The statuses that say the address is wrong: their message names the URL tried.
+_ADDRESS_STATUSES = frozenset({404, 405})
 
 
 class RedirectError(APIStatusError):
@@ -392,7 +410,7 @@ _BURST_CODES = frozenset({"limit_burst_rate", "Throttling", "Throttling.BurstRat
 _BILLING_CODES = frozenset({"CommodityNotPurchased", "PrepaidBillOverdue", "PostpaidBillOverdue"})
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """``text`` with every run of whitespace, line breaks included, shown as one space."""
     return " ".join(text.split())
 
@@ -422,8 +440,11 @@ def status_error(
     request_id: str = "",
     body: str = "",
     headers: dict[str, str] | None = None,
+    method: str = "",
+    url: str = "",
 ) -> APIStatusError:
-    """Build the typed error for an HTTP error response (one mapping for the whole package)."""
+    """Build the typed error for an HTTP error response (one mapping for the whole package);
+    ``method`` and ``url`` are the request's."""
     cls: type[APIStatusError]
     if 300 <= status < 400:
         cls = RedirectError
@@ -460,4 +481,6 @@ def status_error(
         request_id=request_id,
         body=body,
         headers=headers,
+        method=method,
+        url=url,
     )

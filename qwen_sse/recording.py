@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -135,7 +136,8 @@ class Recorder:
         self._file.flush()
 
 
-def _records(lines: Iterator[str], source: str) -> Iterator[dict[str, Any]]:
+def _records(lines: list[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each record with its line number."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -145,51 +147,97 @@ def _records(lines: Iterator[str], source: str) -> Iterator[dict[str, Any]]:
             raise ConfigurationError(f"{source}:{number}: not a JSON line: {error}") from None
         if not isinstance(record, dict):
             raise ConfigurationError(f"{source}:{number}: a record must be a JSON object")
-        yield record
+        yield number, record
+
+
+# How the lines of a saved event stream begin (a field name and a colon, or a comment).
+_SSE_LINE = re.compile(r"(?:data|event|id|retry)?:")
+
+
+def _text(path: str | Path, source: str) -> str:
+    """The recording's text; a file that cannot be one raises ``ConfigurationError``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read recording {source}: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"{source} is not a qwen-sse recording: it is not UTF-8 text ({error.reason} at "
+            f"byte {error.start}); recordings are JSON lines written by qwen-sse trace --record"
+        ) from None
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise ConfigurationError(f"{source} is empty: not a qwen-sse recording")
+    if _SSE_LINE.match(first):
+        raise ConfigurationError(
+            f"{source} looks like a saved SSE stream, not a qwen-sse recording (JSON lines "
+            f"written by qwen-sse trace --record): decode it with qwen-sse decode {source}"
+        )
+    return text
 
 
 def load_recording(path: str | Path) -> list[RecordedAttempt]:
     """Read a recording; a file that is not one raises ``ConfigurationError`` naming the
-    line that is wrong."""
+    line that is wrong (or saying what the file looks like instead: empty, not text, a
+    saved SSE stream). A recording of no attempt is an empty list."""
     source = str(path)
-    try:
-        text = Path(path).read_text("utf-8")
-    except OSError as error:
-        raise ConfigurationError(f"cannot read recording {source}: {error.strerror}") from None
-    records = _records(iter(text.splitlines()), source)
-    header = next(records, None)
+    records = _records(_text(path, source).splitlines(), source)
+    _, header = next(records)
     if header != FORMAT:
         raise ConfigurationError(f"{source}: not a qwen-sse recording (first line {header!r})")
     attempts: dict[int, RecordedAttempt] = {}
-    for record in records:
-        number = int(record.get("attempt", 1))
-        attempt = attempts.setdefault(number, RecordedAttempt(attempt=number))
-        kind = record.get("type")
-        at_s = float(record.get("at_ms", 0.0)) / 1000
-        if kind == "request":
-            attempt.method = str(record.get("method", "POST"))
-            attempt.url = str(record.get("url", ""))
-            attempt.protocol = str(record.get("protocol") or "")
-            attempt.request_headers = dict(record.get("headers") or {})
-            attempt.body = record.get("body")
-        elif kind == "response":
-            attempt.status = int(record["status"])
-            attempt.response_headers = dict(record.get("headers") or {})
-            attempt.response_at_s = at_s
-        elif kind == "data":
-            if "base64" in record:
-                piece = base64.b64decode(record["base64"])
-            else:
-                piece = str(record.get("text", "")).encode("utf-8")
-            attempt.pieces.append((at_s, piece))
-        elif kind == "end":
-            attempt.outcome = str(record.get("outcome", ""))
-            attempt.error = record.get("error")
-            attempt.error_type = record.get("error_type")
-            attempt.end_at_s = at_s
-        else:
-            raise ConfigurationError(f"{source}: unknown record type {kind!r}")
+    for number, record in records:
+        try:
+            _add_record(attempts, record)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{source}:{number}: {error}") from None
+        except (KeyError, TypeError, ValueError) as error:
+            # ValueError: a number that is not one, base64 that is not (binascii.Error).
+            kind = record.get("type")
+            raise ConfigurationError(
+                f"{source}:{number}: a malformed {kind} record ({type(error).__name__}: {error})"
+            ) from None
     return [attempts[number] for number in sorted(attempts)]
+
+
+def _add_record(attempts: dict[int, RecordedAttempt], record: dict[str, Any]) -> None:
+    """Add one record to the attempt it belongs to."""
+    number = int(record.get("attempt", 1))
+    attempt = attempts.setdefault(number, RecordedAttempt(attempt=number))
+    kind = record.get("type")
+    at_s = float(record.get("at_ms", 0.0)) / 1000
+    if kind == "request":
+        attempt.method = str(record.get("method", "POST"))
+        attempt.url = str(record.get("url", ""))
+        attempt.protocol = str(record.get("protocol") or "")
+        attempt.request_headers = _strings(record.get("headers") or {})
+        attempt.body = record.get("body")
+    elif kind == "response":
+        attempt.status = int(record["status"])
+        attempt.response_headers = _strings(record.get("headers") or {})
+        attempt.response_at_s = at_s
+    elif kind == "data":
+        if "base64" in record:
+            piece = base64.b64decode(record["base64"], validate=True)
+        else:
+            piece = str(record.get("text", "")).encode("utf-8")
+        attempt.pieces.append((at_s, piece))
+    elif kind == "end":
+        attempt.outcome = str(record.get("outcome", ""))
+        attempt.error = record.get("error")
+        attempt.error_type = record.get("error_type")
+        attempt.end_at_s = at_s
+    else:
+        raise ConfigurationError(f"unknown record type {kind!r}")
+
+
+def _strings(headers: object) -> dict[str, str]:
+    """Recorded headers: a JSON object of strings (anything else is a TypeError)."""
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers must be a JSON object, got {type(headers).__name__}")
+    return {str(name): str(value) for name, value in headers.items()}
 
 
 class ReplayServer:

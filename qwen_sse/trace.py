@@ -24,8 +24,9 @@ every event boundary with its data as compact JSON, and anomalies:
   truncated, whatever the clean end suggests;
 * ``usage-mismatch``: the reported output tokens far from the Qwen token count of the text.
 
-:meth:`TraceView.summary` closes with bytes, events, time to first byte and first token,
-inter-token gap percentiles, usage and request id. The same view replays recordings.
+:meth:`TraceView.summary` closes with the last attempt's body bytes (an error body's too),
+events, time to first byte ("no body" when none came) and first token, inter-token gap
+percentiles, usage and request id. The same view replays recordings.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class TraceView:
         self._last_at_ms = 0.0
         self._last_event_ms = 0.0
         self._first_byte_ms: float | None = None
+        self._body_bytes = 0
         self._events = 0
         self._status: int | None = None
         self._request_id = ""
@@ -142,6 +144,8 @@ class TraceView:
             self._print(f"  < {name}: {value}")
 
     def data(self, chunk: bytes, at_s: float) -> None:
+        if not chunk:
+            return  # an empty body handed over whole: no byte arrived
         at_ms = at_s * 1000
         gap_ms = at_ms - self._last_at_ms
         byte_stall = self._first_byte_ms is not None and gap_ms > self._stall_ms
@@ -150,6 +154,7 @@ class TraceView:
         if self._first_byte_ms is None:
             self._first_byte_ms = at_ms
         self._last_at_ms = at_ms
+        self._body_bytes += len(chunk)
         self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
         for segment in _SEGMENT.findall(chunk):
             self._print(f"    | {_show_line(segment, self._width)}")
@@ -275,12 +280,14 @@ class TraceView:
         timing = result.timing
         lines = [
             "=== summary",
-            f"attempts {self.attempts}, {timing.bytes_received} B, {timing.events} events,"
+            f"attempts {self.attempts}, {self._body_bytes} B, {timing.events} events,"
             f" complete: {'yes' if result.complete else 'no'}",
         ]
-        first_byte = "-" if self._first_byte_ms is None else f"{self._first_byte_ms:.1f} ms"
+        first_byte = (
+            "no body" if self._first_byte_ms is None else f"first byte {self._first_byte_ms:.1f} ms"
+        )
         first_token = "-" if timing.ttft_s is None else f"{timing.ttft_s * 1000:.1f} ms"
-        lines.append(f"first byte {first_byte}, first token {first_token}")
+        lines.append(f"{first_byte}, first token {first_token}")
         gaps = [gap * 1000 for gap in timing.inter_token_gaps_s]
         if len(gaps) >= 2:
             cuts = statistics.quantiles(gaps, n=100, method="inclusive")

@@ -1,13 +1,21 @@
 """Tests of the ``qwen-sse`` entry point (qwen_sse.cli): what every command shares: the log
-on stderr and that no option takes a key."""
+on stderr, that no option takes a key, --version, help for every option, and errors on one
+line (usage errors and failures no command expected included)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import qwen_sse
+from qwen_sse import cli
 from qwen_sse.cli import build_parser, main
 from qwen_sse.cli.chat import RefuseKeyValue, env_var_name
 from qwen_sse.emulator import FAULT_HEADER, Fault
@@ -69,3 +77,74 @@ def test_no_option_takes_a_key() -> None:
         else:
             assert name == "--any-key"
             assert action.nargs == 0
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_is_the_package_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_sse", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout == f"qwen-sse {cli.version()}\n"
+    assert done.stderr == ""
+
+
+def test_version_is_the_installed_one_else_the_source_trees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def installed(name: str) -> str:
+        assert name == "qwen-sse"
+        return "9.8.7"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", installed)
+    assert cli.version() == "9.8.7"
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cli.version() == qwen_sse.__version__
+
+
+def test_every_option_has_help() -> None:
+    undocumented = [
+        option
+        for option, action in _options(build_parser()).items()
+        if not action.help or not action.help.strip()
+    ]
+    # --api-key exists only to be refused, so help leaves it out (SUPPRESS is its help).
+    assert undocumented == []
+
+
+def test_a_usage_error_is_one_line_pointing_at_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tokens", "--model"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "qwen-sse tokens: error: argument --model: expected one argument "
+        "(see qwen-sse tokens --help)\n"
+    )
+
+
+def test_a_failure_no_command_expected_is_still_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr(cli.tokens, "run", broken)
+    assert main(["tokens", "x"]) == 1
+    assert capsys.readouterr().err == (
+        "qwen-sse tokens: unexpected RuntimeError: first line second line (please report it; "
+        "QWEN_SSE_LOG=debug shows the traceback)\n"
+    )
+    monkeypatch.setenv("QWEN_SSE_LOG", "debug")
+    assert main(["tokens", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err  # asked for
+    assert 'raise RuntimeError("first line' in err

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import os
+import pty
+import select
 import struct
+import subprocess
+import sys
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -13,8 +20,16 @@ from typing import Any
 import pytest
 
 from qwen_sse import protocols
+from qwen_sse.chunks import (
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    DeltaChoice,
+)
 from qwen_sse.cli import main
-from qwen_sse.emulator import emulated_answer
+from qwen_sse.cli.chat import AnswerPrinter
+from qwen_sse.emulator import FAULT_HEADER, Fault, emulated_answer
 from tests.forwardproxy import forward_proxy
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 from tests.served import served
@@ -305,3 +320,237 @@ def test_a_remote_proxy_for_plain_http_is_one_clear_line(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "through the proxy http://proxy.invalid:3128 (from HTTP_PROXY)" in line
     assert "hunter22" not in line
+
+
+# --- the console script, as a user runs it: in a pipe, or on a terminal ---
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSOLE_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"}
+
+
+def console(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """``qwen-sse ARGV`` in a subprocess, stdout and stderr in pipes of their own."""
+    return subprocess.run(
+        [sys.executable, "-m", "qwen_sse", *argv],
+        capture_output=True,
+        env=CONSOLE_ENV,
+        timeout=120,
+        check=False,
+    )
+
+
+def on_a_terminal(*argv: str) -> str:
+    """What ``qwen-sse ARGV`` shows on a terminal (a pseudo-terminal holds stdout and
+    stderr, as on a console), line endings as the terminal sends them back."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qwen_sse", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=CONSOLE_ENV,
+    )
+    os.close(follower)
+    shown = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                piece = os.read(leader, 4096)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        os.close(leader)
+        process.wait(timeout=60)
+    return shown.decode("utf-8").replace("\r\n", "\n")
+
+
+# --- tool calls: each shown with its name and arguments as they stream ---
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
+    },
+}
+TOOLS = json.dumps([WEATHER, CLOCK])
+ASK_BOTH = "get_weather and get_time for Paris, please"
+
+
+def emulated_calls(prompt: str, **params: object) -> list[tuple[str, str]]:
+    """The ``(name, arguments)`` of each call the emulator answers ``prompt`` with."""
+    body = {
+        "model": "qwen-plus",
+        "messages": [{"role": "user", "content": prompt}],
+        "tools": json.loads(TOOLS),
+        **params,
+    }
+    return list(emulated_answer(body).tool_calls)
+
+
+@pytest.mark.parametrize("protocol", protocols.NAMES)
+def test_every_tool_call_is_a_line_with_its_name_and_arguments(protocol: str) -> None:
+    done = console(
+        "chat",
+        "--mock",
+        "--protocol",
+        protocol,
+        "--param",
+        f"tools={TOOLS}",
+        "--param",
+        "parallel_tool_calls=true",
+        ASK_BOTH,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = emulated_calls(ASK_BOTH, parallel_tool_calls=True)
+    assert [name for name, _ in calls] == ["get_weather", "get_time"]
+    assert done.stdout.decode() == "".join(
+        f"→ tool call {name}({arguments})\n" for name, arguments in calls
+    )
+    assert "finish tool_calls" in done.stderr.decode().splitlines()[-1]
+
+
+def test_tool_calls_read_the_same_on_a_terminal() -> None:
+    shown = on_a_terminal("chat", "--mock", "--param", f"tools={TOOLS}", ASK_BOTH)
+    ((name, arguments),) = emulated_calls(ASK_BOTH)
+    assert f"\n→ tool call {name}({arguments})\n" in shown
+    assert "\x1b[" not in shown  # no styling on the call's line (only reasoning is dimmed)
+
+
+def delta_chunk(delta: ChoiceDelta, index: int = 0) -> ChatCompletionChunk:
+    return ChatCompletionChunk(choices=[DeltaChoice(index=index, delta=delta)])
+
+
+def call_piece(
+    index: int, name: str | None = None, arguments: str | None = None, **fields: str
+) -> ChatCompletionChunk:
+    function = (
+        None
+        if name is None and arguments is None
+        else ChoiceDeltaToolCallFunction(name=name, arguments=arguments)
+    )
+    call = ChoiceDeltaToolCall(index=index, function=function, **fields)
+    return delta_chunk(ChoiceDelta(tool_calls=[call]))
+
+
+def test_a_tool_call_shows_piece_by_piece_as_it_arrives() -> None:
+    out = io.StringIO()
+    printer = AnswerPrinter(out, terminal=False)
+    printer.chunk(delta_chunk(ChoiceDelta(content="Let me look.")))
+    printer.chunk(call_piece(0, id="call-0", type="function"))
+    assert out.getvalue() == "Let me look."  # an id alone: the call shows with its name
+    printer.chunk(call_piece(0, name="get_weather", arguments=""))
+    assert out.getvalue() == "Let me look.\n→ tool call get_weather("
+    printer.chunk(call_piece(0, arguments='{"city": '))
+    assert out.getvalue().endswith('→ tool call get_weather({"city": ')
+    printer.chunk(delta_chunk(ChoiceDelta(content="other choice"), index=1))
+    printer.chunk(call_piece(0, arguments='"Paris"}'))
+    printer.chunk(call_piece(1, name="get_time", arguments="{}"))
+    assert out.getvalue().endswith('"Paris"})\n→ tool call get_time({}')
+    printer.end()
+    assert out.getvalue() == (
+        'Let me look.\n→ tool call get_weather({"city": "Paris"})\n→ tool call get_time({})\n'
+    )
+
+
+def test_reasoning_then_a_tool_call() -> None:
+    out = io.StringIO()
+    printer = AnswerPrinter(out, terminal=False)
+    printer.chunk(delta_chunk(ChoiceDelta(reasoning_content="The user wants weather.")))
+    printer.chunk(call_piece(0, name="get_weather", arguments="{}"))
+    printer.end()
+    assert out.getvalue() == "[thinking] The user wants weather.\n→ tool call get_weather({})\n"
+
+
+def test_a_tool_call_cut_short_stays_open_and_counts_as_received() -> None:
+    out = io.StringIO()
+    printer = AnswerPrinter(out, terminal=False)
+    printer.chunk(call_piece(0, name="get_weather", arguments='{"ci'))
+    printer.interrupted()
+    assert out.getvalue() == '→ tool call get_weather({"ci'  # in a pipe: what arrived
+    on_terminal = io.StringIO()
+    printer = AnswerPrinter(on_terminal, terminal=True)
+    printer.chunk(call_piece(0, name="get_weather", arguments='{"ci'))
+    printer.interrupted()
+    assert on_terminal.getvalue() == '→ tool call get_weather({"ci\n'
+
+
+def test_on_a_terminal_the_error_of_a_cut_answer_starts_its_own_line() -> None:
+    fault = f"{FAULT_HEADER}: {Fault(drop_after_events=4).to_json()}"
+    shown = on_a_terminal("chat", "--mock", "--max-attempts", "1", "--header", fault, "hi")
+    assert "\nqwen-sse: error: " in shown
+    assert "\nqwen-sse: the answer above is incomplete (" in shown
+
+
+# --- --mock says where the answer comes from ---
+
+EMULATED = "qwen-sse chat: the answer comes from the built-in emulator (--mock), not from a model"
+
+
+def test_mock_says_the_answer_is_emulated_before_the_answer() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_sse", "chat", "--mock", "hi"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one pipe: the order they were written in
+        env=CONSOLE_ENV,
+        timeout=120,
+        check=True,
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == EMULATED
+    assert lines[1] == mock_answer("hi")
+    assert "prompt +" in lines[2]
+
+
+def test_only_mock_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["chat", "--mock", "--json", "hi"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == EMULATED
+    with served(SERVED_KEY) as base_url:
+        monkeypatch.setenv("DASHSCOPE_API_KEY", SERVED_KEY)
+        assert main(["chat", "--base-url", base_url, "hi"]) == 0
+    assert "emulator" not in capsys.readouterr().err
+
+
+# --- --param: JSON values only, and never a field the command sets itself ---
+
+
+def test_param_values_are_json_in_the_body_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["trace", "--mock", "--param", "top_k=3", "--param", 'stop=["\\n"]']
+    assert main([*argv, "--param", "max_tokens=2", "--param", 'user="u-1"', "hi"]) == 0
+    (body,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  > {")]
+    sent = json.loads(body.removeprefix("  > "))
+    assert (sent["top_k"], sent["stop"], sent["max_tokens"], sent["user"]) == (3, ["\n"], 2, "u-1")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "field"),
+    [
+        (protocol.name, field)
+        for protocol in protocols.PROTOCOLS.values()
+        for field in sorted({"model", "messages", "stream", *protocol.built_fields})
+    ],
+)
+def test_param_refuses_every_field_the_command_builds(
+    protocol: str, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["chat", "--mock", "--protocol", protocol, "--param", f"{field}=1", "hi"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"qwen-sse chat: --param {field}: the command sets this itself (")
+    assert err.count("\n") == 1

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from qwen_sse.cli import main
-from qwen_sse.cli.words import in_cli_words
+from qwen_sse.cli.words import error_line, in_cli_words
 from qwen_sse.config import Timeouts, check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import FAULT_HEADER, EmulatorConfig, Fault
 from qwen_sse.errors import ConfigurationError
@@ -100,3 +101,22 @@ def test_a_note_about_the_total_timeout_names_the_option(
     assert main(["chat", "--mock", "--header", header, "--total-timeout", "5", "hi"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.endswith("(not retried: waiting 30 s would pass --total-timeout 5)")
+
+
+def test_an_error_line_is_one_line_in_the_command_lines_words() -> None:
+    message = "refusing ...;\n  pass allow_insecure_http=True\r\nif trusted\t(really)"
+    assert error_line("qwen-sse chat", ConfigurationError(message)) == (
+        "qwen-sse chat: refusing ...; pass --allow-insecure-http if trusted (really)"
+    )
+
+
+def test_a_message_with_line_breaks_prints_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "two\nlines.sse"
+    assert main(["decode", str(missing)]) == 2
+    assert main(["replay", str(missing)]) == 2
+    assert main(["tokens", "--messages", str(missing)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert all(f"{tmp_path}/two lines.sse" in line for line in lines)

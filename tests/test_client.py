@@ -226,6 +226,16 @@ async def test_unknown_model_is_not_found(client: QwenClient) -> None:
     with pytest.raises(NotFoundError) as caught:
         await client.chat(HELLO, "qwen-nonexistent")
     assert caught.value.code == "model_not_found"
+    assert f"(POST {client.base_url}/chat/completions; request id " in str(caught.value)
+
+
+async def test_a_wrong_path_names_the_url_tried(emulator: Emulator) -> None:
+    wrong = emulator.base_url.replace("/compatible-mode/v1", "/v1")
+    async with QwenClient(KEY, wrong, retry=NO_RETRIES) as qwen:
+        with pytest.raises(NotFoundError) as caught:
+            await qwen.chat(HELLO)
+    assert str(caught.value) == f"HTTP 404: Not Found (POST {wrong}/chat/completions)"
+    assert caught.value.url == f"{wrong}/chat/completions"
 
 
 async def test_context_too_long(client: QwenClient) -> None:

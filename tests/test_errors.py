@@ -179,3 +179,24 @@ def test_a_multi_line_server_message_gives_a_one_line_str() -> None:
     in_band = InBandError(code="x", message=message)
     assert str(in_band) == "in-band error x: first line second line third"
     assert in_band.error_message == message
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_status_that_blames_the_address_names_the_url_tried(status: int) -> None:
+    url = "http://127.0.0.1:8000/wrong/chat/completions"
+    error = status_error(
+        status=status, message=f"{status}: Not Found", method="POST", url=url, request_id="r1"
+    )
+    # The bare server's reason repeats no status; the request id stays.
+    assert str(error) == f"HTTP {status}: Not Found (POST {url}; request id r1)"
+    assert (error.method, error.url, error.error_message) == ("POST", url, f"{status}: Not Found")
+    coded = status_error(status=status, code="model_not_found", message="no\nsuch", url=url)
+    assert str(coded) == f"HTTP {status} model_not_found: no such ({url})"
+    assert str(status_error(status=status, url=url, method="POST")) == f"HTTP {status} (POST {url})"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 429, 500])
+def test_other_statuses_keep_their_message_short(status: int) -> None:
+    error = status_error(status=status, message="m", method="POST", url="https://h/v1/x")
+    assert str(error) == f"HTTP {status}: m"
+    assert error.url == "https://h/v1/x"

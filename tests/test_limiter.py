@@ -29,6 +29,7 @@ import redis.asyncio
 import qwen_sse.emulator.server as emulator_server
 from qwen_sse.chunks import Usage
 from qwen_sse.client import QwenClient
+from qwen_sse.config import API_KEY_ENV_VARS
 from qwen_sse.emulator import FAULT_HEADER, Emulator, EmulatorConfig, Fault
 from qwen_sse.errors import (
     ConfigurationError,
@@ -712,6 +713,23 @@ async def test_redis_keys_are_namespaced_by_a_fingerprint_never_the_key(
     await named.aclose()
     with pytest.raises(ConfigurationError):
         RedisQuota(redis_url, account="bad{name}")
+
+
+async def test_an_account_needs_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``account=`` names the windows: no key is needed, and one given is never kept."""
+    for name in API_KEY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="no API key"):
+        RedisQuota("redis://127.0.0.1:1/0")  # without an account the key names it
+    store = RedisQuota("redis://127.0.0.1:1/0", account="team-a")
+    assert store.keys("qwen-max")[0] == "qwen-sse:{team-a:qwen-max}:requests"
+    await store.aclose()
+    secret = "sk-test-never-kept-0123456789"
+    store = RedisQuota("redis://127.0.0.1:1/0", account="team-a", api_key=secret)
+    assert store.account == "team-a"
+    assert secret not in repr(store)
+    assert all(secret not in repr(value) for value in vars(store).values())
+    await store.aclose()
 
 
 async def test_an_unreachable_redis_is_a_transport_error() -> None:

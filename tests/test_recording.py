@@ -69,20 +69,53 @@ def test_errors_are_recorded_with_their_type(tmp_path: Path) -> None:
     assert attempt.error == "connection lost"
 
 
+HEADER = '{"format": "qwen-sse-recording", "version": 1}\n'
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("", "not a qwen-sse recording"),
+        ("", "bad.jsonl is empty: not a qwen-sse recording"),
+        ("\n  \n", "bad.jsonl is empty: not a qwen-sse recording"),
         ('{"format": "other"}\n', "not a qwen-sse recording"),
-        ('{"format": "qwen-sse-recording", "version": 1}\nnot json\n', ":2: not a JSON line"),
-        ('{"format": "qwen-sse-recording", "version": 1}\n{"type": "weird"}\n', "unknown record"),
+        (HEADER + "not json\n", ":2: not a JSON line"),
+        (HEADER + '{"type": "weird"}\n', r"bad.jsonl:2: unknown record type 'weird'"),
+        (
+            b'{"format": "qwen-sse-recording"}\n\xff\xfe',
+            "not a qwen-sse recording: it is not UTF-8 text \\(invalid start byte at byte 33\\)",
+        ),
+        (
+            'data: {"choices": []}\n\ndata: [DONE]\n\n',
+            "bad.jsonl looks like a saved SSE stream, not a qwen-sse recording .*: decode it "
+            "with qwen-sse decode .*bad.jsonl",
+        ),
+        (": keep-alive\n\nevent: message_stop\n", "looks like a saved SSE stream"),
+        (
+            HEADER + '{"type": "response", "attempt": 1, "status": "two hundred"}\n',
+            r"bad.jsonl:2: a malformed response record \(ValueError: ",
+        ),
+        (HEADER + '{"type": "response", "attempt": 1}\n', r":2: a malformed response record"),
+        (HEADER + '{"type": "data", "attempt": [1]}\n', r":2: a malformed data record"),
+        (HEADER + '{"type": "data", "base64": "%%%"}\n', r":2: a malformed data record"),
+        (HEADER + '{"type": "data", "text": "\\ud800"}\n', r":2: a malformed data record"),
+        (HEADER + '{"type": "request", "headers": [1]}\n', r":2: a malformed request record"),
+        (HEADER + '{"type": "end", "at_ms": "soon"}\n', r":2: a malformed end record"),
     ],
 )
-def test_bad_files_name_what_is_wrong(tmp_path: Path, content: str, message: str) -> None:
+def test_bad_files_name_what_is_wrong(tmp_path: Path, content: str | bytes, message: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(ConfigurationError, match=message):
         load_recording(path)
+
+
+def test_a_recording_of_no_attempt_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "none.jsonl"
+    path.write_text(HEADER)
+    assert load_recording(path) == []
 
 
 def test_missing_file() -> None:

@@ -230,3 +230,29 @@ def test_a_responses_delta_before_its_item_is_flagged() -> None:
     view, _ = trace(reads, protocol="responses")
     assert kinds(view) == ["protocol-error"]
     assert "response.output_text.delta" in view.anomalies[0].detail
+
+
+def error_trace(body: bytes) -> str:
+    """The summary of one attempt answered HTTP 500 with ``body`` (handed over whole, as
+    the client hands an error body to its tap, even an empty one)."""
+    out = io.StringIO()
+    view = TraceView(out, stall_ms=500)
+    view.request(method="POST", url="http://x/v1", headers={}, body=b"{}")
+    view.response(status=500, headers={"content-type": "application/json"}, at_s=0.0109)
+    view.data(body, 0.0109)
+    view.end(at_s=0.0109, outcome="error", error=None)
+    return view.summary()
+
+
+def test_an_empty_body_has_no_first_byte() -> None:
+    summary = error_trace(b"")
+    assert "attempts 1, 0 B, 0 events" in summary
+    assert "no body, first token -" in summary
+    assert "first byte" not in summary
+
+
+def test_an_error_body_counts_its_bytes() -> None:
+    body = b'{"error": {"message": "boom"}}'
+    summary = error_trace(body)
+    assert f"attempts 1, {len(body)} B, 0 events" in summary
+    assert "first byte 10.9 ms, first token -" in summary

@@ -151,6 +151,11 @@ def read_prompts(path: str | Path, *, output_tokens: int | None = None) -> FileW
         text = file.read_text("utf-8")
     except OSError as error:
         raise ConfigurationError(f"cannot read {file}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): a prompts file "
+            "is JSON lines"
+        ) from None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -40,11 +40,12 @@ from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
+    fields_set_by_command,
     parse_params,
     timeouts_from,
 )
 from qwen_sse.cli.serve import non_negative
-from qwen_sse.cli.words import in_cli_words
+from qwen_sse.cli.words import print_error
 from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
@@ -163,9 +164,27 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--plot", metavar="DIR", help="write PNG charts (needs qwen-sse[plot])")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
     mock = parser.add_argument_group("emulator timing (with --mock)")
-    mock.add_argument("--mock-ttft-ms", type=non_negative, default=150.0)
-    mock.add_argument("--mock-itl-ms", type=non_negative, default=20.0)
-    mock.add_argument("--mock-jitter-ms", type=non_negative, default=10.0)
+    mock.add_argument(
+        "--mock-ttft-ms",
+        metavar="MS",
+        type=non_negative,
+        default=150.0,
+        help="the emulator's time to first token, ms (default %(default)g)",
+    )
+    mock.add_argument(
+        "--mock-itl-ms",
+        metavar="MS",
+        type=non_negative,
+        default=20.0,
+        help="the emulator's delay between tokens, ms (default %(default)g)",
+    )
+    mock.add_argument(
+        "--mock-jitter-ms",
+        metavar="MS",
+        type=non_negative,
+        default=10.0,
+        help="each emulator delay moves by up to this much either way, ms (default %(default)g)",
+    )
     add_connection_options(parser)
     parser.set_defaults(func=run)
 
@@ -182,10 +201,10 @@ def run(args: argparse.Namespace) -> int:
                 return _single(args, config, target)
             return _sweep(args, config, target, *sweep)
     except (ConfigurationError, ValueError) as error:
-        print(f"qwen-sse bench: {in_cli_words(str(error))}", file=sys.stderr)
+        print_error("qwen-sse bench", error)
         return 2
     except WorkerError as error:
-        print(f"qwen-sse bench: {error}", file=sys.stderr)
+        print_error("qwen-sse bench", error)
         return 1
 
 
@@ -381,9 +400,13 @@ def _slo(items: list[str] | None) -> Slo | None:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
+    # Every request's messages and max_tokens come from the workload.
+    given = {"messages": "the workload", "max_tokens": "--output-tokens, or the prompts file"}
     if args.thinking:
         params["enable_thinking"] = True
+        given["enable_thinking"] = "--thinking"
     if args.search:
         params["enable_search"] = True
-    params.update(parse_params(args.param))
+        given["enable_search"] = "--search"
+    params.update(parse_params(args.param, fields_set_by_command(args.protocol, given)))
     return params

@@ -9,13 +9,13 @@ import json
 import re
 import sys
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from qwen_sse import protocols
 from qwen_sse.chat import AudioResult, ChatResult
-from qwen_sse.chunks import encode_chunk
-from qwen_sse.cli.words import in_cli_words
+from qwen_sse.chunks import ChatCompletionChunk, ChoiceDeltaToolCall, encode_chunk
+from qwen_sse.cli.words import error_line, print_error
 from qwen_sse.client import QwenClient
 from qwen_sse.config import API_KEY_ENV_VARS, Timeouts, resolve_api_key
 from qwen_sse.emulator import Emulator, EmulatorConfig
@@ -23,6 +23,7 @@ from qwen_sse.errors import ConfigurationError, QwenSSEError
 from qwen_sse.retry import RetryPolicy
 
 _MOCK_KEY = "sk-mock"
+_EMULATED = "qwen-sse chat: the answer comes from the built-in emulator (--mock), not from a model"
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -134,10 +135,30 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     limits = parser.add_argument_group("timeouts (seconds; 0 switches one off)")
     defaults = Timeouts()
-    limits.add_argument("--connect-timeout", type=float, default=defaults.connect_s)
-    limits.add_argument("--first-token-timeout", type=float, default=defaults.first_token_s)
-    limits.add_argument("--idle-timeout", type=float, default=defaults.idle_s)
-    limits.add_argument("--total-timeout", type=float, default=0.0)
+    limits.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=defaults.connect_s,
+        help="TCP and TLS set-up (default %(default)g)",
+    )
+    limits.add_argument(
+        "--first-token-timeout",
+        type=float,
+        default=defaults.first_token_s,
+        help="from sending until the first text of the answer (default %(default)g)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_s,
+        help="the longest silence between events; keep-alives do not count (default %(default)g)",
+    )
+    limits.add_argument(
+        "--total-timeout",
+        type=float,
+        default=0.0,
+        help="the whole call, retries included (default: off)",
+    )
 
 
 def api_key_env_vars(args: argparse.Namespace) -> tuple[str, ...]:
@@ -240,8 +261,8 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thinking", action="store_true", help="send enable_thinking: true")
     parser.add_argument("--search", action="store_true", help="send enable_search: true")
     parser.add_argument("--max-tokens", type=int, help="max_tokens for the answer")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--temperature", type=float, help="temperature for the answer")
+    parser.add_argument("--seed", type=int, help="seed for the answer")
     parser.add_argument(
         "--param",
         action="append",
@@ -254,7 +275,7 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 def request_from(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(messages, params)`` from the prompt options; ``ValueError`` names a bad option."""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin_text() if args.prompt == "-" else args.prompt
     params = _params(args)
     messages: list[dict[str, Any]] = []
     if args.system:
@@ -263,79 +284,124 @@ def request_from(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[s
     return messages, params
 
 
+def read_stdin_text() -> str:
+    """All of stdin as text; bytes that are not UTF-8 are a ``ConfigurationError``."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"stdin is not UTF-8 text ({error.reason} at byte {error.start}): the prompt "
+            "must be text"
+        ) from None
+
+
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    if args.thinking:
-        params["enable_thinking"] = True
-    if args.search:
-        params["enable_search"] = True
-    if args.max_tokens is not None:
-        params["max_tokens"] = args.max_tokens
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
-    if args.seed is not None:
-        params["seed"] = args.seed
-    params.update(parse_params(args.param))
+    given: dict[str, str] = {}
+    for field, option, value in (
+        ("enable_thinking", "--thinking", True if args.thinking else None),
+        ("enable_search", "--search", True if args.search else None),
+        ("max_tokens", "--max-tokens", args.max_tokens),
+        ("temperature", "--temperature", args.temperature),
+        ("seed", "--seed", args.seed),
+        ("modalities", "--audio", _AUDIO_MODALITIES if getattr(args, "audio", None) else None),
+        ("audio", "--audio", _AUDIO_OUTPUT if getattr(args, "audio", None) else None),
+    ):
+        if value is not None:
+            params[field] = value
+            given[field] = option
+    params.update(parse_params(args.param, fields_set_by_command(args.protocol, given)))
     return params
 
 
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """``--param KEY=JSON`` options as body fields; a value that is not JSON is a string."""
+# Compatible mode's request for speech (Qwen-Omni streams it as delta.audio).
+_AUDIO_MODALITIES = ["text", "audio"]
+_AUDIO_OUTPUT = {"voice": "Cherry", "format": "wav"}
+
+# What every command that sends chat requests sets itself, and how: --param may not.
+# ``timeouts``, ``retry`` and ``extra_headers`` are no body fields but arguments of the
+# client's call, which the call's keyword parameters would take.
+_SET_BY_EVERY_COMMAND = {
+    "model": "--model",
+    "messages": "the prompt and --system",
+    "stream": "it always streams",
+    "timeouts": "--connect-timeout, --first-token-timeout, --idle-timeout, --total-timeout",
+    "retry": "--max-attempts, --resume",
+    "extra_headers": "--header",
+}
+
+
+def fields_set_by_command(protocol: str, given: Mapping[str, str]) -> dict[str, str]:
+    """The fields a command sets itself, each with what sets it (for ``--param``'s refusal):
+    the model, messages and streaming, the client's own arguments, what ``protocol``
+    builds, and ``given``, the fields the command's own options set (field: option)."""
+    wire = protocols.get(protocol)
+    taken = {field: f"the {wire.name} protocol builds it" for field in wire.built_fields}
+    taken.update(_SET_BY_EVERY_COMMAND)
+    taken.update(given)
+    return taken
+
+
+def parse_params(items: Sequence[str], taken: Mapping[str, str]) -> dict[str, Any]:
+    """``--param KEY=JSON`` options as body fields. ``ConfigurationError`` (naming the key)
+    for a value that is not JSON (``top_k=abc``: a string needs its quotes) and for a key
+    in ``taken``, a field the command sets itself (key: what sets it)."""
     params: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigurationError(f"--param wants KEY=JSON, got {item!r}")
+        if key in taken:
+            raise ConfigurationError(
+                f"--param {key}: the command sets this itself ({taken[key]}); leave it out"
+            )
         try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw  # a bare word is a string
+            params[key] = json.loads(raw, parse_constant=_not_json)
+        except ValueError as error:
+            if raw and raw[0] not in "{[" and not {'"', "'"} & set(raw):
+                why = f"a string needs its quotes: --param {key}='{json.dumps(raw)}'"
+            else:
+                why = str(error)
+            raise ConfigurationError(f"--param {key}: {raw!r} is not JSON ({why})") from None
     return params
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         messages, params = request_from(args)
     except ValueError as error:
-        print(f"qwen-sse chat: {in_cli_words(str(error))}", file=sys.stderr)
+        print_error("qwen-sse chat", error)
         return 2
-    if args.audio:
-        # Compatible mode's request for speech (Qwen-Omni streams it as delta.audio).
-        params.update(modalities=["text", "audio"], audio={"voice": "Cherry", "format": "wav"})
     return asyncio.run(_chat(args, messages, params))
 
 
 async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params: Any) -> int:
     out = sys.stdout
-    styled = out.isatty()
+    printer = AnswerPrinter(out, terminal=out.isatty())
+    emulated = args.mock  # said once, before the first chunk of the answer
     try:
         async with open_client(args) as client:
             async with client.stream_chat(messages, args.model, **params) as stream:
-                phase = ""
                 async for chunk in stream:
+                    if emulated:
+                        emulated = False
+                        print(_EMULATED, file=sys.stderr, flush=True)
                     if args.json:
                         out.write(encode_chunk(chunk).decode() + "\n")
-                        continue
-                    for choice in chunk.choices[:1]:
-                        delta = choice.delta
-                        if delta.reasoning_content:
-                            if phase != "reasoning":
-                                phase = "reasoning"
-                                out.write(_style("[thinking] ", styled))
-                            out.write(_style(delta.reasoning_content, styled))
-                        answer = delta.content
-                        if not answer and delta.audio is not None:
-                            answer = delta.audio.transcript  # a spoken answer's text
-                        if answer:
-                            if phase == "reasoning":
-                                out.write("\n\n")
-                            phase = "answer"
-                            out.write(answer)
+                    else:
+                        printer.chunk(chunk)
                     out.flush()
             if not args.json:
-                out.write("\n")
+                printer.end()
             print(summary_line(stream.result), file=sys.stderr)
     except QwenSSEError as error:
+        printer.interrupted()
         out.flush()
         report_error(error, sys.stderr)
         if args.audio and error.partial is not None and error.partial.audio is not None:
@@ -344,6 +410,87 @@ async def _chat(args: argparse.Namespace, messages: list[dict[str, Any]], params
     if args.audio:
         return save_audio(stream.result, args.audio, sys.stderr)
     return 0
+
+
+class AnswerPrinter:
+    """Writes the first choice of a streamed answer as a person reads it, piece by piece as
+    it arrives: reasoning after ``[thinking]`` (dimmed on a ``terminal``), a blank line, the
+    answer (or a spoken answer's transcript), and each tool call on a line of its own,
+    ``→ tool call NAME(`` then its arguments as they stream, then ``)``."""
+
+    def __init__(self, out: TextIO, *, terminal: bool) -> None:
+        self._out = out
+        self._terminal = terminal
+        self._phase = ""  # "", "reasoning", "answer" or "call"
+        self._call_index = -1
+        self._names: dict[int, str] = {}
+        self._line_open = False  # the last character written ends no line
+
+    def _write(self, text: str) -> None:
+        if text:
+            self._out.write(text)
+            self._line_open = not text.endswith("\n")
+
+    def _end_call(self) -> None:
+        if self._phase == "call":
+            self._write(")\n")
+            self._phase = ""
+
+    def chunk(self, chunk: ChatCompletionChunk) -> None:
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue  # n > 1: the first choice stands for the answer
+            delta = choice.delta
+            if delta.reasoning_content:
+                if self._phase != "reasoning":
+                    self._end_call()
+                    if self._line_open:
+                        self._write("\n")
+                    self._phase = "reasoning"
+                    self._write(_style("[thinking] ", self._terminal))
+                self._write(_style(delta.reasoning_content, self._terminal))
+            answer = delta.content
+            if not answer and delta.audio is not None:
+                answer = delta.audio.transcript  # a spoken answer's text
+            if answer:
+                if self._phase == "reasoning":
+                    self._write("\n\n")
+                self._end_call()
+                self._phase = "answer"
+                self._write(answer)
+            for call in delta.tool_calls or ():
+                self._tool_call(call)
+
+    def _tool_call(self, call: ChoiceDeltaToolCall) -> None:
+        function = call.function
+        name = function.name if function is not None else None
+        arguments = function.arguments if function is not None else None
+        if name:
+            self._names.setdefault(call.index, name)
+        if self._phase != "call" or call.index != self._call_index:
+            if not name and not arguments:
+                return  # an id or type alone: the call shows when its name comes
+            self._end_call()
+            if self._line_open:
+                self._write("\n")
+            self._write(f"→ tool call {self._names.get(call.index, '?')}(")
+            self._phase, self._call_index = "call", call.index
+        if arguments:
+            self._write(arguments)
+
+    def end(self) -> None:
+        """The answer ended: close an open call, or end the answer's line."""
+        if self._phase == "call":
+            self._write(")\n")
+        else:
+            self._write("\n")
+
+    def interrupted(self) -> None:
+        """The answer broke off. On a terminal the line ends, so that the error line on
+        stderr starts a line of its own; elsewhere the output stays exactly what arrived
+        (an open call stays unclosed either way)."""
+        if self._line_open and self._terminal:
+            self._write("\n")
 
 
 def save_audio(result: ChatResult, path: str, err: TextIO) -> int:
@@ -360,7 +507,7 @@ def save_audio(result: ChatResult, path: str, err: TextIO) -> int:
     try:
         write_wav(path, audio)
     except OSError as error:
-        print(f"qwen-sse chat: cannot write {path}: {error.strerror}", file=err)
+        print(error_line("qwen-sse chat", f"cannot write {path}: {error.strerror}"), file=err)
         return 1
     lost = f"; {audio.invalid_pieces} bad base64 piece(s) left out" if audio.invalid_pieces else ""
     print(f"qwen-sse chat: wrote {audio.duration_s:.2f} s of audio to {path}{lost}", file=err)
@@ -410,11 +557,12 @@ def summary_line(result: ChatResult) -> str:
 def report_error(error: QwenSSEError, err: TextIO) -> None:
     """One line for the error (and its notes); a second when an answer was cut short."""
     notes = "; ".join(getattr(error, "__notes__", ()))
-    line = f"qwen-sse: error: {error}" + (f" ({notes})" if notes else "")
-    print(in_cli_words(line), file=err)
+    print(error_line("qwen-sse: error", f"{error}" + (f" ({notes})" if notes else "")), file=err)
     partial = error.partial
-    if partial is not None and (partial.content or partial.reasoning_content):
+    calls = partial.tool_calls if partial is not None else []
+    if partial is not None and (partial.content or partial.reasoning_content or calls):
         received = len(partial.content) + len(partial.reasoning_content)
+        received += sum(len(call.function.arguments) for call in calls)
         print(
             f"qwen-sse: the answer above is incomplete ({received} characters received)",
             file=err,

@@ -12,6 +12,7 @@ import msgspec
 from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.chunks import encode_chunk
+from qwen_sse.cli.words import print_error
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.sse import SSEComment, SSEDecoder
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.file, "rb") as source:
                 pieces = _chunks(source)
     except OSError as error:
-        print(f"qwen-sse decode: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        print_error("qwen-sse decode", f"cannot read {args.file}: {error.strerror}")
         return 2
     if args.events:
         decoder = SSEDecoder()
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         request = _request(args.request)
     except (OSError, ValueError) as error:
-        print(f"qwen-sse decode: --request {args.request}: {error}", file=sys.stderr)
+        print_error("qwen-sse decode", f"--request {args.request}: {error}")
         return 2
     chat = ChatStreamDecoder(protocol=args.protocol, request=request)
     try:
@@ -84,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
                     print(encode_chunk(chunk).decode())
         chat.feed_eof()
     except QwenSSEError as error:
-        _print_result(chat, args.json)
-        print(f"qwen-sse decode: {error}", file=sys.stderr)
+        if chat.result().timing.events:
+            _print_result(chat, args.json)  # what was decoded before the failure
+        print_error("qwen-sse decode", error)
         return 1
     _print_result(chat, args.json)
     return 0

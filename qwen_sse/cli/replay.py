@@ -10,7 +10,8 @@ from typing import Any, cast
 from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.chunks import encode_chunk
-from qwen_sse.errors import QwenSSEError
+from qwen_sse.cli.words import print_error
+from qwen_sse.errors import ConfigurationError, QwenSSEError
 from qwen_sse.limiter import Outcome
 from qwen_sse.protocols import WireProtocol
 from qwen_sse.recording import RecordedAttempt, load_recording
@@ -27,7 +28,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("file", help="a recording")
     parser.add_argument("--json", action="store_true", help="print the decoded chunks")
-    parser.add_argument("--stall-ms", type=float, default=2000.0)
+    parser.add_argument(
+        "--stall-ms", type=float, default=2000.0, help="flag silences longer than this"
+    )
     parser.add_argument(
         "--protocol",
         choices=protocols.NAMES,
@@ -46,13 +49,11 @@ def _protocol(args: argparse.Namespace, attempts: list[RecordedAttempt]) -> Wire
 def run(args: argparse.Namespace) -> int:
     try:
         attempts = load_recording(args.file)
-    except QwenSSEError as error:
-        print(f"qwen-sse replay: {error}", file=sys.stderr)
-        return 2
-    try:
+        if not attempts:
+            raise ConfigurationError(f"{args.file} is an empty recording: it holds no attempt")
         protocol = _protocol(args, attempts)
     except QwenSSEError as error:
-        print(f"qwen-sse replay: {error}", file=sys.stderr)
+        print_error("qwen-sse replay", error)
         return 2
     if args.json:
         return _print_chunks(attempts, protocol)
@@ -92,7 +93,7 @@ def _print_chunks(attempts: list[RecordedAttempt], protocol: WireProtocol) -> in
             if attempt.outcome == "ok":
                 decoder.feed_eof(attempt.end_at_s)
         except QwenSSEError as error:
-            print(f"qwen-sse replay: attempt {attempt.attempt}: {error}", file=sys.stderr)
+            print_error("qwen-sse replay", f"attempt {attempt.attempt}: {error}")
             status = 1
     return status
 

@@ -14,7 +14,7 @@ import msgspec
 
 from qwen_sse import protocols
 from qwen_sse.cli.chat import RefuseKeyValue, env_var_name
-from qwen_sse.cli.words import in_cli_words
+from qwen_sse.cli.words import print_error
 from qwen_sse.config import resolve_api_key
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
 from qwen_sse.errors import QwenSSEError
@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_replay(args)
     try:
         fault = msgspec.json.decode(args.fault, type=Fault) if args.fault else None
+    except (msgspec.DecodeError, ValueError) as error:
+        print_error("qwen-sse serve", f"invalid setting: --fault {args.fault!r}: {error}")
+        return 2
+    try:
         config = EmulatorConfig(
             api_key=None if args.any_key else _accepted_key(args.api_key_env),
             ttft_s=args.ttft_ms / 1000,
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             record_requests=False,
         )
     except ValueError as error:
-        print(f"qwen-sse serve: invalid setting: {in_cli_words(str(error))}", file=sys.stderr)
+        print_error("qwen-sse serve", f"invalid setting: {error}")
         return 2
     served = _serve(config, args.host, args.port, args.exit_after_s, args.api_key_env)
     return _run_until_stopped(served, args)
@@ -133,9 +137,8 @@ def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespa
         # Ctrl-C is how this command is meant to end.
         return 0
     except OSError as error:
-        print(
-            f"qwen-sse serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}",
-            file=sys.stderr,
+        print_error(
+            "qwen-sse serve", f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
         )
         return 1
     return 0
@@ -143,9 +146,14 @@ def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespa
 
 def _run_replay(args: argparse.Namespace) -> int:
     try:
-        server = ReplayServer(load_recording(args.replay), host=args.host, port=args.port)
+        attempts = load_recording(args.replay)  # its errors name the file
     except QwenSSEError as error:
-        print(f"qwen-sse serve: {error}", file=sys.stderr)
+        print_error("qwen-sse serve", error)
+        return 2
+    try:
+        server = ReplayServer(attempts, host=args.host, port=args.port)
+    except QwenSSEError as error:
+        print_error("qwen-sse serve", f"{args.replay}: {error}")
         return 2
     return _run_until_stopped(_serve_replay(server, args.exit_after_s), args)
 

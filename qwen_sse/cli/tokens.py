@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from qwen_sse.cli.words import print_error
 from qwen_sse.errors import ConfigurationError, TokenLimitError
 from qwen_sse.models import MODEL_LIMITS, model_limits
 from qwen_sse.tokens import encode, message_token_count
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             ids = encode(_read_text(args.text))
             tokens, notes = len(ids), ()
     except (_InputError, ConfigurationError) as error:
-        print(f"{_PROG}: {error}", file=sys.stderr)
+        print_error(_PROG, error)
         return 2
     print(tokens)
     if ids is not None and args.ids:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         over = TokenLimitError(
             model=limits.model, prompt_tokens=tokens, limit=limits.max_input_tokens
         )
-        print(f"{_PROG}: {over}", file=sys.stderr)
+        print_error(_PROG, over)
         return 1
     print(
         f"{limits.model}: input limit {limits.max_input_tokens} tokens, "

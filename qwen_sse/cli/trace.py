@@ -15,6 +15,7 @@ from qwen_sse.cli.chat import (
     report_error,
     request_from,
 )
+from qwen_sse.cli.words import print_error
 from qwen_sse.client import WireTap
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.limiter import Outcome
@@ -69,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         messages, params = request_from(args)
     except ValueError as error:
-        print(f"qwen-sse trace: {error}", file=sys.stderr)
+        print_error("qwen-sse trace", error)
         return 2
     record: IO[str] | None = None
     if args.record:
         try:
             record = open(args.record, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as error:
-            print(f"qwen-sse trace: cannot write {args.record}: {error.strerror}", file=sys.stderr)
+            print_error("qwen-sse trace", f"cannot write {args.record}: {error.strerror}")
             return 2
     try:
         return asyncio.run(_trace(args, messages, params, record))

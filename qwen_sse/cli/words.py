@@ -1,14 +1,20 @@
-"""The command line's words for the library's settings: error text that names the option to
-change (``--allow-insecure-http``), not the Python argument (``allow_insecure_http=True``).
+"""The command line's error lines: one line each (the README promises it), in the command
+line's words: text that names the option to change (``--allow-insecure-http``), not the
+Python argument (``allow_insecure_http=True``).
 
-Edge layer (cli). The library's messages name its arguments; every message a command-line
-user can meet is listed here with the option it means (``tests/test_cli_words.py`` raises
-each one and checks that no Python spelling is left).
+Edge layer (cli). Every error a command prints goes through :func:`print_error` (or
+:func:`error_line`). The library's messages name its arguments; every message a
+command-line user can meet is listed here with the option it means
+(``tests/test_cli_words.py`` raises each one and checks that no Python spelling is left).
 """
 
 from __future__ import annotations
 
-__all__ = ["in_cli_words"]
+import sys
+
+from qwen_sse.errors import one_line
+
+__all__ = ["error_line", "in_cli_words", "print_error"]
 
 # The library's phrase, then the command line's; a phrase is replaced wherever it appears.
 _PHRASES = (
@@ -32,3 +38,13 @@ def in_cli_words(text: str) -> str:
     for library, command_line in _PHRASES:
         text = text.replace(library, command_line)
     return text
+
+
+def error_line(prog: str, message: object) -> str:
+    """``prog: message`` as the one line a command prints for an error, in its words."""
+    return in_cli_words(one_line(f"{prog}: {message}"))
+
+
+def print_error(prog: str, message: object) -> None:
+    """Print :func:`error_line` on stderr."""
+    print(error_line(prog, message), file=sys.stderr)

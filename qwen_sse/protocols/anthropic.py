@@ -401,6 +401,7 @@ class AnthropicProtocol(ProtocolDefaults):
     root = "/apps/anthropic"
     path = "/v1/messages"
     end_marker = "message_stop"
+    built_fields = frozenset({"model", "messages", "stream", "system"})
     resume = (
         "none: Anthropic's prefill (a last assistant message) could continue the text, but "
         "it rejects a prefill that ends in whitespace, cannot prefill thinking, and DashScope "

@@ -99,7 +99,11 @@ class WireProtocol(Protocol):
     the client replaces host and root); ``path`` is what follows the base URL;
     ``end_marker`` names the event that ends an answer, for messages; ``resume`` says how
     the protocol continues a broken answer, or why it cannot (shown in documentation and
-    ``qwen-sse`` help).
+    ``qwen-sse`` help). ``built_fields`` are the ``params`` keys that would replace what
+    :meth:`request_body` builds from its other arguments (the model, the messages, the
+    streaming and usage switches): the command line refuses them in ``--param``. Defaults
+    a caller may change (Anthropic's ``max_tokens``, the native ``result_format``) are not
+    among them.
     """
 
     name: str
@@ -107,6 +111,7 @@ class WireProtocol(Protocol):
     path: str
     end_marker: str
     resume: str
+    built_fields: frozenset[str]
 
     def headers(self, api_key: str) -> dict[str, str]:
         """The authentication header and any header the protocol needs to stream."""

@@ -107,6 +107,7 @@ class CompatibleProtocol(ProtocolDefaults):
     root = "/compatible-mode/v1"
     path = "/chat/completions"
     end_marker = "data: [DONE]"
+    built_fields = frozenset({"model", "messages", "stream", "stream_options"})
     resume = (
         "partial mode: the text so far goes back as an assistant message with "
         '"partial": true (text answers without thinking, one choice)'

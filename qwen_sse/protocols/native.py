@@ -266,6 +266,8 @@ class NativeProtocol(ProtocolDefaults):
 
     root = "/api/v1"
     end_marker = "a finish reason for every choice"
+    # The caller's params go under "parameters": none can replace the model or messages.
+    built_fields: frozenset[str] = frozenset()
 
     def __init__(self, name: str, path: str, *, partial_mode: bool, resume: str) -> None:
         self.name = name

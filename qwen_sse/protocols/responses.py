@@ -607,6 +607,7 @@ class ResponsesProtocol(ProtocolDefaults):
     root = "/compatible-mode/v1"
     path = "/responses"
     end_marker = "response.completed (or response.incomplete)"
+    built_fields = frozenset({"model", "input", "stream"})
     resume = (
         "none: the Responses API has no prefix continuation (no partial mode), so a broken "
         "answer cannot be continued where it stopped"
