@@ -116,7 +116,18 @@ def test_two_workers_and_a_prompts_file(tmp_path: Path, capsys: pytest.CaptureFi
     summary = json.loads((tmp_path / "summary.json").read_text())
     jsonschema.validate(summary, SUMMARY_SCHEMA)
     assert summary["completed"] == 16
-    assert summary["workload"] == {"type": "file", "entries": 2, "output_tokens": 4}
+    assert summary["workload"] == {
+        "type": "file",
+        "source": "prompts",
+        "path": str(prompts),
+        "entries": 2,
+        "output_tokens": 4,
+        "conversations": False,
+        "mean_turns": 1.0,
+        "skipped": {},
+        "uncounted_parts": 0,
+        "tokenizer": None,
+    }
     assert [w["worker"] for w in summary["client"]["workers"]] == [0, 1]
 
 
