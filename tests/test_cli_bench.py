@@ -91,7 +91,9 @@ def test_two_workers_and_a_prompts_file(tmp_path: Path, capsys: pytest.CaptureFi
         [
             "bench",
             *FAST_MOCK,
-            *SMALL,
+            "--output-tokens",
+            "4",
+            "--quiet",
             "--prompts",
             str(prompts),
             "--rate",

@@ -370,6 +370,8 @@ def read_prompts(
     text is counted, their media parts are counted apart as ``uncounted_parts``. Raises
     :class:`~qwen_sse.errors.ConfigurationError` naming the line of the first bad entry.
     """
+    if output_tokens is not None and output_tokens < 1:
+        raise ConfigurationError(f"output tokens must be at least 1, got {output_tokens}")
     entries: list[PromptEntry] = []
     file = Path(path)
     try:
