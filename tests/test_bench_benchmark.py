@@ -18,6 +18,7 @@ import re
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
 import msgspec
@@ -34,7 +35,8 @@ from qwen_sse.bench.schema import SUMMARY_SCHEMA
 from qwen_sse.bench.workload import SyntheticWorkload
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
-from tests.rawserver import frame, http_response, raw_server, sse_body
+from tests.hftokenizer import write_tokenizer
+from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 
 def mock(ttft_s: float, itl_s: float) -> Iterator[Target]:
@@ -326,3 +328,22 @@ async def test_a_conversation_run_summarises_turns_and_conversations(fast: Targe
     assert re.search(r"\nCompleted / failed / unfinished: +4 / 0 / 0\n", table)
     assert re.search(r"\nWorkload: +3-turn conversations, 24 tokens in, 3 out\n", table)
     assert re.search(r"\n +3 +4 +0 +[0-9]+ ", table)  # the third turn's line
+
+
+async def test_without_usage_answers_are_counted_with_the_workloads_tokenizer(
+    tmp_path: Path,
+) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(sse_answer("the quick brown fox, unbelievably"))
+        await writer.drain()
+
+    tokenizer = str(write_tokenizer(tmp_path))
+    workload = SyntheticWorkload(input_tokens=6, output_tokens=8, tokenizer=tokenizer)
+    async with raw_server(handler) as server:
+        target = Target(base_url=server.url, model="my-llama", api_key="sk-test")
+        config = BenchConfig(shape=ClosedLoop(concurrency=1), workload=workload, requests=2)
+        result = await run_async(config, target)
+    # Four words of the test vocabulary, a comma and an unknown word: 6 tokens (Qwen: 7).
+    assert [(r.output_tokens, r.output_tokens_source) for r in result.records] == [(6, "local")] * 2
+    assert [(r.prompt_tokens, r.prompt_tokens_source) for r in result.records] == [(6, "local")] * 2
+    assert result.summary["tokenizer_id"] == tokenizer

@@ -7,11 +7,13 @@ import asyncio
 import itertools
 import resource
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qwen_sse import errors
+from qwen_sse.bench import runner
 from qwen_sse.bench.metrics import RequestRecord
 from qwen_sse.bench.runner import (
     ShardPlan,
@@ -22,8 +24,10 @@ from qwen_sse.bench.runner import (
     run_shard,
 )
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
-from qwen_sse.bench.workload import SyntheticWorkload
+from qwen_sse.bench.tokenizer import TokenCounter, counter
+from qwen_sse.bench.workload import FileWorkload, PromptEntry, SyntheticWorkload
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault, emulated_answer
+from tests.hftokenizer import write_tokenizer
 
 WORKLOAD = SyntheticWorkload(input_tokens=20, output_tokens=3)
 
@@ -145,6 +149,26 @@ def test_prepare_builds_the_plans_requests() -> None:
         shape=ClosedLoop(concurrency=1), slots=[0], indices=None, duration_s=1, workload=WORKLOAD
     )
     assert prepare(timed) == {}
+
+
+def test_prepare_loads_the_workloads_tokenizer_before_the_clock_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(write_tokenizer(tmp_path))
+    loaded: list[str | None] = []
+
+    def watched(tokenizer: str | None) -> TokenCounter:
+        loaded.append(tokenizer)
+        return counter(tokenizer)
+
+    monkeypatch.setattr(runner, "counter", watched)
+    entry = PromptEntry(messages=[{"role": "user", "content": "the fox"}], prompt_tokens=2)
+    workload = FileWorkload(entries=[entry], tokenizer=path)
+    timed = ShardPlan(
+        shape=ClosedLoop(concurrency=1), slots=[0], indices=None, duration_s=1, workload=workload
+    )
+    prepare(timed)
+    assert loaded == [path]
 
 
 @pytest.mark.parametrize(

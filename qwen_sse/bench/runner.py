@@ -30,7 +30,6 @@ from qwen_sse.client import QwenClient
 from qwen_sse.config import API_KEY_ENV_VARS, Timeouts, resolve_api_key
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.retry import NO_RETRIES
-from qwen_sse.tokens import count_tokens
 
 __all__ = ["ShardPlan", "ShardResult", "Target", "raise_open_files_limit", "run_shard"]
 
@@ -126,9 +125,10 @@ def raise_open_files_limit() -> int | None:
 def prepare(plan: ShardPlan) -> dict[int, RequestSpec]:
     """The requests of a plan with a known list of indices, built before the clock starts
     (so that building prompts never competes with reading streams). It also loads the
-    tokenizer, which counts output tokens when a server reports no usage: loading it
-    mid-run would stall the loop for a good fraction of a second."""
-    count_tokens("qwen-sse bench")
+    workload's tokenizer, which counts output tokens when a server reports no usage (and
+    a conversation's answers): loading it mid-run would stall the loop for a good
+    fraction of a second."""
+    counter(plan.workload.tokenizer).text("qwen-sse bench")
     if plan.indices is None:
         return {}
     return {index: plan.workload.request(index) for index in plan.indices}
