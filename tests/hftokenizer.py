@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import tokenizers
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog",
@@ -19,7 +19,6 @@ def write_tokenizer(directory: Path) -> Path:
     """Write ``tokenizer.json`` into ``directory`` and return its path: every word of
     :data:`SENTENCES` is one token, any other word is one ``[UNK]`` token, punctuation runs
     are tokens of their own."""
-    tokenizers = pytest.importorskip("tokenizers")
     tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     trainer = tokenizers.trainers.WordLevelTrainer(special_tokens=["[UNK]"])

@@ -90,7 +90,9 @@ def add_parser(subparsers: Any) -> None:
         help="gamma arrivals' shape: <1 burstier, >1 steadier than Poisson (default 1)",
     )
     load.add_argument("--max-concurrency", type=int, help="open loop: cap on requests in flight")
-    load.add_argument("--requests", type=int, help="measured requests (default 100)")
+    load.add_argument(
+        "--requests", type=int, help="measured requests; multiturn: conversations (default 100)"
+    )
     load.add_argument("--duration", type=float, metavar="SECONDS", help="stop sending after this")
     load.add_argument(
         "--warmup", type=int, default=0, help="requests sent first and left out of the figures"
