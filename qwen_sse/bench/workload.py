@@ -27,6 +27,7 @@ __all__ = [
     "FileWorkload",
     "PromptEntry",
     "RequestSpec",
+    "Sizes",
     "SyntheticWorkload",
     "Turn",
     "Workload",
