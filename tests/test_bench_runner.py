@@ -289,7 +289,7 @@ async def test_a_failed_turn_ends_its_conversation(emulator: Emulator) -> None:
 
 
 async def test_a_duration_sends_no_turn_after_its_end(emulator: Emulator) -> None:
-    duration_s = 0.15
+    duration_s = 0.3
     plan = ShardPlan(
         shape=ClosedLoop(concurrency=1),
         slots=[0],
@@ -300,6 +300,6 @@ async def test_a_duration_sends_no_turn_after_its_end(emulator: Emulator) -> Non
     result = await run_shard(plan, target(emulator))
     assert result.records
     assert max(r.sent_at_s for r in result.records) < duration_s
-    # One conversation of 50 turns was cut short, not finished.
+    # One conversation of 50 turns (1.5 s at least) was cut short, not finished.
     assert {r.index for r in result.records} == {0}
     assert len(result.records) < 50
