@@ -12,6 +12,7 @@ the server's actual answer.
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -176,7 +177,13 @@ class SyntheticWorkload(msgspec.Struct, frozen=True, kw_only=True, tag="syntheti
         # The words' own generator is seeded as before sizes varied, so fixed-size prompts
         # stay what they were for a seed.
         words = random.Random(f"{self.seed}:{index}")
-        prefix = self._prefix(index % self.prefix_groups) if self.prefix_tokens else []
+        prefix = (
+            _shared_prefix(
+                self.seed, index % self.prefix_groups, self.prefix_tokens, self.tokenizer
+            )
+            if self.prefix_tokens
+            else None
+        )
         target = _draw(self.input_tokens, self.range_ratio, sizes)
         max_tokens = self._draw_output(sizes)
         messages, counted = self._filled(prefix, target, words)
@@ -187,7 +194,7 @@ class SyntheticWorkload(msgspec.Struct, frozen=True, kw_only=True, tag="syntheti
         later = []
         for _ in range(self.turns - 1):
             size = _draw(self.input_tokens, self.range_ratio, sizes)
-            (message,), _ = self._filled([], size, words)
+            (message,), _ = self._filled(None, size, words)
             later.append(
                 Turn(
                     message=message,
@@ -210,32 +217,21 @@ class SyntheticWorkload(msgspec.Struct, frozen=True, kw_only=True, tag="syntheti
             return None
         return _draw(self.output_tokens, self.range_ratio, rng)
 
-    def _prefix(self, group: int) -> list[dict[str, Any]]:
-        """The system message of ``group``: ``prefix_tokens`` tokens of text."""
-        rng = random.Random(f"{self.seed}:prefix:{group}")
-        count = self._counter()
-        picked = [rng.choice(count.words) for _ in range(self.prefix_tokens)]
-        for _ in range(_FIX_ROUNDS):
-            counted = count.text(" ".join(picked))
-            if counted == self.prefix_tokens or len(picked) <= 1:
-                break
-            if counted > self.prefix_tokens:
-                picked.pop()
-            else:
-                picked.append(rng.choice(count.words))
-        return [{"role": "system", "content": " ".join(picked)}]
-
     def _filled(
-        self, prefix: list[dict[str, Any]], target: int, rng: random.Random
+        self, prefix: tuple[str, int] | None, target: int, rng: random.Random
     ) -> tuple[list[dict[str, Any]], int]:
-        """``prefix`` and a user message of words that make the prompt ``target`` tokens;
-        the messages and their count (``target`` but for a tokenizer that merges words)."""
+        """A system message of the ``prefix`` (its text and tokens) if any, and a user
+        message of words that make the prompt ``target`` tokens; the messages and their
+        count (``target`` but for a tokenizer that merges words)."""
         count = self._counter()
-        need = target - count.prompt([*prefix, {"role": "user", "content": ""}]).tokens
+        system = [] if prefix is None else [{"role": "system", "content": prefix[0]}]
+        empty = [{**message, "content": ""} for message in system]
+        frame = count.prompt([*empty, {"role": "user", "content": ""}]).tokens
+        need = target - frame - (0 if prefix is None else prefix[1])
         picked = [rng.choice(count.words) for _ in range(need)]
 
         def prompt() -> list[dict[str, Any]]:
-            return [*prefix, {"role": "user", "content": " ".join(picked)}]
+            return [*system, {"role": "user", "content": " ".join(picked)}]
 
         messages = prompt()
         counted = count.prompt(messages).tokens
@@ -265,6 +261,25 @@ class SyntheticWorkload(msgspec.Struct, frozen=True, kw_only=True, tag="syntheti
         """The workload as the run's summary shows it."""
         out: dict[str, Any] = msgspec.to_builtins(self)
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_prefix(seed: int, group: int, tokens: int, tokenizer: str | None) -> tuple[str, int]:
+    """The text of ``group``'s shared system prompt, ``tokens`` tokens long, and its count
+    (built once per process: every request of the group sends the same)."""
+    rng = random.Random(f"{seed}:prefix:{group}")
+    count = counter(tokenizer)
+    picked = [rng.choice(count.words) for _ in range(tokens)]
+    counted = count.text(" ".join(picked))
+    for _ in range(_FIX_ROUNDS):
+        if counted == tokens or len(picked) <= 1:
+            break
+        if counted > tokens:
+            picked.pop()
+        else:
+            picked.append(rng.choice(count.words))
+        counted = count.text(" ".join(picked))
+    return " ".join(picked), counted
 
 
 def _bounds(sizes: Sizes, range_ratio: float) -> tuple[int, int]:
