@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import jsonschema
 import msgspec
@@ -32,6 +35,8 @@ from qwen_sse.bench.schema import SUMMARY_SCHEMA
 from qwen_sse.bench.workload import SyntheticWorkload
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
+from tests.hftokenizer import write_tokenizer
+from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
 
 def mock(ttft_s: float, itl_s: float) -> Iterator[Target]:
@@ -261,3 +266,84 @@ def test_a_run_draws_its_progress_on_a_terminal(fast: Target) -> None:
     assert drawn.count("\r\x1b[2K") >= 3
     assert "4/4 done" in drawn.splitlines()[-1]
     assert drawn.endswith("\n")
+
+
+def cached_answer(cached_tokens: int | None) -> bytes:
+    """A whole answer whose usage reports ``cached_tokens`` (none when None), as DashScope
+    reports hits of its context cache."""
+    usage: dict[str, object] = {"prompt_tokens": 300, "completion_tokens": 2, "total_tokens": 302}
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    events = (
+        frame([{"index": 0, "delta": {"role": "assistant", "content": ""}}]),
+        frame([{"index": 0, "delta": {"content": "ok then"}, "finish_reason": "stop"}]),
+        frame([], usage=usage),
+    )
+    return http_response(sse_body(events))
+
+
+async def test_a_shared_prefix_run_reports_the_servers_cache_hits() -> None:
+    # The first request fills the cache, the next two hit the 256-token prefix, the last
+    # server answer says nothing of a cache.
+    answers = [cached_answer(0), cached_answer(256), cached_answer(256), cached_answer(None)]
+
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(answers[n - 1])
+        await writer.drain()
+
+    workload = SyntheticWorkload(input_tokens=300, output_tokens=2, prefix_tokens=260)
+    async with raw_server(handler) as server:
+        target = Target(base_url=server.url, model="qwen-plus", api_key="sk-test")
+        config = BenchConfig(shape=ClosedLoop(concurrency=1), workload=workload, requests=4)
+        result = await run_async(config, target)
+        sent = [request.json()["messages"] for request in server.requests]
+    summary = result.summary
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert [record.cached_tokens for record in result.records] == [0, 256, 256, None]
+    assert summary["total_cached_tokens"] == 512
+    assert summary["mean_cached_tokens"] == pytest.approx(512 / 3)
+    assert summary["requests_with_cache_report"] == 3
+    assert summary["workload"]["prefix_tokens"] == 260
+    # Every request opened with the same system prompt.
+    assert len({json.dumps(messages[0]) for messages in sent}) == 1
+    table = format_summary(summary)
+    assert re.search(r"\nCached input tokens \(server\): +512\n", table)
+    assert re.search(r"\nWorkload: +synthetic, 300 tokens in \(260 shared\), 2 out\n", table)
+
+
+async def test_a_conversation_run_summarises_turns_and_conversations(fast: Target) -> None:
+    workload = SyntheticWorkload(input_tokens=24, output_tokens=3, turns=3)
+    config = BenchConfig(shape=ClosedLoop(concurrency=2), workload=workload, requests=4, warmup=1)
+    result = await run_async(config, fast)
+    summary = result.summary
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert summary["num_prompts"] == 4
+    assert summary["completed"] == 12
+    assert summary["conversations"]["completed"] == 4
+    assert [turn["completed"] for turn in summary["turns"]] == [4, 4, 4]
+    prompts = [turn["mean_prompt_tokens"] for turn in summary["turns"]]
+    assert prompts[0] == 24
+    assert prompts[0] < prompts[1] < prompts[2]
+    table = format_summary(summary)
+    assert re.search(r"\nCompleted / failed / unfinished: +4 / 0 / 0\n", table)
+    assert re.search(r"\nWorkload: +3-turn conversations, 24 tokens in, 3 out\n", table)
+    assert re.search(r"\n +3 +4 +0 +[0-9]+ ", table)  # the third turn's line
+
+
+async def test_without_usage_answers_are_counted_with_the_workloads_tokenizer(
+    tmp_path: Path,
+) -> None:
+    async def handler(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(sse_answer("the quick brown fox, unbelievably"))
+        await writer.drain()
+
+    tokenizer = str(write_tokenizer(tmp_path))
+    workload = SyntheticWorkload(input_tokens=6, output_tokens=8, tokenizer=tokenizer)
+    async with raw_server(handler) as server:
+        target = Target(base_url=server.url, model="my-llama", api_key="sk-test")
+        config = BenchConfig(shape=ClosedLoop(concurrency=1), workload=workload, requests=2)
+        result = await run_async(config, target)
+    # Four words of the test vocabulary, a comma and an unknown word: 6 tokens (Qwen: 7).
+    assert [(r.output_tokens, r.output_tokens_source) for r in result.records] == [(6, "local")] * 2
+    assert [(r.prompt_tokens, r.prompt_tokens_source) for r in result.records] == [(6, "local")] * 2
+    assert result.summary["tokenizer_id"] == tokenizer

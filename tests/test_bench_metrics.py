@@ -22,7 +22,7 @@ from qwen_sse.bench.metrics import (
     tpot_of,
 )
 from qwen_sse.chat import ChatResult, ChoiceResult, StreamTiming, ToolCall, ToolCallFunction
-from qwen_sse.chunks import Usage
+from qwen_sse.chunks import PromptTokensDetails, Usage
 from qwen_sse.errors import RateLimitError, TransportError
 from qwen_sse.tokens import count_tokens
 
@@ -122,6 +122,11 @@ def test_summary_of_known_records() -> None:
     assert summary["max_concurrent_requests"] == 2
     assert summary["send_rate"] == pytest.approx(2 / 0.6)
     assert summary["output_tokens_source"] == {"usage": 2}
+    assert summary["total_cached_tokens"] == 0
+    assert summary["mean_cached_tokens"] is None
+    assert summary["requests_with_cache_report"] == 0
+    assert summary["uncounted_input_parts"] == 0
+    assert (summary["turns"], summary["conversations"]) == (None, None)
 
 
 def test_goodput_counts_requests_meeting_every_slo() -> None:
@@ -241,3 +246,83 @@ def test_a_record_of_a_failure() -> None:
     assert partial.status is None
     assert partial.ttft_s == 0.1
     assert partial.output_tokens_source == "local"
+
+
+def test_cached_tokens_come_from_the_usage_details() -> None:
+    def made(usage: Usage | None) -> RequestRecord:
+        return record_of(
+            result(usage=usage),
+            index=0,
+            worker=0,
+            scheduled_at_s=0.0,
+            schedule_lag_s=0.0,
+            queue_wait_s=0.0,
+            sent_at_s=0.0,
+            elapsed_s=1.0,
+            prompt_tokens=11,
+            uncounted_parts=2,
+        )
+
+    details = PromptTokensDetails(cached_tokens=256)
+    hit = made(Usage(prompt_tokens=300, completion_tokens=3, prompt_tokens_details=details))
+    assert hit.cached_tokens == 256
+    assert hit.uncounted_parts == 2
+    assert made(Usage(prompt_tokens=300, completion_tokens=3)).cached_tokens is None
+    empty = PromptTokensDetails(text_tokens=300)
+    assert made(Usage(prompt_tokens=300, prompt_tokens_details=empty)).cached_tokens is None
+    assert made(None).cached_tokens is None
+
+
+def test_the_summary_adds_up_what_the_cache_and_the_media_did() -> None:
+    records = [
+        record(cached_tokens=256, uncounted_parts=1),
+        record(cached_tokens=0, uncounted_parts=2),
+        record(cached_tokens=None),
+        record(ok=False, cached_tokens=1000, uncounted_parts=5),
+    ]
+    summary = summarize(records, percentiles=[50])
+    assert summary["total_cached_tokens"] == 256
+    assert summary["mean_cached_tokens"] == 128
+    assert summary["requests_with_cache_report"] == 2
+    assert summary["uncounted_input_parts"] == 3
+
+
+def test_output_tokens_may_be_counted_with_another_tokenizer() -> None:
+    words = result(choices=(ChoiceResult(content="one two three four"),))
+    assert output_tokens_of(words, lambda text: len(text.split())) == (4, "local")
+
+
+def test_conversations_are_figured_by_turn_and_as_wholes() -> None:
+    def turn(index: int, number: int, **fields: Any) -> RequestRecord:
+        return record(index=index, turn=number, turns=fields.pop("turns", 2), **fields)
+
+    records = [
+        # Conversation 0: both turns, from 0.0 to 1.0.
+        turn(0, 1, sent_at_s=0.0, ttft_s=0.1, e2e_s=0.3, prompt_tokens=10),
+        turn(0, 2, sent_at_s=0.5, ttft_s=0.3, e2e_s=0.5, prompt_tokens=30),
+        # Conversation 1: both turns, from 0.2 to 2.2.
+        turn(1, 1, sent_at_s=0.2, ttft_s=0.2, e2e_s=0.5, prompt_tokens=20),
+        turn(1, 2, sent_at_s=1.2, ttft_s=0.5, e2e_s=1.0, prompt_tokens=50),
+        # Conversation 2: its second turn failed.
+        turn(2, 1, sent_at_s=0.0),
+        turn(2, 2, sent_at_s=1.0, ok=False, ttft_s=None, itl_s=[], error_type="X"),
+        # Conversation 3: the run ended after its first turn (of three).
+        turn(3, 1, sent_at_s=0.0, turns=3),
+    ]
+    summary = summarize(records, percentiles=[50])
+    conversations = summary["conversations"]
+    assert conversations["completed"] == 2
+    assert conversations["failed"] == 1
+    assert conversations["unfinished"] == 1
+    assert conversations["mean_turns"] == pytest.approx(9 / 4)
+    assert conversations["mean_conversation_ms"] == pytest.approx(1500)
+    assert conversations["p50_conversation_ms"] == pytest.approx(1500)
+    first, second = summary["turns"]
+    assert (first["turn"], first["completed"], first["failed"]) == (1, 4, 0)
+    assert (second["turn"], second["completed"], second["failed"]) == (2, 2, 1)
+    assert second["mean_prompt_tokens"] == pytest.approx(40)
+    assert second["mean_ttft_ms"] == pytest.approx(400)
+    assert second["median_e2el_ms"] == pytest.approx(750)
+    assert second["mean_output_tokens"] == 3
+    # The run's own figures pool every turn.
+    assert summary["completed"] == 6

@@ -1,4 +1,5 @@
-"""One shard against the emulator on loopback: closed and open loops, warm-up, failures."""
+"""One shard against the emulator on loopback: closed and open loops, warm-up, failures,
+conversations turn after turn."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import itertools
 import resource
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qwen_sse import errors
+from qwen_sse.bench import runner
 from qwen_sse.bench.metrics import RequestRecord
 from qwen_sse.bench.runner import (
     ShardPlan,
@@ -21,8 +24,10 @@ from qwen_sse.bench.runner import (
     run_shard,
 )
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
-from qwen_sse.bench.workload import SyntheticWorkload
-from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
+from qwen_sse.bench.tokenizer import TokenCounter, counter
+from qwen_sse.bench.workload import FileWorkload, PromptEntry, SyntheticWorkload
+from qwen_sse.emulator import Emulator, EmulatorConfig, Fault, emulated_answer
+from tests.hftokenizer import write_tokenizer
 
 WORKLOAD = SyntheticWorkload(input_tokens=20, output_tokens=3)
 
@@ -146,6 +151,26 @@ def test_prepare_builds_the_plans_requests() -> None:
     assert prepare(timed) == {}
 
 
+def test_prepare_loads_the_workloads_tokenizer_before_the_clock_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(write_tokenizer(tmp_path))
+    loaded: list[str | None] = []
+
+    def watched(tokenizer: str | None) -> TokenCounter:
+        loaded.append(tokenizer)
+        return counter(tokenizer)
+
+    monkeypatch.setattr(runner, "counter", watched)
+    entry = PromptEntry(messages=[{"role": "user", "content": "the fox"}], prompt_tokens=2)
+    workload = FileWorkload(entries=[entry], tokenizer=path)
+    timed = ShardPlan(
+        shape=ClosedLoop(concurrency=1), slots=[0], indices=None, duration_s=1, workload=workload
+    )
+    prepare(timed)
+    assert loaded == [path]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -174,3 +199,107 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
     assert limit >= soft
     if hard != resource.RLIM_INFINITY:
         assert limit == hard
+
+
+CONVERSATIONS = SyntheticWorkload(input_tokens=20, output_tokens=[2, 4], turns=3, seed=4)
+
+
+def conversation_bodies(emulator: Emulator) -> dict[str, list[dict[str, Any]]]:
+    """The bodies the emulator received, by the conversation's first user message."""
+    bodies: dict[str, list[dict[str, Any]]] = {}
+    for request in emulator.requests:
+        first = next(m for m in request.body["messages"] if m["role"] == "user")
+        bodies.setdefault(first["content"], []).append(request.body)
+    return bodies
+
+
+async def test_a_conversation_sends_each_turn_with_the_servers_answers(emulator: Emulator) -> None:
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=2),
+        slots=[0, 1],
+        total_slots=2,
+        indices=[0, 1, 2, 3],
+        warmup=1,
+        workload=CONVERSATIONS,
+    )
+    result = await run_shard(plan, target(emulator))
+    # Every conversation was sent whole (the warm-up one too); only measured ones count.
+    assert len(emulator.requests) == 12
+    assert sorted((r.index, r.turn) for r in result.records) == [
+        (index, turn) for index in (1, 2, 3) for turn in (1, 2, 3)
+    ]
+    assert all(r.ok and r.turns == 3 for r in result.records)
+    for bodies in conversation_bodies(emulator).values():
+        assert len(bodies) == 3
+        for before, after in itertools.pairwise(bodies):
+            answer = emulated_answer(before, answer_tokens=emulator.config.answer_tokens)
+            # The next turn holds everything before it, the server's actual answer, then
+            # the next user message.
+            assert after["messages"][: len(before["messages"])] == before["messages"]
+            assert after["messages"][len(before["messages"])] == {
+                "role": "assistant",
+                "content": answer.content,
+            }
+            assert after["messages"][-1]["role"] == "user"
+            assert len(after["messages"]) == len(before["messages"]) + 2
+    by_conversation: dict[int, list[RequestRecord]] = {}
+    for record in sorted(result.records, key=lambda r: (r.index, r.turn or 0)):
+        by_conversation.setdefault(record.index, []).append(record)
+    for turns in by_conversation.values():
+        # A turn goes once the previous one ended, and its prompt holds the previous one's.
+        for earlier, later in itertools.pairwise(turns):
+            assert later.sent_at_s >= earlier.end_at_s
+            assert later.scheduled_at_s >= earlier.end_at_s
+            assert later.prompt_tokens > earlier.prompt_tokens + earlier.output_tokens
+
+
+async def test_an_open_loop_runs_each_arrival_as_a_conversation(emulator: Emulator) -> None:
+    plan = ShardPlan(
+        shape=OpenLoop(rate=50.0, max_concurrency=2),
+        indices=[0, 1, 2],
+        arrivals_s=[0.0, 0.01, 0.02],
+        workload=CONVERSATIONS,
+    )
+    result = await run_shard(plan, target(emulator))
+    assert len(result.records) == 9
+    assert {(r.index, r.turn) for r in result.records} == {
+        (index, turn) for index in range(3) for turn in (1, 2, 3)
+    }
+    # Later turns are scheduled when the turn before them ended, not by the arrivals.
+    later = [r for r in result.records if r.turn != 1]
+    assert all(r.scheduled_at_s > 0.02 for r in later)
+
+
+async def test_a_failed_turn_ends_its_conversation(emulator: Emulator) -> None:
+    # The first conversation's second turn is refused; the second conversation is whole.
+    emulator.schedule(Fault(), Fault(status=500))
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=1), slots=[0], indices=[0, 1], workload=CONVERSATIONS
+    )
+    result = await run_shard(plan, target(emulator))
+    records = sorted(result.records, key=lambda r: (r.index, r.turn or 0))
+    assert [(r.index, r.turn, r.ok) for r in records] == [
+        (0, 1, True),
+        (0, 2, False),
+        (1, 1, True),
+        (1, 2, True),
+        (1, 3, True),
+    ]
+    assert len(emulator.requests) == 5
+
+
+async def test_a_duration_sends_no_turn_after_its_end(emulator: Emulator) -> None:
+    duration_s = 0.3
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=1),
+        slots=[0],
+        indices=None,
+        duration_s=duration_s,
+        workload=SyntheticWorkload(input_tokens=20, output_tokens=2, turns=50),
+    )
+    result = await run_shard(plan, target(emulator))
+    assert result.records
+    assert max(r.sent_at_s for r in result.records) < duration_s
+    # One conversation of 50 turns (1.5 s at least) was cut short, not finished.
+    assert {r.index for r in result.records} == {0}
+    assert len(result.records) < 50

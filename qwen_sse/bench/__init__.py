@@ -5,7 +5,9 @@ Edge layer: a client of the public API (:class:`~qwen_sse.client.QwenClient`), t
 it. One module owns each part:
 
 * :mod:`~qwen_sse.bench.schedule`: load shapes and arrival schedules;
-* :mod:`~qwen_sse.bench.workload`: the prompts (synthetic, or from a file);
+* :mod:`~qwen_sse.bench.workload`: the prompts (synthetic, or from a file) and conversations;
+* :mod:`~qwen_sse.bench.sharegpt`: ShareGPT datasets as workloads;
+* :mod:`~qwen_sse.bench.tokenizer`: token counts, Qwen's or a local ``tokenizer.json``'s;
 * :mod:`~qwen_sse.bench.metrics`: per-request records and vLLM's figures;
 * :mod:`~qwen_sse.bench.monitor`: the client's own loop lag and CPU, and the verdict;
 * :mod:`~qwen_sse.bench.runner`: one shard of a run in one event loop;
@@ -25,6 +27,7 @@ from qwen_sse.bench.metrics import RequestRecord, Slo, summarize
 from qwen_sse.bench.monitor import Thresholds
 from qwen_sse.bench.runner import Target
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, arrival_times
+from qwen_sse.bench.sharegpt import read_sharegpt
 from qwen_sse.bench.workload import FileWorkload, SyntheticWorkload, read_prompts
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "arrival_times",
     "plan_shards",
     "read_prompts",
+    "read_sharegpt",
     "run",
     "run_async",
     "summarize",

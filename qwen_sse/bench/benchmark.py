@@ -237,7 +237,7 @@ def compose(config: BenchConfig, target: Target, results: Sequence[ShardResult])
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": "openai-chat",
         "model_id": target.model,
-        "tokenizer_id": "qwen",
+        "tokenizer_id": config.workload.tokenizer or "qwen",
         "base_url": target.base_url,
         "protocol": target.protocol,
         "num_prompts": config.planned_requests(),
@@ -245,7 +245,7 @@ def compose(config: BenchConfig, target: Target, results: Sequence[ShardResult])
         "burstiness": burstiness,
         "max_concurrency": cap,
         "load": _load_of(config),
-        "workload": msgspec.to_builtins(_workload_summary(config.workload)),
+        "workload": config.workload.summary(),
         "params": config.params,
         "percentiles": config.percentiles,
         "goodput_slo_ms": config.slo.as_dict() if config.slo is not None else None,
@@ -278,10 +278,3 @@ def _load_of(config: BenchConfig) -> dict[str, Any]:
             max_concurrency=shape.max_concurrency,
         )
     return load
-
-
-def _workload_summary(workload: Workload) -> dict[str, Any]:
-    builtins: dict[str, Any] = msgspec.to_builtins(workload)
-    if builtins.get("type") == "file":
-        builtins["entries"] = len(builtins["entries"])
-    return builtins

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -37,6 +37,9 @@ __all__ = [
     "METRICS",
     "RequestRecord",
     "Slo",
+    "cache_figures",
+    "cached_tokens_of",
+    "conversation_figures",
     "describe",
     "max_concurrency",
     "output_tokens_of",
@@ -68,6 +71,12 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
       server reported it, ``"local"`` when counted with the Qwen tokenizer.
     * ``ok`` is False when the request failed; ``error_type`` is then the exception's class
       name, ``error`` its message and ``status`` the HTTP status, if one came.
+    * ``cached_tokens``: the prompt tokens the server's usage says hit its context cache
+      (``prompt_tokens_details.cached_tokens``); None when it said nothing of a cache.
+    * ``uncounted_parts``: image, audio and video parts of the prompt, which a local count
+      leaves out (a server's usage counts them).
+    * ``turn`` of ``turns``: the request's place in its conversation (``index`` is the
+      conversation's); None outside a conversation.
     """
 
     index: int
@@ -91,6 +100,10 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 1
     finish_reason: str | None = None
     request_id: str = ""
+    cached_tokens: int | None = None
+    uncounted_parts: int = 0
+    turn: int | None = None
+    turns: int | None = None
 
     @property
     def end_at_s(self) -> float:
@@ -137,10 +150,12 @@ def tpot_of(e2e_s: float, ttft_s: float | None, output_tokens: int) -> float | N
     return (e2e_s - ttft_s) / (output_tokens - 1)
 
 
-def output_tokens_of(result: ChatResult) -> tuple[int, TokenSource]:
+def output_tokens_of(
+    result: ChatResult, count_text: Callable[[str], int] = count_tokens
+) -> tuple[int, TokenSource]:
     """Output tokens of a result: the server's ``completion_tokens`` when it reported usage,
-    else the Qwen token count of everything it streamed (reasoning, content, tool-call
-    arguments)."""
+    else the ``count_text`` count (Qwen's by default) of everything it streamed (reasoning,
+    content, tool-call arguments)."""
     if result.usage is not None:
         return result.usage.completion_tokens, "usage"
     text = "".join(
@@ -149,7 +164,15 @@ def output_tokens_of(result: ChatResult) -> tuple[int, TokenSource]:
         + "".join(call.function.arguments for call in choice.tool_calls)
         for choice in result.choices
     )
-    return count_tokens(text), "local"
+    return count_text(text), "local"
+
+
+def cached_tokens_of(result: ChatResult | None) -> int | None:
+    """The prompt tokens the server's usage reports as read from its context cache (None
+    when it reports nothing of a cache)."""
+    usage = result.usage if result is not None else None
+    details = usage.prompt_tokens_details if usage is not None else None
+    return details.cached_tokens if details is not None else None
 
 
 def record_of(
@@ -164,17 +187,22 @@ def record_of(
     elapsed_s: float,
     prompt_tokens: int,
     error: BaseException | None = None,
+    uncounted_parts: int = 0,
+    turn: int | None = None,
+    turns: int | None = None,
+    count_text: Callable[[str], int] = count_tokens,
 ) -> RequestRecord:
     """The record of one request from its (possibly partial, possibly missing) result.
 
     ``elapsed_s`` is the caller's own measure of send-to-end, used when the result has no
-    end time of its own (a request that failed before any response).
+    end time of its own (a request that failed before any response). ``count_text``
+    counts the output when the server reports no usage.
     """
     timing = result.timing if result is not None else None
     ttft_s = timing.ttft_s if timing is not None else None
     e2e_s = timing.total_s if timing is not None and timing.total_s is not None else elapsed_s
     if result is not None:
-        output_tokens, output_source = output_tokens_of(result)
+        output_tokens, output_source = output_tokens_of(result, count_text)
     else:
         output_tokens, output_source = 0, "local"
     usage = result.usage if result is not None else None
@@ -201,6 +229,10 @@ def record_of(
         attempts=result.attempts if result is not None else 1,
         finish_reason=result.finish_reason if result is not None else None,
         request_id=result.request_id if result is not None else "",
+        cached_tokens=cached_tokens_of(result),
+        uncounted_parts=uncounted_parts,
+        turn=turn,
+        turns=turns,
     )
 
 
@@ -300,7 +332,10 @@ def summarize(
     ``mean_/median_/std_/p<N>_`` of ``ttft``, ``tpot``, ``itl``, ``e2el`` (ms); and beyond
     vLLM: ``send_rate`` (requests sent per second over the send span), schedule lag and
     queue wait statistics, ``errors`` by type with ``error_examples`` (the first message
-    of each type: why such requests failed) and where the token counts came from.
+    of each type: why such requests failed) and where the token counts came from; the
+    context cache (:func:`cache_figures`), ``uncounted_input_parts`` (media parts of the
+    successful requests' prompts, which no local count includes) and the conversations
+    (:func:`conversation_figures`).
     """
     ok = [record for record in records if record.ok]
     if records:
@@ -344,7 +379,79 @@ def summarize(
     out["error_examples"] = examples
     out["output_tokens_source"] = dict(Counter(r.output_tokens_source for r in ok))
     out["prompt_tokens_source"] = dict(Counter(r.prompt_tokens_source for r in ok))
+    out.update(cache_figures(ok))
+    out["uncounted_input_parts"] = sum(record.uncounted_parts for record in ok)
+    out.update(conversation_figures(records, percentiles))
     return out
+
+
+def cache_figures(ok: Sequence[RequestRecord]) -> dict[str, Any]:
+    """What the server said of its context cache over the successful requests ``ok``:
+    ``total_cached_tokens``, ``mean_cached_tokens`` (over the requests whose usage reported
+    ``cached_tokens``; None when none did) and ``requests_with_cache_report``."""
+    reported = [record.cached_tokens for record in ok if record.cached_tokens is not None]
+    return {
+        "total_cached_tokens": sum(reported),
+        "mean_cached_tokens": statistics.fmean(reported) if reported else None,
+        "requests_with_cache_report": len(reported),
+    }
+
+
+def conversation_figures(
+    records: Sequence[RequestRecord], percentiles: Sequence[float]
+) -> dict[str, Any]:
+    """The figures of a run's conversations; both None when no record is of one.
+
+    * ``turns``: one object per turn number (1 first): ``completed``, ``failed``,
+      ``mean_prompt_tokens`` and ``mean_output_tokens`` of its successful requests, and the
+      TTFT and E2EL statistics (``mean_ttft_ms``, ``p99_e2el_ms``...).
+    * ``conversations``: ``completed`` (every turn succeeded), ``failed`` (a turn failed,
+      so the rest were not sent), ``unfinished`` (the run ended first), ``mean_turns``
+      (turns planned), and the statistics of a completed conversation's duration, from its
+      first request's send to its last one's end (``mean_conversation_ms``...).
+    """
+    by_turn: defaultdict[int, list[RequestRecord]] = defaultdict(list)
+    by_conversation: defaultdict[int, list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        if record.turn is not None:
+            by_turn[record.turn].append(record)
+            by_conversation[record.index].append(record)
+    if not by_conversation:
+        return {"turns": None, "conversations": None}
+    turns: list[dict[str, Any]] = []
+    for number in sorted(by_turn):
+        group = by_turn[number]
+        ok = [record for record in group if record.ok]
+        row: dict[str, Any] = {
+            "turn": number,
+            "completed": len(ok),
+            "failed": len(group) - len(ok),
+            "mean_prompt_tokens": statistics.fmean(r.prompt_tokens for r in ok) if ok else None,
+            "mean_output_tokens": statistics.fmean(r.output_tokens for r in ok) if ok else None,
+        }
+        row.update(describe((r.ttft_s for r in ok if r.ttft_s is not None), "ttft", percentiles))
+        row.update(describe((r.e2e_s for r in ok), "e2el", percentiles))
+        turns.append(row)
+    completed = failed = unfinished = 0
+    durations: list[float] = []
+    for conversation in by_conversation.values():
+        if not all(record.ok for record in conversation):
+            failed += 1
+        elif len(conversation) == conversation[0].turns:
+            completed += 1
+            start = min(record.sent_at_s for record in conversation)
+            durations.append(max(record.end_at_s for record in conversation) - start)
+        else:
+            unfinished += 1
+    planned = [conversation[0].turns or 0 for conversation in by_conversation.values()]
+    conversations: dict[str, Any] = {
+        "completed": completed,
+        "failed": failed,
+        "unfinished": unfinished,
+        "mean_turns": statistics.fmean(planned),
+    }
+    conversations.update(describe(durations, "conversation", percentiles))
+    return {"turns": turns, "conversations": conversations}
 
 
 def _send_rate(records: Sequence[RequestRecord]) -> float | None:

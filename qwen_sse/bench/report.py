@@ -99,11 +99,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(_rule(" Serving Benchmark Result ", "="))
     lines.append(_row("Model:", summary["model_id"]))
     lines.append(_row("Load:", _load_line(summary)))
+    lines.append(_row("Workload:", _workload_line(summary)))
     lines.append(_row("Successful requests:", summary["completed"]))
     lines.append(_row("Failed requests:", summary["failed"]))
     lines.append(_row("Benchmark duration (s):", summary["duration"]))
     lines.append(_row("Total input tokens:", summary["total_input_tokens"]))
     lines.append(_row("Total generated tokens:", summary["total_output_tokens"]))
+    lines += _input_lines(summary)
     lines.append(_row("Request throughput (req/s):", summary["request_throughput"]))
     if summary["request_goodput"] is not None:
         slo = ", ".join(f"{k} <= {v:g} ms" for k, v in summary["goodput_slo_ms"].items())
@@ -122,6 +124,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for p in summary["percentiles"]:
             word = percentile_key(p, metric).split("_", 1)[0].upper()
             lines.append(_row(f"{word} {short} (ms):", summary[percentile_key(p, metric)]))
+    lines += _conversation_lines(summary)
     if summary["errors"]:
         lines.append(_rule("Errors"))
         examples = summary.get("error_examples", {})
@@ -132,6 +135,92 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += _client_lines(summary)
     lines.append(_rule(fill="="))
     return "\n".join(lines)
+
+
+def _sizes(sizes: int | list[int] | None, range_ratio: float) -> str:
+    if sizes is None:
+        return "-"
+    if isinstance(sizes, list):
+        return "|".join(str(size) for size in sizes)
+    return f"{sizes} ±{range_ratio:.0%}" if range_ratio else str(sizes)
+
+
+def _workload_line(summary: dict[str, Any]) -> str:
+    """What was sent: the dataset and its sizes, on one line."""
+    workload = summary["workload"]
+    if workload["type"] == "file":
+        kind = "ShareGPT" if workload["source"] == "sharegpt" else "prompts"
+        entries = workload["entries"]
+        text = (
+            f"{kind} {Path(workload['path']).name}, {entries} entr{'y' if entries == 1 else 'ies'}"
+        )
+        if workload["conversations"]:
+            text += f" of {workload['mean_turns']:.3g} turns on average"
+        left_out = sum(workload["skipped"].values())
+        if left_out:
+            text += f" ({left_out} left out)"
+    else:
+        ratio = workload["range_ratio"]
+        text = "synthetic" if workload["turns"] == 1 else f"{workload['turns']}-turn conversations"
+        text += f", {_sizes(workload['input_tokens'], ratio)} tokens in"
+        if workload["prefix_tokens"]:
+            groups = workload["prefix_groups"]
+            text += f" ({workload['prefix_tokens']} shared" + (
+                f" in {groups} groups)" if groups > 1 else ")"
+            )
+        text += f", {_sizes(workload['output_tokens'], ratio)} out"
+    if workload["tokenizer"]:
+        text += f", counted with {workload['tokenizer']}"
+    return text
+
+
+def _input_lines(summary: dict[str, Any]) -> list[str]:
+    """The server's cache hits and the media parts, when there were any."""
+    lines = []
+    if summary["requests_with_cache_report"]:
+        lines.append(_row("Cached input tokens (server):", summary["total_cached_tokens"]))
+        lines.append(_row("  mean per request:", summary["mean_cached_tokens"]))
+    if summary["uncounted_input_parts"]:
+        lines.append(_row("Media parts (not in local counts):", summary["uncounted_input_parts"]))
+    return lines
+
+
+def _conversation_lines(summary: dict[str, Any]) -> list[str]:
+    """Multi-turn runs: conversations as wholes, and a line per turn number."""
+    conversations = summary["conversations"]
+    if conversations is None:
+        return []
+    top = max(summary["percentiles"], default=50.0)
+    top_word = percentile_key(top, "ttft").split("_", 1)[0].upper()
+    lines = [
+        _rule("Conversations"),
+        _row(
+            "Completed / failed / unfinished:",
+            f"{conversations['completed']} / {conversations['failed']} / "
+            f"{conversations['unfinished']}",
+        ),
+        _row("Mean turns:", conversations["mean_turns"]),
+        _row("Mean conversation (ms):", conversations["mean_conversation_ms"]),
+        _row("Median conversation (ms):", conversations["median_conversation_ms"]),
+        _row(
+            f"{top_word} conversation (ms):",
+            conversations[percentile_key(top, "conversation")],
+        ),
+        f"{'turn':>4} {'ok':>5} {'failed':>6} {'prompt':>8} {'TTFT p50':>9} "
+        f"{'TTFT ' + top_word:>9} {'E2E p50':>9}",
+    ]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    for turn in summary["turns"]:
+        prompt = turn["mean_prompt_tokens"]
+        lines.append(
+            f"{turn['turn']:>4} {turn['completed']:>5} {turn['failed']:>6} "
+            f"{'-' if prompt is None else f'{prompt:.0f}':>8} {ms(turn['median_ttft_ms']):>9} "
+            f"{ms(turn[percentile_key(top, 'ttft')]):>9} {ms(turn['median_e2el_ms']):>9}"
+        )
+    return lines
 
 
 def _client_lines(summary: dict[str, Any]) -> list[str]:

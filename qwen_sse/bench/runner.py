@@ -23,13 +23,13 @@ import msgspec
 from qwen_sse.bench.metrics import RequestRecord, record_of
 from qwen_sse.bench.monitor import ClientLoad, LoopMonitor
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, slot_start_s
-from qwen_sse.bench.workload import RequestSpec, Workload
+from qwen_sse.bench.tokenizer import counter
+from qwen_sse.bench.workload import RequestSpec, Workload, follow_up
 from qwen_sse.chat import ChatResult
 from qwen_sse.client import QwenClient
 from qwen_sse.config import API_KEY_ENV_VARS, Timeouts, resolve_api_key
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.retry import NO_RETRIES
-from qwen_sse.tokens import count_tokens
 
 __all__ = ["ShardPlan", "ShardResult", "Target", "raise_open_files_limit", "run_shard"]
 
@@ -125,9 +125,10 @@ def raise_open_files_limit() -> int | None:
 def prepare(plan: ShardPlan) -> dict[int, RequestSpec]:
     """The requests of a plan with a known list of indices, built before the clock starts
     (so that building prompts never competes with reading streams). It also loads the
-    tokenizer, which counts output tokens when a server reports no usage: loading it
-    mid-run would stall the loop for a good fraction of a second."""
-    count_tokens("qwen-sse bench")
+    workload's tokenizer, which counts output tokens when a server reports no usage (and
+    a conversation's answers): loading it mid-run would stall the loop for a good
+    fraction of a second."""
+    counter(plan.workload.tokenizer).text("qwen-sse bench")
     if plan.indices is None:
         return {}
     return {index: plan.workload.request(index) for index in plan.indices}
@@ -255,7 +256,9 @@ class _Shard:
                 now = self.loop.time()
                 if stop_at is not None and now >= stop_at:
                     return
-                await self._request(spec, ready_at - self.origin, None, dispatched=now)
+                await self._unit(
+                    spec, ready_at - self.origin, None, dispatched=now, stop_at=stop_at
+                )
                 ready_at = self.loop.time()
 
         await asyncio.gather(*(slot(number) for number in plan.slots))
@@ -269,7 +272,7 @@ class _Shard:
         for index, at_s in zip(plan.indices, plan.arrivals_s, strict=True):
             when = self.origin + at_s
             await self._sleep_until(when)
-            request = self._request(self._spec(index), at_s, cap)
+            request = self._unit(self._spec(index), at_s, cap)
             tasks.append(asyncio.create_task(request))
         await asyncio.gather(*tasks)
 
@@ -280,9 +283,10 @@ class _Shard:
         cap: asyncio.Semaphore | None,
         *,
         dispatched: float | None = None,
-    ) -> None:
+    ) -> ChatResult | None:
         """Send one request; ``scheduled_at_s`` is its intended instant from the origin,
-        ``dispatched`` the loop-clock reading when the caller let it go (now when None)."""
+        ``dispatched`` the loop-clock reading when the caller let it go (now when None).
+        Returns its result when it succeeded, None when it failed."""
         loop = self.loop
         if dispatched is None:
             dispatched = loop.time()
@@ -311,8 +315,9 @@ class _Shard:
             if cap is not None:
                 cap.release()
         ended = loop.time()
+        answer = result if error is None else None
         if spec.index < self.plan.warmup:
-            return
+            return answer
         record = record_of(
             result,
             index=spec.index,
@@ -324,7 +329,38 @@ class _Shard:
             elapsed_s=ended - sent,
             prompt_tokens=spec.prompt_tokens,
             error=error,
+            uncounted_parts=spec.uncounted_parts,
+            turn=spec.turn,
+            turns=spec.turns,
+            count_text=counter(self.plan.workload.tokenizer).text,
         )
         self.records.append(record)
         if self.on_record is not None:
             self.on_record(record)
+        return answer
+
+    # -- conversations --------------------------------------------------------------------
+
+    async def _unit(
+        self,
+        spec: RequestSpec,
+        scheduled_at_s: float,
+        cap: asyncio.Semaphore | None,
+        *,
+        dispatched: float | None = None,
+        stop_at: float | None = None,
+    ) -> None:
+        """Send one unit of work: a request, or a conversation turn after turn.
+
+        Each later turn of a conversation goes as soon as the previous one has ended (it is
+        scheduled then), with the server's actual answer in its messages. A failed turn
+        ends the conversation, and so does ``stop_at`` (closed loop with a duration): no
+        turn is sent after it. Under ``cap`` (open loop) each turn takes a place of its own.
+        """
+        answer = await self._request(spec, scheduled_at_s, cap, dispatched=dispatched)
+        while answer is not None and spec.later_turns:
+            now = self.loop.time()
+            if stop_at is not None and now >= stop_at:
+                return
+            spec = follow_up(spec, answer.content, tokenizer=self.plan.workload.tokenizer)
+            answer = await self._request(spec, now - self.origin, cap, dispatched=now)

@@ -77,6 +77,10 @@ RECORD_SCHEMA: dict[str, Any] = {
         "attempts",
         "finish_reason",
         "request_id",
+        "cached_tokens",
+        "uncounted_parts",
+        "turn",
+        "turns",
     ],
     "additionalProperties": False,
     "properties": {
@@ -115,6 +119,133 @@ RECORD_SCHEMA: dict[str, Any] = {
         "attempts": {"type": "integer", "minimum": 1},
         "finish_reason": {"type": ["string", "null"]},
         "request_id": {"type": "string"},
+        "cached_tokens": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "usage.prompt_tokens_details.cached_tokens; null if not reported",
+        },
+        "uncounted_parts": {
+            **_COUNT,
+            "description": "image, audio and video parts of the prompt, left out of a local count",
+        },
+        "turn": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "place in its conversation (index is the conversation's)",
+        },
+        "turns": {"type": ["integer", "null"], "minimum": 1, "description": "of its conversation"},
+    },
+}
+
+
+def _stats_of(name: str) -> dict[str, Any]:
+    """mean/median/std of ``name`` in ms, and its percentiles."""
+    return {
+        "properties": {f"{kind}_{name}_ms": _MS for kind in ("mean", "median", "std")},
+        "patternProperties": {rf"^p[0-9]+(\.[0-9]+)?_{name}_ms$": _MS},
+        "required": [f"{kind}_{name}_ms" for kind in ("mean", "median", "std")],
+    }
+
+
+def _object_with_stats(
+    properties: dict[str, Any], required: list[str], stats: tuple[str, ...]
+) -> dict[str, Any]:
+    parts = [_stats_of(name) for name in stats]
+    return {
+        "type": "object",
+        "required": required + [key for part in parts for key in part["required"]],
+        "additionalProperties": False,
+        "properties": {**properties, **{k: v for p in parts for k, v in p["properties"].items()}},
+        "patternProperties": {k: v for p in parts for k, v in p["patternProperties"].items()},
+    }
+
+
+_TURN = _object_with_stats(
+    {
+        "turn": {"type": "integer", "minimum": 1},
+        "completed": _COUNT,
+        "failed": _COUNT,
+        "mean_prompt_tokens": _NULLABLE_NUMBER,
+        "mean_output_tokens": _NULLABLE_NUMBER,
+    },
+    ["turn", "completed", "failed", "mean_prompt_tokens", "mean_output_tokens"],
+    ("ttft", "e2el"),
+)
+_CONVERSATIONS = _object_with_stats(
+    {
+        "completed": {**_COUNT, "description": "every turn succeeded"},
+        "failed": {**_COUNT, "description": "a turn failed; later turns were not sent"},
+        "unfinished": {**_COUNT, "description": "the run ended before the last turn"},
+        "mean_turns": {"type": "number", "minimum": 1, "description": "turns planned"},
+    },
+    ["completed", "failed", "unfinished", "mean_turns"],
+    ("conversation",),
+)
+_SIZES = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+    ]
+}
+_SYNTHETIC_WORKLOAD = {
+    "type": "object",
+    "description": "synthetic prompts of exact billed sizes (--dataset random, shared-prefix, "
+    "multiturn without a file)",
+    "required": [
+        "type",
+        "input_tokens",
+        "output_tokens",
+        "seed",
+        "range_ratio",
+        "prefix_tokens",
+        "prefix_groups",
+        "turns",
+        "tokenizer",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"const": "synthetic"},
+        "input_tokens": _SIZES,
+        "output_tokens": {"oneOf": [{"type": "null"}, _SIZES]},
+        "seed": {"type": "integer"},
+        "range_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "prefix_tokens": _COUNT,
+        "prefix_groups": {"type": "integer", "minimum": 1},
+        "turns": {"type": "integer", "minimum": 1},
+        "tokenizer": {"type": ["string", "null"], "description": "tokenizer.json; null: Qwen"},
+    },
+}
+_FILE_WORKLOAD = {
+    "type": "object",
+    "description": "prompts from a file (--prompts, --dataset sharegpt:, multiturn:)",
+    "required": [
+        "type",
+        "source",
+        "path",
+        "entries",
+        "output_tokens",
+        "conversations",
+        "mean_turns",
+        "skipped",
+        "uncounted_parts",
+        "tokenizer",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"const": "file"},
+        "source": {"enum": ["prompts", "sharegpt"]},
+        "path": {"type": "string"},
+        "entries": {"type": "integer", "minimum": 1},
+        "output_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "conversations": {"type": "boolean"},
+        "mean_turns": {"type": "number", "minimum": 1},
+        "skipped": {
+            "type": "object",
+            "additionalProperties": _COUNT,
+            "description": "entries left out, by reason",
+        },
+        "uncounted_parts": {**_COUNT, "description": "media parts in the entries' prompts"},
+        "tokenizer": {"type": ["string", "null"]},
     },
 }
 
@@ -173,6 +304,12 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "max_concurrent_requests",
         "send_rate",
         "errors",
+        "total_cached_tokens",
+        "mean_cached_tokens",
+        "requests_with_cache_report",
+        "uncounted_input_parts",
+        "turns",
+        "conversations",
         "output_tokens_source",
         "prompt_tokens_source",
         "client_saturated",
@@ -186,7 +323,10 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "date": {"type": "string", "description": "UTC, ISO 8601"},
         "backend": {"const": "openai-chat"},
         "model_id": {"type": "string"},
-        "tokenizer_id": {"const": "qwen"},
+        "tokenizer_id": {
+            "type": "string",
+            "description": "qwen (the bundled tokenizer) or the --tokenizer path",
+        },
         "base_url": {"type": "string", "description": "the protocol's base URL"},
         "protocol": {
             "type": "string",
@@ -221,9 +361,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             },
         },
         "workload": {
-            "type": "object",
-            "required": ["type"],
-            "properties": {"type": {"enum": ["synthetic", "file"]}},
+            "oneOf": [_SYNTHETIC_WORKLOAD, _FILE_WORKLOAD],
         },
         "params": {"type": "object"},
         "percentiles": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 100}},
@@ -255,6 +393,29 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         },
         "output_tokens_source": _SOURCES,
         "prompt_tokens_source": _SOURCES,
+        "total_cached_tokens": {
+            **_COUNT,
+            "description": "prompt tokens the server's usage reported as read from its cache",
+        },
+        "mean_cached_tokens": {
+            "type": ["number", "null"],
+            "description": "per request that reported cached_tokens; null if none did",
+        },
+        "requests_with_cache_report": _COUNT,
+        "uncounted_input_parts": {
+            **_COUNT,
+            "description": "media parts of the successful prompts; a local count leaves them "
+            "out (where prompt_tokens_source is local, total_input_tokens is a lower bound)",
+        },
+        "turns": {
+            "type": ["array", "null"],
+            "description": "multi-turn runs: figures by turn number; null otherwise",
+            "items": _TURN,
+        },
+        "conversations": {
+            "oneOf": [{"type": "null"}, _CONVERSATIONS],
+            "description": "multi-turn runs: figures by conversation; null otherwise",
+        },
         "client_saturated": {
             "type": "boolean",
             "description": "true when the client, not the server, may have limited the figures",
@@ -364,4 +525,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "attempts",
     "finish_reason",
     "request_id",
+    "cached_tokens",
+    "uncounted_parts",
+    "turn",
+    "turns",
 )

@@ -36,7 +36,7 @@ from qwen_sse.bench.runner import Target
 from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
-from qwen_sse.bench.workload import SyntheticWorkload, Workload, read_prompts
+from qwen_sse.bench.workload import Workload
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
@@ -46,6 +46,13 @@ from qwen_sse.cli.chat import (
 )
 from qwen_sse.cli.serve import non_negative
 from qwen_sse.cli.words import print_error
+from qwen_sse.cli.workloads import (
+    add_workload_options,
+    mock_answer_tokens,
+    planned_requests,
+    workload_from,
+    workload_notes,
+)
 from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
@@ -84,7 +91,9 @@ def add_parser(subparsers: Any) -> None:
         help="gamma arrivals' shape: <1 burstier, >1 steadier than Poisson (default 1)",
     )
     load.add_argument("--max-concurrency", type=int, help="open loop: cap on requests in flight")
-    load.add_argument("--requests", type=int, help="measured requests (default 100)")
+    load.add_argument(
+        "--requests", type=int, help="measured requests; multiturn: conversations (default 100)"
+    )
     load.add_argument("--duration", type=float, metavar="SECONDS", help="stop sending after this")
     load.add_argument(
         "--warmup", type=int, default=0, help="requests sent first and left out of the figures"
@@ -101,17 +110,7 @@ def add_parser(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="processes sharing the load, one event loop each"
     )
     work = parser.add_argument_group("workload")
-    work.add_argument(
-        "--input-tokens", type=int, default=256, help="synthetic prompt size (default 256)"
-    )
-    work.add_argument(
-        "--output-tokens", type=int, default=128, help="max_tokens to ask for (default 128)"
-    )
-    work.add_argument(
-        "--prompts",
-        metavar="FILE.jsonl",
-        help='prompts file: a JSON object a line, {"prompt": ...} or {"messages": [...]}',
-    )
+    add_workload_options(work)
     work.add_argument("--thinking", action="store_true", help="send enable_thinking: true")
     work.add_argument("--search", action="store_true", help="send enable_search: true")
     work.add_argument(
@@ -192,11 +191,13 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config, sweep = _config(args)
+        for note in workload_notes(config.workload):
+            print(f"qwen-sse bench: {note}", file=sys.stderr)
         if args.plot is not None and sweep is not None:
             raise ConfigurationError("--plot draws one run; leave it out of a sweep")
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
-        with _endpoint(args) as target:
+        with _endpoint(args, config.workload) as target:
             if sweep is None:
                 return _single(args, config, target)
             return _sweep(args, config, target, *sweep)
@@ -246,7 +247,7 @@ def _sweep(
 
 
 def _live(config: BenchConfig) -> LiveProgress:
-    return LiveProgress(sys.stderr, planned=config.planned_requests(), duration_s=config.duration_s)
+    return LiveProgress(sys.stderr, planned=planned_requests(config), duration_s=config.duration_s)
 
 
 def _write_files(args: argparse.Namespace, result: BenchResult) -> None:
@@ -267,8 +268,9 @@ def _warn(summary: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
-    """The target of the run; with ``--mock``, an emulator in a child process."""
+def _endpoint(args: argparse.Namespace, workload: Workload) -> Iterator[Target]:
+    """The target of the run; with ``--mock``, an emulator in a child process that answers
+    ``workload``'s requests."""
     timeouts = timeouts_from(args)
     if args.mock:
         emulator = EmulatorConfig(
@@ -276,9 +278,7 @@ def _endpoint(args: argparse.Namespace) -> Iterator[Target]:
             itl_s=args.mock_itl_ms / 1000,
             jitter_s=args.mock_jitter_ms / 1000,
             seed=args.seed,
-            # One piece longer than asked, so max_tokens ends every answer, as it does
-            # on a model that has more to say ("length").
-            answer_tokens=args.output_tokens + 1,
+            answer_tokens=mock_answer_tokens(workload),
         )
         with MockServer(emulator, protocol=args.protocol) as server:
             yield Target(
@@ -331,7 +331,7 @@ def _config(args: argparse.Namespace) -> tuple[BenchConfig, tuple[SweepKind, lis
         requests = 100
     config = BenchConfig(
         shape=shape,
-        workload=_workload(args),
+        workload=workload_from(args, units=None if requests is None else requests + args.warmup),
         requests=requests,
         duration_s=args.duration,
         warmup=args.warmup,
@@ -356,14 +356,6 @@ def _open(args: argparse.Namespace, rate: float) -> OpenLoop:
         arrivals=args.arrivals,
         burstiness=args.burstiness,
         max_concurrency=args.max_concurrency,
-    )
-
-
-def _workload(args: argparse.Namespace) -> Workload:
-    if args.prompts:
-        return read_prompts(args.prompts, output_tokens=args.output_tokens)
-    return SyntheticWorkload(
-        input_tokens=args.input_tokens, output_tokens=args.output_tokens, seed=args.seed
     )
 
 
