@@ -13,7 +13,8 @@ Definitions (those of vLLM's ``benchmark_serving``, so results compare side by s
 * E2EL: from sending the request to the end of its stream.
 * Percentiles interpolate linearly between closest ranks (numpy's default); ``std`` is
   the population standard deviation. Only successful requests count; failed ones are
-  counted by error type.
+  counted by error type and message. Requests cancelled when a run was stopped early
+  are counted apart, and count in no other figure.
 * Throughputs divide by the measured window: from the first measured request's send to
   the last measured request's end.
 * Goodput: successful requests per second that meet every SLO given (a request with one
@@ -38,11 +39,13 @@ __all__ = [
     "RequestRecord",
     "Slo",
     "describe",
+    "error_groups",
     "max_concurrency",
     "output_tokens_of",
     "peak_output_tokens_per_s",
     "percentile",
     "percentile_key",
+    "reason_of",
     "record_of",
     "summarize",
     "token_arrivals_s",
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 TokenSource = Literal["usage", "local"]
+
+_CANCELLED = "cancelled: the run was stopped before this answer ended"
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 """The latency metrics, in vLLM's key spelling (``mean_ttft_ms``, ``p99_itl_ms``, ...)."""
@@ -68,6 +73,9 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
       server reported it, ``"local"`` when counted with the Qwen tokenizer.
     * ``ok`` is False when the request failed; ``error_type`` is then the exception's class
       name, ``error`` its message and ``status`` the HTTP status, if one came.
+    * ``cancelled``: the run was stopped early and this request cut off; it is not ``ok``,
+      and it counts in no figure (only in the summary's ``cancelled``).
+    * ``request_id``: the server's, from the answer or from the error.
     """
 
     index: int
@@ -91,6 +99,7 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 1
     finish_reason: str | None = None
     request_id: str = ""
+    cancelled: bool = False
 
     @property
     def end_at_s(self) -> float:
@@ -164,11 +173,13 @@ def record_of(
     elapsed_s: float,
     prompt_tokens: int,
     error: BaseException | None = None,
+    cancelled: bool = False,
 ) -> RequestRecord:
     """The record of one request from its (possibly partial, possibly missing) result.
 
     ``elapsed_s`` is the caller's own measure of send-to-end, used when the result has no
-    end time of its own (a request that failed before any response).
+    end time of its own (a request that failed before any response). ``cancelled``: the
+    request was cut off because the run stopped (``error`` is then ignored).
     """
     timing = result.timing if result is not None else None
     ttft_s = timing.ttft_s if timing is not None else None
@@ -178,7 +189,19 @@ def record_of(
     else:
         output_tokens, output_source = 0, "local"
     usage = result.usage if result is not None else None
-    status = getattr(error, "status", None)
+    error_type: str | None = None
+    message: str | None = None
+    status: object = None
+    if cancelled:
+        error_type, message = "CancelledError", _CANCELLED
+    elif error is not None:
+        error_type, message = type(error).__name__, str(error)
+        status = getattr(error, "status", None)
+    request_id = result.request_id if result is not None else ""
+    if not request_id:
+        # An HTTP error has no result, but its answer named the request.
+        found = getattr(error, "request_id", "")
+        request_id = found if isinstance(found, str) else ""
     return RequestRecord(
         index=index,
         worker=worker,
@@ -194,14 +217,24 @@ def record_of(
         output_tokens_source=output_source,
         prompt_tokens=usage.prompt_tokens if usage is not None else prompt_tokens,
         prompt_tokens_source="usage" if usage is not None else "local",
-        ok=error is None,
-        error_type=type(error).__name__ if error is not None else None,
-        error=str(error) if error is not None else None,
+        ok=error is None and not cancelled,
+        error_type=error_type,
+        error=message,
         status=status if isinstance(status, int) else None,
         attempts=result.attempts if result is not None else 1,
         finish_reason=result.finish_reason if result is not None else None,
-        request_id=result.request_id if result is not None else "",
+        request_id=request_id,
+        cancelled=cancelled,
     )
+
+
+def reason_of(record: RequestRecord) -> str:
+    """Why a failed request failed: its error message without the request id (which differs
+    from request to request), so that alike failures group together."""
+    message = record.error or ""
+    if record.request_id:
+        message = message.replace(f" (request id {record.request_id})", "")
+    return message
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -300,8 +333,12 @@ def summarize(
     ``mean_/median_/std_/p<N>_`` of ``ttft``, ``tpot``, ``itl``, ``e2el`` (ms); and beyond
     vLLM: ``send_rate`` (requests sent per second over the send span), schedule lag and
     queue wait statistics, ``errors`` by type with ``error_examples`` (the first message
-    of each type: why such requests failed) and where the token counts came from.
+    of each type), ``error_groups`` (failures by type and message, most frequent first:
+    why they failed), ``cancelled`` (requests cut off by an early stop, left out of every
+    other figure) and where the token counts came from.
     """
+    cancelled = sum(1 for record in records if record.cancelled)
+    records = [record for record in records if not record.cancelled]
     ok = [record for record in records if record.ok]
     if records:
         start = min(record.sent_at_s for record in records)
@@ -342,9 +379,23 @@ def summarize(
         if not record.ok:
             examples.setdefault(record.error_type or "unknown", record.error or "")
     out["error_examples"] = examples
+    out["error_groups"] = error_groups(records)
+    out["cancelled"] = cancelled
     out["output_tokens_source"] = dict(Counter(r.output_tokens_source for r in ok))
     out["prompt_tokens_source"] = dict(Counter(r.prompt_tokens_source for r in ok))
     return out
+
+
+def error_groups(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
+    """The failed requests grouped by error type and message (:func:`reason_of`), most
+    frequent first: ``[{"type": ..., "message": ..., "count": ...}, ...]``."""
+    counts = Counter(
+        (record.error_type or "unknown", reason_of(record)) for record in records if not record.ok
+    )
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        {"type": kind, "message": message, "count": count} for (kind, message), count in ordered
+    ]
 
 
 def _send_rate(records: Sequence[RequestRecord]) -> float | None:

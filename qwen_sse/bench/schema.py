@@ -77,6 +77,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         "attempts",
         "finish_reason",
         "request_id",
+        "cancelled",
     ],
     "additionalProperties": False,
     "properties": {
@@ -115,6 +116,11 @@ RECORD_SCHEMA: dict[str, Any] = {
         "attempts": {"type": "integer", "minimum": 1},
         "finish_reason": {"type": ["string", "null"]},
         "request_id": {"type": "string"},
+        "cancelled": {
+            "type": "boolean",
+            "description": "the run was stopped early and this request cut off (ok is false; "
+            "it counts in no figure)",
+        },
     },
 }
 
@@ -173,6 +179,9 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "max_concurrent_requests",
         "send_rate",
         "errors",
+        "error_groups",
+        "cancelled",
+        "stop_reason",
         "output_tokens_source",
         "prompt_tokens_source",
         "client_saturated",
@@ -251,7 +260,32 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "error_examples": {
             "type": "object",
             "additionalProperties": {"type": "string"},
-            "description": "the first message of each error type in errors: why they failed",
+            "description": "the first message of each error type in errors",
+        },
+        "error_groups": {
+            "type": "array",
+            "description": "the failed requests by error type and message (request ids "
+            "left out), most frequent first: why they failed",
+            "items": {
+                "type": "object",
+                "required": ["type", "message", "count"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "cancelled": {
+            **_COUNT,
+            "description": "requests cut off when the run was stopped early; they count in "
+            "no other figure",
+        },
+        "stop_reason": {
+            "type": ["string", "null"],
+            "description": "why the run ended before its plan (a signal, or its first "
+            "requests all refused alike); null when it ran to its end",
         },
         "output_tokens_source": _SOURCES,
         "prompt_tokens_source": _SOURCES,
@@ -334,7 +368,8 @@ SWEEP_SCHEMA: dict[str, Any] = {
         "runs": {"type": "array", "items": SUMMARY_SCHEMA},
         "saturated_at": {
             "type": ["number", "null"],
-            "description": "the level at which the sweep stopped; null if it ran them all",
+            "description": "the level at which the sweep saturated; null if it ran them all or was "
+            "stopped (stop_reason says why)",
         },
         "stop_reason": {"type": ["string", "null"]},
     },
@@ -364,4 +399,5 @@ CSV_COLUMNS: tuple[str, ...] = (
     "attempts",
     "finish_reason",
     "request_id",
+    "cancelled",
 )
