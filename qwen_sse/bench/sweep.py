@@ -94,9 +94,9 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run ``levels`` in ascending order until saturation; return the sweep document
     (:data:`~qwen_sse.bench.schema.SWEEP_SCHEMA`). ``on_level`` sees each level's result.
-    ``stopped`` says why the sweep was asked to stop (None: go on); it is asked after
-    each level, and a stopped sweep ends with the levels so far (``saturated_at`` null,
-    ``stop_reason`` the reason)."""
+    ``stopped`` says why the sweep was asked to stop (None: go on); it is asked before
+    and after each level, and a stopped sweep ends with the levels run so far, the one cut
+    short included (``saturated_at`` null, ``stop_reason`` the reason)."""
     if not levels:
         raise ConfigurationError("a sweep needs at least one level")
     rule = rule or SweepRule()
@@ -106,11 +106,15 @@ def run_sweep(
     stopped_at: float | None = None
     reason: str | None = None
     for level in ordered:
+        reason = stopped() if stopped is not None else None
+        if reason is not None:
+            break
         result = run_level(config_at(base, kind, level))
         if on_level is not None:
             on_level(level, result)
         runs.append(result.summary)
         done.append(level)
+        # A level cut short by a stop is kept, as the last.
         reason = stopped() if stopped is not None else None
         if reason is not None:
             break

@@ -362,8 +362,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if target.is_dir():
             raise ConfigurationError(f"{option} {path}: is a directory, not a file")
         parent = target.parent
-        if not parent.is_dir():
+        if not parent.exists():
             raise ConfigurationError(f"{option} {path}: the directory {parent} does not exist")
+        if not parent.is_dir():
+            raise ConfigurationError(f"{option} {path}: {parent} is not a directory")
         writable = os.access(target, os.W_OK) if target.exists() else os.access(parent, os.W_OK)
         if not writable:
             raise ConfigurationError(f"{option} {path}: not writable")
