@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -63,7 +64,9 @@ def test_the_rules_of_saturation() -> None:
     assert client.startswith("the client saturated: event-loop lag")
 
 
-def fake_runs(throughputs: dict[float, float]) -> tuple[list[BenchConfig], Any]:
+def fake_runs(
+    throughputs: dict[float, float],
+) -> tuple[list[BenchConfig], Callable[[BenchConfig], BenchResult]]:
     seen: list[BenchConfig] = []
 
     def run_level(config: BenchConfig) -> BenchResult:
