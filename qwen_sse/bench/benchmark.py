@@ -258,14 +258,17 @@ async def _run_here(
             assert live is not None
             live.add([finished])
 
+    def show(live: LiveProgress) -> None:
+        live.first_tokens(progress.take_first_tokens())
+        live.flight(
+            0, sent=progress.sent, in_flight=progress.in_flight, streaming=progress.streaming
+        )
+
     async def tick(live: LiveProgress) -> None:
         # Draw at once, then redraw even while no request ends (long answers), so the
         # clock keeps moving.
         while True:
-            live.first_tokens(progress.take_first_tokens())
-            live.flight(
-                0, sent=progress.sent, in_flight=progress.in_flight, streaming=progress.streaming
-            )
+            show(live)
             live.refresh()
             await asyncio.sleep(live.interval_s)
 
@@ -280,6 +283,8 @@ async def _run_here(
         if ticker is not None:
             ticker.cancel()
         if live is not None:
+            if drawing:
+                show(live)  # the last line says what the run ended with
             live.close()
     return compose(config, target, [result], stopped=stop.reason if stop else None)
 

@@ -2,9 +2,11 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl``, ``--csv`` and ``--plot`` write files. Exit status: 0 when the run finished
-(whatever the figures), 1 when no request succeeded or the run could not complete, 2 for
-invalid options.
+``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. The first SIGINT or
+SIGTERM stops the run and reports what finished; a second quits at once. Exit status: 0
+when the run finished (whatever the figures), 1 when no request succeeded, the run stopped
+early by itself (its first requests all refused alike) or could not complete, 2 for invalid
+options or output paths, 130 after a signal.
 """
 
 from __future__ import annotations
@@ -265,7 +267,6 @@ def _sweep(
 ) -> int:
     def level(level_config: BenchConfig) -> BenchResult:
         live = None if args.quiet else _live(level_config)
-        _announce(args, level_config, target)
         with interrupts.running():
             return run_benchmark(level_config, target, live=live, stop=stop)
 
@@ -281,6 +282,7 @@ def _sweep(
         )
 
     kind, levels = sweep
+    _announce(args, config, target, sweep=sweep)
     document = run_sweep(config, kind, levels, level, on_level=show, stopped=lambda: stop.reason)
     print(format_sweep(document))
     status = 0 if any(run["completed"] for run in document["runs"]) else 1
@@ -289,12 +291,22 @@ def _sweep(
     return status
 
 
-def _announce(args: argparse.Namespace, config: BenchConfig, target: Target) -> None:
+def _announce(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    *,
+    sweep: tuple[SweepKind, list[float]] | None = None,
+) -> None:
     """One line before the load starts: where it goes, and how to stop it."""
     if args.quiet:
         return
     planned = config.planned_requests()
     what = f"{planned} requests" if planned is not None else f"for {config.duration_s:g} s"
+    if sweep is not None:
+        kind, levels = sweep
+        named = "rates" if kind == "rates" else "concurrencies"
+        what = f"{what} at each of the {named} {', '.join(f'{v:g}' for v in sorted(levels))}"
     print(
         f"qwen-sse bench: sending {what} to {target.base_url}; "
         "Ctrl-C stops and reports what finished",
@@ -351,7 +363,8 @@ def _os_error(error: OSError) -> str:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse output paths that could not be written, before anything is sent: each file's
     directory must exist and be writable, ``--plot``'s directory must be creatable."""
-    files = [(option, path) for option, path in _file_options(args) if path]
+    options = (("--json", args.json), ("--jsonl", args.jsonl), ("--csv", args.csv))
+    files = [(option, path) for option, path in options if path]
     seen: dict[Path, str] = {}
     for option, path in files:
         target = Path(path)
@@ -382,10 +395,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise ConfigurationError(f"--plot {args.plot}: {existing} is not writable")
         if importlib.util.find_spec("matplotlib") is None:
             raise ConfigurationError("--plot needs matplotlib: pip install 'qwen-sse[plot]'")
-
-
-def _file_options(args: argparse.Namespace) -> list[tuple[str, str | None]]:
-    return [("--json", args.json), ("--jsonl", args.jsonl), ("--csv", args.csv)]
 
 
 class _Interrupts:
