@@ -591,57 +591,15 @@ def test_a_killed_run_keeps_the_records_of_what_finished(
     wait_until(group_gone)
 
 
-def test_a_signal_stops_a_sweep_and_keeps_the_levels_so_far(
-    tmp_path: Path, bench: Callable[..., Bench]
-) -> None:
-    run = bench(
-        *SIGNAL_MOCK,
-        *short_and_long_prompts(tmp_path, long_tokens=100),
-        "--sweep-concurrency",
-        "1,2,4,8",
-        "--requests",
-        "2",
-        "--json",
-        str(tmp_path / "sweep.json"),
-    )
-    run.wait_for_stderr("qwen-sse bench: level 1:")
-    run.signal(signal.SIGINT)
-    status, out, err = run.finish()
-    assert status == 130, err
-    assert "Traceback" not in err
-    document = json.loads((tmp_path / "sweep.json").read_text())
-    jsonschema.validate(document, SWEEP_SCHEMA)
-    assert document["levels"][0] == 1
-    assert len(document["levels"]) < 4
-    assert document["saturated_at"] is None
-    assert document["stop_reason"] == "interrupted by SIGINT"
-    assert out.rstrip().endswith("stopped: interrupted by SIGINT")
-
-
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_ctrl_c_on_a_terminal_reports_without_a_traceback_from_any_process(
-    tmp_path: Path, workers: str
-) -> None:
-    """The terminal sends SIGINT to every process of its foreground group: the command,
-    the emulator's process and the workers. Only the command handles it."""
-    arguments = [
-        sys.executable,
-        "-m",
-        "qwen_sse",
-        "bench",
-        *SIGNAL_MOCK,
-        *short_and_long_prompts(tmp_path),
-        "--concurrency",
-        "2",
-        "--workers",
-        workers,
-        "--requests",
-        "1000",
-    ]
+def ctrl_c_on_a_terminal(*arguments: str) -> tuple[int, str]:
+    """Run ``qwen-sse bench`` on a pseudo-terminal (its controlling terminal, so that
+    Ctrl-C reaches every process of the foreground group, as at a shell); press Ctrl-C once
+    its live line shows a request streaming; return its exit status and all it showed."""
+    command = [sys.executable, "-m", "qwen_sse", "bench", *arguments]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
     pid, terminal = pty.fork()
     if pid == 0:  # the child: the command, on the pseudo-terminal
-        os.execve(sys.executable, arguments, environment)
+        os.execve(sys.executable, command, environment)
     output = bytearray()
     try:
         deadline = time.monotonic() + WAIT_S
@@ -671,10 +629,51 @@ def test_ctrl_c_on_a_terminal_reports_without_a_traceback_from_any_process(
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(terminal)
-    text = output.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(wait_status) == 130, text
+    return os.waitstatus_to_exitcode(wait_status), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_on_a_terminal_reports_without_a_traceback_from_any_process(
+    tmp_path: Path, workers: str
+) -> None:
+    """The terminal sends SIGINT to every process of its foreground group: the command,
+    the emulator's process and the workers. Only the command handles it."""
+    status, text = ctrl_c_on_a_terminal(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--concurrency",
+        "2",
+        "--workers",
+        workers,
+        "--requests",
+        "1000",
+    )
+    assert status == 130, text
     assert "Traceback" not in text
     assert "KeyboardInterrupt" not in text
     assert "qwen-sse bench: SIGINT: stopping" in text
     assert "============ Serving Benchmark Result ============" in text
     assert "Stopped early:                           interrupted by SIGINT" in text
+
+
+def test_ctrl_c_stops_a_sweep_and_keeps_the_level_it_cut_short(tmp_path: Path) -> None:
+    status, text = ctrl_c_on_a_terminal(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--sweep-concurrency",
+        "1,2,4,8",
+        "--requests",
+        "4",
+        "--json",
+        str(tmp_path / "sweep.json"),
+    )
+    assert status == 130, text
+    assert "Traceback" not in text
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    jsonschema.validate(document, SWEEP_SCHEMA)
+    assert document["levels"] == [1]
+    (level,) = document["runs"]
+    assert level["stop_reason"] == "interrupted by SIGINT"
+    assert document["saturated_at"] is None
+    assert document["stop_reason"] == "interrupted by SIGINT"
+    assert text.rstrip().endswith("stopped: interrupted by SIGINT")
