@@ -54,6 +54,25 @@ def made_up_load(lag_ms: float, worker: int = 0) -> ClientLoad:
     )
 
 
+def made_up_config(
+    *, requests: int = 40, open_loop: bool = False, slo: Slo | None = None
+) -> BenchConfig:
+    """The configuration of :func:`made_up_result`."""
+    shape: ClosedLoop | OpenLoop = (
+        OpenLoop(rate=20.0, arrivals="gamma", burstiness=0.5, max_concurrency=4)
+        if open_loop
+        else ClosedLoop(concurrency=4, ramp_up_s=0.5)
+    )
+    return BenchConfig(
+        shape=shape,
+        workload=SyntheticWorkload(input_tokens=32, output_tokens=10),
+        requests=requests,
+        warmup=4,
+        slo=slo,
+        thresholds=Thresholds(),
+    )
+
+
 def made_up_result(
     *,
     requests: int = 40,
@@ -64,19 +83,7 @@ def made_up_result(
 ) -> BenchResult:
     """A result as :func:`~qwen_sse.bench.benchmark.compose` makes it; ``lag_ms`` over
     10 makes the client saturated."""
-    shape: ClosedLoop | OpenLoop = (
-        OpenLoop(rate=20.0, arrivals="gamma", burstiness=0.5, max_concurrency=4)
-        if open_loop
-        else ClosedLoop(concurrency=4, ramp_up_s=0.5)
-    )
-    config = BenchConfig(
-        shape=shape,
-        workload=SyntheticWorkload(input_tokens=32, output_tokens=10),
-        requests=requests,
-        warmup=4,
-        slo=slo,
-        thresholds=Thresholds(),
-    )
+    config = made_up_config(requests=requests, open_loop=open_loop, slo=slo)
     records = [made_up_record(4 + i, ok=i >= failed) for i in range(requests)]
     return compose(
         config, TARGET, [ShardResult(worker=0, records=records, load=made_up_load(lag_ms))]

@@ -5,20 +5,29 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from qwen_sse.bench.benchmark import compose
 from qwen_sse.bench.metrics import RequestRecord, Slo
 from qwen_sse.bench.report import (
+    JsonlWriter,
     format_summary,
     format_sweep,
     saturation_banner,
     write_csv,
     write_json,
-    write_jsonl,
 )
+from qwen_sse.bench.runner import ShardResult
 from qwen_sse.bench.schema import CSV_COLUMNS
-from tests.bench_documents import made_up_result
+from tests.bench_documents import (
+    TARGET,
+    made_up_config,
+    made_up_load,
+    made_up_record,
+    made_up_result,
+)
 
 
 def test_the_table_reads_like_vllms() -> None:
@@ -82,6 +91,8 @@ def test_a_sweep_table() -> None:
     assert len(lines) == 5
     assert lines[-1] == "stopped at 2: throughput fell short"
     sweep["saturated_at"] = None
+    assert format_sweep(sweep).endswith("stopped: throughput fell short")
+    sweep["stop_reason"] = None
     assert format_sweep(sweep).endswith("no saturation within the levels given")
 
 
@@ -89,7 +100,11 @@ def test_files_round_trip(tmp_path: Path) -> None:
     result = made_up_result()
     write_json(tmp_path / "s.json", result.summary)
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(result.summary))
-    write_jsonl(tmp_path / "r.jsonl", result.records)
+    with JsonlWriter(tmp_path / "r.jsonl") as out:
+        for count, record in enumerate(result.records, 1):
+            out.write(record)
+            # On disk as soon as written: a run killed now keeps it.
+            assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == count
     lines = (tmp_path / "r.jsonl").read_bytes().splitlines()
     assert [msgspec.json.decode(line, type=RequestRecord) for line in lines] == result.records
     write_csv(tmp_path / "r.csv", result.records)
@@ -108,16 +123,91 @@ def test_files_round_trip(tmp_path: Path) -> None:
     assert float(ok["itl_max_s"]) >= float(ok["itl_mean_s"]) > 0
 
 
-def test_each_error_type_comes_with_the_first_message_of_its_kind_on_one_line() -> None:
-    summary = made_up_result().summary
-    assert summary["error_examples"] == {"RateLimitError": "HTTP 429 limit_requests"}
+def failures(*messages: tuple[str, str, str]) -> dict[str, Any]:
+    """The summary of a run whose failures are ``(type, message, request id)``."""
+    result = made_up_result(failed=0)
+    records = list(result.records)
+    for number, (kind, message, request_id) in enumerate(messages):
+        records.append(
+            msgspec.structs.replace(
+                made_up_record(100 + number, ok=False),
+                error_type=kind,
+                error=f"{message} (request id {request_id})" if request_id else message,
+                request_id=request_id,
+            )
+        )
+    return compose(
+        made_up_config(), TARGET, [ShardResult(worker=0, records=records, load=made_up_load(0.3))]
+    ).summary
+
+
+def test_errors_are_grouped_by_type_and_message_without_request_ids() -> None:
+    summary = failures(
+        ("AuthenticationError", "HTTP 401 invalid_api_key: Incorrect API key provided.", "r1"),
+        ("AuthenticationError", "HTTP 401 invalid_api_key: Incorrect API key provided.", "r2"),
+        ("ServerError", "HTTP 500: boom", ""),
+        ("AuthenticationError", "HTTP 401 invalid_api_key: Incorrect API key provided.", "r3"),
+        ("ServerError", "HTTP 503: overloaded", "r4"),
+        ("ServerError", "HTTP 500: boom", "r5"),
+    )
+    assert summary["error_groups"] == [
+        {
+            "type": "AuthenticationError",
+            "message": "HTTP 401 invalid_api_key: Incorrect API key provided.",
+            "count": 3,
+        },
+        {"type": "ServerError", "message": "HTTP 500: boom", "count": 2},
+        {"type": "ServerError", "message": "HTTP 503: overloaded", "count": 1},
+    ]
+    # The keys of earlier consumers stay as they were.
+    assert summary["errors"] == {"AuthenticationError": 3, "ServerError": 3}
+    assert summary["error_examples"]["ServerError"] == "HTTP 500: boom"
+    text = format_summary(summary)
+    errors = text[text.index("Errors-") :].splitlines()[1:7]
+    assert errors == [
+        f"{'AuthenticationError:':<40} 3",
+        "  HTTP 401 invalid_api_key: Incorrect API key provided.",
+        f"{'ServerError:':<40} 3",
+        "  2 × HTTP 500: boom",
+        "  1 × HTTP 503: overloaded",
+        "-------------Client (load generator)--------------",
+    ]
+
+
+def test_an_error_message_shows_on_one_line_cut_to_its_limit() -> None:
+    summary = failures(("RateLimitError", "first line\nsecond line " + "x" * 300, ""))
     lines = format_summary(summary).splitlines()
-    row = lines.index(f"{'RateLimitError:':<40} 2")
-    assert lines[row + 1] == "  e.g. HTTP 429 limit_requests"
-    long_message = "first line\nsecond line " + "x" * 300
-    summary["error_examples"] = {"RateLimitError": long_message}
-    lines = format_summary(summary).splitlines()
-    example = lines[lines.index(f"{'RateLimitError:':<40} 2") + 1]
-    assert example.startswith("  e.g. first line second line xxx")
+    example = lines[lines.index(f"{'RateLimitError:':<40} 1") + 1]
+    assert example.startswith("  first line second line xxx")
     assert example.endswith("…")
-    assert len(example) == len("  e.g. ") + 160
+    assert len(example) == len("  ") + 160
+
+
+def test_many_messages_of_one_type_show_the_most_frequent_and_say_how_many_more() -> None:
+    summary = failures(*[("ServerError", f"HTTP 500: boom {n}", "") for n in range(8)])
+    lines = format_summary(summary).splitlines()
+    row = lines.index(f"{'ServerError:':<40} 8")
+    assert lines[row + 1 : row + 7] == [
+        *[f"  1 × HTTP 500: boom {n}" for n in range(5)],
+        "  … and 3 other messages (see --json)",
+    ]
+
+
+def test_a_stopped_run_says_why_and_counts_the_cancelled_apart() -> None:
+    result = made_up_result(failed=0)
+    cut = msgspec.structs.replace(
+        made_up_record(99, ok=False), cancelled=True, error_type="CancelledError"
+    )
+    summary = compose(
+        made_up_config(),
+        TARGET,
+        [ShardResult(worker=0, records=[*result.records, cut], load=made_up_load(0.3))],
+        stopped="interrupted by SIGINT",
+    ).summary
+    assert (summary["completed"], summary["failed"], summary["cancelled"]) == (40, 0, 1)
+    assert summary["errors"] == {}
+    assert summary["stop_reason"] == "interrupted by SIGINT"
+    text = format_summary(summary)
+    assert f"{'Stopped early:':<40} interrupted by SIGINT" in text
+    assert f"{'Cancelled at the stop:':<40} 1" in text
+    assert "Stopped early" not in format_summary(result.summary)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,10 @@ from qwen_sse import errors
 from qwen_sse.bench import runner
 from qwen_sse.bench.metrics import RequestRecord
 from qwen_sse.bench.runner import (
+    FAIL_FAST_REQUESTS,
+    FailFast,
     ShardPlan,
+    ShardProgress,
     Target,
     connections_needed,
     prepare,
@@ -68,6 +71,7 @@ async def test_a_closed_loop_records_the_measured_requests(emulator: Emulator) -
         assert record.output_tokens_source == "usage"
         assert record.prompt_tokens == 20
         assert record.sent_at_s >= record.scheduled_at_s
+    assert result.load is not None
     assert result.load.lag_s
     # The run raised the soft limit to the hard one, and reports the limit in force.
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -303,3 +307,195 @@ async def test_a_duration_sends_no_turn_after_its_end(emulator: Emulator) -> Non
     # One conversation of 50 turns (1.5 s at least) was cut short, not finished.
     assert {r.index for r in result.records} == {0}
     assert len(result.records) < 50
+
+
+SLOW_WORKLOAD = SyntheticWorkload(input_tokens=20, output_tokens=30)
+
+
+@pytest.fixture
+async def slow_emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig(api_key=None, ttft_s=0.01, itl_s=1.0)) as server:
+        yield server
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (a generous bound, never a measure)."""
+    async with asyncio.timeout(60):
+        while not condition():  # noqa: ASYNC110 (a shard's progress has no event to await)
+            await asyncio.sleep(0.005)
+
+
+async def test_a_stop_cuts_off_what_is_in_flight_once_its_grace_is_over(
+    slow_emulator: Emulator,
+) -> None:
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=3),
+        slots=[0, 1, 2],
+        total_slots=3,
+        indices=list(range(30)),
+        workload=SLOW_WORKLOAD,
+    )
+    progress = ShardProgress()
+    stop = asyncio.Event()
+    seen: list[RequestRecord] = []
+    run = asyncio.create_task(
+        run_shard(
+            plan,
+            target(slow_emulator),
+            on_record=seen.append,
+            progress=progress,
+            stop=stop,
+            grace_s=0.05,
+        )
+    )
+    await until(lambda: progress.streaming == 3)
+    assert (progress.sent, progress.in_flight) == (3, 3)
+    assert len(progress.take_first_tokens()) == 3
+    assert progress.take_first_tokens() == []
+    stop.set()
+    result = await asyncio.wait_for(run, timeout=60)
+    assert len(result.records) == 3
+    assert seen == result.records  # the callback saw the cancelled records too
+    for record in result.records:
+        assert record.cancelled
+        assert not record.ok
+        assert record.error_type == "CancelledError"
+        assert record.ttft_s is not None  # what had arrived is kept
+    assert (progress.in_flight, progress.streaming) == (0, 0)
+    assert len(slow_emulator.requests) == 3  # nothing more was sent
+    assert result.stop_reason is None  # asked to stop, not by itself
+    assert result.load is not None
+
+
+async def test_after_a_stop_what_is_in_flight_may_end_within_the_grace(emulator: Emulator) -> None:
+    plan = ShardPlan(
+        shape=ClosedLoop(concurrency=2),
+        slots=[0, 1],
+        total_slots=2,
+        indices=list(range(400)),
+        workload=WORKLOAD,
+    )
+    progress = ShardProgress()
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_shard(plan, target(emulator), progress=progress, stop=stop, grace_s=60)
+    )
+    await until(lambda: progress.streaming > 0)
+    stop.set()
+    result = await asyncio.wait_for(run, timeout=60)
+    assert result.records
+    assert all(record.ok for record in result.records)
+    assert len(result.records) == len(emulator.requests) < 400
+
+
+async def test_a_stopped_open_loop_sends_nothing_more_not_even_what_waits_for_its_cap(
+    slow_emulator: Emulator,
+) -> None:
+    plan = ShardPlan(
+        shape=OpenLoop(rate=1000.0, max_concurrency=1),
+        indices=[0, 1, 2, 3],
+        arrivals_s=[0.0, 0.0, 0.0, 30.0],
+        workload=SLOW_WORKLOAD,
+    )
+    progress = ShardProgress()
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_shard(plan, target(slow_emulator), progress=progress, stop=stop, grace_s=0.05)
+    )
+    await until(lambda: progress.streaming == 1)
+    stop.set()
+    result = await asyncio.wait_for(run, timeout=60)
+    (record,) = result.records
+    assert record.cancelled
+    assert len(slow_emulator.requests) == 1
+
+
+async def test_a_shard_stopped_before_its_start_sends_nothing(emulator: Emulator) -> None:
+    plan = ShardPlan(shape=ClosedLoop(concurrency=1), slots=[0], indices=[0, 1], workload=WORKLOAD)
+    stop = asyncio.Event()
+    stop.set()
+    loop = asyncio.get_running_loop()
+    result = await run_shard(plan, target(emulator), stop=stop, start_at=loop.time() + 30)
+    assert result.records == []
+    assert emulator.requests == []
+
+
+async def test_a_run_whose_first_requests_are_all_refused_alike_stops_early() -> None:
+    async with Emulator(EmulatorConfig(api_key="sk-right", ttft_s=0.0, itl_s=0.0)) as server:
+        plan = ShardPlan(
+            shape=ClosedLoop(concurrency=2),
+            slots=[0, 1],
+            total_slots=2,
+            indices=list(range(2000)),
+            warmup=2,
+            workload=WORKLOAD,
+        )
+        wrong = Target(base_url=server.base_url, model="qwen-plus", api_key="sk-wrong")
+        result = await asyncio.wait_for(run_shard(plan, wrong), timeout=60)
+        sent = len(server.requests)
+    # The first 8 (warm-up included) decided; those already in flight ended too.
+    assert FAIL_FAST_REQUESTS <= sent <= FAIL_FAST_REQUESTS + 2
+    assert len(result.records) == sent - 2
+    assert {record.error_type for record in result.records} == {"AuthenticationError"}
+    assert result.stop_reason is not None
+    assert result.stop_reason.startswith(
+        "the first 8 requests all failed with AuthenticationError: HTTP 401"
+    )
+    assert "request id" not in result.stop_reason
+
+
+async def test_server_errors_never_stop_a_run_early() -> None:
+    config = EmulatorConfig(api_key=None, ttft_s=0.0, itl_s=0.0, fault=Fault(status=500))
+    async with Emulator(config) as server:
+        plan = ShardPlan(
+            shape=ClosedLoop(concurrency=2),
+            slots=[0, 1],
+            total_slots=2,
+            indices=list(range(20)),
+            workload=WORKLOAD,
+        )
+        result = await asyncio.wait_for(run_shard(plan, target(server)), timeout=60)
+    assert len(result.records) == 20
+    assert result.stop_reason is None
+
+
+def refused(
+    status: int, message: str, request_id: str = "", code: str = ""
+) -> errors.APIStatusError:
+    return errors.status_error(status=status, code=code, message=message, request_id=request_id)
+
+
+def test_fail_fast_needs_its_first_requests_all_refused_alike() -> None:
+    rule = FailFast(3)
+    assert rule.see(refused(401, "bad key", "r1"), request_id="r1") is None
+    assert rule.see(refused(401, "bad key", "r2"), request_id="r2") is None
+    reason = rule.see(refused(401, "bad key", "r3"), request_id="r3")
+    assert reason == "the first 3 requests all failed with AuthenticationError: HTTP 401: bad key"
+    assert rule.see(refused(401, "bad key")) is None  # said once
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        # One success among the first: the endpoint works.
+        [refused(404, "no such model"), None, refused(404, "no such model")],
+        # Two different refusals: not one cause.
+        [refused(400, "bad top_k"), refused(400, "bad top_k"), refused(400, "bad n")],
+        [refused(403, "denied"), refused(401, "denied"), refused(403, "denied")],
+        # Throttling, server errors, timeouts and broken streams are what a load test measures.
+        [refused(429, "slow down", code="limit_requests")] * 3,
+        [refused(500, "boom")] * 3,
+        [errors.TotalTimeoutError(timeout_s=1.0)] * 3,
+        [errors.IncompleteStreamError("cut")] * 3,
+    ],
+)
+def test_fail_fast_lets_anything_else_run(outcomes: list[BaseException | None]) -> None:
+    rule = FailFast(3)
+    assert [rule.see(outcome) for outcome in outcomes] == [None, None, None]
+    assert rule.see(refused(401, "bad key")) is None  # decided: never after
+
+
+def test_fail_fast_counts_an_unpaid_bill_and_a_single_request() -> None:
+    bill = refused(429, "Arrearage", code="PrepaidBillOverdue")
+    rule = FailFast(1)
+    assert rule.see(bill) == f"the first request failed with RateLimitError: {bill}"

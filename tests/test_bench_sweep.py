@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -63,7 +64,9 @@ def test_the_rules_of_saturation() -> None:
     assert client.startswith("the client saturated: event-loop lag")
 
 
-def fake_runs(throughputs: dict[float, float]) -> tuple[list[BenchConfig], Any]:
+def fake_runs(
+    throughputs: dict[float, float],
+) -> tuple[list[BenchConfig], Callable[[BenchConfig], BenchResult]]:
     seen: list[BenchConfig] = []
 
     def run_level(config: BenchConfig) -> BenchResult:
@@ -101,3 +104,29 @@ def test_a_sweep_needs_levels() -> None:
     _, run_level = fake_runs({})
     with pytest.raises(ConfigurationError, match="at least one level"):
         run_sweep(BASE, "rates", [], run_level)
+
+
+@pytest.mark.parametrize(("stop_during", "kept"), [(1, [1, 2]), (0, [1])])
+def test_a_stopped_sweep_keeps_the_levels_run_so_far(stop_during: int, kept: list[int]) -> None:
+    seen, run_level = fake_runs({1: 10.0, 2: 20.0, 4: 40.0, 8: 80.0})
+    reason: list[str] = []
+
+    def level(config: BenchConfig) -> BenchResult:
+        if len(seen) == stop_during:
+            reason.append("interrupted by SIGINT")  # a signal came while this level ran
+        return run_level(config)
+
+    document = run_sweep(
+        BASE, "concurrency", [1, 2, 4, 8], level, stopped=lambda: reason[0] if reason else None
+    )
+    assert document["levels"] == kept
+    assert len(document["runs"]) == len(kept)
+    assert document["saturated_at"] is None
+    assert document["stop_reason"] == "interrupted by SIGINT"
+
+
+def test_a_sweep_stopped_before_it_began_runs_no_level() -> None:
+    seen, run_level = fake_runs({1: 10.0})
+    document = run_sweep(BASE, "concurrency", [1], run_level, stopped=lambda: "interrupted")
+    assert seen == []
+    assert (document["levels"], document["stop_reason"]) == ([], "interrupted")

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pty
+import queue
 import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +183,27 @@ def test_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--concurrency", "2", "--workers", "3"], "3 workers cannot share 2"),
         (["--input-tokens", "3"], "input tokens must be at least"),
         (["--rate", "-1"], "rate must be positive"),
+        (["--concurrency", "0"], "--concurrency must be at least 1, got 0"),
+        (["--concurrency", "-3"], "--concurrency must be at least 1, got -3"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--requests", "0"], "--requests must be at least 1, got 0"),
+        (["--rate", "5", "--max-concurrency", "0"], "--max-concurrency must be at least 1"),
+        (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+        (["--output-tokens", "0"], "--output-tokens must be at least 1, got 0"),
+        (["--duration", "0"], "--duration must be a positive number of seconds"),
+        (["--ramp-up", "-1"], "--ramp-up must be a number of seconds"),
+        (["--sweep-concurrency", "0,2"], "--sweep-concurrency wants whole numbers of at least 1"),
+        (["--sweep-concurrency", "1.5"], "--sweep-concurrency wants whole numbers of at least 1"),
+        (["--sweep-rates", "0,1"], "--sweep-rates must all be positive"),
     ],
 )
 def test_bad_options_exit_2_before_any_load(
     options: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["bench", "--mock", *options]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1  # one line
 
 
 def test_a_real_endpoint_needs_a_key(
@@ -579,3 +604,386 @@ def test_bad_workload_options_and_files_are_one_line(
     err = capsys.readouterr().err
     assert message.format(**files) in err
     assert err.count("\n") == 1, err
+
+
+def test_output_paths_are_checked_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("")
+    cases = [
+        (["--json", f"{tmp_path}/missing/s.json"], f"the directory {tmp_path}/missing does not"),
+        (["--jsonl", str(tmp_path)], "is a directory, not a file"),
+        (["--csv", f"{a_file}/r.csv"], f"{a_file} is not a directory"),
+        (["--plot", f"{a_file}/charts"], f"{a_file} is not a directory, so it cannot hold"),
+        (["--json", f"{tmp_path}/a", "--csv", f"{tmp_path}/a"], "--json and --csv name the same"),
+        (
+            ["--jsonl", f"{tmp_path}/r.jsonl", "--json", f"{tmp_path}/no/such/dir/s.json"],
+            "does not exist",
+        ),
+    ]
+    # An endpoint that would see any connection: nothing may reach it.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        for options, message in cases:
+            arguments = ["bench", "--base-url", f"http://127.0.0.1:{port}/v1", "--quiet"]
+            assert main([*arguments, "--allow-insecure-http", *options]) == 2, options
+            err = capsys.readouterr().err
+            assert message in err, (options, err)
+            assert err.count("\n") == 1
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_run_whose_first_requests_are_all_refused_alike_stops_early_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WRONG_KEY", "sk-test-wrong")
+    summary_path = tmp_path / "summary.json"
+    with served("sk-test-right") as base_url:
+        status = main(
+            [
+                "bench",
+                *SMALL,
+                "--base-url",
+                base_url,
+                "--api-key-env",
+                "WRONG_KEY",
+                "--concurrency",
+                "4",
+                "--requests",
+                "2000",
+                "--json",
+                str(summary_path),
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert status == 1
+    (line,) = [line for line in err.splitlines() if "stopped early" in line]
+    assert line.startswith(
+        "qwen-sse bench: stopped early: the first 8 requests all failed with "
+        "AuthenticationError: HTTP 401"
+    )
+    assert "request id" not in line
+    summary = json.loads(summary_path.read_text())
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert summary["completed"] == 0
+    assert 8 <= summary["failed"] <= 8 + 4  # those in flight at the stop ended too
+    (group,) = summary["error_groups"]
+    assert group["type"] == "AuthenticationError"
+    assert group["count"] == summary["failed"]
+    assert summary["errors"] == {"AuthenticationError": summary["failed"]}
+    assert summary["stop_reason"] in line
+    # The report shows the message once, not one line per request id.
+    assert f"  {group['message']}" in out.splitlines()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+WAIT_S = 120.0
+
+
+SIGNAL_MOCK = ["--mock", "--mock-ttft-ms", "20", "--mock-itl-ms", "20", "--mock-jitter-ms", "0"]
+
+
+def short_and_long_prompts(tmp_path: Path, long_tokens: int = 400) -> list[str]:
+    """Prompts used in turn: a one-token answer, then a long one. With two slots, the first
+    record appears while a long answer is in flight."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "hi", "max_tokens": 1}\n'
+        f'{{"prompt": "tell me more", "max_tokens": {long_tokens}}}\n'
+    )
+    return ["--prompts", str(prompts)]
+
+
+class Bench:
+    """``python -m qwen_sse bench ...`` in a subprocess (a session of its own), its stdout
+    and stderr collected as they come."""
+
+    def __init__(self, *arguments: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "qwen_sse", "bench", *arguments],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+        self.err_lines: queue.Queue[str] = queue.Queue()
+        self._err: list[str] = []
+        self._out: list[str] = []
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stderr, self._err, True)),
+            threading.Thread(target=self._read, args=(self.process.stdout, self._out, False)),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, into: list[str], lines: bool) -> None:
+        for line in stream:
+            into.append(line)
+            if lines:
+                self.err_lines.put(line)
+
+    def wait_for_stderr(self, text: str) -> str:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            line = self.err_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def finish(self) -> tuple[int, str, str]:
+        status = self.process.wait(timeout=WAIT_S)
+        for reader in self._readers:
+            reader.join(timeout=WAIT_S)
+        return status, "".join(self._out), "".join(self._err)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=WAIT_S)
+
+
+@pytest.fixture
+def bench() -> Any:
+    started: list[Bench] = []
+
+    def start(*arguments: str) -> Bench:
+        started.append(Bench(*arguments))
+        return started[-1]
+
+    yield start
+    for run in started:  # a failed test leaves nothing running
+        run.kill()
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.02)
+
+
+def jsonl_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def check_files_of_a_stopped_run(tmp_path: Path, reason: str) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((tmp_path / "summary.json").read_text())
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert summary["stop_reason"] == reason
+    assert summary["completed"] >= 1
+    assert summary["cancelled"] >= 1  # the long answer in flight was cut off
+    records = jsonl_lines(tmp_path / "requests.jsonl")
+    for record in records:
+        jsonschema.validate(record, RECORD_SCHEMA)
+    assert len(records) == summary["completed"] + summary["failed"] + summary["cancelled"]
+    assert sum(record["cancelled"] for record in records) == summary["cancelled"]
+    with (tmp_path / "requests.csv").open(newline="") as file:
+        assert len(list(csv.DictReader(file))) == len(records)
+    return summary
+
+
+@pytest.mark.parametrize(
+    ("number", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "2")], ids=["INT", "TERM-2w"]
+)
+def test_a_signal_stops_the_run_reports_what_finished_and_writes_every_file(
+    tmp_path: Path, bench: Callable[..., Bench], number: int, workers: str
+) -> None:
+    plot = ["--plot", str(tmp_path / "charts")] if workers == "1" else []
+    run = bench(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--concurrency",
+        "2",
+        "--workers",
+        workers,
+        "--requests",
+        "1000",
+        "--json",
+        str(tmp_path / "summary.json"),
+        "--jsonl",
+        str(tmp_path / "requests.jsonl"),
+        "--csv",
+        str(tmp_path / "requests.csv"),
+        *plot,
+    )
+    # A record on disk: the run is under way, with a long answer in flight.
+    wait_until(lambda: len(jsonl_lines(tmp_path / "requests.jsonl")) >= 1)
+    run.signal(number)
+    status, out, err = run.finish()
+    name = signal.Signals(number).name
+    assert status == 130, err
+    assert "Traceback" not in err
+    assert f"qwen-sse bench: {name}: stopping: no new requests" in err
+    assert "============ Serving Benchmark Result ============" in out
+    assert f"{'Stopped early:':<40} interrupted by {name}" in out
+    check_files_of_a_stopped_run(tmp_path, f"interrupted by {name}")
+    if plot:
+        for chart in (DISTRIBUTIONS_PNG, TIMELINE_PNG):
+            assert (tmp_path / "charts" / chart).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_second_signal_quits_at_once(tmp_path: Path, bench: Callable[..., Bench]) -> None:
+    run = bench(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path, long_tokens=4000),
+        "--concurrency",
+        "2",
+        "--requests",
+        "1000",
+        "--json",
+        str(tmp_path / "summary.json"),
+        "--jsonl",
+        str(tmp_path / "requests.jsonl"),
+    )
+    wait_until(lambda: len(jsonl_lines(tmp_path / "requests.jsonl")) >= 1)
+    run.signal(signal.SIGINT)
+    # The first signal is being handled: the long answer has its grace to end.
+    run.wait_for_stderr("stopping")
+    run.signal(signal.SIGINT)
+    status, out, err = run.finish()
+    assert status == 130, err
+    assert "qwen-sse bench: SIGINT again: quitting at once" in err
+    assert "Traceback" not in err
+    assert "Serving Benchmark Result" not in out  # no report: it did not wait
+    assert not (tmp_path / "summary.json").exists()
+    records = jsonl_lines(tmp_path / "requests.jsonl")
+    assert records  # what had finished stays on disk
+    assert all(record["ok"] for record in records)
+
+
+def test_a_killed_run_keeps_the_records_of_what_finished(
+    tmp_path: Path, bench: Callable[..., Bench]
+) -> None:
+    run = bench(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--concurrency",
+        "2",
+        "--workers",
+        "2",
+        "--requests",
+        "1000",
+        "--jsonl",
+        str(tmp_path / "requests.jsonl"),
+    )
+    wait_until(lambda: len(jsonl_lines(tmp_path / "requests.jsonl")) >= 2)
+    run.process.kill()  # SIGKILL, to the command alone
+    run.process.wait(timeout=WAIT_S)
+    records = jsonl_lines(tmp_path / "requests.jsonl")
+    assert len(records) >= 2
+    for record in records:
+        jsonschema.validate(record, RECORD_SCHEMA)
+    # Its children (the emulator, the workers) go when their parent has gone.
+    group = run.process.pid
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(group_gone)
+
+
+def ctrl_c_on_a_terminal(*arguments: str) -> tuple[int, str]:
+    """Run ``qwen-sse bench`` on a pseudo-terminal (its controlling terminal, so that
+    Ctrl-C reaches every process of the foreground group, as at a shell); press Ctrl-C once
+    its live line shows a request streaming; return its exit status and all it showed."""
+    command = [sys.executable, "-m", "qwen_sse", "bench", *arguments]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the command, on the pseudo-terminal
+        os.execve(sys.executable, command, environment)
+    output = bytearray()
+    try:
+        deadline = time.monotonic() + WAIT_S
+
+        def read_until(done: Callable[[], bool]) -> None:
+            while not done():
+                assert time.monotonic() < deadline, output.decode(errors="replace")
+                ready, _, _ = select.select([terminal], [], [], 1.0)
+                if ready:
+                    try:
+                        chunk = os.read(terminal, 65536)
+                    except OSError:  # EIO: the terminal's other side closed
+                        return
+                    if not chunk:
+                        return
+                    output.extend(chunk)
+
+        # The live line, drawn on the terminal: requests in flight, one streaming at least.
+        in_flight = re.compile(rb"[1-9][0-9]* in flight \([1-9]")
+        read_until(lambda: in_flight.search(output) is not None)
+        os.write(terminal, b"\x03")  # Ctrl-C
+        read_until(lambda: False)
+        _, wait_status = os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    return os.waitstatus_to_exitcode(wait_status), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_on_a_terminal_reports_without_a_traceback_from_any_process(
+    tmp_path: Path, workers: str
+) -> None:
+    """The terminal sends SIGINT to every process of its foreground group: the command,
+    the emulator's process and the workers. Only the command handles it."""
+    status, text = ctrl_c_on_a_terminal(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--concurrency",
+        "2",
+        "--workers",
+        workers,
+        "--requests",
+        "1000",
+    )
+    assert status == 130, text
+    assert "Traceback" not in text
+    assert "KeyboardInterrupt" not in text
+    assert "qwen-sse bench: SIGINT: stopping" in text
+    assert "============ Serving Benchmark Result ============" in text
+    assert "Stopped early:                           interrupted by SIGINT" in text
+
+
+def test_ctrl_c_stops_a_sweep_and_keeps_the_level_it_cut_short(tmp_path: Path) -> None:
+    status, text = ctrl_c_on_a_terminal(
+        *SIGNAL_MOCK,
+        *short_and_long_prompts(tmp_path),
+        "--sweep-concurrency",
+        "1,2,4,8",
+        "--requests",
+        "4",
+        "--json",
+        str(tmp_path / "sweep.json"),
+    )
+    assert status == 130, text
+    assert "Traceback" not in text
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    jsonschema.validate(document, SWEEP_SCHEMA)
+    assert document["levels"] == [1]
+    (level,) = document["runs"]
+    assert level["stop_reason"] == "interrupted by SIGINT"
+    assert document["saturated_at"] is None
+    assert document["stop_reason"] == "interrupted by SIGINT"
+    assert text.rstrip().endswith("stopped: interrupted by SIGINT")

@@ -354,7 +354,10 @@ async def test_qwen_sse_bench_reports_why_such_answers_failed(
     assert f"{'Successful requests:':<40} 1" in lines
     assert f"{'Failed requests:':<40} 2" in lines
     row = lines.index(f"{'IncompleteStreamError:':<40} 2")
-    assert lines[row + 1].startswith(f"  e.g. {INTERRUPTED_MESSAGE} (4 events, ")
+    # Two messages (their sizes differ), each with its count.
+    messages = lines[row + 1 : row + 3]
+    assert all(line.startswith(f"  1 × {INTERRUPTED_MESSAGE} (") for line in messages)
+    assert any("(4 events, " in line for line in messages)
     summary = json.loads(summary_path.read_text())
     jsonschema.validate(summary, SUMMARY_SCHEMA)
     assert summary["errors"] == {"IncompleteStreamError": 2}

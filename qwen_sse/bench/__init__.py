@@ -15,6 +15,7 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.benchmark`: one run from configuration to summary;
 * :mod:`~qwen_sse.bench.sweep`: rising levels until saturation;
 * :mod:`~qwen_sse.bench.mock`: the emulator in a child process;
+* :mod:`~qwen_sse.bench.stop`: ending a run early, and signals left to the parent process;
 * :mod:`~qwen_sse.bench.live`, :mod:`~qwen_sse.bench.report`, :mod:`~qwen_sse.bench.plot`:
   the progress line, the table and files, the charts;
 * :mod:`~qwen_sse.bench.schema`: the documented shapes of the output files.

@@ -11,6 +11,7 @@ below the CLI imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import math
 import sys
@@ -19,13 +20,14 @@ from typing import Any
 
 import msgspec
 
-from qwen_sse.bench.live import LiveProgress, sample_of
+from qwen_sse.bench.live import LiveProgress
 from qwen_sse.bench.metrics import RequestRecord, Slo, summarize
 from qwen_sse.bench.monitor import ClientLoad, Thresholds, assess
-from qwen_sse.bench.runner import ShardPlan, ShardResult, Target, run_shard
+from qwen_sse.bench.runner import ShardPlan, ShardProgress, ShardResult, Target, run_shard
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, arrival_times, split_evenly
 from qwen_sse.bench.schema import SUMMARY_SCHEMA_ID
-from qwen_sse.bench.workers import run_workers
+from qwen_sse.bench.stop import Stop
+from qwen_sse.bench.workers import WorkerProgress, run_workers
 from qwen_sse.bench.workload import Workload
 from qwen_sse.errors import ConfigurationError
 
@@ -98,8 +100,8 @@ class BenchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BenchResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A finished run: the ``summary`` document, the measured ``records`` (by index) and
-    what each worker's monitor saw."""
+    """A finished (or stopped) run: the ``summary`` document, the measured ``records`` (by
+    index, cancelled ones included) and what each worker's monitor saw."""
 
     summary: dict[str, Any]
     records: list[RequestRecord]
@@ -165,63 +167,150 @@ async def run_async(
     target: Target,
     *,
     on_record: Callable[[RequestRecord], None] | None = None,
+    progress: ShardProgress | None = None,
+    stop: asyncio.Event | None = None,
 ) -> BenchResult:
     """Run a one-worker benchmark in the running event loop (``config.workers`` must be
     1). Whatever else runs on this loop shares it with the measurement, and the monitor
-    sees that: this is how a test proves the saturation warning works."""
+    sees that: this is how a test proves the saturation warning works.
+
+    ``on_record`` sees each measured record as it finishes, ``progress`` is kept up to
+    date, and setting ``stop`` ends the run early (see
+    :func:`~qwen_sse.bench.runner.run_shard`)."""
     if config.workers != 1:
         raise ConfigurationError("run_async runs one worker; use run() for several")
     (plan,) = plan_shards(config)
-    result = await run_shard(plan, target, on_record=on_record)
-    return compose(config, target, [result])
+    result = await run_shard(plan, target, on_record=on_record, progress=progress, stop=stop)
+    stopped = stop is not None and stop.is_set()
+    return compose(config, target, [result], stopped="stopped" if stopped else None)
 
 
-def run(config: BenchConfig, target: Target, *, live: LiveProgress | None = None) -> BenchResult:
-    """Run a benchmark to its end and return its result; ``live`` shows progress.
+def run(
+    config: BenchConfig,
+    target: Target,
+    *,
+    live: LiveProgress | None = None,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    stop: Stop | None = None,
+) -> BenchResult:
+    """Run a benchmark to its end (or until ``stop``) and return its result.
+
+    ``live`` shows progress; ``on_record`` sees each measured record as soon as this
+    process has it (one worker: as it finishes; several: within about half a second).
+    Once ``stop`` is set, no new request is sent, those in flight get
+    :data:`~qwen_sse.bench.runner.STOP_GRACE_S` to end and are then cancelled, and the
+    result holds what finished (``stop_reason`` in its summary says why it ended early).
 
     One worker runs in this process's own new event loop; several run in processes
     of their own while this one only waits and draws progress.
     """
     if config.workers == 1:
-        return asyncio.run(_run_here(config, target, live))
-    results = run_workers(
-        plan_shards(config),
-        target,
-        on_samples=live.add if live is not None and live.enabled else None,
-        on_idle=live.refresh if live is not None else None,
-    )
-    if live is not None:
-        live.close()
-    return compose(config, target, results)
+        return asyncio.run(_run_here(config, target, live, on_record, stop))
+    drawing = live is not None and live.enabled
 
+    def progress(number: int, update: WorkerProgress) -> None:
+        if on_record is not None:
+            for record in update.records:
+                on_record(record)
+        if drawing:
+            assert live is not None
+            live.add(update.records)
+            live.first_tokens(update.first_tokens_s)
+            live.flight(
+                number, sent=update.sent, in_flight=update.in_flight, streaming=update.streaming
+            )
 
-async def _run_here(config: BenchConfig, target: Target, live: LiveProgress | None) -> BenchResult:
-    if live is None or not live.enabled:
-        return await run_async(config, target)
-
-    async def tick() -> None:
-        # Redraw even while no request ends (long answers), so the clock keeps moving.
-        while True:
-            await asyncio.sleep(live.interval_s)
-            live.refresh()
-
-    ticker = asyncio.create_task(tick())
     try:
-        return await run_async(config, target, on_record=lambda r: live.add([sample_of(r)]))
+        results = run_workers(
+            plan_shards(config),
+            target,
+            on_progress=progress,
+            on_idle=live.refresh if drawing and live is not None else None,
+            stop=stop,
+        )
     finally:
-        ticker.cancel()
-        live.close()
+        if live is not None:
+            live.close()
+    return compose(config, target, results, stopped=stop.reason if stop else None)
 
 
-def compose(config: BenchConfig, target: Target, results: Sequence[ShardResult]) -> BenchResult:
-    """Merge the workers' raw records and compute the summary from them."""
+async def _run_here(
+    config: BenchConfig,
+    target: Target,
+    live: LiveProgress | None,
+    on_record: Callable[[RequestRecord], None] | None,
+    stop: Stop | None,
+) -> BenchResult:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    progress = ShardProgress()
+    drawing = live is not None and live.enabled
+
+    def wake() -> None:
+        # Called from a signal handler, or from another thread: hand over to the loop.
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+            loop.call_soon_threadsafe(stopping.set)
+
+    def record(finished: RequestRecord) -> None:
+        if on_record is not None:
+            on_record(finished)
+        if drawing:
+            assert live is not None
+            live.add([finished])
+
+    def show(live: LiveProgress) -> None:
+        live.first_tokens(progress.take_first_tokens())
+        live.flight(
+            0, sent=progress.sent, in_flight=progress.in_flight, streaming=progress.streaming
+        )
+
+    async def tick(live: LiveProgress) -> None:
+        # Draw at once, then redraw even while no request ends (long answers), so the
+        # clock keeps moving.
+        while True:
+            show(live)
+            live.refresh()
+            await asyncio.sleep(live.interval_s)
+
+    unwatch = stop.watch(wake) if stop is not None else None
+    ticker = asyncio.create_task(tick(live)) if drawing and live is not None else None
+    try:
+        (plan,) = plan_shards(config)
+        result = await run_shard(plan, target, on_record=record, progress=progress, stop=stopping)
+    finally:
+        if unwatch is not None:
+            unwatch()
+        if ticker is not None:
+            ticker.cancel()
+        if live is not None:
+            if drawing:
+                show(live)  # the last line says what the run ended with
+            live.close()
+    return compose(config, target, [result], stopped=stop.reason if stop else None)
+
+
+def compose(
+    config: BenchConfig,
+    target: Target,
+    results: Sequence[ShardResult],
+    *,
+    stopped: str | None = None,
+) -> BenchResult:
+    """Merge the workers' raw records and compute the summary from them.
+
+    ``stopped`` says why the run was asked to stop early, if it was; a shard that stopped
+    by itself (its first requests all refused alike) gives the summary's ``stop_reason``
+    instead.
+    """
     records = sorted(
         (record for result in results for record in result.records),
         key=lambda record: record.index,
     )
-    loads = [result.load for result in results]
+    loads = [result.load for result in results if result.load is not None]
+    stop_reason = next((r.stop_reason for r in results if r.stop_reason), None) or stopped
     figures = summarize(records, percentiles=config.percentiles, slo=config.slo)
-    verdict = assess(loads, records, config.thresholds)
+    # A request cut off at a stop says nothing about the client.
+    verdict = assess(loads, [r for r in records if not r.cancelled], config.thresholds)
     shape = config.shape
     if isinstance(shape, ClosedLoop):
         # vLLM's convention: a closed loop is an infinite rate under a concurrency cap.
@@ -250,6 +339,7 @@ def compose(config: BenchConfig, target: Target, results: Sequence[ShardResult])
         "percentiles": config.percentiles,
         "goodput_slo_ms": config.slo.as_dict() if config.slo is not None else None,
         **figures,
+        "stop_reason": stop_reason,
         "client_saturated": verdict.saturated,
         "client_saturation_reasons": verdict.reasons,
         "client": verdict.figures,

@@ -13,7 +13,8 @@ Definitions (those of vLLM's ``benchmark_serving``, so results compare side by s
 * E2EL: from sending the request to the end of its stream.
 * Percentiles interpolate linearly between closest ranks (numpy's default); ``std`` is
   the population standard deviation. Only successful requests count; failed ones are
-  counted by error type.
+  counted by error type and message. Requests cancelled when a run was stopped early
+  are counted apart, and count in no other figure.
 * Throughputs divide by the measured window: from the first measured request's send to
   the last measured request's end.
 * Goodput: successful requests per second that meet every SLO given (a request with one
@@ -41,11 +42,13 @@ __all__ = [
     "cached_tokens_of",
     "conversation_figures",
     "describe",
+    "error_groups",
     "max_concurrency",
     "output_tokens_of",
     "peak_output_tokens_per_s",
     "percentile",
     "percentile_key",
+    "reason_of",
     "record_of",
     "summarize",
     "token_arrivals_s",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 TokenSource = Literal["usage", "local"]
+
+_CANCELLED = "cancelled: the run was stopped before this answer ended"
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 """The latency metrics, in vLLM's key spelling (``mean_ttft_ms``, ``p99_itl_ms``, ...)."""
@@ -77,6 +82,9 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
       leaves out (a server's usage counts them).
     * ``turn`` of ``turns``: the request's place in its conversation (``index`` is the
       conversation's); None outside a conversation.
+    * ``cancelled``: the run was stopped early and this request cut off; it is not ``ok``,
+      and it counts in no figure (only in the summary's ``cancelled``).
+    * ``request_id``: the server's, from the answer or from the error.
     """
 
     index: int
@@ -104,6 +112,7 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     uncounted_parts: int = 0
     turn: int | None = None
     turns: int | None = None
+    cancelled: bool = False
 
     @property
     def end_at_s(self) -> float:
@@ -191,12 +200,15 @@ def record_of(
     turn: int | None = None,
     turns: int | None = None,
     count_text: Callable[[str], int] = count_tokens,
+    cancelled: bool = False,
 ) -> RequestRecord:
     """The record of one request from its (possibly partial, possibly missing) result.
 
     ``elapsed_s`` is the caller's own measure of send-to-end, used when the result has no
     end time of its own (a request that failed before any response). ``count_text``
     counts the output when the server reports no usage.
+    end time of its own (a request that failed before any response). ``cancelled``: the
+    request was cut off because the run stopped (``error`` is then ignored).
     """
     timing = result.timing if result is not None else None
     ttft_s = timing.ttft_s if timing is not None else None
@@ -206,7 +218,19 @@ def record_of(
     else:
         output_tokens, output_source = 0, "local"
     usage = result.usage if result is not None else None
-    status = getattr(error, "status", None)
+    error_type: str | None = None
+    message: str | None = None
+    status: object = None
+    if cancelled:
+        error_type, message = "CancelledError", _CANCELLED
+    elif error is not None:
+        error_type, message = type(error).__name__, str(error)
+        status = getattr(error, "status", None)
+    request_id = result.request_id if result is not None else ""
+    if not request_id:
+        # An HTTP error has no result, but its answer named the request.
+        found = getattr(error, "request_id", "")
+        request_id = found if isinstance(found, str) else ""
     return RequestRecord(
         index=index,
         worker=worker,
@@ -222,18 +246,28 @@ def record_of(
         output_tokens_source=output_source,
         prompt_tokens=usage.prompt_tokens if usage is not None else prompt_tokens,
         prompt_tokens_source="usage" if usage is not None else "local",
-        ok=error is None,
-        error_type=type(error).__name__ if error is not None else None,
-        error=str(error) if error is not None else None,
+        ok=error is None and not cancelled,
+        error_type=error_type,
+        error=message,
         status=status if isinstance(status, int) else None,
         attempts=result.attempts if result is not None else 1,
         finish_reason=result.finish_reason if result is not None else None,
-        request_id=result.request_id if result is not None else "",
         cached_tokens=cached_tokens_of(result),
         uncounted_parts=uncounted_parts,
         turn=turn,
         turns=turns,
+        request_id=request_id,
+        cancelled=cancelled,
     )
+
+
+def reason_of(record: RequestRecord) -> str:
+    """Why a failed request failed: its error message without the request id (which differs
+    from request to request), so that alike failures group together."""
+    message = record.error or ""
+    if record.request_id:
+        message = message.replace(f" (request id {record.request_id})", "")
+    return message
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -336,7 +370,12 @@ def summarize(
     context cache (:func:`cache_figures`), ``uncounted_input_parts`` (media parts of the
     successful requests' prompts, which no local count includes) and the conversations
     (:func:`conversation_figures`).
+    of each type), ``error_groups`` (failures by type and message, most frequent first:
+    why they failed), ``cancelled`` (requests cut off by an early stop, left out of every
+    other figure) and where the token counts came from.
     """
+    cancelled = sum(1 for record in records if record.cancelled)
+    records = [record for record in records if not record.cancelled]
     ok = [record for record in records if record.ok]
     if records:
         start = min(record.sent_at_s for record in records)
@@ -377,6 +416,8 @@ def summarize(
         if not record.ok:
             examples.setdefault(record.error_type or "unknown", record.error or "")
     out["error_examples"] = examples
+    out["error_groups"] = error_groups(records)
+    out["cancelled"] = cancelled
     out["output_tokens_source"] = dict(Counter(r.output_tokens_source for r in ok))
     out["prompt_tokens_source"] = dict(Counter(r.prompt_tokens_source for r in ok))
     out.update(cache_figures(ok))
@@ -452,6 +493,18 @@ def conversation_figures(
     }
     conversations.update(describe(durations, "conversation", percentiles))
     return {"turns": turns, "conversations": conversations}
+
+
+def error_groups(records: Iterable[RequestRecord]) -> list[dict[str, Any]]:
+    """The failed requests grouped by error type and message (:func:`reason_of`), most
+    frequent first: ``[{"type": ..., "message": ..., "count": ...}, ...]``."""
+    counts = Counter(
+        (record.error_type or "unknown", reason_of(record)) for record in records if not record.ok
+    )
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        {"type": kind, "message": message, "count": count} for (kind, message), count in ordered
+    ]
 
 
 def _send_rate(records: Sequence[RequestRecord]) -> float | None:

@@ -4,7 +4,8 @@ Edge layer (bench). In a process of its own, the emulator's work (request parsin
 counting, pacing hundreds of streams) never runs on the event loop that timestamps the
 chunks, so the figures measure the client's view of a server, not a shared loop. It uses
 the emulator's public API only. The child stops when told to, or as soon as its parent
-goes away (its end of the pipe closes), so it never outlives the run.
+goes away (its end of the pipe closes), so it never outlives the run; it ignores SIGINT
+and SIGTERM, which are its parent's to handle.
 
 Asked to (``timings=True``), it keeps what it really did for each request (when the request
 arrived, when each text piece was written: :class:`ServedTiming`), the truth a load
@@ -25,6 +26,7 @@ from typing import Any, Self
 
 import msgspec
 
+from qwen_sse.bench.stop import leave_signals_to_parent, signals_held
 from qwen_sse.emulator import Emulator, EmulatorConfig
 
 __all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s"]
@@ -92,7 +94,8 @@ class MockServer:
             name="qwen-sse-mock",
             daemon=True,
         )
-        self._process.start()
+        with signals_held():
+            self._process.start()
         child_end.close()
         if not parent_end.poll(_START_TIMEOUT_S):
             self.close()
@@ -135,11 +138,15 @@ class MockServer:
         if process is not None:
             process.join(timeout=5)
             if process.is_alive():
-                process.terminate()
+                # It ignores SIGTERM (see _serve).
+                process.kill()
                 process.join(timeout=5)
 
 
 def _serve(link: Connection, config: EmulatorConfig, timings: bool, protocol: str) -> None:
+    # A Ctrl-C on a terminal reaches this process too: it is the parent's to handle (a
+    # stopping run still needs its server for the requests in flight).
+    leave_signals_to_parent()
     asyncio.run(_serve_until_told(link, config, timings, protocol))
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 
@@ -20,17 +20,19 @@ from qwen_sse.bench.metrics import RequestRecord, percentile_key
 from qwen_sse.bench.schema import CSV_COLUMNS
 
 __all__ = [
+    "JsonlWriter",
     "format_summary",
     "format_sweep",
     "saturation_banner",
     "write_csv",
     "write_json",
-    "write_jsonl",
 ]
 
 _WIDTH = 50
-# A failure example in the Errors section: enough to say why, short enough for one line.
+# A failure message in the Errors section: enough to say why, short enough for one line.
 _EXAMPLE_CHARS = 160
+# Messages shown under each error type; the JSON summary has them all.
+_MESSAGES_PER_TYPE = 5
 _SECTIONS = (
     ("ttft", "TTFT", "Time to First Token"),
     ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
@@ -100,8 +102,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(_row("Model:", summary["model_id"]))
     lines.append(_row("Load:", _load_line(summary)))
     lines.append(_row("Workload:", _workload_line(summary)))
+    if summary.get("stop_reason"):
+        lines.append(_row("Stopped early:", _one_line(summary["stop_reason"], _EXAMPLE_CHARS)))
     lines.append(_row("Successful requests:", summary["completed"]))
     lines.append(_row("Failed requests:", summary["failed"]))
+    if summary.get("cancelled"):
+        lines.append(_row("Cancelled at the stop:", summary["cancelled"]))
     lines.append(_row("Benchmark duration (s):", summary["duration"]))
     lines.append(_row("Total input tokens:", summary["total_input_tokens"]))
     lines.append(_row("Total generated tokens:", summary["total_output_tokens"]))
@@ -127,11 +133,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += _conversation_lines(summary)
     if summary["errors"]:
         lines.append(_rule("Errors"))
-        examples = summary.get("error_examples", {})
-        for kind, count in sorted(summary["errors"].items()):
-            lines.append(_row(f"{kind}:", count))
-            if examples.get(kind):
-                lines.append(f"  e.g. {_one_line(examples[kind], _EXAMPLE_CHARS)}")
+        lines += _error_lines(summary)
     lines += _client_lines(summary)
     lines.append(_rule(fill="="))
     return "\n".join(lines)
@@ -223,6 +225,29 @@ def _conversation_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _error_lines(summary: dict[str, Any]) -> list[str]:
+    """Each error type with its count, most frequent first, and under it why: its message,
+    or each of its messages with their counts when they differ."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for group in summary["error_groups"]:
+        groups.setdefault(group["type"], []).append(group)
+    lines: list[str] = []
+    for kind, count in sorted(summary["errors"].items(), key=lambda item: (-item[1], item[0])):
+        lines.append(_row(f"{kind}:", count))
+        messages = [group for group in groups.get(kind, []) if group["message"]]
+        if len(messages) == 1 and messages[0]["count"] == count:
+            lines.append(f"  {_one_line(messages[0]['message'], _EXAMPLE_CHARS)}")
+            continue
+        for group in messages[:_MESSAGES_PER_TYPE]:
+            text = _one_line(group["message"], _EXAMPLE_CHARS)
+            lines.append(f"  {group['count']} × {text}")
+        if len(messages) > _MESSAGES_PER_TYPE:
+            lines.append(
+                f"  … and {len(messages) - _MESSAGES_PER_TYPE} other messages (see --json)"
+            )
+    return lines
+
+
 def _client_lines(summary: dict[str, Any]) -> list[str]:
     client = summary["client"]
     lag = client["loop_lag_ms"]
@@ -282,6 +307,8 @@ def format_sweep(sweep: dict[str, Any]) -> str:
         )
     if sweep["saturated_at"] is not None:
         lines.append(f"stopped at {sweep['saturated_at']:g}: {sweep['stop_reason']}")
+    elif sweep["stop_reason"] is not None:
+        lines.append(f"stopped: {sweep['stop_reason']}")
     else:
         lines.append("no saturation within the levels given")
     return "\n".join(lines)
@@ -292,12 +319,28 @@ def write_json(path: str | Path, document: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
-def write_jsonl(path: str | Path, records: Iterable[RequestRecord]) -> None:
-    """One JSON object a line, every field of every record (``itl_s`` in full)."""
-    encoder = msgspec.json.Encoder()
-    with Path(path).open("wb") as out:
-        for record in records:
-            out.write(encoder.encode(record) + b"\n")
+class JsonlWriter:
+    """``--jsonl``: one JSON object a line, every field of a record (``itl_s`` in full),
+    written and flushed as each request finishes, so that a run killed midway keeps what
+    finished. Opening the file (``with JsonlWriter(path) as out``) truncates it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("wb")
+        self._encoder = msgspec.json.Encoder()
+
+    def write(self, record: RequestRecord) -> None:
+        self._file.write(self._encoder.encode(record) + b"\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def write_csv(path: str | Path, records: Sequence[RequestRecord]) -> None:

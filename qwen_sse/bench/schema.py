@@ -81,6 +81,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         "uncounted_parts",
         "turn",
         "turns",
+        "cancelled",
     ],
     "additionalProperties": False,
     "properties": {
@@ -134,6 +135,11 @@ RECORD_SCHEMA: dict[str, Any] = {
             "description": "place in its conversation (index is the conversation's)",
         },
         "turns": {"type": ["integer", "null"], "minimum": 1, "description": "of its conversation"},
+        "cancelled": {
+            "type": "boolean",
+            "description": "the run was stopped early and this request cut off (ok is false; "
+            "it counts in no figure)",
+        },
     },
 }
 
@@ -310,6 +316,9 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "uncounted_input_parts",
         "turns",
         "conversations",
+        "error_groups",
+        "cancelled",
+        "stop_reason",
         "output_tokens_source",
         "prompt_tokens_source",
         "client_saturated",
@@ -389,7 +398,32 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "error_examples": {
             "type": "object",
             "additionalProperties": {"type": "string"},
-            "description": "the first message of each error type in errors: why they failed",
+            "description": "the first message of each error type in errors",
+        },
+        "error_groups": {
+            "type": "array",
+            "description": "the failed requests by error type and message (request ids "
+            "left out), most frequent first: why they failed",
+            "items": {
+                "type": "object",
+                "required": ["type", "message", "count"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "cancelled": {
+            **_COUNT,
+            "description": "requests cut off when the run was stopped early; they count in "
+            "no other figure",
+        },
+        "stop_reason": {
+            "type": ["string", "null"],
+            "description": "why the run ended before its plan (a signal, or its first "
+            "requests all refused alike); null when it ran to its end",
         },
         "output_tokens_source": _SOURCES,
         "prompt_tokens_source": _SOURCES,
@@ -495,7 +529,8 @@ SWEEP_SCHEMA: dict[str, Any] = {
         "runs": {"type": "array", "items": SUMMARY_SCHEMA},
         "saturated_at": {
             "type": ["number", "null"],
-            "description": "the level at which the sweep stopped; null if it ran them all",
+            "description": "the level at which the sweep saturated; null if it ran them all or was "
+            "stopped (stop_reason says why)",
         },
         "stop_reason": {"type": ["string", "null"]},
     },
@@ -529,4 +564,5 @@ CSV_COLUMNS: tuple[str, ...] = (
     "uncounted_parts",
     "turn",
     "turns",
+    "cancelled",
 )

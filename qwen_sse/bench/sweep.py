@@ -90,9 +90,13 @@ def run_sweep(
     *,
     rule: SweepRule | None = None,
     on_level: Callable[[float, BenchResult], None] | None = None,
+    stopped: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run ``levels`` in ascending order until saturation; return the sweep document
-    (:data:`~qwen_sse.bench.schema.SWEEP_SCHEMA`). ``on_level`` sees each level's result."""
+    (:data:`~qwen_sse.bench.schema.SWEEP_SCHEMA`). ``on_level`` sees each level's result.
+    ``stopped`` says why the sweep was asked to stop (None: go on); it is asked before
+    and after each level, and a stopped sweep ends with the levels run so far, the one cut
+    short included (``saturated_at`` null, ``stop_reason`` the reason)."""
     if not levels:
         raise ConfigurationError("a sweep needs at least one level")
     rule = rule or SweepRule()
@@ -102,11 +106,18 @@ def run_sweep(
     stopped_at: float | None = None
     reason: str | None = None
     for level in ordered:
+        reason = stopped() if stopped is not None else None
+        if reason is not None:
+            break
         result = run_level(config_at(base, kind, level))
         if on_level is not None:
             on_level(level, result)
         runs.append(result.summary)
         done.append(level)
+        # A level cut short by a stop is kept, as the last.
+        reason = stopped() if stopped is not None else None
+        if reason is not None:
+            break
         reason = saturation(kind, level, result.summary, runs[-2] if len(runs) > 1 else None, rule)
         if reason is not None:
             stopped_at = level

@@ -2,18 +2,26 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl``, ``--csv`` and ``--plot`` write files. Exit status: 0 when the run finished
-(whatever the figures), 1 when no request succeeded or the run could not complete, 2 for
-invalid options.
+``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. The first SIGINT or
+SIGTERM stops the run and reports what finished; a second quits at once. Exit status: 0
+when the run finished (whatever the figures), 1 when no request succeeded, the run stopped
+early by itself (its first requests all refused alike) or could not complete, 2 for invalid
+options or output paths, 130 after a signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
+import multiprocessing
+import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from qwen_sse import protocols
@@ -25,15 +33,16 @@ from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
 from qwen_sse.bench.plot import write_charts
 from qwen_sse.bench.report import (
+    JsonlWriter,
     format_summary,
     format_sweep,
     saturation_banner,
     write_csv,
     write_json,
-    write_jsonl,
 )
-from qwen_sse.bench.runner import Target
+from qwen_sse.bench.runner import STOP_GRACE_S, Target
 from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
+from qwen_sse.bench.stop import STOP_SIGNALS, Stop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import Workload
@@ -197,37 +206,89 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--plot draws one run; leave it out of a sweep")
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
-        with _endpoint(args, config.workload) as target:
-            if sweep is None:
-                return _single(args, config, target)
-            return _sweep(args, config, target, *sweep)
+        _check_outputs(args)
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
         return 2
+    with Stop() as stop, _Interrupts(stop) as interrupts:
+        status = _run(args, config, sweep, stop, interrupts)
+    # A signal ends the command as an interruption, whatever was written.
+    return 130 if interrupts.signal is not None else status
+
+
+def _run(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    sweep: tuple[SweepKind, list[float]] | None,
+    stop: Stop,
+    interrupts: _Interrupts,
+) -> int:
+    try:
+        with (
+            JsonlWriter(args.jsonl) if args.jsonl else contextlib.nullcontext() as records,
+            _endpoint(args, config.workload) as target,
+        ):
+            if sweep is None:
+                return _single(
+                    args, config, target, stop=stop, interrupts=interrupts, records=records
+                )
+            return _sweep(args, config, target, sweep, stop=stop, interrupts=interrupts)
+    except (ConfigurationError, ValueError) as error:
+        print_error("qwen-sse bench", error)
+        return 2
+    except OSError as error:
+        print(f"qwen-sse bench: {_os_error(error)}", file=sys.stderr)
+        return 1
     except WorkerError as error:
         print_error("qwen-sse bench", error)
         return 1
 
 
-def _single(args: argparse.Namespace, config: BenchConfig, target: Target) -> int:
+def _single(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    *,
+    stop: Stop,
+    interrupts: _Interrupts,
+    records: JsonlWriter | None,
+) -> int:
     live = None if args.quiet else _live(config)
-    result = run_benchmark(config, target, live=live)
-    _write_files(args, result)
-    print(format_summary(result.summary))
-    _warn(result.summary)
-    return 0 if result.summary["completed"] else 1
+    _announce(args, config, target)
+    with interrupts.running():
+        result = run_benchmark(
+            config,
+            target,
+            live=live,
+            on_record=records.write if records is not None else None,
+            stop=stop,
+        )
+    summary = result.summary
+    print(format_summary(summary))
+    _warn(summary)
+    status = 0 if summary["completed"] else 1
+    if _write_files(args, result):
+        status = 1
+    if summary["stop_reason"] is not None and interrupts.signal is None:
+        # The run stopped by itself: its first requests were all refused alike.
+        print_error("qwen-sse bench", f"stopped early: {summary['stop_reason']}")
+        status = 1
+    return status
 
 
 def _sweep(
     args: argparse.Namespace,
     config: BenchConfig,
     target: Target,
-    kind: SweepKind,
-    levels: list[float],
+    sweep: tuple[SweepKind, list[float]],
+    *,
+    stop: Stop,
+    interrupts: _Interrupts,
 ) -> int:
     def level(level_config: BenchConfig) -> BenchResult:
         live = None if args.quiet else _live(level_config)
-        return run_benchmark(level_config, target, live=live)
+        with interrupts.running():
+            return run_benchmark(level_config, target, live=live, stop=stop)
 
     def show(value: float, result: BenchResult) -> None:
         summary = result.summary
@@ -235,36 +296,182 @@ def _sweep(
             f"qwen-sse bench: level {value:g}: {summary['request_throughput']:.2f} req/s, "
             f"TTFT p50 {summary['median_ttft_ms'] or 0:.1f} ms, "
             f"{summary['failed']} failed"
-            + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
+            + (", CLIENT SATURATED" if summary["client_saturated"] else "")
+            + (f", stopped early: {summary['stop_reason']}" if summary["stop_reason"] else ""),
             file=sys.stderr,
         )
 
-    document = run_sweep(config, kind, levels, level, on_level=show)
-    if args.json:
-        write_json(args.json, document)
+    kind, levels = sweep
+    _announce(args, config, target, sweep=sweep)
+    document = run_sweep(config, kind, levels, level, on_level=show, stopped=lambda: stop.reason)
     print(format_sweep(document))
-    return 0 if any(run["completed"] for run in document["runs"]) else 1
+    status = 0 if any(run["completed"] for run in document["runs"]) else 1
+    if args.json and _write(args.json, lambda: write_json(args.json, document)):
+        status = 1
+    return status
+
+
+def _announce(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    *,
+    sweep: tuple[SweepKind, list[float]] | None = None,
+) -> None:
+    """One line before the load starts: where it goes, and how to stop it."""
+    if args.quiet:
+        return
+    planned = config.planned_requests()
+    what = f"{planned} requests" if planned is not None else f"for {config.duration_s:g} s"
+    if sweep is not None:
+        kind, levels = sweep
+        named = "rates" if kind == "rates" else "concurrencies"
+        what = f"{what} at each of the {named} {', '.join(f'{v:g}' for v in sorted(levels))}"
+    print(
+        f"qwen-sse bench: sending {what} to {target.base_url}; "
+        "Ctrl-C stops and reports what finished",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _warn(summary: dict[str, Any]) -> None:
+    for line in saturation_banner(summary):
+        print(line, file=sys.stderr)
 
 
 def _live(config: BenchConfig) -> LiveProgress:
     return LiveProgress(sys.stderr, planned=planned_requests(config), duration_s=config.duration_s)
 
 
-def _write_files(args: argparse.Namespace, result: BenchResult) -> None:
+def _write_files(args: argparse.Namespace, result: BenchResult) -> bool:
+    """Write ``--json``, ``--csv`` and ``--plot`` (``--jsonl`` was written as the run went);
+    True when one of them could not be written (each failure said on one line)."""
+    failed = False
     if args.json:
-        write_json(args.json, result.summary)
-    if args.jsonl:
-        write_jsonl(args.jsonl, result.records)
+        failed |= _write(args.json, lambda: write_json(args.json, result.summary))
     if args.csv:
-        write_csv(args.csv, result.records)
+        failed |= _write(args.csv, lambda: write_csv(args.csv, result.records))
     if args.plot:
-        for path in write_charts(result.summary, result.records, result.loads, args.plot):
-            print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
+
+        def charts() -> None:
+            for path in write_charts(result.summary, result.records, result.loads, args.plot):
+                print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
+
+        failed |= _write(args.plot, charts)
+    return failed
 
 
-def _warn(summary: dict[str, Any]) -> None:
-    for line in saturation_banner(summary):
-        print(line, file=sys.stderr)
+def _write(path: str, write: Callable[[], None]) -> bool:
+    """Run ``write``; on failure say so in one line and return True."""
+    try:
+        write()
+    except OSError as error:
+        print(f"qwen-sse bench: cannot write {path}: {_os_error(error)}", file=sys.stderr)
+        return True
+    except ConfigurationError as error:
+        print_error("qwen-sse bench", error)
+        return True
+    return False
+
+
+def _os_error(error: OSError) -> str:
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse output paths that could not be written, before anything is sent: each file's
+    directory must exist and be writable, ``--plot``'s directory must be creatable."""
+    options = (("--json", args.json), ("--jsonl", args.jsonl), ("--csv", args.csv))
+    files = [(option, path) for option, path in options if path]
+    seen: dict[Path, str] = {}
+    for option, path in files:
+        target = Path(path)
+        resolved = target.resolve()
+        if resolved in seen:
+            raise ConfigurationError(f"{seen[resolved]} and {option} name the same file {path}")
+        seen[resolved] = option
+        if target.is_dir():
+            raise ConfigurationError(f"{option} {path}: is a directory, not a file")
+        parent = target.parent
+        if not parent.exists():
+            raise ConfigurationError(f"{option} {path}: the directory {parent} does not exist")
+        if not parent.is_dir():
+            raise ConfigurationError(f"{option} {path}: {parent} is not a directory")
+        writable = os.access(target, os.W_OK) if target.exists() else os.access(parent, os.W_OK)
+        if not writable:
+            raise ConfigurationError(f"{option} {path}: not writable")
+    if args.plot:
+        directory = Path(args.plot)
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigurationError(
+                f"--plot {args.plot}: {existing} is not a directory, so it cannot hold charts"
+            )
+        if not os.access(existing, os.W_OK):
+            raise ConfigurationError(f"--plot {args.plot}: {existing} is not writable")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigurationError("--plot needs matplotlib: pip install 'qwen-sse[plot]'")
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM during a bench command. The first asks the run to stop (``stop``)
+    and is remembered (``signal``, its name: the command then exits 130); a second exits at
+    once, with status 130, killing the run's child processes."""
+
+    def __init__(self, stop: Stop) -> None:
+        self.stop = stop
+        self.signal: str | None = None
+        self._running = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        # Only the main thread receives signals (and may set their handlers): called
+        # from another thread, the command has none of its own.
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark the time load is being sent (a signal then says what it does)."""
+        self._running = True
+        try:
+            yield
+        finally:
+            self._running = False
+
+    def _handle(self, number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        # os.write, not print: the handler may interrupt a print to the same stream.
+        if self.signal is None:
+            self.signal = name
+            self.stop.set(f"interrupted by {name}")
+            if self._running:
+                _say(
+                    f"{name}: stopping: no new requests; those in flight get up to "
+                    f"{STOP_GRACE_S:g} s, then the report (again to quit at once)"
+                )
+            return
+        _say(f"{name} again: quitting at once")
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(130)
+
+
+def _say(text: str) -> None:
+    """One line on stderr from a signal handler, on a line of its own."""
+    clear = "\r\x1b[2K" if sys.stderr.isatty() else ""
+    with contextlib.suppress(OSError):
+        os.write(sys.stderr.fileno(), f"{clear}qwen-sse bench: {text}\n".encode())
 
 
 @contextlib.contextmanager
@@ -309,23 +516,56 @@ def _endpoint(args: argparse.Namespace, workload: Workload) -> Iterator[Target]:
     )
 
 
+# Options that count something of which a run needs at least one (or, for --warmup, none);
+# the token sizes are checked where they are read (cli.workloads).
+_AT_LEAST = (
+    ("--concurrency", "concurrency", 1),
+    ("--max-concurrency", "max_concurrency", 1),
+    ("--requests", "requests", 1),
+    ("--workers", "workers", 1),
+    ("--warmup", "warmup", 0),
+)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for option, name, minimum in _AT_LEAST:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigurationError(f"{option} must be at least {minimum}, got {value}")
+    if args.duration is not None and not 0 < args.duration < math.inf:
+        raise ConfigurationError(
+            f"--duration must be a positive number of seconds, got {args.duration:g}"
+        )
+    if not 0 <= args.ramp_up < math.inf:
+        raise ConfigurationError(f"--ramp-up must be a number of seconds, got {args.ramp_up:g}")
+
+
 def _config(args: argparse.Namespace) -> tuple[BenchConfig, tuple[SweepKind, list[float]] | None]:
+    _check_counts(args)
     sweep: tuple[SweepKind, list[float]] | None = None
     shape: ClosedLoop | OpenLoop
     if args.sweep_rates:
         rates = _numbers(args.sweep_rates, "--sweep-rates")
+        if min(rates) <= 0:
+            raise ConfigurationError(f"--sweep-rates must all be positive, got {args.sweep_rates}")
         sweep = ("rates", rates)
         shape = _open(args, min(rates))
     elif args.sweep_concurrency:
         levels = _numbers(args.sweep_concurrency, "--sweep-concurrency")
+        if min(levels) < 1 or not all(float(level).is_integer() for level in levels):
+            raise ConfigurationError(
+                "--sweep-concurrency wants whole numbers of at least 1, "
+                f"got {args.sweep_concurrency}"
+            )
         sweep = ("concurrency", levels)
-        shape = ClosedLoop(concurrency=max(1, int(min(levels))), ramp_up_s=args.ramp_up)
+        shape = ClosedLoop(concurrency=int(min(levels)), ramp_up_s=args.ramp_up)
     elif args.rate is not None:
         shape = _open(args, args.rate)
     else:
         if args.max_concurrency is not None:
             raise ConfigurationError("--max-concurrency caps an open loop: give --rate too")
-        shape = ClosedLoop(concurrency=args.concurrency or 1, ramp_up_s=args.ramp_up)
+        concurrency = 1 if args.concurrency is None else args.concurrency
+        shape = ClosedLoop(concurrency=concurrency, ramp_up_s=args.ramp_up)
     requests = args.requests
     if requests is None and args.duration is None:
         requests = 100

@@ -185,6 +185,9 @@ def _sizes(text: str | None, option: str) -> Sizes | None:
         raise ConfigurationError(
             f"{option} wants a whole number, or numbers separated by commas, got {text!r}"
         ) from None
+    # The input minimum depends on the chat template: the workload names it.
+    if option.endswith("--output-tokens") and min(values) < 1:
+        raise ConfigurationError(f"{option} must be at least 1, got {min(values)}")
     return values[0] if len(values) == 1 else values
 
 
