@@ -40,10 +40,12 @@ def non_negative(text: str) -> float:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="run a local emulator of DashScope's OpenAI-compatible endpoint",
-        description="Serve an emulated DashScope compatible-mode chat endpoint, with "
-        "deterministic answers, configurable timing and injectable faults, until Ctrl-C. "
-        "A request may carry its own fault in an X-Emulator-Fault header (JSON).",
+        help="run a local emulator of DashScope's streaming endpoints (all five protocols)",
+        description="Serve an emulated DashScope (compatible mode, native, native multimodal, "
+        "Responses, Anthropic Messages), with deterministic readable answers measured in "
+        "Qwen tokens (one token a delta), configurable timing and injectable faults, until "
+        "Ctrl-C. A request may carry its own fault in an X-Emulator-Fault header (JSON). "
+        "Runs on uvloop when it is installed.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")

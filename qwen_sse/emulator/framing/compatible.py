@@ -6,8 +6,10 @@ client: the role-only first chunk, ``usage: null`` and ``system_fingerprint: nul
 every chunk, the chunk id ``chatcmpl-<x-request-id>``, ``reasoning_content`` deltas,
 tool-call deltas with DashScope's quirks, the usage chunk (with ``stream_options.
 include_usage``), ``data: [DONE]``; a request without ``"stream": true`` (or a fault's JSON
-content type) gets one ``chat.completion`` body. HTTP errors are ``{"error": {message,
-type, param, code}, "request_id"}``.
+content type) gets one ``chat.completion`` body. With ``n`` (2 to 4) every choice gets its
+role chunk first, then the choices' pieces come token by token side by side, each choice
+ending with its finish chunk after its last piece, before the one usage chunk. HTTP errors
+are ``{"error": {message, type, param, code}, "request_id"}``.
 """
 
 from __future__ import annotations
