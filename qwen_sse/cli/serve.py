@@ -82,7 +82,8 @@ def add_parser(subparsers: Any) -> None:
         "--answer-tokens",
         type=int,
         default=_DEFAULTS.answer_tokens,
-        help="answer length in tokens when a request sets no max_tokens",
+        help="answer length in tokens when a request sets no max_tokens (at least: an "
+        "answer ends with its sentence)",
     )
     parser.add_argument(
         "--backlog",

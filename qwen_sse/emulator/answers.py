@@ -142,26 +142,42 @@ def _text_of(pieces: Sequence[Piece], limit: int | None = None) -> _Text:
     return _Text(kept, "".join(piece.text for piece in kept), tokens)
 
 
+class _Reading(NamedTuple):
+    """Where a readable text comes from: the corpus of ``kind`` in one language, read from
+    sentence ``start`` every ``step`` sentences."""
+
+    chinese: bool
+    kind: str
+    start: int
+    step: int
+
+
 @functools.lru_cache(maxsize=_CACHED_TEXTS)
-def _readable(chinese: bool, kind: str, start: int, step: int, tokens: int) -> _Text:
-    """``tokens`` tokens (or one piece less, see :func:`_text_of`) of the corpus of
-    ``kind`` in one language, read from sentence ``start`` every ``step`` sentences."""
-    sentences = _CORPORA[chinese, kind]
-    joiner = "" if chinese else " "
+def _sentences(reading: _Reading, tokens: int) -> _Text:
+    """Sentences of ``reading``, whole, until they hold at least ``tokens`` tokens."""
+    sentences = _CORPORA[reading.chinese, reading.kind]
+    joiner = "" if reading.chinese else " "
     chosen: list[str] = []
     estimate = 0
-    index = start
+    index = reading.start
     while True:
-        # Sentences are 9 to 24 tokens; a few more than needed make up for the estimate.
-        while estimate < tokens + 24:
+        while estimate < tokens or not chosen:
             sentence = sentences[index % len(sentences)]
             chosen.append(sentence)
             estimate += _sentence_tokens(sentence)
-            index += step
-        pieces = _pieces_of(joiner.join(chosen), kind)
-        if sum(piece.tokens for piece in pieces) > tokens:
-            return _text_of(pieces, tokens)
-        estimate += tokens  # never so far: sentences merged across their boundaries
+            index += reading.step
+        text = _text_of(_pieces_of(joiner.join(chosen), reading.kind))
+        if text.tokens >= tokens:
+            return text
+        estimate = text.tokens  # sentences merged at a boundary: one more
+
+
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _readable(reading: _Reading, tokens: int, limit: int | None) -> _Text:
+    """:func:`_sentences`, cut at ``limit`` tokens (or one piece less, see
+    :func:`_text_of`) when it holds more."""
+    whole = _sentences(reading, tokens)
+    return whole if limit is None or whole.tokens <= limit else _text_of(whole.pieces, limit)
 
 
 @functools.cache
@@ -169,8 +185,9 @@ def _sentence_tokens(sentence: str) -> int:
     return count_tokens(sentence)
 
 
-def _start_and_step(seed: int, sentences: int) -> tuple[int, int]:
-    return seed % sentences, 1 + (seed // sentences) % _STEPS
+def _reading(seed: int, chinese: bool, kind: str) -> _Reading:
+    sentences = len(_CORPORA[chinese, kind])
+    return _Reading(chinese, kind, seed % sentences, 1 + (seed // sentences) % _STEPS)
 
 
 def digest(size: int, *parts: Any) -> bytes:
@@ -279,22 +296,23 @@ def _fresh_answer(
     finish_reason = "stop"
     reasoning = content = _NO_TEXT
     if thinking:
-        wanted = answer_tokens
         thinking_budget = body.get("thinking_budget")
-        if (
+        if not (
             isinstance(thinking_budget, int)
             and not isinstance(thinking_budget, bool)
             and thinking_budget > 0
         ):
-            wanted = min(wanted, thinking_budget)
-        start, step = _start_and_step(seed_of("reasoning", base), len(corpus.REASONING_EN))
-        reasoning = _readable(
-            chinese, "reasoning_content", start, step, min(wanted, budget or wanted)
-        )
+            thinking_budget = None
+        reading = _reading(seed_of("reasoning", base), chinese, "reasoning_content")
+        reasoning = _readable(reading, answer_tokens, thinking_budget)
         if budget is not None:
             # Reasoning tokens are completion tokens, and max_tokens bounds them all; a
             # budget spent while thinking leaves nothing for the rest.
-            budget = 0 if budget <= wanted else budget - reasoning.tokens
+            if budget < reasoning.tokens:
+                reasoning = _readable(reading, answer_tokens, budget)
+                budget = 0
+            else:
+                budget -= reasoning.tokens
     functions = _called_functions(body, messages) if with_tools else []
     calls: list[tuple[str, str]] = []
     ids: list[str] = []
@@ -326,11 +344,9 @@ def _fresh_answer(
                     break
     else:
         # The content does not depend on thinking or tools, only on the conversation.
-        wanted = answer_tokens if budget is None else min(answer_tokens, budget)
-        if wanted:
-            start, step = _start_and_step(base, len(corpus.CONTENT_EN))
-            content = _readable(chinese, "content", start, step, wanted)
-        if budget is not None and budget < answer_tokens:
+        reading = _reading(base, chinese, "content")
+        content = _readable(reading, answer_tokens, budget)
+        if content.tokens < _sentences(reading, answer_tokens).tokens:
             finish_reason = "length"
     return _answer_of(
         reasoning, content, arguments=arguments, calls=calls, ids=ids, finish_reason=finish_reason
@@ -371,17 +387,19 @@ def emulated_answer(
 
     Pure and deterministic: the text depends only on ``model``, ``messages``, ``seed``,
     ``choice`` and the token bounds. It is readable sentences, in Chinese when the last
-    user message has CJK characters, in English otherwise, ``answer_tokens`` tokens long
-    (or one piece less, when re-encoding the text cut there would count otherwise), with
-    finish reason ``stop``.
+    user message has CJK characters, in English otherwise: whole sentences until they
+    hold at least ``answer_tokens`` tokens (a sentence holds 9 to 24), with finish reason
+    ``stop``.
 
     * ``max_tokens`` (or ``max_completion_tokens``) bounds every token of the answer,
       reasoning and tool-call arguments included, as ``completion_tokens`` counts them:
-      the same text is cut at that many tokens (or one piece less) with finish reason
-      ``length``, and ``completion_tokens`` never exceeds it.
-    * ``enable_thinking: true`` adds ``answer_tokens`` tokens of reasoning (at most
-      ``thinking_budget``) before the content; the content itself does not change, but
-      when ``max_tokens`` runs out during the reasoning there is none.
+      the same text is cut at that many tokens (or one piece less, when the text cut
+      there would re-encode otherwise) with finish reason ``length``, and
+      ``completion_tokens`` never exceeds it.
+    * ``enable_thinking: true`` adds reasoning before the content, as long as an answer
+      (readable sentences of its own) but cut at ``thinking_budget`` tokens; the content
+      itself does not change, but when ``max_tokens`` runs out during the reasoning there
+      is none.
     * With ``tools``, a ``tool_choice`` naming a function, or a last user message that
       contains a function's name, makes the answer a call to it (all the named ones when
       ``parallel_tool_calls`` is true) with arguments built from its JSON schema, no

@@ -24,10 +24,11 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``ttft_s`` passes between the response headers and the first token, ``itl_s`` between
     two tokens (a piece of two tokens comes two delays after the one before), each delay
     moved by up to ``jitter_s`` either way (deterministic from ``seed``).
-    ``answer_tokens`` is the length of an answer in tokens when the request sets no
-    ``max_tokens``. ``models`` are the known model names. ``fault`` applies to every
-    request that has no fault of its own. ``record_requests`` keeps every request in
-    :attr:`Emulator.requests`; a long-running server turns it off to bound its memory.
+    ``answer_tokens`` is the least length of an answer in tokens (it ends with its
+    sentence) when the request sets no ``max_tokens``. ``models`` are the known model
+    names. ``fault`` applies to every request that has no fault of its own.
+    ``record_requests`` keeps every request in :attr:`Emulator.requests`; a long-running
+    server turns it off to bound its memory.
     ``rpm`` and ``tpm`` limit requests and tokens per API key and model over a sliding
     window of ``limit_window_s`` (None: unlimited; see the module). ``backlog`` is the
     listening socket's queue of connections not yet accepted (the kernel caps it at
