@@ -2418,6 +2418,8 @@ async def test_n_streams_every_choice_with_its_own_finish_and_summed_usage(
         {"n": 3},
         {"n": 2, "max_tokens": 7},
         {"n": 4, "enable_thinking": True},
+        # Natively, cumulative frames repeat each choice's own text so far.
+        {"n": 2, "enable_thinking": True, "incremental_output": False},
     ]
     for params in cases:
         sent = await post_protocol(session, emu, name, params)
