@@ -6,7 +6,7 @@ For each concurrency level (``--levels``), a closed-loop run of ``qwen-sse bench
 generator (:func:`qwen_sse.bench.benchmark.run`, one worker) against the emulator in a
 child process (:class:`qwen_sse.bench.mock.MockServer`) set to a fixed time to first
 token and inter-token gap (``--ttft-ms``, ``--itl-ms``, no jitter), answers of
-``--tokens`` pieces. One warm-up request per slot opens the connections; then
+``--tokens`` tokens. One warm-up request per slot opens the connections; then
 ``--requests`` measured requests (default: two per slot, at least 32). Three figures per
 level:
 
@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ttft-ms", type=float, default=400.0, help="configured TTFT")
     parser.add_argument("--itl-ms", type=float, default=40.0, help="configured ITL")
-    parser.add_argument("--tokens", type=int, default=10, help="pieces per answer")
+    parser.add_argument("--tokens", type=int, default=10, help="tokens per answer")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
     args = parser.parse_args(argv)
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     levels = [int(part) for part in args.levels.split(",")]
     log(
-        f"configured TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms, {args.tokens} pieces; "
+        f"configured TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms, {args.tokens} tokens; "
         "medians in ms; errors in % of the configured / served figure"
     )
     log(

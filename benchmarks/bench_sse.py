@@ -331,7 +331,8 @@ async def _fetch_streams(answer_tokens: int) -> list[ProtocolStream]:
 
 
 def capture_protocol_streams(answer_tokens: int) -> tuple[EmulatedAnswer, list[ProtocolStream]]:
-    """The emulated answer of ``answer_tokens`` text pieces, and its bytes in every protocol.
+    """The emulated answer of ``answer_tokens`` tokens (a text piece each, but for the few
+    characters split across tokens), and its bytes in every protocol.
 
     The emulator reads each protocol's request as the equivalent compatible-mode body, so
     every stream carries the answer ``emulated_answer`` gives for the compatible body.

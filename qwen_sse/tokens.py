@@ -43,6 +43,7 @@ __all__ = [
     "decode",
     "encode",
     "message_token_count",
+    "token_bytes",
 ]
 
 PRETOKENIZER_PATTERN: Final = (
@@ -150,8 +151,26 @@ def decode(ids: Sequence[int]) -> str:
     try:
         return _VOCABULARY.encoding().decode(ids)
     except (KeyError, OverflowError):
-        bad = next(i for i in ids if not (0 <= i < _BPE_RANKS or i in _SPECIAL_TOKEN_IDS))
-        raise ConfigurationError(f"token id {bad} is not in the Qwen vocabulary") from None
+        raise _unknown_id(ids) from None
+
+
+def token_bytes(ids: Sequence[int]) -> list[bytes]:
+    """The bytes of each token id, in order (special tokens as their strings' bytes).
+
+    A token may hold part of a character's UTF-8 sequence (a rare CJK character or an
+    emoji split across two tokens): ``b"".join(token_bytes(ids))`` is always the text's
+    UTF-8, while a single token's bytes need not decode. An id outside the vocabulary
+    raises ConfigurationError.
+    """
+    try:
+        return _VOCABULARY.encoding().decode_tokens_bytes(ids)
+    except (KeyError, OverflowError):
+        raise _unknown_id(ids) from None
+
+
+def _unknown_id(ids: Sequence[int]) -> ConfigurationError:
+    bad = next(i for i in ids if not (0 <= i < _BPE_RANKS or i in _SPECIAL_TOKEN_IDS))
+    return ConfigurationError(f"token id {bad} is not in the Qwen vocabulary")
 
 
 def count_message_tokens(messages: Sequence[Mapping[str, Any]], model: str | None = None) -> int:

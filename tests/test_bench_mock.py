@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -73,6 +75,26 @@ def test_the_mock_tells_when_it_wrote_each_piece() -> None:
         # and read the first piece after it was written, so it can only see more.
         assert result.timing.ttft_s is not None
         assert result.timing.ttft_s >= served_ttft_s
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+def test_the_mock_serves_on_uvloop_when_it_is_installed() -> None:
+    with MockServer(EmulatorConfig(ttft_s=0, itl_s=0)) as server:
+        assert server.event_loop == "uvloop"
+        assert asyncio.run(chat_result(server.base_url)).complete
+    # The served truth needs a fine clock: uvloop's counts milliseconds.
+    with MockServer(EmulatorConfig(), timings=True) as server:
+        assert server.event_loop == "asyncio"
+
+
+def test_the_mock_serves_on_asyncios_loop_without_uvloop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "uvloop.py").write_text("raise ImportError('uvloop is hidden by this test')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the spawned child's path starts with it
+    with MockServer(EmulatorConfig(ttft_s=0, itl_s=0)) as server:
+        assert server.event_loop == "asyncio"
+        assert asyncio.run(chat_result(server.base_url)).complete
 
 
 def test_timings_are_refused_unless_asked_for() -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import anthropic
@@ -72,8 +77,8 @@ async def serve(*args: str) -> AsyncIterator[Served]:
         assert match, first
         rest = [
             (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
-            # One line a protocol, then "accepting ..." and "try: curl ...".
-            for _ in range(len(protocols.NAMES) + 2)
+            # One line a protocol, then "event loop: ...", "accepting ..." and "try: curl ...".
+            for _ in range(len(protocols.NAMES) + 3)
         ]
         yield Served(process, match[1], first + "".join(rest))
     finally:
@@ -116,6 +121,57 @@ async def test_serve_answers_a_request_and_stops_on_ctrl_c() -> None:
         assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0
         assert served.process.stderr is not None
         assert await served.process.stderr.read() == b""
+
+
+def _listen_backlog(port: int) -> tuple[int, int] | None:
+    """The listen backlog of the socket listening on ``port``, as ``ss`` reads it from the
+    kernel (its Send-Q column for a listening socket), and the kernel's cap on any backlog;
+    None without ``ss``."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    listing = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(listing[2]), int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+@pytest.mark.timeout(60)
+async def test_serve_listens_with_the_backlog_asked_for() -> None:
+    for args, backlog in (([], EmulatorConfig().backlog), (["--backlog", "300"], 300)):
+        async with serve(*args) as served:
+            assert f"listen backlog: {backlog} connections" in served.banner
+            port = int(served.base_url.split(":")[2].split("/")[0])
+            read = _listen_backlog(port)
+            if read is None:
+                pytest.skip("no ss here to read a listening socket's backlog")
+            listening, somaxconn = read
+            assert listening == min(backlog, somaxconn)
+
+
+@pytest.fixture
+def without_uvloop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Child processes find a uvloop that cannot be imported."""
+    (tmp_path / "uvloop.py").write_text("raise ImportError('uvloop is hidden by this test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join((str(tmp_path), *sys.path)))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+async def test_serve_runs_on_uvloop_when_it_is_installed() -> None:
+    async with serve() as served:
+        assert "event loop: uvloop;" in served.banner
+        assert (await post(served.base_url, "sk-test"))[0] == 200
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("without_uvloop")
+async def test_serve_runs_on_asyncios_loop_without_uvloop() -> None:
+    async with serve() as served:
+        assert "event loop: asyncio;" in served.banner
+        status, body = await post(served.base_url, "sk-test")
+        assert status == 200
+        assert ChatStreamDecoder().feed(body)
 
 
 @pytest.mark.timeout(60)
@@ -198,6 +254,12 @@ def test_an_unset_key_variable_is_one_clear_line(
     )
 
 
+def test_a_backlog_below_1_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--backlog", "0", "--exit-after-s", "0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "qwen-sse serve: invalid setting: --backlog must be at least 1, got 0"
+
+
 def test_serve_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -220,6 +282,7 @@ def test_serve_defaults_mirror_the_emulator_config() -> None:
     assert args.ttft_ms == defaults.ttft_s * 1000
     assert args.itl_ms == defaults.itl_s * 1000
     assert args.answer_tokens == defaults.answer_tokens
+    assert args.backlog == defaults.backlog
     assert args.func.__module__ == "qwen_sse.cli.serve"
 
 

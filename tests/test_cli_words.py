@@ -46,6 +46,7 @@ REACHABLE: list[tuple[Callable[[], object], str]] = [
     (lambda: Timeouts(idle_s=-1), "--idle-timeout must be positive"),
     (lambda: Timeouts(total_s=-1), "--total-timeout must be positive"),
     (lambda: EmulatorConfig(answer_tokens=0), "--answer-tokens must be at least 1"),
+    (lambda: EmulatorConfig(backlog=0), "--backlog must be at least 1"),
 ]
 
 

@@ -233,9 +233,10 @@ WEATHER_TOOL = {
 RESUMABLE = {"compatible", "native"}
 
 
-def expected_answer(**params: Any) -> EmulatedAnswer:
-    """What the emulator answers ``ASK`` with, whatever the protocol it is asked in."""
-    return emulated_answer({"model": "qwen-plus", "messages": ASK, **params})
+def expected_answer(*, choice: int = 0, **params: Any) -> EmulatedAnswer:
+    """What the emulator answers ``ASK`` with, whatever the protocol it is asked in (the
+    answer of choice ``choice`` when ``params`` ask for ``n``)."""
+    return emulated_answer({"model": "qwen-plus", "messages": ASK, **params}, choice=choice)
 
 
 def continuation_of(protocol: str, body: Mapping[str, Any]) -> str:
@@ -282,6 +283,24 @@ async def test_every_protocol_gets_the_answer_the_emulator_meant(
     assert [(c.function.name, c.function.arguments) for c in tools.tool_calls] == list(
         called.tool_calls
     )
+
+
+@pytest.mark.parametrize("protocol", ["compatible", "native", "native-multimodal"])
+async def test_n_choices_stream_end_to_end_through_the_client(
+    emulator: Emulator, protocol: str
+) -> None:
+    async with client_of(emulator, protocol) as client:
+        async with client.stream_chat(ASK, "qwen-plus", n=3, max_tokens=5) as stream:
+            indices = {choice.index async for chunk in stream for choice in chunk.choices}
+        result = stream.result
+    answers = [expected_answer(n=3, max_tokens=5, choice=choice) for choice in range(3)]
+    assert indices == {0, 1, 2}
+    assert result.complete
+    assert [(c.index, c.content, c.finish_reason) for c in result.choices] == [
+        (index, answer.content, answer.finish_reason) for index, answer in enumerate(answers)
+    ]
+    assert result.usage is not None
+    assert result.usage.completion_tokens == sum(a.completion_tokens for a in answers) <= 15
 
 
 @pytest.mark.parametrize("protocol", protocols.NAMES)

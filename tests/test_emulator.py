@@ -7,9 +7,15 @@ The emulator's streams are parsed with the core decoders (``SSEDecoder``,
 from __future__ import annotations
 
 import asyncio
+import errno
+import importlib.util
 import itertools
 import json
 import re
+import selectors
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,8 +23,11 @@ from typing import Any, NamedTuple
 import aiohttp
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 
+import qwen_sse
 from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
 from qwen_sse.chunks import ChatCompletionChunk
@@ -33,8 +42,12 @@ from qwen_sse.emulator import (
     EmulatorConfig,
     Fault,
     Piece,
+    corpus,
     emulated_answer,
 )
+from qwen_sse.emulator import loop as emulator_loop
+from qwen_sse.emulator.faults import Pacer, paced
+from qwen_sse.emulator.loop import loop_name
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -42,7 +55,13 @@ from qwen_sse.errors import (
     ProtocolError,
 )
 from qwen_sse.sse import ServerSentEvent, SSEComment, SSEDecoder
-from qwen_sse.tokens import count_message_tokens, count_tokens, message_token_count
+from qwen_sse.tokens import (
+    count_message_tokens,
+    count_tokens,
+    encode,
+    message_token_count,
+    token_bytes,
+)
 
 FAST = EmulatorConfig(ttft_s=0.0, itl_s=0.0)
 KEY = "sk-test"
@@ -168,46 +187,224 @@ def test_emulated_answer_is_deterministic_and_depends_on_the_seed() -> None:
     assert emulated_answer(body).content != emulated_answer(chat_body(USER_ZH)).content
 
 
-def test_emulated_answer_has_answer_tokens_pieces_joined_into_content() -> None:
+def assert_pieces_are_tokens(text: str, pieces: list[Piece]) -> None:
+    """``pieces`` are ``text``'s Qwen tokens in order: one each, or the fewest consecutive
+    tokens that decode to whole characters, each piece saying how many it holds."""
+    tokens = token_bytes(encode(text))
+    assert sum(piece.tokens for piece in pieces) == len(tokens) == count_tokens(text)
+    at = 0
+    for piece in pieces:
+        held = tokens[at : at + piece.tokens]
+        at += piece.tokens
+        assert b"".join(held).decode() == piece.text
+        if piece.tokens > 1:  # merged only because the first token splits a character
+            with pytest.raises(UnicodeDecodeError):
+                held[0].decode()
+
+
+def pieces_of(answer: EmulatedAnswer, kind: str, call_index: int = 0) -> list[Piece]:
+    return [p for p in answer.pieces if p.kind == kind and p.call_index == call_index]
+
+
+def whole_sentences(text: str, sentences: tuple[str, ...], joiner: str) -> tuple[int, str]:
+    """How many corpus sentences ``text`` starts with, one after the other, and the rest."""
+    count = 0
+    while True:
+        for sentence in sentences:
+            if text.startswith(sentence + joiner) or text == sentence:
+                text = text[len(sentence) + len(joiner) :]
+                count += 1
+                break
+        else:
+            return count, text
+
+
+def test_emulated_answer_is_answer_tokens_tokens_one_piece_each() -> None:
     answer = emulated_answer(chat_body(), answer_tokens=25)
-    assert len(answer.pieces) == 25
     assert all(piece.kind == "content" for piece in answer.pieces)
     assert "".join(texts(answer, "content")) == answer.content
+    assert_pieces_are_tokens(answer.content, list(answer.pieces))
+    # At least answer_tokens, to the end of the sentence: a sentence holds 9 to 24.
+    assert 25 <= answer.completion_tokens == count_tokens(answer.content) < 25 + 24
+    assert answer.content.endswith((".", "!", "?", "…", "🚀"))
+    assert answer.reasoning_tokens == 0
     assert answer.finish_reason == "stop"
     assert answer.reasoning == ""
     assert answer.tool_calls == ()
 
 
-def test_emulated_answer_language_follows_the_last_user_message() -> None:
-    english = emulated_answer(chat_body(), answer_tokens=200).content
-    chinese = emulated_answer(chat_body(USER_ZH), answer_tokens=200).content
+@pytest.mark.parametrize(
+    ("messages", "sentences", "joiner"),
+    [(USER_EN, corpus.CONTENT_EN, " "), (USER_ZH, corpus.CONTENT_ZH, "")],
+)
+def test_answers_are_readable_sentences_of_the_corpus(
+    messages: list[dict[str, Any]], sentences: tuple[str, ...], joiner: str
+) -> None:
+    for seed in range(5):
+        answer = emulated_answer(chat_body(messages), seed=seed, answer_tokens=120)
+        count, rest = whole_sentences(answer.content, sentences, joiner)
+        assert count >= 5
+        assert rest == ""
+        # max_tokens cuts it inside a sentence.
+        cut = emulated_answer(chat_body(messages, max_tokens=100), seed=seed, answer_tokens=120)
+        count, rest = whole_sentences(cut.content, sentences, joiner)
+        assert any(sentence.startswith(rest) for sentence in sentences)
+
+
+def test_answers_carry_every_kind_of_unicode_a_client_must_handle() -> None:
+    english = "".join(
+        emulated_answer(chat_body(), seed=seed, answer_tokens=400).content for seed in range(8)
+    )
+    chinese = "".join(
+        emulated_answer(chat_body(USER_ZH), seed=seed, answer_tokens=400).content
+        for seed in range(8)
+    )
     assert re.search(r"[A-Za-z]{3}", english)
     assert not re.search(r"[\u4e00-\u9fff]", english)
-    assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 100
-    # Multi-byte characters and punctuation, so that clients meet split UTF-8 sequences.
-    assert any(len(char.encode()) > 1 for char in english)
-    assert re.search(r"[.,!?…]", english)
-    assert re.search(r"[，。！？]", chinese)
+    assert len(re.findall(r"[\u4e00-\u9fff]", chinese)) > 1000
+    for char in "éïüãçñ“”—…°½😊🚀.,;:!?":
+        assert char in english, char
+    for char in "，。！？、；：“”（）😊🚀龘":
+        assert char in chinese, char
+    # Characters split across tokens travel as one piece of several tokens.
+    for body in (chat_body(), chat_body(USER_ZH)):
+        merged = [
+            piece
+            for seed in range(8)
+            for piece in emulated_answer(body, seed=seed, answer_tokens=400).pieces
+            if piece.tokens > 1
+        ]
+        assert merged
+        assert all(count_tokens(piece.text) == piece.tokens for piece in merged)
+
+
+def test_a_character_split_across_tokens_is_one_piece_of_its_tokens() -> None:
+    body = chat_body(USER_ZH)
+    seed, answer = next(
+        (seed, answer)
+        for seed in range(100)
+        if "龘" in (answer := emulated_answer(body, seed=seed, answer_tokens=400)).content
+    )
+    [dragon] = [piece for piece in answer.pieces if "龘" in piece.text]
+    assert dragon.tokens == count_tokens(dragon.text) >= 2
+    assert_pieces_are_tokens(answer.content, list(answer.pieces))
+    # Cut just inside the character, max_tokens keeps the text before it: no piece is
+    # ever part of a character, and the bound holds.
+    before = answer.pieces[: answer.pieces.index(dragon)]
+    limit = sum(piece.tokens for piece in before) + 1
+    cut = emulated_answer({**body, "max_tokens": limit}, seed=seed, answer_tokens=400)
+    assert cut.content == "".join(piece.text for piece in before)
+    assert cut.completion_tokens == limit - 1 == count_tokens(cut.content)
+    assert cut.finish_reason == "length"
 
 
 def test_max_tokens_truncates_the_same_text_with_finish_reason_length() -> None:
     full = emulated_answer(chat_body())
     short = emulated_answer(chat_body(max_tokens=5))
-    assert short.pieces == full.pieces[:5]
+    assert short.pieces == full.pieces[: len(short.pieces)]
+    assert short.completion_tokens == count_tokens(short.content) == 5
     assert short.finish_reason == "length"
     assert emulated_answer(chat_body(max_completion_tokens=5)).pieces == short.pieces
-    assert emulated_answer(chat_body(max_tokens=40)).finish_reason == "stop"
+    assert emulated_answer(chat_body(max_tokens=full.completion_tokens)) == full
+    almost = emulated_answer(chat_body(max_tokens=full.completion_tokens - 1))
+    assert almost.finish_reason == "length"
+    assert almost.completion_tokens < full.completion_tokens
+
+
+def test_max_tokens_6_is_6_tokens_not_9() -> None:
+    # The issue's case: word pieces made 9 tokens of a 6-piece answer.
+    for messages in (USER_EN, USER_ZH):
+        for seed in range(10):
+            answer = emulated_answer(chat_body(messages, max_tokens=6), seed=seed)
+            assert answer.completion_tokens == count_tokens(answer.content) <= 6
+            assert len(answer.pieces) <= 6
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    max_tokens=st.integers(1, 90),
+    answer_tokens=st.integers(1, 60),
+    seed=st.integers(0, 2**32),
+    chinese=st.booleans(),
+    thinking=st.booleans(),
+    tools=st.sampled_from(["none", "one", "parallel"]),
+    thinking_budget=st.none() | st.integers(1, 50),
+)
+def test_completion_tokens_never_exceed_max_tokens(
+    *,
+    max_tokens: int,
+    answer_tokens: int,
+    seed: int,
+    chinese: bool,
+    thinking: bool,
+    tools: str,
+    thinking_budget: int | None,
+) -> None:
+    question = "请调用 get_weather 和 get_time" if chinese else "call get_weather and get_time"
+    extra: dict[str, Any] = {"max_tokens": max_tokens, "enable_thinking": thinking}
+    if thinking_budget is not None:
+        extra["thinking_budget"] = thinking_budget
+    if tools != "none":
+        extra.update(tools=[WEATHER, TIME], parallel_tool_calls=tools == "parallel")
+    body = chat_body([{"role": "user", "content": question}], **extra)
+    answer = emulated_answer(body, seed=seed, answer_tokens=answer_tokens)
+    unbounded = emulated_answer(
+        {**body, "max_tokens": None}, seed=seed, answer_tokens=answer_tokens
+    )
+    # Reasoning, content and arguments all count, and never pass max_tokens.
+    arguments = [arguments for _, arguments in answer.tool_calls]
+    assert answer.completion_tokens == count_tokens(answer.reasoning) + count_tokens(
+        answer.content
+    ) + sum(count_tokens(each) for each in arguments)
+    assert answer.completion_tokens <= max_tokens
+    assert answer.reasoning_tokens == count_tokens(answer.reasoning)
+    assert_pieces_are_tokens(answer.reasoning, pieces_of(answer, "reasoning_content"))
+    assert_pieces_are_tokens(answer.content, pieces_of(answer, "content"))
+    for index, each in enumerate(arguments):
+        assert_pieces_are_tokens(each, pieces_of(answer, "arguments", index))
+    # The same answer, cut: length when anything is missing, else the unbounded finish.
+    assert answer.pieces == unbounded.pieces[: len(answer.pieces)]
+    if answer.completion_tokens < unbounded.completion_tokens:
+        assert answer.finish_reason == "length"
+    else:
+        assert answer == unbounded
 
 
 def test_thinking_adds_reasoning_first_and_keeps_the_content() -> None:
     plain = emulated_answer(chat_body())
     thinking = emulated_answer(chat_body(enable_thinking=True))
     kinds = [piece.kind for piece in thinking.pieces]
-    assert kinds == ["reasoning_content"] * 40 + ["content"] * 40
-    assert thinking.reasoning
+    reasoning = pieces_of(thinking, "reasoning_content")
+    assert kinds == ["reasoning_content"] * len(reasoning) + ["content"] * len(plain.pieces)
+    assert thinking.reasoning_tokens == count_tokens(thinking.reasoning) >= 40
+    assert_pieces_are_tokens(thinking.reasoning, reasoning)
     assert thinking.content == plain.content
+    assert thinking.completion_tokens == thinking.reasoning_tokens + plain.completion_tokens
     budget = emulated_answer(chat_body(enable_thinking=True, thinking_budget=3))
-    assert len(texts(budget, "reasoning_content")) == 3
+    assert budget.reasoning_tokens == 3
+    assert budget.content == plain.content
+    assert budget.finish_reason == "stop"
+    # max_tokens bounds reasoning and content together: reasoning first.
+    spent = emulated_answer(chat_body(enable_thinking=True, max_tokens=30))
+    assert (spent.reasoning_tokens, spent.content, spent.finish_reason) == (30, "", "length")
+    assert thinking.reasoning.startswith(spent.reasoning)
+    limit = thinking.reasoning_tokens + 10
+    shared = emulated_answer(chat_body(enable_thinking=True, max_tokens=limit))
+    assert shared.reasoning == thinking.reasoning
+    assert shared.completion_tokens == limit
+    assert plain.content.startswith(shared.content)
+    assert shared.finish_reason == "length"
+
+
+def test_reasoning_is_readable_too() -> None:
+    for messages, sentences, joiner in (
+        (USER_EN, corpus.REASONING_EN, " "),
+        (USER_ZH, corpus.REASONING_ZH, ""),
+    ):
+        answer = emulated_answer(chat_body(messages, enable_thinking=True), answer_tokens=100)
+        count, rest = whole_sentences(answer.reasoning, sentences, joiner)
+        assert count >= 3
+        assert any(sentence.startswith(rest) for sentence in sentences)
 
 
 def test_tool_call_when_the_user_names_a_function() -> None:
@@ -372,7 +569,8 @@ async def test_seed_and_answer_tokens_of_the_config(session: aiohttp.ClientSessi
         received = await post(session, emu, chat_body())
     expected = emulated_answer(chat_body(), seed=7, answer_tokens=12)
     assert chat_chunks(received.body)[1].content == expected.content
-    assert len(expected.pieces) == 12
+    assert expected.content != emulated_answer(chat_body()).content
+    assert expected.completion_tokens >= 12
 
 
 async def test_max_tokens_ends_with_length(emu: Emulator, session: aiohttp.ClientSession) -> None:
@@ -710,7 +908,8 @@ async def test_drop_after_bytes_sends_exactly_that_many_bytes(
 ) -> None:
     body = chat_body(USER_ZH)
     reference = normalized((await post(session, emu, body, fault=Fault(line_ending="\r\n"))).body)
-    multibyte = reference.index("。".encode()) + 1  # inside a three-byte character
+    wide = next(char for char in emulated_answer(body).content if len(char.encode()) == 3)
+    multibyte = reference.index(wide.encode()) + 1  # inside a three-byte character
     between_cr_lf = reference.index(b"\r\n") + 1
     first_event = reference.index(b"\r\n\r\n") + 4
     for limit in (0, 1, multibyte, between_cr_lf, first_event - 1, first_event, len(reference) - 3):
@@ -1080,7 +1279,7 @@ async def test_base_url_needs_a_started_emulator() -> None:
 
 
 def test_piece_is_a_plain_tuple() -> None:
-    assert Piece("content", "hi") == ("content", "hi", 0)
+    assert Piece("content", "hi") == ("content", "hi", 0, 1)
 
 
 # --- the native protocol ------------------------------------------------------------------------
@@ -2161,3 +2360,275 @@ async def test_every_protocol_counts_against_the_same_limits(
     assert refused.status == 429
     assert json.loads(refused.body)["error"]["type"] == "rate_limit_error"
     assert json.loads(refused.body)["error"]["message"].startswith("Allocated quota exceeded")
+
+
+# --- tokens, choices and sampling ranges, in every protocol --------------------------------------
+
+
+class Sent(NamedTuple):
+    status: int
+    body: bytes
+    request: dict[str, Any]
+
+
+async def post_protocol(
+    session: aiohttp.ClientSession,
+    emu: Emulator,
+    name: str,
+    params: dict[str, Any],
+    messages: list[dict[str, Any]] | None = None,
+) -> Sent:
+    """A streaming request of protocol ``name``, as its client builds it."""
+    protocol = protocols.PROTOCOLS[name]
+    request = protocol.request_body(
+        "qwen-plus", USER_EN if messages is None else messages, params, include_usage=True
+    )
+    url = emu.base_url_for(protocol) + protocol.path
+    async with session.post(url, json=request, headers=protocol.headers(KEY)) as resp:
+        return Sent(resp.status, await resp.read(), request)
+
+
+@pytest.mark.parametrize("name", protocols.NAMES)
+@pytest.mark.parametrize("messages", [USER_EN, USER_ZH])
+async def test_every_protocol_streams_a_token_a_delta_within_max_tokens(
+    emu: Emulator, session: aiohttp.ClientSession, name: str, messages: list[dict[str, Any]]
+) -> None:
+    # Six word pieces were nine tokens (the issue); six tokens are now six deltas at most.
+    for params in ({"max_tokens": 6}, {"max_tokens": 30, "enable_thinking": True}):
+        sent = await post_protocol(session, emu, name, params, messages)
+        assert sent.status == 200, sent.body
+        result = qwen_sse.decode(sent.body, name, request=sent.request)
+        answer = emulated_answer(chat_body(messages, **params))
+        assert (result.reasoning_content, result.content) == (answer.reasoning, answer.content)
+        assert result.finish_reason == "length"
+        assert result.usage is not None
+        assert result.usage.completion_tokens == answer.completion_tokens <= params["max_tokens"]
+        assert result.usage.completion_tokens == count_tokens(answer.reasoning) + count_tokens(
+            answer.content
+        )
+        # One chunk of text per piece, and the pieces are the answer's tokens.
+        assert len(result.timing.token_times_s) == len(answer.pieces)
+
+
+@pytest.mark.parametrize("name", ["compatible", "native", "native-multimodal"])
+async def test_n_streams_every_choice_with_its_own_finish_and_summed_usage(
+    emu: Emulator, session: aiohttp.ClientSession, name: str
+) -> None:
+    cases: list[dict[str, Any]] = [
+        {"n": 3},
+        {"n": 2, "max_tokens": 7},
+        {"n": 4, "enable_thinking": True},
+        # Natively, cumulative frames repeat each choice's own text so far.
+        {"n": 2, "enable_thinking": True, "incremental_output": False},
+    ]
+    for params in cases:
+        sent = await post_protocol(session, emu, name, params)
+        assert sent.status == 200, sent.body
+        result = qwen_sse.decode(sent.body, name, request=sent.request)
+        body = chat_body(**params)
+        answers = [emulated_answer(body, choice=choice) for choice in range(params["n"])]
+        assert answers[0] == emulated_answer(chat_body(**{**params, "n": 1}))
+        assert len({answer.content for answer in answers}) == len(answers)
+        assert [
+            (choice.index, choice.content, choice.reasoning_content, choice.finish_reason)
+            for choice in result.choices
+        ] == [
+            (index, answer.content, answer.reasoning, answer.finish_reason)
+            for index, answer in enumerate(answers)
+        ]
+        assert result.usage is not None
+        assert result.usage.prompt_tokens == count_message_tokens(USER_EN)
+        assert result.usage.completion_tokens == sum(a.completion_tokens for a in answers)
+
+
+async def test_n_choices_stream_side_by_side_each_ending_after_its_last_piece(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body(n=2, max_tokens=3)
+    received = await post(session, emu, body)
+    frames = raw_frames(received.body)
+    choices = [frame["choices"][0] for frame in frames[:-2]]
+    # Role chunks first, then a piece of each choice per token, choice 0 first.
+    assert [(c["index"], c["delta"].get("role")) for c in choices[:2]] == [
+        (0, "assistant"),
+        (1, "assistant"),
+    ]
+    first, second = (emulated_answer(body, choice=choice) for choice in (0, 1))
+    pieces = [
+        (c["index"], c["delta"]["content"]) for c in choices[2:] if c["finish_reason"] is None
+    ]
+    assert sorted(pieces) == sorted(
+        [(0, p.text) for p in first.pieces] + [(1, p.text) for p in second.pieces]
+    )
+    assert [index for index, _ in pieces[:2]] == [0, 1]
+    finishes = [(c["index"], c["finish_reason"]) for c in choices if c["finish_reason"]]
+    assert finishes == [(0, "length"), (1, "length")]
+    assert frames[-2]["usage"]["completion_tokens"] == 6
+    # Non-streaming: every choice in one body.
+    completion = json.loads((await post(session, emu, {**body, "stream": False})).body)
+    assert [c["message"]["content"] for c in completion["choices"]] == [
+        first.content,
+        second.content,
+    ]
+    assert [c["index"] for c in completion["choices"]] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "n"), [("responses", 3), ("anthropic", 3), ("compatible", 1), ("native", 1)]
+)
+async def test_protocols_without_n_answer_one_choice(
+    emu: Emulator, session: aiohttp.ClientSession, name: str, n: int
+) -> None:
+    # The Responses and Messages APIs have no n: the field is ignored, as those APIs do.
+    sent = await post_protocol(session, emu, name, {"n": n})
+    assert sent.status == 200
+    result = qwen_sse.decode(sent.body, name)
+    assert len(result.choices) == 1
+    assert result.content == emulated_answer(chat_body()).content
+
+
+@pytest.mark.parametrize("name", protocols.NAMES)
+async def test_sampling_values_outside_dashscopes_ranges_are_400_in_every_protocol(
+    emu: Emulator, session: aiohttp.ClientSession, name: str
+) -> None:
+    refused = [
+        ("temperature", 2, "Range of temperature should be [0.0, 2.0)"),
+        ("temperature", 5, "Range of temperature should be [0.0, 2.0)"),
+        ("temperature", -0.1, "Range of temperature should be [0.0, 2.0)"),
+        ("temperature", "1", "Range of temperature should be [0.0, 2.0)"),
+        ("top_p", 0, "Range of top_p should be (0.0, 1.0]"),
+        ("top_p", 1.5, "Range of top_p should be (0.0, 1.0]"),
+    ]
+    if name in ("compatible", "native", "native-multimodal"):
+        refused += [
+            ("n", 5, "Range of n should be [1, 4]"),
+            ("n", 0, "Range of n should be [1, 4]"),
+        ]
+    protocol = protocols.PROTOCOLS[name]
+    for field, value, message in refused:
+        sent = await post_protocol(session, emu, name, {field: value})
+        assert sent.status == 400, (field, value)
+        error = protocol.error_fields(sent.body)
+        assert error.message == f"<400> InternalError.Algo.InvalidParameter: {message}"
+        assert error.code in (
+            "invalid_parameter_error",
+            "InvalidParameter",
+            "invalid_request_error",
+        )
+    for field, value in (("temperature", 0), ("temperature", 1.99), ("top_p", 1), ("top_p", 0.01)):
+        sent = await post_protocol(session, emu, name, {field: value})
+        assert sent.status == 200, (field, value, sent.body)
+
+
+async def test_a_native_text_format_request_cannot_ask_for_n(
+    emu: Emulator, session: aiohttp.ClientSession
+) -> None:
+    received = await post_native(session, emu, native_body(result_format="text", n=2))
+    assert received.status == 400
+    assert native_error_of(received)["code"] == "InvalidParameter"
+
+
+class CountingPacer(Pacer):
+    """Counts the tokens each wait covers instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(FAST, 0)
+        self.waits: list[int] = []
+
+    async def tokens(self, count: int) -> None:
+        self.waits.append(count)
+
+
+async def test_a_piece_of_several_tokens_comes_that_many_delays_after_the_last() -> None:
+    answers = (
+        emulated_answer(chat_body(USER_ZH), seed=seed, answer_tokens=200) for seed in range(100)
+    )
+    answer = next(answer for answer in answers if any(p.tokens > 1 for p in answer.pieces))
+    pacer = CountingPacer()
+    order = [piece async for _, piece in paced((answer,), pacer)]
+    assert order == list(answer.pieces)
+    # One delay a token: a piece waits for each of its tokens but the first piece's first,
+    # which the time to first token covered.
+    expected = [piece.tokens for piece in answer.pieces]
+    expected[0] -= 1
+    assert pacer.waits == [count for count in expected if count]
+    assert sum(pacer.waits) == answer.completion_tokens - 1
+
+
+async def test_choices_advance_together_a_token_at_a_time() -> None:
+    body = chat_body(USER_ZH)
+    answers = tuple(emulated_answer(body, choice=choice, answer_tokens=200) for choice in range(3))
+    pacer = CountingPacer()
+    order = [entry async for entry in paced(answers, pacer)]
+    for choice, answer in enumerate(answers):
+        assert [piece for index, piece in order if index == choice] == list(answer.pieces)
+    # Waits cover the longest choice's tokens: the choices are generated side by side.
+    assert sum(pacer.waits) == max(answer.completion_tokens for answer in answers) - 1
+    assert order[:3] == [(choice, answers[choice].pieces[0]) for choice in range(3)]
+
+
+# --- the listening socket and the event loop ---------------------------------------------------
+
+
+def _somaxconn() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+BURST = 300
+
+
+@pytest.mark.skipif(_somaxconn() < BURST, reason="the kernel caps every listen backlog lower")
+async def test_the_default_backlog_queues_a_burst_of_connections_not_yet_accepted() -> None:
+    # aiohttp's default backlog (128) lets the kernel complete 129 handshakes and drop
+    # the rest, which their clients retry a second or more later. The emulator's queue
+    # holds the whole burst. This code never yields to the event loop the emulator runs
+    # on, so nothing is accepted while the connections are made: only the queue holds them.
+    assert EmulatorConfig().backlog >= BURST
+    async with Emulator(FAST) as emu:
+        chosen = selectors.DefaultSelector()
+        sockets = [socket.socket() for _ in range(BURST)]
+        try:
+            for sock in sockets:
+                sock.setblocking(False)
+                assert sock.connect_ex(("127.0.0.1", emu.port)) in (0, errno.EINPROGRESS)
+                chosen.register(sock, selectors.EVENT_WRITE)
+            connected = 0
+            deadline = time.monotonic() + 60
+            while connected < BURST and time.monotonic() < deadline:
+                for key, _ in chosen.select(timeout=1.0):
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    assert ready.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                    chosen.unregister(ready)
+                    connected += 1
+            assert connected == BURST
+        finally:
+            chosen.close()
+            for sock in sockets:
+                sock.close()
+
+
+def test_the_backlog_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="backlog must be at least 1"):
+        EmulatorConfig(backlog=0)
+
+
+def test_the_emulators_processes_run_on_uvloop_when_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def running() -> tuple[str, type[asyncio.AbstractEventLoop]]:
+        loop = asyncio.get_running_loop()
+        return loop_name(loop), type(loop)
+
+    if importlib.util.find_spec("uvloop") is not None:
+        name, kind = emulator_loop.run(running())
+        assert name == "uvloop"
+        assert kind.__module__.startswith("uvloop")
+    # Without it, asyncio's own loop.
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    name, kind = emulator_loop.run(running())
+    assert name == "asyncio"
+    assert kind.__module__.startswith("asyncio")

@@ -133,6 +133,53 @@ async def test_openai_chat_stream_helper_assembles_dashscopes_tool_call_quirks(
     assert [call.id for call in calls] == list(answer.tool_call_ids)
 
 
+async def test_openai_chat_stream_with_n_choices(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        n=3,
+        max_tokens=9,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    content: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    usage = None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            content[choice.index] = content.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    answers = [emulated_answer(chat(n=3, max_tokens=9), choice=choice) for choice in range(3)]
+    assert content == {index: answer.content for index, answer in enumerate(answers)}
+    assert finish == {0: "length", 1: "length", 2: "length"}
+    assert usage is not None
+    assert usage.completion_tokens == sum(a.completion_tokens for a in answers) <= 27
+
+
+async def test_openai_models_list_and_retrieve(emu: Emulator, oai: openai.AsyncOpenAI) -> None:
+    models = [model async for model in oai.models.list()]
+    assert [model.id for model in models] == list(emu.config.models)
+    assert {(model.object, model.owned_by) for model in models} == {("model", "system")}
+    assert all(isinstance(model.created, int) for model in models)
+    assert (await oai.models.retrieve("qwen-max")).id == "qwen-max"
+    with pytest.raises(openai.NotFoundError) as missing:
+        await oai.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found"
+    wrong_key = openai.AsyncOpenAI(api_key="sk-wrong", base_url=emu.base_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await wrong_key.models.list()
+    await wrong_key.close()
+
+
+async def test_openai_temperature_outside_0_to_2_is_a_bad_request(oai: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oai.chat.completions.create(model=MODEL, messages=USER, temperature=5, stream=True)
+    assert refused.value.code == "invalid_parameter_error"
+    assert "Range of temperature should be [0.0, 2.0)" in refused.value.message
+
+
 # --- openai: Responses --------------------------------------------------------------------------
 
 

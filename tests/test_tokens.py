@@ -24,6 +24,7 @@ from qwen_sse.tokens import (
     decode,
     encode,
     message_token_count,
+    token_bytes,
 )
 
 VOCABULARY_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
@@ -163,6 +164,31 @@ def test_decode_rejects_ids_outside_the_vocabulary() -> None:
     for bad in (151_650, -1, 2**40):
         with pytest.raises(ConfigurationError, match=f"token id {bad} "):
             decode([1, bad])
+
+
+@pytest.mark.parametrize("text", ["café 😊 龘", "通义千问具有强大的能力。", "<|im_end|> 𪚥"])
+def test_token_bytes_are_each_tokens_share_of_the_utf8(text: str) -> None:
+    ids = encode(text)
+    pieces = token_bytes(ids)
+    assert len(pieces) == len(ids)
+    assert b"".join(pieces) == text.encode()
+    assert all(pieces)
+
+
+def test_token_bytes_may_split_a_character() -> None:
+    # " 😊" and "龘" are two tokens each, cut inside the character's UTF-8 sequence.
+    for text in (" 😊", "龘"):
+        first, second = token_bytes(encode(text))
+        assert first + second == text.encode()
+        with pytest.raises(UnicodeDecodeError):
+            first.decode()
+
+
+def test_token_bytes_rejects_ids_outside_the_vocabulary() -> None:
+    for bad in (151_650, -1, 2**40):
+        with pytest.raises(ConfigurationError, match=f"token id {bad} "):
+            token_bytes([1, bad])
+    assert token_bytes([151_645]) == [b"<|im_end|>"]
 
 
 # Long texts ------------------------------------------------------------------------------

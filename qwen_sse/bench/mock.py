@@ -28,6 +28,8 @@ import msgspec
 
 from qwen_sse.bench.stop import leave_signals_to_parent, signals_held
 from qwen_sse.emulator import Emulator, EmulatorConfig
+from qwen_sse.emulator import loop as emulator_loop
+from qwen_sse.emulator.loop import loop_name
 
 __all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s"]
 
@@ -66,7 +68,10 @@ def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, flo
 
 class MockServer:
     """``with MockServer(config) as server:`` runs an emulator on a loopback port
-    (``server.base_url``, the base URL of ``protocol``).
+    (``server.base_url``, the base URL of ``protocol``), on uvloop's event loop when it is
+    installed and ``timings`` is off (``server.event_loop`` says which: ``"uvloop"`` or
+    ``"asyncio"``): uvloop's clock counts milliseconds, and aiohttp measures a request's
+    arrival on the loop's clock, so the served truth keeps asyncio's.
 
     The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
     ``timings``, it records nothing, so its memory stays flat however long the run; with
@@ -81,6 +86,7 @@ class MockServer:
         self.protocol = protocol
         self.keeps_timings = timings
         self.base_url = ""
+        self.event_loop = ""
         self._link: Connection | None = None
         self._process: Any = None
 
@@ -101,7 +107,7 @@ class MockServer:
             self.close()
             raise RuntimeError("the emulator did not start")
         try:
-            self.base_url = str(parent_end.recv())
+            self.base_url, self.event_loop = parent_end.recv()
         except EOFError:
             self.close()
             raise RuntimeError("the emulator exited while starting") from None
@@ -147,7 +153,11 @@ def _serve(link: Connection, config: EmulatorConfig, timings: bool, protocol: st
     # A Ctrl-C on a terminal reaches this process too: it is the parent's to handle (a
     # stopping run still needs its server for the requests in flight).
     leave_signals_to_parent()
-    asyncio.run(_serve_until_told(link, config, timings, protocol))
+    serving = _serve_until_told(link, config, timings, protocol)
+    if timings:
+        asyncio.run(serving)
+    else:
+        emulator_loop.run(serving)
 
 
 async def _serve_until_told(
@@ -155,7 +165,7 @@ async def _serve_until_told(
 ) -> None:
     config = msgspec.structs.replace(config, api_key=None, record_requests=timings)
     async with Emulator(config) as emulator:
-        link.send(emulator.base_url_for(protocol))
+        link.send((emulator.base_url_for(protocol), loop_name(asyncio.get_running_loop())))
         # recv() returns a command, or raises EOFError when the parent is gone: then it is
         # time to go, as at "stop". A thread waits so the loop keeps serving meanwhile.
         with contextlib.suppress(EOFError):

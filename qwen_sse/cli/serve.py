@@ -17,6 +17,8 @@ from qwen_sse.cli.chat import RefuseKeyValue, env_var_name
 from qwen_sse.cli.words import print_error
 from qwen_sse.config import resolve_api_key
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault
+from qwen_sse.emulator import loop as emulator_loop
+from qwen_sse.emulator.loop import loop_name
 from qwen_sse.errors import QwenSSEError
 from qwen_sse.recording import ReplayServer, load_recording
 
@@ -38,10 +40,12 @@ def non_negative(text: str) -> float:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="run a local emulator of DashScope's OpenAI-compatible endpoint",
-        description="Serve an emulated DashScope compatible-mode chat endpoint, with "
-        "deterministic answers, configurable timing and injectable faults, until Ctrl-C. "
-        "A request may carry its own fault in an X-Emulator-Fault header (JSON).",
+        help="run a local emulator of DashScope's streaming endpoints (all five protocols)",
+        description="Serve an emulated DashScope (compatible mode, native, native multimodal, "
+        "Responses, Anthropic Messages), with deterministic readable answers measured in "
+        "Qwen tokens (one token a delta), configurable timing and injectable faults, until "
+        "Ctrl-C. A request may carry its own fault in an X-Emulator-Fault header (JSON). "
+        "Runs on uvloop when it is installed.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
@@ -78,7 +82,15 @@ def add_parser(subparsers: Any) -> None:
         "--answer-tokens",
         type=int,
         default=_DEFAULTS.answer_tokens,
-        help="answer length in pieces when a request sets no max_tokens",
+        help="answer length in tokens when a request sets no max_tokens (at least: an "
+        "answer ends with its sentence)",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=_DEFAULTS.backlog,
+        help="connections the listening socket queues before they are accepted (the "
+        "kernel caps it at net.core.somaxconn)",
     )
     parser.add_argument(
         "--fault", metavar="JSON", help="default fault for every request, e.g. '{\"status\": 429}'"
@@ -113,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             jitter_s=args.jitter_ms / 1000,
             seed=args.seed,
             answer_tokens=args.answer_tokens,
+            backlog=args.backlog,
             fault=fault,
             record_requests=False,
         )
@@ -132,7 +145,7 @@ def _accepted_key(env_var: str | None) -> str:
 
 def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
     try:
-        asyncio.run(server)
+        emulator_loop.run(server)
     except KeyboardInterrupt:
         # Ctrl-C is how this command is meant to end.
         return 0
@@ -225,6 +238,8 @@ def _announce(emulator: Emulator, config: EmulatorConfig, key_env: str | None) -
     print(f"qwen-sse serve: DashScope emulator at {emulator.base_url}")
     for protocol in protocols.PROTOCOLS.values():
         print(f"  {protocol.name:<18} POST {emulator.base_url_for(protocol)}{protocol.path}")
+    loop = loop_name(asyncio.get_running_loop())
+    print(f"event loop: {loop}; listen backlog: {config.backlog} connections")
     print(f"accepting {accepted}; stop with Ctrl-C")
     print(f"try: {curl}", flush=True)
     if emulator.host not in _LOOPBACK:

@@ -30,6 +30,7 @@ _PHRASES = (
     ("must be positive or None", "must be positive, or 0 to switch it off"),
     ("would pass total_s=", "would pass --total-timeout "),
     ("answer_tokens must be", "--answer-tokens must be"),
+    ("backlog must be", "--backlog must be"),
 )
 
 

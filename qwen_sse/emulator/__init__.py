@@ -11,7 +11,8 @@ body, and the same conversation gets the same answer, the same usage, the same f
 limits and timing in every protocol; only the bytes differ. The package's modules each
 own one thing:
 
-* :mod:`~qwen_sse.emulator.answers`: the deterministic answers;
+* :mod:`~qwen_sse.emulator.answers`: the deterministic answers, in tokens;
+* :mod:`~qwen_sse.emulator.corpus`: the sentences answers are made of;
 * :mod:`~qwen_sse.emulator.accounting`: prompt and answer tokens;
 * :mod:`~qwen_sse.emulator.rejects`: the error vocabulary;
 * :mod:`~qwen_sse.emulator.faults`: :class:`Fault`, and the streamer that applies faults
@@ -21,7 +22,9 @@ own one thing:
 * :mod:`~qwen_sse.emulator.framing`: one module per protocol (how its request maps to the
   answer request, its stream frames, its non-stream body, its error bodies and codes);
 * :mod:`~qwen_sse.emulator.server`: :class:`Emulator` (routes, key check, validation
-  order, rate windows).
+  order, rate windows, the model list);
+* :mod:`~qwen_sse.emulator.loop`: the event loop of a process that serves it (uvloop's
+  when installed).
 
 Faults (:class:`Fault`) come from three places; the first that has one wins:
 

@@ -4,19 +4,32 @@ Edge layer (part of :mod:`qwen_sse.emulator`); it imports nothing from aiohttp a
 no I/O. Every protocol's request is first read as the equivalent compatible-mode body
 (the *answer request*: ``model``, ``messages``, ``tools``, ``enable_thinking``,
 ``max_tokens``...), so the same conversation gets the same answer in every protocol.
+
+Answers are measured in Qwen tokens (:mod:`qwen_sse.tokens`) and streamed one token a
+piece, as a model generates them. A token that holds only part of a character's UTF-8
+sequence cannot travel alone as JSON text, so the fewest consecutive tokens that decode to
+whole characters travel as one piece, which says how many tokens it holds
+(:attr:`Piece.tokens`); an answer's token counts are its pieces' sums, and always equal
+``count_tokens`` of its texts. Readable texts come from :mod:`qwen_sse.emulator.corpus`:
+a request's digest picks where its answer starts in a corpus and the step through it, and
+the tokenized texts are kept (:func:`functools.lru_cache`), so that a busy emulator
+tokenizes each text once, not once a request.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
 
+from qwen_sse.emulator import corpus
 from qwen_sse.protocols.base import text_of
+from qwen_sse.tokens import count_tokens, encode, token_bytes
 
 __all__ = [
     "EmulatedAnswer",
@@ -24,7 +37,7 @@ __all__ = [
     "digest",
     "emulated_answer",
     "is_partial",
-    "max_pieces",
+    "max_tokens_of",
     "seed_of",
 ]
 
@@ -34,11 +47,14 @@ class Piece(NamedTuple):
 
     ``kind`` is ``"reasoning_content"``, ``"content"`` or ``"arguments"``; for arguments,
     ``call_index`` is the tool call's index and ``text`` one fragment of its arguments JSON.
+    ``tokens`` is the number of tokens ``text`` holds: 1, or more when a character's UTF-8
+    sequence spans several tokens (see the module).
     """
 
     kind: str
     text: str
     call_index: int = 0
+    tokens: int = 1
 
 
 class EmulatedAnswer(msgspec.Struct, frozen=True):
@@ -47,6 +63,8 @@ class EmulatedAnswer(msgspec.Struct, frozen=True):
     ``pieces`` are the deltas in streaming order; ``reasoning`` and ``content`` are their
     joined texts, ``tool_calls`` the ``(name, arguments JSON)`` of each call and
     ``tool_call_ids`` their ids. In partial mode ``content`` is only the continuation.
+    ``completion_tokens`` counts every piece's tokens (reasoning, content and arguments),
+    ``reasoning_tokens`` those of the reasoning.
     """
 
     reasoning: str
@@ -55,57 +73,121 @@ class EmulatedAnswer(msgspec.Struct, frozen=True):
     tool_call_ids: tuple[str, ...]
     pieces: tuple[Piece, ...]
     finish_reason: str
+    reasoning_tokens: int = 0
+    completion_tokens: int = 0
 
 
-_EN_WORDS = (
-    "the", "stream", "model", "answer", "token", "server", "client", "event", "request",
-    "context", "latency", "buffer", "region", "prompt", "signal", "network", "parser",
-    "delta", "reply", "data", "cloud", "quick", "steady", "clear", "simple", "useful",
-    "careful", "small", "large", "every", "first", "final", "then", "also", "because",
-    "while", "within", "across", "before", "after", "each", "short", "long", "fresh",
-    "café", "naïve", "résumé", "façade", "jalapeño", "über", "Zürich", "São", "Paulo",
-    "so", "we", "it", "can", "will", "should", "keeps", "sends", "reads", "waits",
-)  # fmt: skip
-_EN_EXTRAS = (" —", "…", " 🙂", " “quoted”", " 42°C", " ½")
-_ZH_WORDS = (
-    "模型", "流式", "数据", "服务", "请求", "延迟", "缓冲", "客户端", "事件", "令牌",
-    "回答", "问题", "网络", "解析", "通义", "千问", "阿里云", "地域", "上下文", "计费",
-    "稳定", "快速", "清晰", "简单", "可靠", "我们", "这个", "每个", "首先", "然后",
-    "因此", "但是", "同时", "已经", "可以", "需要", "进行", "处理", "输出", "输入",
-)  # fmt: skip
-_ZH_EXTRAS = ("、", "；", "：", "😊", "“好的”", "（例如）")
-_EN_REASONING_OPENERS = ("Okay", ",", " the", " user", " asks", " about", " this", ".")
-_ZH_REASONING_OPENERS = ("嗯", "，", "用户", "在", "问", "这个", "问题", "。")
+class _Text(NamedTuple):
+    """Pieces of one kind, their joined text and their tokens."""
+
+    pieces: tuple[Piece, ...]
+    text: str
+    tokens: int
+
+
+_NO_TEXT = _Text((), "", 0)
+_CORPORA = {
+    (False, "content"): corpus.CONTENT_EN,
+    (True, "content"): corpus.CONTENT_ZH,
+    (False, "reasoning_content"): corpus.REASONING_EN,
+    (True, "reasoning_content"): corpus.REASONING_ZH,
+}
+# Steps through a corpus: 1 to this; each corpus has a prime number of sentences, more
+# than this, so every step visits all sentences before one repeats.
+_STEPS = 4
+# The readable texts kept tokenized. Few are ever asked for (2 languages x 2 kinds x
+# the sentences x _STEPS starts, for each answer length in use), so a load test hits
+# the cache once warm.
+_CACHED_TEXTS = 512
 
 
 def _has_cjk(text: str) -> bool:
     return any("\u3400" <= char <= "\u9fff" or "\uf900" <= char <= "\ufaff" for char in text)
 
 
-def _words(rng: random.Random, chinese: bool) -> Iterator[str]:
-    """An endless, plausible text as pieces (about one BPE token each)."""
-    words, extras = (_ZH_WORDS, _ZH_EXTRAS) if chinese else (_EN_WORDS, _EN_EXTRAS)
+def _pieces_of(text: str, kind: str, call_index: int = 0) -> list[Piece]:
+    """``text`` as pieces of one token, or of the fewest tokens that decode to whole
+    characters."""
+    pieces: list[Piece] = []
+    pending = b""
+    count = 0
+    for token in token_bytes(encode(text)):
+        pending += token
+        count += 1
+        try:
+            piece = pending.decode()
+        except UnicodeDecodeError:
+            continue  # a character continues in the next token
+        pieces.append(Piece(kind, piece, call_index, count))
+        pending = b""
+        count = 0
+    return pieces
+
+
+def _text_of(pieces: Sequence[Piece], limit: int | None = None) -> _Text:
+    """The longest run of ``pieces`` from the first that holds at most ``limit`` tokens
+    and whose text counts as many tokens as its pieces hold (re-encoding a text cut inside
+    a word gives the same tokens nearly always; where it does not, one piece less)."""
+    keep = len(pieces)
+    tokens = sum(piece.tokens for piece in pieces)
+    if limit is not None and tokens > limit:
+        keep = tokens = 0
+        while keep < len(pieces) and tokens + pieces[keep].tokens <= limit:
+            tokens += pieces[keep].tokens
+            keep += 1
+        while keep and count_tokens("".join(piece.text for piece in pieces[:keep])) != tokens:
+            keep -= 1
+            tokens -= pieces[keep].tokens
+    kept = tuple(pieces[:keep])
+    return _Text(kept, "".join(piece.text for piece in kept), tokens)
+
+
+class _Reading(NamedTuple):
+    """Where a readable text comes from: the corpus of ``kind`` in one language, read from
+    sentence ``start`` every ``step`` sentences."""
+
+    chinese: bool
+    kind: str
+    start: int
+    step: int
+
+
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _sentences(reading: _Reading, tokens: int) -> _Text:
+    """Sentences of ``reading``, whole, until they hold at least ``tokens`` tokens."""
+    sentences = _CORPORA[reading.chinese, reading.kind]
+    joiner = "" if reading.chinese else " "
+    chosen: list[str] = []
+    estimate = 0
+    index = reading.start
     while True:
-        for position in range(rng.randint(4, 11)):
-            word = rng.choice(words)
-            if chinese:
-                yield word
-            elif position == 0:
-                yield word[0].upper() + word[1:]
-            else:
-                yield " " + word
-            roll = rng.random()
-            if roll < 0.12:
-                yield "，" if chinese else ","
-            elif roll < 0.2:
-                yield rng.choice(extras)
-        yield rng.choice(("。", "！", "？") if chinese else (".", "!", "?", "…"))
-        if not chinese:
-            yield " "
+        while estimate < tokens or not chosen:
+            sentence = sentences[index % len(sentences)]
+            chosen.append(sentence)
+            estimate += _sentence_tokens(sentence)
+            index += reading.step
+        text = _text_of(_pieces_of(joiner.join(chosen), reading.kind))
+        if text.tokens >= tokens:
+            return text
+        estimate = text.tokens  # sentences merged at a boundary: one more
 
 
-def _take(pieces: Iterator[str], count: int) -> list[str]:
-    return [next(pieces) for _ in range(count)]
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _readable(reading: _Reading, tokens: int, limit: int | None) -> _Text:
+    """:func:`_sentences`, cut at ``limit`` tokens (or one piece less, see
+    :func:`_text_of`) when it holds more."""
+    whole = _sentences(reading, tokens)
+    return whole if limit is None or whole.tokens <= limit else _text_of(whole.pieces, limit)
+
+
+@functools.cache
+def _sentence_tokens(sentence: str) -> int:
+    return count_tokens(sentence)
+
+
+def _reading(seed: int, chinese: bool, kind: str) -> _Reading:
+    sentences = len(_CORPORA[chinese, kind])
+    return _Reading(chinese, kind, seed % sentences, 1 + (seed // sentences) % _STEPS)
 
 
 def digest(size: int, *parts: Any) -> bytes:
@@ -141,7 +223,7 @@ def _schema_value(schema: Any, rng: random.Random, chinese: bool, depth: int = 0
             str(name): _schema_value(sub, rng, chinese, depth + 1)
             for name, sub in properties.items()
         }
-    return rng.choice(_ZH_WORDS if chinese else _EN_WORDS)
+    return rng.choice(corpus.WORDS_ZH if chinese else corpus.WORDS_EN)
 
 
 def _called_functions(body: Mapping[str, Any], messages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -170,18 +252,9 @@ def _called_functions(body: Mapping[str, Any], messages: Sequence[Any]) -> list[
     return named if body.get("parallel_tool_calls") is True else named[:1]
 
 
-def _fragments(text: str, rng: random.Random) -> list[str]:
-    out = []
-    start = 0
-    while start < len(text):
-        size = rng.randint(2, 9)
-        out.append(text[start : start + size])
-        start += size
-    return out
-
-
-def max_pieces(body: Mapping[str, Any]) -> int | None:
-    """The output bound of an answer request (``max_tokens`` or ``max_completion_tokens``)."""
+def max_tokens_of(body: Mapping[str, Any]) -> int | None:
+    """The output bound of an answer request (``max_tokens`` or ``max_completion_tokens``),
+    in tokens."""
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -213,74 +286,120 @@ def _fresh_answer(
     answer_tokens: int,
     thinking: bool,
     with_tools: bool,
+    choice: int,
 ) -> EmulatedAnswer:
     model = body.get("model")
-    base = seed_of(model, messages, seed)
+    # Choice 0 is the answer of a request without n.
+    base = seed_of(model, messages, seed) if choice == 0 else seed_of(model, messages, seed, choice)
     chinese = _language_is_chinese(messages)
-    pieces: list[Piece] = []
+    budget = max_tokens_of(body)
+    finish_reason = "stop"
+    reasoning = content = _NO_TEXT
     if thinking:
-        budget = body.get("thinking_budget")
-        count = answer_tokens
-        if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
-            count = min(count, budget)
-        openers = _ZH_REASONING_OPENERS if chinese else _EN_REASONING_OPENERS
-        reasoning = [*openers, *_take(_words(random.Random(base + 1), chinese), answer_tokens)]
-        pieces += [Piece("reasoning_content", text) for text in reasoning[:count]]
+        thinking_budget = body.get("thinking_budget")
+        if not (
+            isinstance(thinking_budget, int)
+            and not isinstance(thinking_budget, bool)
+            and thinking_budget > 0
+        ):
+            thinking_budget = None
+        reading = _reading(seed_of("reasoning", base), chinese, "reasoning_content")
+        reasoning = _readable(reading, answer_tokens, thinking_budget)
+        if budget is not None:
+            # Reasoning tokens are completion tokens, and max_tokens bounds them all; a
+            # budget spent while thinking leaves nothing for the rest.
+            if budget < reasoning.tokens:
+                reasoning = _readable(reading, answer_tokens, budget)
+                budget = 0
+            else:
+                budget -= reasoning.tokens
     functions = _called_functions(body, messages) if with_tools else []
     calls: list[tuple[str, str]] = []
     ids: list[str] = []
+    arguments: list[_Text] = []
     if functions:
+        finish_reason = "tool_calls"
         rng = random.Random(base + 2)
         for index, function in enumerate(functions):
-            arguments = json.dumps(
+            if budget == 0:
+                finish_reason = "length"
+                break
+            json_text = json.dumps(
                 _schema_value(function.get("parameters"), rng, chinese), ensure_ascii=False
             )
-            if not arguments.startswith("{"):
-                arguments = "{}"
-            calls.append((function["name"], arguments))
+            if not json_text.startswith("{"):
+                json_text = "{}"
+            pieces = _pieces_of(json_text, "arguments", index)
+            text = _text_of(pieces, budget)
+            if text.tokens == 0:
+                finish_reason = "length"
+                break
+            calls.append((function["name"], text.text))
             ids.append(f"call_{rng.getrandbits(88):022x}")
-            pieces += [Piece("arguments", text, index) for text in _fragments(arguments, rng)]
-        finish_reason = "tool_calls"
+            arguments.append(text)
+            if budget is not None:
+                budget -= text.tokens
+                if len(text.pieces) < len(pieces):
+                    finish_reason = "length"
+                    break
     else:
         # The content does not depend on thinking or tools, only on the conversation.
-        content = _take(_words(random.Random(base), chinese), answer_tokens)
-        limit = max_pieces(body)
-        finish_reason = "stop"
-        if limit is not None and limit < len(content):
-            content = content[:limit]
+        reading = _reading(base, chinese, "content")
+        content = _readable(reading, answer_tokens, budget)
+        if content.tokens < _sentences(reading, answer_tokens).tokens:
             finish_reason = "length"
-        pieces += [Piece("content", text) for text in content]
-    return _answer_of(pieces, calls, ids, finish_reason)
+    return _answer_of(
+        reasoning, content, arguments=arguments, calls=calls, ids=ids, finish_reason=finish_reason
+    )
 
 
 def _answer_of(
-    pieces: list[Piece],
+    reasoning: _Text,
+    content: _Text,
+    *,
+    arguments: list[_Text],
     calls: list[tuple[str, str]],
     ids: list[str],
     finish_reason: str,
 ) -> EmulatedAnswer:
+    pieces = reasoning.pieces + content.pieces
+    for text in arguments:
+        pieces += text.pieces
     return EmulatedAnswer(
-        reasoning="".join(p.text for p in pieces if p.kind == "reasoning_content"),
-        content="".join(p.text for p in pieces if p.kind == "content"),
+        reasoning=reasoning.text,
+        content=content.text,
         tool_calls=tuple(calls),
         tool_call_ids=tuple(ids),
-        pieces=tuple(pieces),
+        pieces=pieces,
         finish_reason=finish_reason,
+        reasoning_tokens=reasoning.tokens,
+        completion_tokens=reasoning.tokens
+        + content.tokens
+        + sum(text.tokens for text in arguments),
     )
 
 
 def emulated_answer(
-    body: Mapping[str, Any], *, seed: int = 0, answer_tokens: int = 40
+    body: Mapping[str, Any], *, seed: int = 0, answer_tokens: int = 40, choice: int = 0
 ) -> EmulatedAnswer:
-    """The answer the emulator streams for ``body`` (a chat-completion request body).
+    """The answer the emulator streams for ``body`` (a chat-completion request body), or
+    for its choice number ``choice`` when the request asks for several (``n``).
 
-    Pure and deterministic: the text depends only on ``model``, ``messages``, ``seed`` and
-    ``max_tokens`` (or ``max_completion_tokens``), which truncates the content to that many
-    pieces with finish reason ``length`` (else ``stop``). Chinese when the last user message
-    has CJK characters, English otherwise.
+    Pure and deterministic: the text depends only on ``model``, ``messages``, ``seed``,
+    ``choice`` and the token bounds. It is readable sentences, in Chinese when the last
+    user message has CJK characters, in English otherwise: whole sentences until they
+    hold at least ``answer_tokens`` tokens (a sentence holds 9 to 24), with finish reason
+    ``stop``.
 
-    * ``enable_thinking: true`` adds ``answer_tokens`` reasoning pieces (at most
-      ``thinking_budget``) before the content; the content itself does not change.
+    * ``max_tokens`` (or ``max_completion_tokens``) bounds every token of the answer,
+      reasoning and tool-call arguments included, as ``completion_tokens`` counts them:
+      the same text is cut at that many tokens (or one piece less, when the text cut
+      there would re-encode otherwise) with finish reason ``length``, and
+      ``completion_tokens`` never exceeds it.
+    * ``enable_thinking: true`` adds reasoning before the content, as long as an answer
+      (readable sentences of its own) but cut at ``thinking_budget`` tokens; the content
+      itself does not change, but when ``max_tokens`` runs out during the reasoning there
+      is none.
     * With ``tools``, a ``tool_choice`` naming a function, or a last user message that
       contains a function's name, makes the answer a call to it (all the named ones when
       ``parallel_tool_calls`` is true) with arguments built from its JSON schema, no
@@ -288,8 +407,9 @@ def emulated_answer(
     * Partial mode (last message ``{"role": "assistant", "content": prefix, "partial":
       true}``): the answer to the conversation without that message, without tools or
       thinking, minus ``prefix`` when it starts with it, so a client resuming a broken
-      stream with the text received so far gets exactly the rest. Otherwise the
-      continuation is a fresh text seeded by the whole conversation, prefix included.
+      stream with the text received so far gets exactly the rest (re-tokenized, and
+      bounded by ``max_tokens`` again). Otherwise the continuation is a fresh text seeded
+      by the whole conversation, prefix included.
     """
     raw_messages = body.get("messages")
     messages: list[Any] = list(raw_messages) if isinstance(raw_messages, list) else []
@@ -302,6 +422,7 @@ def emulated_answer(
             answer_tokens=answer_tokens,
             thinking=thinking,
             with_tools=True,
+            choice=choice,
         )
     prefix = text_of(messages[-1].get("content"))
     full = _fresh_answer(
@@ -311,17 +432,19 @@ def emulated_answer(
         answer_tokens=answer_tokens,
         thinking=False,
         with_tools=False,
+        choice=choice,
     )
     if not full.content.startswith(prefix):
         return _fresh_answer(
-            body, messages, seed=seed, answer_tokens=answer_tokens, thinking=False, with_tools=False
+            body,
+            messages,
+            seed=seed,
+            answer_tokens=answer_tokens,
+            thinking=False,
+            with_tools=False,
+            choice=choice,
         )
-    rest: list[Piece] = []
-    skip = len(prefix)
-    for piece in full.pieces:
-        if skip >= len(piece.text):
-            skip -= len(piece.text)
-            continue
-        rest.append(piece._replace(text=piece.text[skip:]))
-        skip = 0
-    return _answer_of(rest, [], [], full.finish_reason)
+    pieces = _pieces_of(full.content[len(prefix) :], "content")
+    rest = _text_of(pieces, max_tokens_of(body))
+    finish_reason = full.finish_reason if len(rest.pieces) == len(pieces) else "length"
+    return _answer_of(_NO_TEXT, rest, arguments=[], calls=[], ids=[], finish_reason=finish_reason)

@@ -21,14 +21,19 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Server-wide settings.
 
     ``api_key`` is the accepted bearer key; None accepts any non-empty one. Timing:
-    ``ttft_s`` passes between the response headers and the first chunk, ``itl_s`` between
-    two text pieces, each delay moved by up to ``jitter_s`` either way (deterministic from
-    ``seed``). ``answer_tokens`` is the length of an answer in pieces when the request sets
-    no ``max_tokens``. ``models`` are the known model names. ``fault`` applies to every
-    request that has no fault of its own. ``record_requests`` keeps every request in
-    :attr:`Emulator.requests`; a long-running server turns it off to bound its memory.
+    ``ttft_s`` passes between the response headers and the first token, ``itl_s`` between
+    two tokens (a piece of two tokens comes two delays after the one before), each delay
+    moved by up to ``jitter_s`` either way (deterministic from ``seed``).
+    ``answer_tokens`` is the least length of an answer in tokens (it ends with its
+    sentence) when the request sets no ``max_tokens``. ``models`` are the known model
+    names. ``fault`` applies to every request that has no fault of its own.
+    ``record_requests`` keeps every request in :attr:`Emulator.requests`; a long-running
+    server turns it off to bound its memory.
     ``rpm`` and ``tpm`` limit requests and tokens per API key and model over a sliding
-    window of ``limit_window_s`` (None: unlimited; see the module).
+    window of ``limit_window_s`` (None: unlimited; see the module). ``backlog`` is the
+    listening socket's queue of connections not yet accepted (the kernel caps it at
+    ``net.core.somaxconn``): a burst of more new connections than that is dropped and
+    retried by the clients' kernels a second or more later.
     """
 
     api_key: str | None = "sk-test"
@@ -43,6 +48,7 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     rpm: int | None = None
     tpm: int | None = None
     limit_window_s: float = 60.0
+    backlog: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("ttft_s", "itl_s", "jitter_s"):
@@ -51,5 +57,6 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
         check_count("answer_tokens", self.answer_tokens, 1)
         check_count("rpm", self.rpm, 1)
         check_count("tpm", self.tpm, 1)
+        check_count("backlog", self.backlog, 1)
         if not self.limit_window_s > 0:
             raise ValueError(f"limit_window_s must be positive, got {self.limit_window_s}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 from aiohttp import web
 
-from qwen_sse.emulator.answers import Piece, seed_of
+from qwen_sse.emulator.answers import EmulatedAnswer, Piece, seed_of
 from qwen_sse.emulator.rejects import IN_BAND_CODE, IN_BAND_MESSAGE
 from qwen_sse.sse import encode_comment
 
@@ -186,7 +187,6 @@ class Streamer:
         "_frames",
         "_huge_sent",
         "_keepalive",
-        "_loop",
         "_malformed_sent",
         "_request",
         "_resp",
@@ -214,7 +214,6 @@ class Streamer:
         self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
-        self._loop = asyncio.get_running_loop()
 
     async def event(self, frame: bytes, kind: str | None = None) -> None:
         """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
@@ -222,7 +221,7 @@ class Streamer:
             await self._before_event(self._fault)
         if kind is not None:
             # Read before the write: a client may read the bytes before this task runs again.
-            self.record.written.append((kind, self._loop.time()))
+            self.record.written.append((kind, time.monotonic()))
         await self._emit(frame)
 
     async def _emit(self, frame: bytes) -> None:
@@ -301,7 +300,8 @@ class Streamer:
 
 
 class Pacer:
-    """The delays of one stream: ``ttft_s`` first, ``itl_s`` between pieces, with jitter."""
+    """The delays of one stream: ``ttft_s`` first, then ``itl_s`` per token, each delay
+    moved by the jitter."""
 
     __slots__ = ("_config", "_rng")
 
@@ -312,8 +312,9 @@ class Pacer:
     async def first(self) -> None:
         await self._sleep(self._config.ttft_s)
 
-    async def next(self) -> None:
-        await self._sleep(self._config.itl_s)
+    async def tokens(self, count: int) -> None:
+        """Wait while ``count`` more tokens are generated."""
+        await self._sleep(self._config.itl_s * count)
 
     async def _sleep(self, base_s: float) -> None:
         jitter = self._config.jitter_s
@@ -327,9 +328,34 @@ Send = Callable[[Streamer, Pacer], Awaitable["Outcome"]]
 stream ended (``"completed"`` or ``"no_done"``; faults end it otherwise by :class:`Stop`)."""
 
 
-async def paced(pieces: Iterable[Piece], pacer: Pacer) -> AsyncIterator[Piece]:
-    """``pieces`` with the pacer's inter-token delay before each but the first."""
-    for number, piece in enumerate(pieces):
-        if number:
-            await pacer.next()
-        yield piece
+async def paced(
+    answers: Sequence[EmulatedAnswer], pacer: Pacer
+) -> AsyncIterator[tuple[int, Piece]]:
+    """Every choice's pieces, with its index, as a model generates them: one token of each
+    choice every ``itl_s`` (the first token comes at once, the time to first token having
+    passed), a piece as soon as its last token is out, the choices side by side (choice 0
+    first at each token)."""
+    if len(answers) == 1:
+        # The common case, without the schedule: a piece's last token, counted from 0.
+        step = -1
+        sent = 0
+        for piece in answers[0].pieces:
+            step += piece.tokens
+            if step > sent:
+                await pacer.tokens(step - sent)
+                sent = step
+            yield 0, piece
+        return
+    schedule: list[tuple[int, int, Piece]] = []
+    for choice, answer in enumerate(answers):
+        step = -1
+        for piece in answer.pieces:
+            step += piece.tokens
+            schedule.append((step, choice, piece))
+    schedule.sort(key=lambda entry: entry[:2])
+    sent = 0
+    for step, choice, piece in schedule:
+        if step > sent:
+            await pacer.tokens(step - sent)
+            sent = step
+        yield choice, piece

@@ -38,12 +38,13 @@ class RecordedRequest:
     while the response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body.
 
     ``arrived_at_s`` and ``written`` are what the server really did, whatever its
-    configured delays (a busy machine runs every delay late), on the event loop's clock
-    (``loop.time()``, which is ``time.monotonic()``, one clock for every process of a
-    host). ``arrived_at_s`` is when the server took the request off its connection; while
+    configured delays (a busy machine runs every delay late), on ``time.monotonic()``, one
+    clock for every process of a host (and asyncio's ``loop.time()``; uvloop's counts
+    whole milliseconds). ``arrived_at_s`` is when the server took the request off its
+    connection (aiohttp measures how long ago on its loop's clock); while
     the response is in flight it is when the handler started, which a busy server reaches
     later, as it works through the requests that came before. ``written`` holds, for each
-    piece of the answer streamed, in order, its :attr:`Piece.kind` and the loop time just
+    piece of the answer streamed, in order, its :attr:`Piece.kind` and the time just
     before its event was handed to the connection (so no client can read it earlier): one
     pair per piece, so it is bounded by the answer's length.
     """

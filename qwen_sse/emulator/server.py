@@ -8,9 +8,16 @@ protocol's ``api_key_of``, whatever the protocol.
 
 A request is checked in this order: fault header syntax (400), API key (401), the fault's
 ``status``, the body (400; the protocol's envelope first), the model (404), moderation,
-input length and ``max_tokens`` against the model's limits (400), partial mode with
-thinking (400), the rate limits (429); then it is answered, streamed or not, with the
-fault's stream effects.
+input length and ``max_tokens`` against the model's limits (400), ``temperature`` in
+[0, 2), ``top_p`` in (0, 1] and ``n`` in [1, 4] (400, DashScope's ranges), partial mode
+with thinking (400), the rate limits (429); then it is answered, streamed or not, with the
+fault's stream effects. A request with ``n`` gets that many answers
+(:func:`~qwen_sse.emulator.answers.emulated_answer` of each choice), their usage summed.
+
+``GET {base_url}/models`` lists the known models (:attr:`EmulatorConfig.models`) in
+OpenAI's list format, as the openai SDK's ``models.list()`` reads it, and
+``GET {base_url}/models/{model}`` one of them (404 ``model_not_found`` for another); both
+want the API key.
 
 Rate limits (:attr:`EmulatorConfig.rpm`, :attr:`EmulatorConfig.tpm`) are DashScope's: per
 API key and per model, over a sliding window of ``limit_window_s`` (a minute by default,
@@ -53,6 +60,7 @@ from qwen_sse.emulator.faults import (
     fault_decoder,
 )
 from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, framing_for
+from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING, encode
 from qwen_sse.emulator.records import RecordedRequest, redacted
 from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request, json_object
 from qwen_sse.models import model_limits
@@ -115,6 +123,8 @@ class Emulator:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._runner: web.AppRunner | None = None
+        self._started_s = 0
+        self._model_errors = 0
         self._models = frozenset(self.config.models)
         # Keyed by a digest of the API key, so that the server keeps no key it was sent.
         self._rate_windows: dict[tuple[bytes, str], _RateWindow] = {}
@@ -171,6 +181,8 @@ class Emulator:
         for framing in FRAMINGS.values():
             protocol = framing.protocol
             app.router.add_post(protocol.root + protocol.path, self._handler(framing))
+        app.router.add_get(COMPATIBLE.root + "/models", self._list_models)
+        app.router.add_get(COMPATIBLE.root + "/models/{model}", self._get_model)
         # handler_cancellation: a client that disconnects cancels its handler at once, so
         # active_streams drops even during a stall.
         runner = web.AppRunner(
@@ -183,12 +195,13 @@ class Emulator:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self._port).start()
+            await web.TCPSite(runner, self.host, self._port, backlog=self.config.backlog).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._port = int(runner.addresses[0][1])
         self._runner = runner
+        self._started_s = int(time.time())
         self._closing = False
 
     async def close(self) -> None:
@@ -217,6 +230,44 @@ class Emulator:
     ) -> None:
         await self.close()
 
+    # -- the model list -------------------------------------------------------------------
+
+    def _model_object(self, model: str) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": self._started_s, "owned_by": "system"}
+
+    def _model_reject(self, request: web.Request) -> web.Response | None:
+        """The 401 answer to a model-list request without the accepted key, else None."""
+        key = COMPATIBLE.api_key_of(request.headers)
+        expected = self.config.api_key
+        if key and (expected is None or key == expected):
+            return None
+        return self._plain_error(Reject(401))
+
+    def _plain_error(self, reject: Reject) -> web.Response:
+        self._model_errors += 1
+        request_id = str(
+            uuid.UUID(bytes=digest(16, "models", self.config.seed, self._model_errors))
+        )
+        body = COMPATIBLE_FRAMING.error_body(reject, request_id)
+        headers = {"Content-Type": "application/json", "x-request-id": request_id}
+        return web.Response(status=reject.status, body=body, headers=headers)
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        refused = self._model_reject(request)
+        if refused is not None:
+            return refused
+        data = [self._model_object(model) for model in self.config.models]
+        return _json_response({"object": "list", "data": data})
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        refused = self._model_reject(request)
+        if refused is not None:
+            return refused
+        model = request.match_info["model"]
+        if model not in self._models:
+            return self._plain_error(_model_not_found(model))
+        return _json_response(self._model_object(model))
+
     # -- request handling ---------------------------------------------------------------
 
     def _handler(self, framing: Framing) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -233,7 +284,7 @@ class Emulator:
         self._received += 1
         key = framing.protocol.api_key_of(request.headers)
         record = RecordedRequest(request.method, request.path, redacted(request.headers, key))
-        record.arrived_at_s = asyncio.get_running_loop().time()
+        record.arrived_at_s = time.monotonic()
         record.request_id = str(uuid.UUID(bytes=digest(16, "request", self.config.seed, number)))
         if self.config.record_requests:
             self.requests.append(record)
@@ -319,15 +370,18 @@ class Emulator:
         body, messages = self._check_body(reply.answer_request)
         prompt = prompt_tokens(body, messages)
         self._check_content(body, messages, prompt)
-        answer = emulated_answer(
-            body, seed=self.config.seed, answer_tokens=self.config.answer_tokens
+        answers = tuple(
+            emulated_answer(
+                body, seed=self.config.seed, answer_tokens=self.config.answer_tokens, choice=choice
+            )
+            for choice in range(body.get("n") or 1)
         )
-        usage = answer_usage(body, answer, prompt)
+        usage = answer_usage(body, answers, prompt)
         self._check_rate(key, body["model"], usage.total_tokens)
         answering = Answering(
             record.request_id,
             body,
-            answer,
+            answers,
             usage,
             fault.line_ending if fault is not None else "\n",
             int(time.time()),
@@ -353,11 +407,7 @@ class Emulator:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise bad_request("Each message must be an object with a role.")
         if model not in self._models:
-            raise Reject(
-                404,
-                "model_not_found",
-                f"The model `{model}` does not exist or you do not have access to it.",
-            )
+            raise _model_not_found(model)
         if body.get("tool_choice") == "required":
             raise bad_request("tool_choice 'required' is not supported.")
         return body, messages
@@ -382,6 +432,13 @@ class Emulator:
                     or not 1 <= value <= limits.max_output_tokens
                 ):
                     raise bad_request(f"Range of {name} should be [1, {limits.max_output_tokens}]")
+        _check_range(body, "temperature", 0.0, 2.0, "[0.0, 2.0)", closed_below=True)
+        _check_range(body, "top_p", 0.0, 1.0, "(0.0, 1.0]", closed_below=False)
+        choices = body.get("n")
+        if choices is not None and (
+            not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 4
+        ):
+            raise bad_request("Range of n should be [1, 4]")
         if is_partial(messages[-1]) and body.get("enable_thinking") is True:
             raise bad_request("Partial mode is not supported when enable_thinking is true.")
 
@@ -419,6 +476,34 @@ class Emulator:
         return resp
 
 
+def _check_range(
+    body: dict[str, Any], name: str, low: float, high: float, shown: str, *, closed_below: bool
+) -> None:
+    """The 400 DashScope answers a sampling setting outside its range: ``[low, high)`` when
+    ``closed_below``, else ``(low, high]``; a value that is not a number is outside."""
+    value = body.get(name)
+    if value is None:
+        return
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not (low <= value < high if closed_below else low < value <= high)
+    ):
+        raise bad_request(f"Range of {name} should be {shown}")
+
+
+def _model_not_found(model: str) -> Reject:
+    return Reject(
+        404,
+        "model_not_found",
+        f"The model `{model}` does not exist or you do not have access to it.",
+    )
+
+
+def _json_response(payload: dict[str, Any]) -> web.Response:
+    return web.Response(body=encode(payload), content_type="application/json")
+
+
 _EMULATOR = web.AppKey("qwen_sse.emulator", Emulator)
 _ARRIVALS_LOGGER = logging.getLogger("qwen_sse.emulator.arrivals")
 
@@ -426,15 +511,16 @@ _ARRIVALS_LOGGER = logging.getLogger("qwen_sse.emulator.arrivals")
 class _ArrivalClock(AbstractAccessLogger):
     """Not a log: aiohttp hands its access logger, as each exchange ends, how long ago it
     took the request off its connection. That instant, before the handler ran, is the
-    request's true arrival (see :attr:`RecordedRequest.arrived_at_s`)."""
+    request's true arrival (see :attr:`RecordedRequest.arrived_at_s`), to the precision of
+    the loop's clock: asyncio's is ``time.monotonic()``, uvloop's counts milliseconds."""
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time_s: float) -> None:
         emulator = request.app.get(_EMULATOR) if isinstance(request, web.Request) else None
         if emulator is None:
             return
         record = emulator._in_flight.pop(id(request), None)
         if record is not None:
-            record.arrived_at_s = asyncio.get_running_loop().time() - time
+            record.arrived_at_s = time.monotonic() - time_s
 
     @property
     def enabled(self) -> bool:

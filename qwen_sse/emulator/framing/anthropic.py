@@ -7,10 +7,12 @@ with ``messages`` from ``system`` (a system message) and ``messages`` (text bloc
 ``tool_use`` blocks become the assistant's tool calls, ``tool_result`` blocks tool
 messages; thinking and media blocks are ignored; a last assistant message is a prefill,
 continued as DashScope's partial mode continues it), ``max_tokens`` (required),
+``temperature`` and ``top_p`` as they are (DashScope's ranges, not Anthropic's),
 ``thinking: {"type": "enabled", "budget_tokens"}`` as ``enable_thinking`` and
 ``thinking_budget``, ``tools`` (``{"name", "description", "input_schema"}``) and
 ``tool_choice`` (``auto``, ``none``, ``tool``; ``any`` calls the first tool) in Chat
-Completions' shape, with parallel calls unless ``disable_parallel_tool_use``.
+Completions' shape, with parallel calls unless ``disable_parallel_tool_use``. The Messages
+API has no ``n``: one answer, always.
 
 With ``"stream": true`` the answer streams as DashScope streams it: ``event:<type>`` and
 ``data:{...}`` lines, no space after the colons: ``message_start`` (the message with
@@ -156,6 +158,9 @@ def _answer_request(body: dict[str, Any]) -> dict[str, Any]:
         "messages": _messages(body.get("system"), body.get("messages")),
         "max_tokens": max_tokens,
     }
+    for name in ("temperature", "top_p"):
+        if name in body:
+            request[name] = body[name]
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "disabled"):
         request["enable_thinking"] = thinking["type"] == "enabled"
@@ -317,10 +322,16 @@ def _blocks(answering: Answering) -> list[dict[str, Any]]:
     if answer.content or not answer.tool_calls:
         blocks.append({"type": "text", "text": answer.content})
     for (name, arguments), call_id in zip(answer.tool_calls, answer.tool_call_ids, strict=True):
-        blocks.append(
-            {"type": "tool_use", "id": call_id, "name": name, "input": json.loads(arguments)}
-        )
+        blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": _input(arguments)})
     return blocks
+
+
+def _input(arguments: str) -> Any:
+    """A tool call's input: its arguments JSON, or ``{}`` when max_tokens cut it short."""
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return {}
 
 
 async def _send(
@@ -328,7 +339,7 @@ async def _send(
 ) -> Outcome:
     """A Messages stream: message_start, the content blocks, message_delta, message_stop."""
     await streamer.event(frames.message_start())
-    async for piece in paced(answer.pieces, pacer):
+    async for _, piece in paced((answer,), pacer):
         for frame in frames.enter(piece):
             await streamer.event(frame)
         await streamer.event(frames.delta(piece.text), piece.kind)

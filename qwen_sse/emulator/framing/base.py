@@ -45,15 +45,21 @@ class Endpoint(Protocol):
 
 class Answering(NamedTuple):
     """What a reply needs to answer an admitted request: its ``request_id``, the answer
-    request ``body``, the ``answer`` and its ``usage``, the fault's ``line_ending`` and the
+    request ``body``, the ``answers`` (one per choice the request asked for: ``n``, 1
+    unless the protocol has it) and their ``usage``, the fault's ``line_ending`` and the
     response's Unix time ``created_s``."""
 
     request_id: str
     body: Mapping[str, Any]
-    answer: EmulatedAnswer
+    answers: tuple[EmulatedAnswer, ...]
     usage: AnswerUsage
     line_ending: LineEnding
     created_s: int
+
+    @property
+    def answer(self) -> EmulatedAnswer:
+        """The answer of choice 0 (the only one without ``n``)."""
+        return self.answers[0]
 
 
 class Reply(Protocol):

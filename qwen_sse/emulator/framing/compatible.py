@@ -6,8 +6,10 @@ client: the role-only first chunk, ``usage: null`` and ``system_fingerprint: nul
 every chunk, the chunk id ``chatcmpl-<x-request-id>``, ``reasoning_content`` deltas,
 tool-call deltas with DashScope's quirks, the usage chunk (with ``stream_options.
 include_usage``), ``data: [DONE]``; a request without ``"stream": true`` (or a fault's JSON
-content type) gets one ``chat.completion`` body. HTTP errors are ``{"error": {message,
-type, param, code}, "request_id"}``.
+content type) gets one ``chat.completion`` body. With ``n`` (2 to 4) every choice gets its
+role chunk first, then the choices' pieces come token by token side by side, each choice
+ending with its finish chunk after its last piece, before the one usage chunk. HTTP errors
+are ``{"error": {message, type, param, code}, "request_id"}``.
 """
 
 from __future__ import annotations
@@ -83,17 +85,21 @@ def error_envelope(reject: Reject, request_id: str) -> bytes:
 
 
 class CompatibleFrames:
-    """Builds one response's SSE events from pre-encoded parts: a few byte joins each."""
+    """Builds one response's SSE events from pre-encoded parts: a few byte joins each.
+    ``choice`` is the index of the choice a frame belongs to (0 unless ``n > 1``)."""
 
-    __slots__ = ("_chunk_id", "_created", "_end", "_model", "_suffix")
+    __slots__ = ("_chunk_id", "_created", "_end", "_indices", "_model", "_suffix")
 
     huge_after = 1  # the role chunk
 
-    def __init__(self, chunk_id: str, model: str, created: int, line_ending: str) -> None:
+    def __init__(
+        self, chunk_id: str, model: str, created: int, line_ending: str, *, choices: int = 1
+    ) -> None:
         self._chunk_id = chunk_id
         self._model = model
         self._created = created
         self._end = (line_ending * 2).encode()
+        self._indices = tuple(b'"index":' + str(index).encode() for index in range(choices))
         self._suffix = b"".join(
             (
                 b',"object":"chat.completion.chunk","usage":null,"created":',
@@ -115,13 +121,14 @@ class CompatibleFrames:
     def choice_dict(self, choice: dict[str, Any]) -> bytes:
         return self.choice(encode(choice))
 
-    def role(self) -> bytes:
+    def role(self, choice: int = 0) -> bytes:
         return self.choice(
-            b'{"delta":{"content":"","role":"assistant"},"index":0,"logprobs":null,'
-            b'"finish_reason":null}'
+            b'{"delta":{"content":"","role":"assistant"},'
+            + self._indices[choice]
+            + b',"logprobs":null,"finish_reason":null}'
         )
 
-    def content(self, text: str, *, first: bool, after_reasoning: bool) -> bytes:
+    def content(self, text: str, *, first: bool, after_reasoning: bool, choice: int = 0) -> bytes:
         # Key order varies between real chunks; the first text chunk leads with finish_reason.
         delta = b"".join(
             (
@@ -130,22 +137,31 @@ class CompatibleFrames:
                 b',"reasoning_content":null}' if after_reasoning else b"}",
             )
         )
+        index = self._indices[choice]
         if first:
             return self.choice(
-                b'{"finish_reason":null,"delta":' + delta + b',"index":0,"logprobs":null}'
+                b"".join(
+                    (b'{"finish_reason":null,"delta":', delta, b",", index, b',"logprobs":null}')
+                )
             )
         return self.choice(
-            b'{"delta":' + delta + b',"finish_reason":null,"index":0,"logprobs":null}'
+            b"".join((b'{"delta":', delta, b',"finish_reason":null,', index, b',"logprobs":null}'))
         )
 
-    def reasoning(self, text: str) -> bytes:
+    def reasoning(self, text: str, choice: int = 0) -> bytes:
         return self.choice(
-            b'{"delta":{"content":null,"reasoning_content":'
-            + encode(text)
-            + b'},"finish_reason":null,"index":0,"logprobs":null}'
+            b"".join(
+                (
+                    b'{"delta":{"content":null,"reasoning_content":',
+                    encode(text),
+                    b'},"finish_reason":null,',
+                    self._indices[choice],
+                    b',"logprobs":null}',
+                )
+            )
         )
 
-    def tool_call(self, piece: Piece, call_id: str, name: str) -> bytes:
+    def tool_call(self, piece: Piece, call_id: str, name: str, choice: int = 0) -> bytes:
         if call_id:
             # The first delta of a call carries its id and name, and the first fragment.
             call = {
@@ -157,7 +173,7 @@ class CompatibleFrames:
             return self.choice_dict(
                 {
                     "delta": {"content": None, "tool_calls": [call]},
-                    "index": 0,
+                    "index": choice,
                     "logprobs": None,
                     "finish_reason": None,
                 }
@@ -169,24 +185,30 @@ class CompatibleFrames:
             "type": "function",
             "function": {"arguments": piece.text},
         }
-        return self.choice_dict({"delta": {"tool_calls": [call]}, "index": 0})
+        return self.choice_dict({"delta": {"tool_calls": [call]}, "index": choice})
 
-    def empty_function(self, index: int) -> bytes:
+    def empty_function(self, index: int, choice: int = 0) -> bytes:
         call = {"function": {}, "index": index, "id": "", "type": "function"}
         return self.choice_dict(
             {
                 "delta": {"tool_calls": [call]},
-                "index": 0,
+                "index": choice,
                 "logprobs": None,
                 "finish_reason": None,
             }
         )
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, choice: int = 0) -> bytes:
         return self.choice(
-            b'{"finish_reason":'
-            + encode(reason)
-            + b',"delta":{"content":""},"index":0,"logprobs":null}'
+            b"".join(
+                (
+                    b'{"finish_reason":',
+                    encode(reason),
+                    b',"delta":{"content":""},',
+                    self._indices[choice],
+                    b',"logprobs":null}',
+                )
+            )
         )
 
     def usage(self, usage: dict[str, Any]) -> bytes:
@@ -225,38 +247,72 @@ class CompatibleFrames:
         return frame
 
 
+class _Choice:
+    """One choice as it streams: what its next frame needs to know."""
+
+    __slots__ = ("after_reasoning", "announced", "answer", "first_content", "index", "left")
+
+    def __init__(self, index: int, answer: EmulatedAnswer) -> None:
+        self.index = index
+        self.answer = answer
+        self.left = len(answer.pieces)
+        self.after_reasoning = False
+        self.first_content = True
+        self.announced: set[int] = set()
+
+    def frame(self, frames: CompatibleFrames, piece: Piece) -> bytes:
+        kind = piece.kind
+        if kind == "content":
+            frame = frames.content(
+                piece.text,
+                first=self.first_content,
+                after_reasoning=self.after_reasoning,
+                choice=self.index,
+            )
+            self.first_content = self.after_reasoning = False
+            return frame
+        if kind == "reasoning_content":
+            self.after_reasoning = True
+            return frames.reasoning(piece.text, self.index)
+        call = piece.call_index
+        new = call not in self.announced
+        self.announced.add(call)
+        answer = self.answer
+        return frames.tool_call(
+            piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0], self.index
+        )
+
+    async def end(self, streamer: Streamer, frames: CompatibleFrames) -> None:
+        """The frames after the last piece: DashScope's empty function delta after tool
+        calls, and the finish reason."""
+        answer = self.answer
+        if answer.tool_calls:
+            await streamer.event(frames.empty_function(len(answer.tool_calls) - 1, self.index))
+        await streamer.event(frames.finish(answer.finish_reason, self.index))
+
+
 async def _send(
     streamer: Streamer,
     pacer: Pacer,
     *,
     frames: CompatibleFrames,
-    answer: EmulatedAnswer,
+    answers: tuple[EmulatedAnswer, ...],
     usage: dict[str, Any] | None,
 ) -> Outcome:
-    """A compatible-mode stream: role chunk, pieces, finish, usage (if asked), ``[DONE]``."""
-    await streamer.event(frames.role())
-    after_reasoning = False
-    first_content = True
-    announced: set[int] = set()
-    async for piece in paced(answer.pieces, pacer):
-        kind = piece.kind
-        if kind == "content":
-            frame = frames.content(piece.text, first=first_content, after_reasoning=after_reasoning)
-            first_content = after_reasoning = False
-        elif kind == "reasoning_content":
-            frame = frames.reasoning(piece.text)
-            after_reasoning = True
-        else:
-            call = piece.call_index
-            new = call not in announced
-            announced.add(call)
-            frame = frames.tool_call(
-                piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0]
-            )
-        await streamer.event(frame, kind)
-    if answer.tool_calls:
-        await streamer.event(frames.empty_function(len(answer.tool_calls) - 1))
-    await streamer.event(frames.finish(answer.finish_reason))
+    """A compatible-mode stream: a role chunk per choice, the pieces (each choice ending
+    with its finish chunk after its last piece), the usage (if asked), ``[DONE]``."""
+    choices = [_Choice(index, answer) for index, answer in enumerate(answers)]
+    for choice in choices:
+        await streamer.event(frames.role(choice.index))
+    for choice in choices:
+        if not choice.left:
+            await choice.end(streamer, frames)
+    async for index, piece in paced(answers, pacer):
+        choice = choices[index]
+        await streamer.event(choice.frame(frames, piece), piece.kind)
+        choice.left -= 1
+        if not choice.left:
+            await choice.end(streamer, frames)
     if usage is not None:
         await streamer.event(frames.usage(usage))
     if streamer.no_done:
@@ -283,6 +339,7 @@ class _CompatibleReply:
             body["model"],
             answering.created_s,
             answering.line_ending,
+            choices=len(answering.answers),
         )
         include_usage = isinstance(options := body.get("stream_options"), dict) and (
             options.get("include_usage") is True
@@ -293,28 +350,31 @@ class _CompatibleReply:
                 streamer,
                 pacer,
                 frames=frames,
-                answer=answering.answer,
+                answers=answering.answers,
                 usage=usage_of(answering.usage) if include_usage else None,
             )
 
         return frames, send
 
     def completion(self, answering: Answering) -> bytes:
-        body, answer = answering.body, answering.answer
-        message: dict[str, Any] = {"role": "assistant", "content": answer.content}
-        if body.get("enable_thinking") is True:
-            message["reasoning_content"] = answer.reasoning
-        if answer.tool_calls:
-            message["tool_calls"] = tool_calls_of(answer)
-        completion = {
-            "choices": [
+        body = answering.body
+        choices = []
+        for index, answer in enumerate(answering.answers):
+            message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+            if body.get("enable_thinking") is True:
+                message["reasoning_content"] = answer.reasoning
+            if answer.tool_calls:
+                message["tool_calls"] = tool_calls_of(answer)
+            choices.append(
                 {
                     "message": message,
                     "finish_reason": answer.finish_reason,
-                    "index": 0,
+                    "index": index,
                     "logprobs": None,
                 }
-            ],
+            )
+        completion = {
+            "choices": choices,
             "object": "chat.completion",
             "usage": usage_of(answering.usage),
             "created": answering.created_s,

@@ -13,8 +13,10 @@ content and the real finish reason instead of ``[DONE]``. ``parameters.increment
 (default false, as DashScope's) false repeats the whole ``content`` and
 ``reasoning_content`` so far in each frame, and each tool call as it stands (its id, name
 and arguments so far);
-``result_format: "text"`` (the default, as DashScope's; it refuses ``enable_thinking`` and
-``tools``) gives ``{"output": {"finish_reason", "text"}}``. Without the header the answer
+``result_format: "text"`` (the default, as DashScope's; it refuses ``enable_thinking``,
+``tools`` and ``n``) gives ``{"output": {"finish_reason", "text"}}``. With ``n`` (2 to 4)
+each frame carries one choice with its ``index``, the choices' frames interleaved token by
+token, each choice ending with its own finish frame. Without the header the answer
 is one JSON ``{"output", "usage", "request_id"}``. Errors are native too: HTTP bodies
 ``{"code", "message", "request_id"}`` with DashScope's native codes (``InvalidApiKey``,
 ``ModelNotFound``, ``InvalidParameter``, ``DataInspectionFailed``,
@@ -35,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from qwen_sse.emulator.accounting import TokenTally
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece
 from qwen_sse.emulator.faults import FaultFrames, Send, paced
 from qwen_sse.emulator.framing.base import Answering
@@ -100,6 +101,8 @@ def _from_native(body: Any, *, multimodal: bool) -> tuple[dict[str, Any], _Nativ
     text_format = result_format == "text" and not multimodal
     if text_format and (parameters.get("enable_thinking") is True or parameters.get("tools")):
         raise bad_request("enable_thinking and tools need result_format 'message'.")
+    if text_format and parameters.get("n", 1) != 1:
+        raise bad_request("n needs result_format 'message'.")
     compatible = {
         name: value for name, value in parameters.items() if name not in _NATIVE_ONLY_PARAMETERS
     }
@@ -126,30 +129,40 @@ def _native_usage(input_tokens: int, output_tokens: int, reasoning: int | None) 
     return usage
 
 
+class _ChoiceText:
+    """What one choice has streamed so far, for cumulative frames: its reasoning, its
+    content, and each tool call as it stands (id, name, arguments so far)."""
+
+    __slots__ = ("calls", "content", "reasoning")
+
+    def __init__(self) -> None:
+        self.reasoning = ""
+        self.content = ""
+        self.calls: dict[int, tuple[str, str, str]] = {}
+
+
 class NativeFrames:
     """Builds one native response's frames, in the order they are sent.
 
-    Every frame carries the usage so far: the prompt, and the output tokens of the text
-    built so far (reasoning counted apart, as the compatible mode bills it). The ``id:``
-    line is added as a frame is sent (:meth:`numbered`), so injected frames keep the ids
-    in sequence.
+    Every frame carries the usage so far: the prompt, and the output tokens of every
+    choice's pieces sent so far (reasoning counted apart, as the compatible mode bills
+    it). The ``id:`` line is added as a frame is sent (:meth:`numbered`), so injected
+    frames keep the ids in sequence. With several choices, each frame carries one, with
+    its ``index``.
     """
 
     huge_after = 1  # the first frame stays as it is
 
     __slots__ = (
-        "_calls",
-        "_content",
+        "_choices",
         "_end",
         "_eol",
         "_error_head",
         "_incremental",
+        "_indexed",
         "_input_tokens",
-        "_output_tally",
         "_output_tokens",
         "_parts",
-        "_reasoning",
-        "_reasoning_tally",
         "_reasoning_tokens",
         "_request_id",
         "_result_head",
@@ -165,6 +178,7 @@ class NativeFrames:
         *,
         thinking: bool,
         input_tokens: int,
+        choices: int = 1,
     ) -> None:
         eol = line_ending.encode()
         self._eol = eol
@@ -177,44 +191,42 @@ class NativeFrames:
         self._incremental = options.incremental
         self._thinking = thinking
         self._input_tokens = input_tokens
-        self._reasoning = ""
-        self._content = ""
-        # Each tool call as it stands: (id, name, arguments so far), for cumulative frames.
-        self._calls: dict[int, tuple[str, str, str]] = {}
-        self._reasoning_tally = TokenTally()
-        self._output_tally = TokenTally()
+        self._choices = [_ChoiceText() for _ in range(choices)]
+        self._indexed = choices > 1
         self._reasoning_tokens = 0
         self._output_tokens = 0
 
     def numbered(self, frame: bytes, number: int) -> bytes:
         return b"".join((b"id:", str(number).encode(), self._eol, frame))
 
-    def piece(self, piece: Piece, call_id: str, name: str) -> bytes:
-        """The frame of one piece; ``call_id`` and ``name`` are set on a call's first."""
+    def piece(self, piece: Piece, call_id: str, name: str, choice: int = 0) -> bytes:
+        """The frame of one piece of choice ``choice``; ``call_id`` and ``name`` are set on
+        a call's first."""
+        state = self._choices[choice]
         if piece.kind == "reasoning_content":
-            self._reasoning += piece.text
-            self._reasoning_tokens = self._reasoning_tally.add(piece.text)
-            reasoning = piece.text if self._incremental else self._reasoning
-            return self._message("", None, reasoning=reasoning)
-        self._output_tokens = self._output_tally.add(piece.text)
+            state.reasoning += piece.text
+            self._reasoning_tokens += piece.tokens
+            reasoning = piece.text if self._incremental else state.reasoning
+            return self._message(choice, "", None, reasoning=reasoning)
+        self._output_tokens += piece.tokens
         if piece.kind == "content":
-            self._content += piece.text
-            return self._text(piece.text if self._incremental else self._content)
+            state.content += piece.text
+            return self._text(choice, piece.text if self._incremental else state.content)
         if not self._incremental:
-            known_id, known_name, arguments = self._calls.get(piece.call_index, ("", "", ""))
+            known_id, known_name, arguments = state.calls.get(piece.call_index, ("", "", ""))
             call_id, name = call_id or known_id, name or known_name
-            self._calls[piece.call_index] = (call_id, name, arguments + piece.text)
+            state.calls[piece.call_index] = (call_id, name, arguments + piece.text)
             piece = piece._replace(text=arguments + piece.text)
         function = {"name": name, "arguments": piece.text} if call_id else {"arguments": piece.text}
         call = {"index": piece.call_index, "id": call_id, "type": "function", "function": function}
-        return self._message(self._so_far(self._content), [call])
+        return self._message(choice, self._so_far(state.content), [call])
 
-    def finish(self, reason: str) -> bytes:
-        """The last frame: no new text, the real finish reason."""
-        content = self._so_far(self._content)
+    def finish(self, reason: str, choice: int = 0) -> bytes:
+        """The last frame of choice ``choice``: no new text, the real finish reason."""
+        content = self._so_far(self._choices[choice].content)
         if self._text_format:
             return self._frame({"finish_reason": reason, "text": content})
-        return self._message(content, None, finish_reason=reason)
+        return self._message(choice, content, None, finish_reason=reason)
 
     def error(self, code: str, message: str) -> bytes:
         payload = {"code": _native_code(code), "message": message, "request_id": self._request_id}
@@ -226,19 +238,20 @@ class NativeFrames:
         )
 
     def huge(self, size: int) -> bytes:
-        bare = len(self._text("x")) - 1 - len(self._result_head) - len(self._end)
-        return self._text("x" * max(0, size - bare))
+        bare = len(self._text(0, "x")) - 1 - len(self._result_head) - len(self._end)
+        return self._text(0, "x" * max(0, size - bare))
 
     def _so_far(self, text: str) -> str:
         return "" if self._incremental else text
 
-    def _text(self, text: str) -> bytes:
+    def _text(self, choice: int, text: str) -> bytes:
         if self._text_format:
             return self._frame({"finish_reason": "null", "text": text})
-        return self._message(text, None)
+        return self._message(choice, text, None)
 
     def _message(
         self,
+        choice: int,
         content: str,
         tool_calls: list[dict[str, Any]] | None,
         *,
@@ -248,12 +261,17 @@ class NativeFrames:
         message: dict[str, Any] = {"content": _content(content, parts=self._parts)}
         if self._thinking:
             message["reasoning_content"] = (
-                reasoning if reasoning is not None else self._so_far(self._reasoning)
+                reasoning
+                if reasoning is not None
+                else self._so_far(self._choices[choice].reasoning)
             )
         if tool_calls is not None:
             message["tool_calls"] = tool_calls
         message["role"] = "assistant"
-        return self._frame({"choices": [{"message": message, "finish_reason": finish_reason}]})
+        entry: dict[str, Any] = {"message": message, "finish_reason": finish_reason}
+        if self._indexed:
+            entry["index"] = choice
+        return self._frame({"choices": [entry]})
 
     def _frame(self, output: dict[str, Any]) -> bytes:
         usage = _native_usage(
@@ -266,20 +284,42 @@ class NativeFrames:
 
 
 async def _send(
-    streamer: Streamer, pacer: Pacer, *, frames: NativeFrames, answer: EmulatedAnswer
+    streamer: Streamer,
+    pacer: Pacer,
+    *,
+    frames: NativeFrames,
+    answers: tuple[EmulatedAnswer, ...],
 ) -> Outcome:
-    """A native stream: one frame per piece, then the frame with the finish reason."""
-    announced: set[int] = set()
-    async for piece in paced(answer.pieces, pacer):
+    """A native stream: one frame per piece, each choice ending with the frame of its
+    finish reason after its last piece; the last of those ends the stream."""
+    announced = [set[int]() for _ in answers]
+    left = [len(answer.pieces) for answer in answers]
+    unfinished = len(answers)
+
+    async def finish(choice: int) -> bool:
+        """Send the choice's finish frame; False when it is the end marker a no_done
+        fault holds back."""
+        nonlocal unfinished
+        unfinished -= 1
+        if not unfinished and streamer.no_done:
+            return False
+        await streamer.event(frames.finish(answers[choice].finish_reason, choice))
+        return True
+
+    for choice, count in enumerate(left):
+        if not count and not await finish(choice):
+            return "no_done"
+    async for choice, piece in paced(answers, pacer):
         call_id = name = ""
-        if piece.kind == "arguments" and piece.call_index not in announced:
-            announced.add(piece.call_index)
+        if piece.kind == "arguments" and piece.call_index not in announced[choice]:
+            announced[choice].add(piece.call_index)
+            answer = answers[choice]
             call_id = answer.tool_call_ids[piece.call_index]
             name = answer.tool_calls[piece.call_index][0]
-        await streamer.event(frames.piece(piece, call_id, name), piece.kind)
-    if streamer.no_done:
-        return "no_done"
-    await streamer.event(frames.finish(answer.finish_reason))
+        await streamer.event(frames.piece(piece, call_id, name, choice), piece.kind)
+        left[choice] -= 1
+        if not left[choice] and not await finish(choice):
+            return "no_done"
     return "completed"
 
 
@@ -301,10 +341,11 @@ class _NativeReply:
             self._options,
             thinking=answering.body.get("enable_thinking") is True,
             input_tokens=answering.usage.prompt_tokens,
+            choices=len(answering.answers),
         )
 
         async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
-            return await _send(streamer, pacer, frames=frames, answer=answering.answer)
+            return await _send(streamer, pacer, frames=frames, answers=answering.answers)
 
         return frames, send
 
@@ -314,15 +355,21 @@ class _NativeReply:
         if self._options.text_format:
             output = {"finish_reason": answer.finish_reason, "text": answer.content}
         else:
-            message: dict[str, Any] = {
-                "content": _content(answer.content, parts=self._options.parts)
-            }
-            if answering.body.get("enable_thinking") is True:
-                message["reasoning_content"] = answer.reasoning
-            if answer.tool_calls:
-                message["tool_calls"] = tool_calls_of(answer)
-            message["role"] = "assistant"
-            output = {"choices": [{"finish_reason": answer.finish_reason, "message": message}]}
+            choices = []
+            for index, each in enumerate(answering.answers):
+                message: dict[str, Any] = {
+                    "content": _content(each.content, parts=self._options.parts)
+                }
+                if answering.body.get("enable_thinking") is True:
+                    message["reasoning_content"] = each.reasoning
+                if each.tool_calls:
+                    message["tool_calls"] = tool_calls_of(each)
+                message["role"] = "assistant"
+                choice: dict[str, Any] = {"finish_reason": each.finish_reason, "message": message}
+                if len(answering.answers) > 1:
+                    choice["index"] = index
+                choices.append(choice)
+            output = {"choices": choices}
         payload = {
             "output": output,
             "usage": _native_usage(

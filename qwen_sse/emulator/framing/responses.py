@@ -7,9 +7,10 @@ user message; items are messages whose text parts are joined, ``function_call`` 
 become an assistant's tool calls, ``function_call_output`` items tool messages; other
 items are ignored), ``max_output_tokens`` as ``max_tokens``, function ``tools``
 (``{"type": "function", "name", "parameters"}``) and ``tool_choice`` in Chat Completions'
-shape, and DashScope's ``enable_thinking``, ``thinking_budget`` and
-``parallel_tool_calls`` as they are. ``previous_response_id`` is ignored: the emulator
-keeps no conversation, so a client must send the whole input.
+shape, and ``temperature``, ``top_p``, DashScope's ``enable_thinking``,
+``thinking_budget`` and ``parallel_tool_calls`` as they are. ``previous_response_id`` is
+ignored: the emulator keeps no conversation, so a client must send the whole input. The
+Responses API has no ``n``: one answer, always.
 
 With ``"stream": true`` the answer streams as DashScope's gateway frames it: ``id:<n>``,
 ``event:<type>``, a ``:HTTP_STATUS/200`` comment and ``data:{"type", "sequence_number",
@@ -47,7 +48,14 @@ __all__ = ["RESPONSES_FRAMING", "ResponsesFraming"]
 
 
 # Answer requests take these as they are; the rest of a Responses body is mapped or ignored.
-_PASSED_THROUGH = ("model", "enable_thinking", "thinking_budget", "parallel_tool_calls")
+_PASSED_THROUGH = (
+    "model",
+    "enable_thinking",
+    "thinking_budget",
+    "parallel_tool_calls",
+    "temperature",
+    "top_p",
+)
 
 
 def _text_of_parts(content: Any) -> Any:
@@ -388,7 +396,7 @@ async def _send(
     """A Responses stream: the lifecycle events, the items, and the end event."""
     await streamer.event(frames.created())
     await streamer.event(frames.in_progress())
-    async for piece in paced(answer.pieces, pacer):
+    async for _, piece in paced((answer,), pacer):
         for frame in frames.enter(piece):
             await streamer.event(frame)
         await streamer.event(frames.delta(piece.text), piece.kind)
