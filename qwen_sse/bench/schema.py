@@ -264,6 +264,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": [
                 "loop_lag_ms",
+                "receive_lag_ms",
                 "cpu_fraction_max",
                 "schedule_lag_p90_ms",
                 "schedule_lag_first_tenth_ms",
@@ -271,8 +272,14 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                 "workers",
                 "thresholds",
             ],
+            "description": (
+                "the monitors' figures: loop_lag_ms (a timer's lateness) and receive_lag_ms "
+                "(how long data sat in a socket before the client read it) over the samples "
+                "taken while successful requests were in flight"
+            ),
             "properties": {
                 "loop_lag_ms": _LAG,
+                "receive_lag_ms": _LAG,
                 "cpu_fraction_max": {"type": "number", "minimum": 0},
                 "cpu_wait_fraction_max": {"type": ["number", "null"], "minimum": 0},
                 "schedule_lag_p90_ms": _MS,
@@ -287,6 +294,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                             "cpu_fraction",
                             "cpu_fraction_max",
                             "loop_lag_ms",
+                            "receive_lag_ms",
                             "open_files_limit",
                         ],
                         "properties": {
@@ -300,6 +308,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                                 "CPU over wall time (null where the kernel does not say)",
                             },
                             "loop_lag_ms": _LAG,
+                            "receive_lag_ms": _LAG,
                             "open_files_limit": {"type": ["integer", "null"]},
                         },
                     },

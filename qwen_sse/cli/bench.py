@@ -59,8 +59,8 @@ def add_parser(subparsers: Any) -> None:
         help="load-test an endpoint: TTFT, TPOT, ITL, throughput, goodput",
         description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
         "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
-        "request_throughput, ...). The client watches its own event-loop lag, CPU and "
-        "schedule lag, and says loudly when it, not the server, limited the figures.",
+        "request_throughput, ...). The client watches its own event-loop lag, receive lag and "
+        "CPU, and says loudly when it, not the server, limited the figures.",
     )
     load = parser.add_argument_group("load")
     shape = load.add_mutually_exclusive_group()
@@ -136,7 +136,7 @@ def add_parser(subparsers: Any) -> None:
         "--max-loop-lag-ms",
         type=float,
         default=Thresholds().max_loop_lag_ms,
-        help="client verdict: event-loop lag p90 limit (default 10)",
+        help="client verdict: p90 limit of event-loop lag and receive lag (default 10)",
     )
     figures.add_argument(
         "--max-cpu-percent",
@@ -154,7 +154,8 @@ def add_parser(subparsers: Any) -> None:
         "--max-schedule-lag-ms",
         type=float,
         default=Thresholds().max_schedule_lag_ms,
-        help="client verdict: schedule lag p90 and growth limit (default 10)",
+        help="client verdict: how much schedule lag may grow over the run, a reason only "
+        "beside another (default 10)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the summary (or sweep) as JSON")
