@@ -23,7 +23,7 @@ from qwen_sse.bench.live import LiveProgress
 from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
-from qwen_sse.bench.plot import write_charts
+from qwen_sse.bench.plot import level_directory, write_charts, write_sweep_chart
 from qwen_sse.bench.report import (
     format_summary,
     format_sweep,
@@ -174,8 +174,6 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config, sweep = _config(args)
-        if args.plot is not None and sweep is not None:
-            raise ConfigurationError("--plot draws one run; leave it out of a sweep")
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
         with _endpoint(args) as target:
@@ -219,10 +217,16 @@ def _sweep(
             + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
             file=sys.stderr,
         )
+        if args.plot:
+            where = level_directory(args.plot, value)
+            for path in write_charts(summary, result.records, result.loads, where):
+                print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
 
     document = run_sweep(config, kind, levels, level, on_level=show)
     if args.json:
         write_json(args.json, document)
+    if args.plot:
+        print(f"qwen-sse bench: wrote {write_sweep_chart(document, args.plot)}", file=sys.stderr)
     print(format_sweep(document))
     return 0 if any(run["completed"] for run in document["runs"]) else 1
 
