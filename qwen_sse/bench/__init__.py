@@ -7,7 +7,7 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.schedule`: load shapes and arrival schedules;
 * :mod:`~qwen_sse.bench.workload`: the prompts (synthetic, or from a file);
 * :mod:`~qwen_sse.bench.metrics`: per-request records and vLLM's figures;
-* :mod:`~qwen_sse.bench.monitor`: the client's own loop lag and CPU, and the verdict;
+* :mod:`~qwen_sse.bench.monitor`: the client's own loop and receive lag and CPU, and the verdict;
 * :mod:`~qwen_sse.bench.runner`: one shard of a run in one event loop;
 * :mod:`~qwen_sse.bench.workers`: shards in parallel processes;
 * :mod:`~qwen_sse.bench.benchmark`: one run from configuration to summary;
