@@ -113,7 +113,8 @@ async def test_the_monitor_sees_a_blocked_loop_and_an_idle_one() -> None:
 async def test_the_receive_probe_times_data_left_in_its_socket() -> None:
     loop = asyncio.get_running_loop()
     probe = ReceiveProbe(mean_gap_s=0.005)
-    probe.start(loop.time())
+    origin = loop.time()
+    probe.start(origin)
     await asyncio.sleep(0.05)
     # Deliberately block the loop: what the probe writes meanwhile waits in the socket.
     time.sleep(0.2)  # noqa: ASYNC251 - the blocking is the point
@@ -124,7 +125,8 @@ async def test_the_receive_probe_times_data_left_in_its_socket() -> None:
     # Writes came every 5 ms on average: the first of the block waited most of it.
     assert max(lag_s) >= 0.1
     # A sample's instant is its write, on the loop's clock from the origin given.
-    assert all(0 <= at <= loop.time() for at in at_s)
+    assert all(0 <= at <= loop.time() - origin for at in at_s)
+    assert at_s == sorted(at_s)
     # Stopped means stopped: nothing is added afterwards, and the sockets close.
     await asyncio.sleep(0.05)
     assert probe.lag_s == lag_s
@@ -358,24 +360,32 @@ def test_slots_in_lockstep_on_an_idle_client_are_not_flagged(exact: Target) -> N
     first = [record for record in result.records if record.index < concurrency]
     assert {record.scheduled_at_s for record in first} == {0.0}
     assert summary["p90_schedule_lag_ms"] > 0
+    # And they stayed in step: every slot ended its n-th answer before any ended its next
+    # (slots take the next index as they free up, so index // concurrency is the round).
+    ends = [
+        [record.end_at_s for record in result.records if record.index // concurrency == round_]
+        for round_ in range(3)
+    ]
+    assert max(ends[0]) < min(ends[1])
+    assert max(ends[1]) < min(ends[2])
     # However late that made the sends, it is no reason: judged again with a schedule-lag
     # limit below what this run saw, the verdict does not change.
     below = Thresholds(max_schedule_lag_ms=summary["p90_schedule_lag_ms"] / 2)
     again = assess(result.loads, result.records, below)
     assert again.saturated == summary["client_saturated"]
-    reasons = summary["client_saturation_reasons"]
-    assert not any("schedule lag" in reason for reason in again.reasons + reasons)
-    # The client was idle unless its monitors say otherwise (another process may take the
-    # CPU while this runs): the verdict is exactly that evidence.
+    # The client was idle unless its monitors say otherwise (other processes may take the
+    # CPUs while this runs): the verdict is exactly that evidence, nothing else.
     client, limits = summary["client"], Thresholds()
     evidence = [
-        client["loop_lag_ms"]["p90"] > limits.max_loop_lag_ms,
-        client["receive_lag_ms"]["p90"] > limits.max_loop_lag_ms,
+        (client["loop_lag_ms"]["p90"] or 0.0) > limits.max_loop_lag_ms,
+        (client["receive_lag_ms"]["p90"] or 0.0) > limits.max_loop_lag_ms,
         client["cpu_fraction_max"] > limits.max_cpu_fraction,
         (client["cpu_wait_fraction_max"] or 0.0) > limits.max_cpu_wait_fraction,
     ]
+    reasons = summary["client_saturation_reasons"]
     assert summary["client_saturated"] is any(evidence), reasons
-    assert len(reasons) == sum(evidence)
+    if not any(evidence):
+        assert reasons == again.reasons == []
 
 
 async def test_a_run_whose_every_request_fails_is_not_flagged() -> None:
