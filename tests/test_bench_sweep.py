@@ -120,7 +120,7 @@ def test_the_sweep_document_is_what_its_chart_draws() -> None:
 
     document = run_sweep(BASE, "concurrency", [1, 2, 4], run_level)
     figure = sweep_figure(document)
-    ttft = next(a for a in figure.axes if a.get_title().startswith("Time to first token"))
+    ttft: Any = next(a for a in figure.axes if a.get_title().startswith("Time to first token"))
     assert list(ttft.lines[0].get_xdata()) == [100.0, 200.0, 400.0]
     assert [text.get_text() for text in ttft.texts] == ["c=1", "c=2", "c=4"]
     assert seen == [1, 2, 4]
