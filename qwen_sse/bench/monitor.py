@@ -128,9 +128,10 @@ class ReceiveProbe:
     ahead of the reader (a burst of chunks read before it). Its floor is the thread's
     wake-up and one round of the loop, well under a millisecond on an idle machine.
 
-    The thread writes while the loop runs Python only when it gets the interpreter lock
-    (at most the switch interval, 5 ms, later); the sample then starts at the write, so it
-    never counts that wait. :meth:`start` and :meth:`stop` are called from inside the loop.
+    While the loop's thread runs Python, the writer must first get the interpreter lock
+    (within the switch interval, 5 ms); a sample starts at its write, so a loop busy in
+    Python for longer shows the rest of its busy spell, not all of it. :meth:`start` and
+    :meth:`stop` are called from inside the loop.
     """
 
     def __init__(self, *, mean_gap_s: float = 0.01, seed: int = 0) -> None:
