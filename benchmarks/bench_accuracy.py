@@ -110,6 +110,7 @@ def level(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
         "client_reasons": summary["client_saturation_reasons"],
         "client": {
             "loop_lag_p90_ms": summary["client"]["loop_lag_ms"]["p90"],
+            "receive_lag_p90_ms": summary["client"]["receive_lag_ms"]["p90"],
             "cpu_fraction_max": summary["client"]["cpu_fraction_max"],
             "cpu_wait_fraction_max": summary["client"]["cpu_wait_fraction_max"],
         },

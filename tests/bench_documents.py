@@ -51,6 +51,8 @@ def made_up_load(lag_ms: float, worker: int = 0) -> ClientLoad:
         cpu_s=0.5,
         wall_s=2.0,
         open_files_limit=65536,
+        receive_lag_s=[lag_ms / 2000] * 200,
+        receive_lag_at_s=[k * 0.01 + 0.005 for k in range(200)],
     )
 
 

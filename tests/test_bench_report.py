@@ -51,6 +51,7 @@ def test_the_table_reads_like_vllms() -> None:
         "----------------End-to-end Latency----------------",
         "RateLimitError:                          2",
         "Event-loop lag p50/p90/p99/max (ms):     0.3 / 0.3 / 0.3 / 0.3",
+        "Receive lag p50/p90/p99/max (ms):        0.1 / 0.1 / 0.1 / 0.1",
         "CPU of the busiest worker:               25% of a core",
         "Output tokens counted by:                server usage (38)",
         "Client limited the figures:              no",
@@ -67,7 +68,17 @@ def test_a_saturated_client_opens_the_report_with_a_warning() -> None:
     assert text.startswith("\n".join(banner))
     assert "!! CLIENT SATURATED" in banner[1]
     assert any("event-loop lag p90 25.0 ms exceeds 10 ms" in line for line in banner)
+    assert any("receive lag p90 12.5 ms exceeds 10 ms" in line for line in banner)
     assert "Client limited the figures:              YES, see the warning above" in text
+
+
+def test_a_run_without_successes_is_not_judged() -> None:
+    # The monitors saw a late loop, but no request succeeded: no figure to distort.
+    summary = made_up_result(requests=5, failed=5, lag_ms=25).summary
+    text = format_summary(summary)
+    assert saturation_banner(summary) == []
+    assert "Client limited the figures:              no (no request succeeded" in text
+    assert "Event-loop lag p50/p90/p99/max (ms):     - / - / - / -" in text
 
 
 def test_an_open_loop_report_shows_its_arrivals_rate_and_queue() -> None:
@@ -75,6 +86,11 @@ def test_an_open_loop_report_shows_its_arrivals_rate_and_queue() -> None:
     assert "open loop, 20 req/s gamma (burstiness 0.5), at most 4 in flight" in text
     assert "Send rate achieved (req/s):" in text
     assert "Mean queue wait for a slot (ms):" in text
+    # Among the client's figures, after the lags, before the CPU.
+    lines = text.splitlines()
+    queue = next(i for i, line in enumerate(lines) if line.startswith("Mean queue wait"))
+    assert lines[queue - 1].startswith("Schedule lag mean/p50/P99 (ms):")
+    assert lines[queue + 1].startswith("CPU of the busiest worker:")
 
 
 def test_a_sweep_table() -> None:

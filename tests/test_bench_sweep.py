@@ -9,10 +9,12 @@ import msgspec
 import pytest
 
 from qwen_sse.bench.benchmark import BenchConfig, BenchResult
+from qwen_sse.bench.plot import sweep_figure
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
 from qwen_sse.bench.sweep import SweepRule, config_at, run_sweep, saturation
 from qwen_sse.bench.workload import SyntheticWorkload
 from qwen_sse.errors import ConfigurationError
+from tests.bench_documents import made_up_result
 
 BASE = BenchConfig(
     shape=ClosedLoop(concurrency=1, ramp_up_s=0.2),
@@ -130,3 +132,24 @@ def test_a_sweep_stopped_before_it_began_runs_no_level() -> None:
     document = run_sweep(BASE, "concurrency", [1], run_level, stopped=lambda: "interrupted")
     assert seen == []
     assert (document["levels"], document["stop_reason"]) == ([], "interrupted")
+
+
+def test_the_sweep_document_is_what_its_chart_draws() -> None:
+    # Each level's full summary is in the document: its chart needs nothing else.
+    seen: list[float] = []
+
+    def run_level(config: BenchConfig) -> BenchResult:
+        shape = config.shape
+        level = shape.concurrency if isinstance(shape, ClosedLoop) else shape.rate
+        seen.append(level)
+        result = made_up_result()
+        summary = {**result.summary, "request_throughput": 10.0 * level}
+        summary["output_throughput"] = 100.0 * level
+        return BenchResult(summary=summary, records=result.records, loads=result.loads)
+
+    document = run_sweep(BASE, "concurrency", [1, 2, 4], run_level)
+    figure = sweep_figure(document)
+    ttft: Any = next(a for a in figure.axes if a.get_title().startswith("Time to first token"))
+    assert list(ttft.lines[0].get_xdata()) == [100.0, 200.0, 400.0]
+    assert [text.get_text() for text in ttft.texts] == ["c=1", "c=2", "c=4"]
+    assert seen == [1, 2, 4]

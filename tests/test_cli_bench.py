@@ -26,7 +26,7 @@ import pytest
 
 from qwen_sse import protocols
 from qwen_sse.bench import benchmark, workers
-from qwen_sse.bench.plot import DISTRIBUTIONS_PNG, TIMELINE_PNG
+from qwen_sse.bench.plot import DISTRIBUTIONS_PNG, SWEEP_PNG, TIMELINE_PNG
 from qwen_sse.bench.runner import Target
 from qwen_sse.bench.schema import CSV_COLUMNS, RECORD_SCHEMA, SUMMARY_SCHEMA, SWEEP_SCHEMA
 from qwen_sse.bench.sharegpt import read_sharegpt
@@ -159,6 +159,8 @@ def test_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "4",
             "--json",
             str(tmp_path / "sweep.json"),
+            "--plot",
+            str(tmp_path / "charts"),
         ]
     )
     out, err = capsys.readouterr()
@@ -168,6 +170,17 @@ def test_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert document["levels"][0] == 1
     assert out.splitlines()[0].split()[:2] == ["conc", "req/s"]
     assert "qwen-sse bench: level 1:" in err
+    # The sweep's chart, and each level's own charts beside it.
+    charts = tmp_path / "charts"
+    drawn = [charts / SWEEP_PNG] + [
+        charts / f"level-{level:g}" / name
+        for level in document["levels"]
+        for name in (DISTRIBUTIONS_PNG, TIMELINE_PNG)
+    ]
+    assert sorted(path for path in charts.rglob("*") if path.is_file()) == sorted(drawn)
+    for path in drawn:
+        assert path.read_bytes().startswith(b"\x89PNG")
+        assert f"qwen-sse bench: wrote {path}" in err
 
 
 @pytest.mark.parametrize(
@@ -178,7 +191,6 @@ def test_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--max-concurrency", "4"], "--max-concurrency caps an open loop"),
         (["--percentiles", "50,x"], "--percentiles wants numbers"),
         (["--param", "no-equals"], "--param wants KEY=JSON"),
-        (["--sweep-rates", "1,2", "--plot", "charts"], "--plot draws one run"),
         (["--sweep-rates", "1,2", "--csv", "r.csv"], "--jsonl and --csv record one run"),
         (["--concurrency", "2", "--workers", "3"], "3 workers cannot share 2"),
         (["--input-tokens", "3"], "input tokens must be at least"),

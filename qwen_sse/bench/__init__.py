@@ -9,7 +9,7 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.sharegpt`: ShareGPT datasets as workloads;
 * :mod:`~qwen_sse.bench.tokenizer`: token counts, Qwen's or a local ``tokenizer.json``'s;
 * :mod:`~qwen_sse.bench.metrics`: per-request records and vLLM's figures;
-* :mod:`~qwen_sse.bench.monitor`: the client's own loop lag and CPU, and the verdict;
+* :mod:`~qwen_sse.bench.monitor`: the client's own loop and receive lag and CPU, and the verdict;
 * :mod:`~qwen_sse.bench.runner`: one shard of a run in one event loop;
 * :mod:`~qwen_sse.bench.workers`: shards in parallel processes;
 * :mod:`~qwen_sse.bench.benchmark`: one run from configuration to summary;

@@ -251,6 +251,7 @@ def _error_lines(summary: dict[str, Any]) -> list[str]:
 def _client_lines(summary: dict[str, Any]) -> list[str]:
     client = summary["client"]
     lag = client["loop_lag_ms"]
+    receive = client["receive_lag_ms"]
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -260,7 +261,12 @@ def _client_lines(summary: dict[str, Any]) -> list[str]:
         f"{'server usage' if source == 'usage' else 'local tokenizer'} ({count})"
         for source, count in sorted(sources.items())
     )
-    verdict = "YES, see the warning above" if summary["client_saturated"] else "no"
+    if summary["client_saturated"]:
+        verdict = "YES, see the warning above"
+    elif not summary["completed"]:
+        verdict = "no (no request succeeded: nothing to judge)"
+    else:
+        verdict = "no"
     top_key = percentile_key(max(summary["percentiles"], default=50.0), "schedule_lag")
     top = top_key.split("_", 1)[0]
     lines = [
@@ -268,6 +274,10 @@ def _client_lines(summary: dict[str, Any]) -> list[str]:
         _row(
             "Event-loop lag p50/p90/p99/max (ms):",
             " / ".join(ms(lag[key]) for key in ("median", "p90", "p99", "max")),
+        ),
+        _row(
+            "Receive lag p50/p90/p99/max (ms):",
+            " / ".join(ms(receive[key]) for key in ("median", "p90", "p99", "max")),
         ),
         _row(
             f"Schedule lag mean/p50/{top.upper()} (ms):",
@@ -281,7 +291,7 @@ def _client_lines(summary: dict[str, Any]) -> list[str]:
         _row("Client limited the figures:", verdict),
     ]
     if summary["load"]["mode"] == "open" and summary["load"].get("max_concurrency"):
-        lines.insert(3, _row("Mean queue wait for a slot (ms):", summary["mean_queue_wait_ms"]))
+        lines.insert(4, _row("Mean queue wait for a slot (ms):", summary["mean_queue_wait_ms"]))
     return lines
 
 

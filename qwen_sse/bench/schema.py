@@ -459,6 +459,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": [
                 "loop_lag_ms",
+                "receive_lag_ms",
                 "cpu_fraction_max",
                 "schedule_lag_p90_ms",
                 "schedule_lag_first_tenth_ms",
@@ -466,8 +467,14 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                 "workers",
                 "thresholds",
             ],
+            "description": (
+                "the monitors' figures: loop_lag_ms (a timer's lateness) and receive_lag_ms "
+                "(how long data sat in a socket before the client read it) over the samples "
+                "taken while successful requests were in flight"
+            ),
             "properties": {
                 "loop_lag_ms": _LAG,
+                "receive_lag_ms": _LAG,
                 "cpu_fraction_max": {"type": "number", "minimum": 0},
                 "cpu_wait_fraction_max": {"type": ["number", "null"], "minimum": 0},
                 "schedule_lag_p90_ms": _MS,
@@ -482,6 +489,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                             "cpu_fraction",
                             "cpu_fraction_max",
                             "loop_lag_ms",
+                            "receive_lag_ms",
                             "open_files_limit",
                         ],
                         "properties": {
@@ -495,6 +503,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
                                 "CPU over wall time (null where the kernel does not say)",
                             },
                             "loop_lag_ms": _LAG,
+                            "receive_lag_ms": _LAG,
                             "open_files_limit": {"type": ["integer", "null"]},
                         },
                     },

@@ -31,7 +31,7 @@ from qwen_sse.bench.live import LiveProgress
 from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
-from qwen_sse.bench.plot import write_charts
+from qwen_sse.bench.plot import level_directory, write_charts, write_sweep_chart
 from qwen_sse.bench.report import (
     JsonlWriter,
     format_summary,
@@ -76,8 +76,8 @@ def add_parser(subparsers: Any) -> None:
         help="load-test an endpoint: TTFT, TPOT, ITL, throughput, goodput",
         description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
         "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
-        "request_throughput, ...). The client watches its own event-loop lag, CPU and "
-        "schedule lag, and says loudly when it, not the server, limited the figures.",
+        "request_throughput, ...). The client watches its own event-loop lag, receive lag and "
+        "CPU, and says loudly when it, not the server, limited the figures.",
     )
     load = parser.add_argument_group("load")
     shape = load.add_mutually_exclusive_group()
@@ -145,7 +145,7 @@ def add_parser(subparsers: Any) -> None:
         "--max-loop-lag-ms",
         type=float,
         default=Thresholds().max_loop_lag_ms,
-        help="client verdict: event-loop lag p90 limit (default 10)",
+        help="client verdict: p90 limit of event-loop lag and receive lag (default 10)",
     )
     figures.add_argument(
         "--max-cpu-percent",
@@ -163,7 +163,8 @@ def add_parser(subparsers: Any) -> None:
         "--max-schedule-lag-ms",
         type=float,
         default=Thresholds().max_schedule_lag_ms,
-        help="client verdict: schedule lag p90 and growth limit (default 10)",
+        help="client verdict: how much schedule lag may grow over the run, a reason only "
+        "beside another (default 10)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the summary (or sweep) as JSON")
@@ -202,8 +203,6 @@ def run(args: argparse.Namespace) -> int:
         config, sweep = _config(args)
         for note in workload_notes(config.workload):
             print(f"qwen-sse bench: {note}", file=sys.stderr)
-        if args.plot is not None and sweep is not None:
-            raise ConfigurationError("--plot draws one run; leave it out of a sweep")
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
         _check_outputs(args)
@@ -300,6 +299,10 @@ def _sweep(
             + (f", stopped early: {summary['stop_reason']}" if summary["stop_reason"] else ""),
             file=sys.stderr,
         )
+        if args.plot:
+            where = level_directory(args.plot, value)
+            for path in write_charts(summary, result.records, result.loads, where):
+                print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
 
     kind, levels = sweep
     _announce(args, config, target, sweep=sweep)
@@ -307,6 +310,12 @@ def _sweep(
     print(format_sweep(document))
     status = 0 if any(run["completed"] for run in document["runs"]) else 1
     if args.json and _write(args.json, lambda: write_json(args.json, document)):
+        status = 1
+
+    def chart() -> None:
+        print(f"qwen-sse bench: wrote {write_sweep_chart(document, args.plot)}", file=sys.stderr)
+
+    if args.plot and _write(args.plot, chart):
         status = 1
     return status
 
