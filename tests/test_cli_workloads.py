@@ -7,16 +7,20 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from qwen_sse.bench.benchmark import BenchConfig
 from qwen_sse.bench.schedule import ClosedLoop
 from qwen_sse.bench.workload import FileWorkload, SyntheticWorkload, Workload
 from qwen_sse.cli.bench import add_parser
 from qwen_sse.cli.workloads import (
+    add_workload_options,
     mock_answer_tokens,
     planned_requests,
     workload_from,
     workload_notes,
 )
+from qwen_sse.errors import ConfigurationError
 
 
 def parse(*options: str) -> argparse.Namespace:
@@ -89,3 +93,43 @@ def test_a_conversation_plans_a_request_per_turn(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"conversations": pair * turns} for turns in (1, 2)]))
     uneven = workload_from(parse("--dataset", f"multiturn:{path}"), units=None)
     assert planned_requests(config(uneven, 5)) is None
+
+
+def parse_prefixed(*options: str) -> argparse.Namespace:
+    """The options as the Locust user adds them: ``--qwen-`` before each, a seed of its own."""
+    parser = argparse.ArgumentParser()
+    add_workload_options(parser, prefix="qwen-")
+    parser.add_argument("--qwen-seed", type=int, default=0)
+    return parser.parse_args(list(options))
+
+
+def test_prefixed_options_build_the_same_workloads(tmp_path: Path) -> None:
+    path = sharegpt(tmp_path, entries=5)
+    for options in (
+        [],
+        ["dataset", "shared-prefix", "prefix-tokens", "40", "prefix-groups", "2"],
+        ["dataset", "multiturn", "turns", "2", "input-tokens", "30,40", "seed", "7"],
+        ["input-tokens", "64", "random-range-ratio", "0.5", "output-tokens", "9"],
+        ["dataset", f"multiturn:{path}", "turns", "1", "sample", "3"],
+    ):
+        plain = [f"--{word}" if i % 2 == 0 else word for i, word in enumerate(options)]
+        prefixed = [f"--qwen-{word}" if i % 2 == 0 else word for i, word in enumerate(options)]
+        expected = workload_from(parse(*plain), units=None)
+        assert workload_from(parse_prefixed(*prefixed), units=None, prefix="qwen-") == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--qwen-dataset", "nonsense"], "--qwen-dataset wants random, shared-prefix"),
+        (["--qwen-prompts", "p.jsonl", "--qwen-turns", "2"], "--qwen-turns does not apply"),
+        (["--qwen-dataset", "shared-prefix"], "shared-prefix needs --qwen-prefix-tokens K"),
+        (["--qwen-input-tokens", "8,x"], "--qwen-input-tokens wants a whole number"),
+    ],
+)
+def test_prefixed_options_are_named_so_in_errors(options: list[str], message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        workload_from(parse_prefixed(*options), units=None, prefix="qwen-")
+    assert message in str(caught.value)
+    # Every option the message names has the prefix.
+    assert all(word.startswith("--qwen-") for word in str(caught.value).split() if "--" in word)

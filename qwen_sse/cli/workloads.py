@@ -1,5 +1,6 @@
 """The workload options of ``qwen-sse bench`` (``--dataset``, ``--prompts``, sizes,
-``--tokenizer``...) and the workload they describe.
+``--tokenizer``...) and the workload they describe; the Locust user has the same options
+with ``qwen-`` before each name (``--qwen-dataset``...).
 
 Edge layer (cli). It owns the options' spelling and which ones go together; what they mean
 is :mod:`qwen_sse.bench.workload`'s and :mod:`qwen_sse.bench.sharegpt`'s. A bad
@@ -9,6 +10,7 @@ combination is one ConfigurationError naming the options.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, TypeVar
 
 from qwen_sse.bench.benchmark import BenchConfig
@@ -30,78 +32,108 @@ _INPUT_TOKENS = 256
 _OUTPUT_TOKENS = 128
 _TURNS = 3
 _DATASETS = "random, shared-prefix, sharegpt:FILE.json, multiturn or multiturn:FILE.json"
+_OPTIONS = (
+    "dataset",
+    "prompts",
+    "input-tokens",
+    "output-tokens",
+    "random-range-ratio",
+    "prefix-tokens",
+    "prefix-groups",
+    "turns",
+    "sample",
+    "tokenizer",
+)
+_OPTION = re.compile(rf"--({'|'.join(_OPTIONS)}|seed)\b")
 
 
-def add_workload_options(group: Any) -> None:
-    """Add the workload options to ``group`` (an argument group of ``qwen-sse bench``)."""
+def add_workload_options(group: Any, *, prefix: str = "") -> None:
+    """Add the workload options to ``group`` (an argument group of ``qwen-sse bench``; with
+    ``prefix`` ``"qwen-"``, Locust's: ``--qwen-dataset``...)."""
     group.add_argument(
-        "--dataset",
+        f"--{prefix}dataset",
         metavar="NAME[:FILE]",
         help="random (default): synthetic prompts of exact billed sizes; shared-prefix: "
-        "the same with a shared system prompt of --prefix-tokens; sharegpt:FILE.json: "
+        f"the same with a shared system prompt of --{prefix}prefix-tokens; sharegpt:FILE.json: "
         "ShareGPT first turns as vLLM reads them; multiturn[:FILE.json]: conversations, "
         "each turn sent with the server's earlier answers (synthetic, or a ShareGPT file)",
     )
     group.add_argument(
-        "--prompts",
+        f"--{prefix}prompts",
         metavar="FILE.jsonl",
         help='prompts file: a JSON object a line, {"prompt": ...} or {"messages": [...]} '
         "(image_url parts for qwen-vl models allowed)",
     )
     group.add_argument(
-        "--input-tokens",
+        f"--{prefix}input-tokens",
         metavar="N|N,N,...",
         help=f"synthetic prompt size as billed (default {_INPUT_TOKENS}); a list is drawn from",
     )
     group.add_argument(
-        "--output-tokens",
+        f"--{prefix}output-tokens",
         metavar="N|N,N,...",
         help=f"max_tokens to ask for (default {_OUTPUT_TOKENS}; a ShareGPT file: each recorded "
         "answer's length); a list is drawn from",
     )
     group.add_argument(
-        "--random-range-ratio",
+        f"--{prefix}random-range-ratio",
         type=float,
         default=0.0,
         metavar="R",
         help="draw each size uniformly from [N*(1-R), N*(1+R)], as vLLM (default 0)",
     )
     group.add_argument(
-        "--prefix-tokens",
+        f"--{prefix}prefix-tokens",
         type=int,
         metavar="K",
         help="shared-prefix (or synthetic multiturn): system prompt of K tokens, shared",
     )
     group.add_argument(
-        "--prefix-groups",
+        f"--{prefix}prefix-groups",
         type=int,
         metavar="G",
         help="G different shared prefixes; request i has prefix i mod G (default 1)",
     )
     group.add_argument(
-        "--turns",
+        f"--{prefix}turns",
         type=int,
         metavar="T",
         help=f"multiturn: turns per conversation (default {_TURNS}; a file: at most T)",
     )
     group.add_argument(
-        "--sample",
+        f"--{prefix}sample",
         type=int,
         metavar="N",
-        help="a ShareGPT file: N entries drawn with --seed (default: as many as the run sends)",
+        help=f"a ShareGPT file: N entries drawn with --{prefix}seed (default: as many as the "
+        "run sends if known, else all)",
     )
     group.add_argument(
-        "--tokenizer",
+        f"--{prefix}tokenizer",
         metavar="PATH",
         help="count and size prompts with this local Hugging Face tokenizer.json "
         "(needs qwen-sse[hf]; default: the bundled Qwen tokenizer)",
     )
 
 
-def workload_from(args: argparse.Namespace, *, units: int | None) -> Workload:
+def workload_from(args: argparse.Namespace, *, units: int | None, prefix: str = "") -> Workload:
     """The workload ``args`` describe. ``units``: the conversations or requests the run
     sends, warm-up included (None: as many as a duration allows), the default sample of a
-    ShareGPT file."""
+    ShareGPT file. ``prefix``: the one :func:`add_workload_options` was given, which the
+    seed's option has too (``"qwen-"``: ``args.qwen_dataset``... ``args.qwen_seed``); error
+    messages spell the options with it."""
+    if not prefix:
+        return _workload_from(args, units=units)
+    dest = prefix.replace("-", "_")
+    names = [option.replace("-", "_") for option in (*_OPTIONS, "seed")]
+    plain = argparse.Namespace(**{name: getattr(args, dest + name) for name in names})
+    try:
+        return _workload_from(plain, units=units)
+    except ConfigurationError as error:
+        # The messages name the options unprefixed, as bench spells them.
+        raise ConfigurationError(_OPTION.sub(rf"--{prefix}\1", str(error))) from None
+
+
+def _workload_from(args: argparse.Namespace, *, units: int | None) -> Workload:
     name, path = _dataset(args)
     if args.prompts is not None:
         if args.dataset is not None:
