@@ -1165,9 +1165,11 @@ async def test_timing_delays_are_at_least_the_configured_ones(
             arrivals: list[float] = []
             async for piece in resp.content.iter_any():
                 arrivals += [loop.time()] * len(decoder.feed(piece))
-    # Sleeps only ever add time: lower bounds hold however loaded the machine is.
+    # No token is written before its time on the stream's schedule (the time to first
+    # token, then a delay a token, each at least its configured value minus the jitter):
+    # lower bounds that hold however loaded the machine is.
     assert arrivals[0] - started >= 0.05 - 0.005
-    assert arrivals[-1] - arrivals[0] >= 9 * (0.01 - 0.005)
+    assert arrivals[-1] - started >= 0.05 - 0.005 + 9 * (0.01 - 0.005)
     assert headers_at <= arrivals[0]
 
 
@@ -1193,13 +1195,16 @@ async def test_the_record_says_when_each_piece_was_really_written(
     written = [at for _, at in record.written]
     # One clock for the server and this client (they share the loop): the request arrived
     # after it was sent, and no piece arrived before it was written (events: the role
-    # chunk, then one per piece). Sleeps only ever add time, so the lower bounds hold
-    # however loaded the machine is.
+    # chunk, then one per piece). No piece is written before its last token's time on the
+    # stream's schedule (the time to first token, then a delay a token, each at least its
+    # configured value minus the jitter), so the lower bounds hold however loaded the
+    # machine is.
     assert record.arrived_at_s is not None
     assert started <= record.arrived_at_s <= headers_at
     assert written[0] - record.arrived_at_s >= 0.05 - 0.005
-    for before, after in itertools.pairwise(written):
-        assert after - before >= 0.01 - 0.005
+    last_tokens = itertools.accumulate(piece.tokens for piece in answer.pieces)
+    for at, tokens in zip(written, last_tokens, strict=True):
+        assert at - record.arrived_at_s >= 0.05 - 0.005 + (tokens - 1) * (0.01 - 0.005)
     for number, at in enumerate(written, start=1):
         assert arrivals[number] >= at
 

@@ -2,6 +2,11 @@
 :class:`Streamer` that writes a response's events with that fault's effects, at the pace
 :class:`Pacer` sets.
 
+A framing's stream is written through two small interfaces, :class:`EventSink` (where the
+events go) and :class:`TokenPacer` (how long the tokens take), so that the same framing
+code feeds the :class:`Streamer` of a faulty stream and the pre-rendered script of a
+fault-free one (:mod:`qwen_sse.emulator.script`).
+
 Edge layer (part of :mod:`qwen_sse.emulator`): it writes to an ``aiohttp.web`` response;
 what an event looks like is the framings' business (:class:`FaultFrames`).
 """
@@ -12,8 +17,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 from aiohttp import web
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_HEADER",
+    "EventSink",
     "Fault",
     "FaultFrames",
     "LineEnding",
@@ -35,6 +41,7 @@ __all__ = [
     "Send",
     "Stop",
     "Streamer",
+    "TokenPacer",
     "check_count",
     "fault_decoder",
     "paced",
@@ -142,6 +149,20 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         """``{"X-Emulator-Fault": <json>}``, to merge into one request's headers."""
         return {FAULT_HEADER: self.to_json()}
 
+    @property
+    def rewrites_stream(self) -> bool:
+        """Whether it changes a stream's events or writes (drops, stalls, errors, malformed
+        or huge events, small writes), beyond its line ending and ``no_done``."""
+        return (
+            self.drop_after_events is not None
+            or self.drop_after_bytes is not None
+            or self.stall_after_events is not None
+            or self.error_after_events is not None
+            or self.malformed_after_events is not None
+            or self.write_bytes is not None
+            or self.huge_event_bytes is not None
+        )
+
 
 _NO_FAULT = Fault()
 fault_decoder = msgspec.json.Decoder(Fault)
@@ -179,8 +200,29 @@ class FaultFrames(Protocol):
         """A text frame whose data line value is ``size`` bytes (at least its JSON)."""
 
 
+class EventSink(Protocol):
+    """Where a framing writes its stream's events. ``no_done`` says that the stream must
+    end without its end marker (the fault ``no_done``)."""
+
+    @property
+    def no_done(self) -> bool: ...
+
+    async def event(self, frame: bytes, kind: str | None = None) -> None:
+        """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
+        ...
+
+
+class TokenPacer(Protocol):
+    """How long the tokens of a stream take."""
+
+    async def tokens(self, count: int) -> None:
+        """Wait while ``count`` more tokens are generated."""
+        ...
+
+
 class Streamer:
-    """Writes one response's events, applying the fault's stream effects on the way."""
+    """Writes one response's events, applying the fault's stream effects on the way (an
+    :class:`EventSink`); after a stall, ``pacer`` counts its tokens from the stall's end."""
 
     __slots__ = (
         "_fault",
@@ -188,6 +230,7 @@ class Streamer:
         "_huge_sent",
         "_keepalive",
         "_malformed_sent",
+        "_pacer",
         "_request",
         "_resp",
         "_stalled",
@@ -202,12 +245,15 @@ class Streamer:
         frames: FaultFrames,
         fault: Fault | None,
         record: RecordedRequest,
+        *,
+        pacer: Pacer,
     ) -> None:
         self._request = request
         self._resp = resp
         self._frames = frames
         self._fault = fault
         self.record = record
+        self._pacer = pacer
         self._stalled = False
         self._malformed_sent = False
         self._huge_sent = False
@@ -259,12 +305,14 @@ class Streamer:
         every = fault.keepalive_every_s
         if every is None:
             await asyncio.sleep(fault.stall_s)
-            return
-        comments, rest = divmod(fault.stall_s, every)
-        for _ in range(int(comments)):
-            await asyncio.sleep(every)
-            await self._send(self._keepalive)
-        await asyncio.sleep(rest)
+        else:
+            comments, rest = divmod(fault.stall_s, every)
+            for _ in range(int(comments)):
+                await asyncio.sleep(every)
+                await self._send(self._keepalive)
+            await asyncio.sleep(rest)
+        # The stream continues normally: no burst of the tokens "generated" meanwhile.
+        self._pacer.restart()
 
     async def _send(self, data: bytes) -> None:
         fault = self._fault
@@ -300,36 +348,62 @@ class Streamer:
 
 
 class Pacer:
-    """The delays of one stream: ``ttft_s`` first, then ``itl_s`` per token, each delay
-    moved by the jitter."""
+    """The delays of one stream (a :class:`TokenPacer`): ``ttft_s`` first, then ``itl_s``
+    per token, each delay moved by the jitter (drawn in that order, so every way of
+    sending a stream gets the same delays).
 
-    __slots__ = ("_config", "_rng")
+    The delays add up on the stream's own schedule, as a model generates its tokens at its
+    pace whatever the writes: token k is due ``ttft_s`` plus k delays after :meth:`first`
+    was called, and a write that comes late does not delay the tokens after it. So no
+    token is ever written before its time, and a busy server's lateness does not pile up
+    into the gaps between tokens. :meth:`restart` starts the schedule again from now.
+    """
+
+    __slots__ = ("_config", "_due_s", "_rng")
 
     def __init__(self, config: EmulatorConfig, number: int) -> None:
         self._config = config
         self._rng = random.Random(seed_of("timing", config.seed, number))
+        self._due_s = 0.0
+
+    def first_delay_s(self) -> float:
+        """The time to first token, jittered (the first draw)."""
+        return self._jittered(self._config.ttft_s)
+
+    def tokens_delay_s(self, count: int) -> float:
+        """The time ``count`` more tokens take, jittered (the next draw)."""
+        return self._jittered(self._config.itl_s * count)
 
     async def first(self) -> None:
-        await self._sleep(self._config.ttft_s)
+        """Start the schedule now and wait for the first token."""
+        self.restart()
+        await self._wait(self.first_delay_s())
 
     async def tokens(self, count: int) -> None:
         """Wait while ``count`` more tokens are generated."""
-        await self._sleep(self._config.itl_s * count)
+        await self._wait(self.tokens_delay_s(count))
 
-    async def _sleep(self, base_s: float) -> None:
+    def restart(self) -> None:
+        """Count the delays to come from now (on ``time.monotonic()``)."""
+        self._due_s = time.monotonic()
+
+    def _jittered(self, base_s: float) -> float:
         jitter = self._config.jitter_s
-        delay = max(0.0, base_s + self._rng.uniform(-jitter, jitter)) if jitter else base_s
-        if delay:
-            await asyncio.sleep(delay)
+        return max(0.0, base_s + self._rng.uniform(-jitter, jitter)) if jitter else base_s
+
+    async def _wait(self, delay_s: float) -> None:
+        self._due_s += delay_s
+        if delay_s and (left_s := self._due_s - time.monotonic()) > 0:
+            await asyncio.sleep(left_s)
 
 
-Send = Callable[[Streamer, Pacer], Awaitable["Outcome"]]
-"""Writes one response's events through the streamer, at the pacer's pace, and says how the
+Send = Callable[[EventSink, TokenPacer], Coroutine[Any, Any, "Outcome"]]
+"""Writes one response's events through the sink, at the pacer's pace, and says how the
 stream ended (``"completed"`` or ``"no_done"``; faults end it otherwise by :class:`Stop`)."""
 
 
 async def paced(
-    answers: Sequence[EmulatedAnswer], pacer: Pacer
+    answers: Sequence[EmulatedAnswer], pacer: TokenPacer
 ) -> AsyncIterator[tuple[int, Piece]]:
     """Every choice's pieces, with its index, as a model generates them: one token of each
     choice every ``itl_s`` (the first token comes at once, the time to first token having

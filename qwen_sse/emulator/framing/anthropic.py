@@ -44,7 +44,7 @@ from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.anthropic import ANTHROPIC
 
 if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
+    from qwen_sse.emulator.faults import EventSink, TokenPacer
     from qwen_sse.emulator.records import Outcome
 
 __all__ = ["ANTHROPIC_FRAMING", "AnthropicFraming"]
@@ -335,7 +335,7 @@ def _input(arguments: str) -> Any:
 
 
 async def _send(
-    streamer: Streamer, pacer: Pacer, *, frames: AnthropicFrames, answer: EmulatedAnswer
+    streamer: EventSink, pacer: TokenPacer, *, frames: AnthropicFrames, answer: EmulatedAnswer
 ) -> Outcome:
     """A Messages stream: message_start, the content blocks, message_delta, message_stop."""
     await streamer.event(frames.message_start())
@@ -365,7 +365,7 @@ class _AnthropicReply:
     def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
         frames = AnthropicFrames(answering)
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
+        async def send(streamer: EventSink, pacer: TokenPacer) -> Outcome:
             return await _send(streamer, pacer, frames=frames, answer=answering.answer)
 
         return frames, send

@@ -27,7 +27,7 @@ from qwen_sse.emulator.rejects import Reject, json_object
 from qwen_sse.protocols.compatible import COMPATIBLE, DONE_MARKER
 
 if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
+    from qwen_sse.emulator.faults import EventSink, TokenPacer
     from qwen_sse.emulator.records import Outcome
 
 __all__ = [
@@ -282,7 +282,7 @@ class _Choice:
             piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0], self.index
         )
 
-    async def end(self, streamer: Streamer, frames: CompatibleFrames) -> None:
+    async def end(self, streamer: EventSink, frames: CompatibleFrames) -> None:
         """The frames after the last piece: DashScope's empty function delta after tool
         calls, and the finish reason."""
         answer = self.answer
@@ -292,8 +292,8 @@ class _Choice:
 
 
 async def _send(
-    streamer: Streamer,
-    pacer: Pacer,
+    streamer: EventSink,
+    pacer: TokenPacer,
     *,
     frames: CompatibleFrames,
     answers: tuple[EmulatedAnswer, ...],
@@ -345,7 +345,7 @@ class _CompatibleReply:
             options.get("include_usage") is True
         )
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
+        async def send(streamer: EventSink, pacer: TokenPacer) -> Outcome:
             return await _send(
                 streamer,
                 pacer,

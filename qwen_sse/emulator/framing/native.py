@@ -45,7 +45,7 @@ from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL, NativeProtocol
 
 if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
+    from qwen_sse.emulator.faults import EventSink, TokenPacer
     from qwen_sse.emulator.records import Outcome
 
 __all__ = ["MULTIMODAL_FRAMING", "NATIVE_FRAMING", "NATIVE_SSE_HEADER", "NativeFraming"]
@@ -284,8 +284,8 @@ class NativeFrames:
 
 
 async def _send(
-    streamer: Streamer,
-    pacer: Pacer,
+    streamer: EventSink,
+    pacer: TokenPacer,
     *,
     frames: NativeFrames,
     answers: tuple[EmulatedAnswer, ...],
@@ -344,7 +344,7 @@ class _NativeReply:
             choices=len(answering.answers),
         )
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
+        async def send(streamer: EventSink, pacer: TokenPacer) -> Outcome:
             return await _send(streamer, pacer, frames=frames, answers=answering.answers)
 
         return frames, send

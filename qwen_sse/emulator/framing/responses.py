@@ -41,7 +41,7 @@ from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.responses import RESPONSES
 
 if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
+    from qwen_sse.emulator.faults import EventSink, TokenPacer
     from qwen_sse.emulator.records import Outcome
 
 __all__ = ["RESPONSES_FRAMING", "ResponsesFraming"]
@@ -391,7 +391,7 @@ class ResponsesFrames:
 
 
 async def _send(
-    streamer: Streamer, pacer: Pacer, *, frames: ResponsesFrames, answer: EmulatedAnswer
+    streamer: EventSink, pacer: TokenPacer, *, frames: ResponsesFrames, answer: EmulatedAnswer
 ) -> Outcome:
     """A Responses stream: the lifecycle events, the items, and the end event."""
     await streamer.event(frames.created())
@@ -424,7 +424,7 @@ class _ResponsesReply:
     def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
         frames = ResponsesFrames(_Output(answering, self), answering.line_ending)
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
+        async def send(streamer: EventSink, pacer: TokenPacer) -> Outcome:
             return await _send(streamer, pacer, frames=frames, answer=answering.answer)
 
         return frames, send
