@@ -46,7 +46,7 @@ from qwen_sse.emulator import (
     emulated_answer,
 )
 from qwen_sse.emulator import loop as emulator_loop
-from qwen_sse.emulator.faults import Pacer, paced
+from qwen_sse.emulator.faults import paced
 from qwen_sse.emulator.loop import loop_name
 from qwen_sse.errors import (
     EventTooLargeError,
@@ -2533,43 +2533,34 @@ async def test_a_native_text_format_request_cannot_ask_for_n(
     assert native_error_of(received)["code"] == "InvalidParameter"
 
 
-class CountingPacer(Pacer):
-    """Counts the tokens each wait covers instead of sleeping."""
-
-    def __init__(self) -> None:
-        super().__init__(FAST, 0)
-        self.waits: list[int] = []
-
-    async def tokens(self, count: int) -> None:
-        self.waits.append(count)
-
-
-async def test_a_piece_of_several_tokens_comes_that_many_delays_after_the_last() -> None:
+def test_a_piece_of_several_tokens_comes_that_many_delays_after_the_last() -> None:
     answers = (
         emulated_answer(chat_body(USER_ZH), seed=seed, answer_tokens=200) for seed in range(100)
     )
     answer = next(answer for answer in answers if any(p.tokens > 1 for p in answer.pieces))
-    pacer = CountingPacer()
-    order = [piece async for _, piece in paced((answer,), pacer)]
-    assert order == list(answer.pieces)
+    order = list(paced((answer,)))
+    assert [piece for _, _, piece in order] == list(answer.pieces)
     # One delay a token: a piece waits for each of its tokens but the first piece's first,
     # which the time to first token covered.
     expected = [piece.tokens for piece in answer.pieces]
     expected[0] -= 1
-    assert pacer.waits == [count for count in expected if count]
-    assert sum(pacer.waits) == answer.completion_tokens - 1
+    assert [wait for wait, _, _ in order] == expected
+    assert sum(wait for wait, _, _ in order) == answer.completion_tokens - 1
 
 
-async def test_choices_advance_together_a_token_at_a_time() -> None:
+def test_choices_advance_together_a_token_at_a_time() -> None:
     body = chat_body(USER_ZH)
     answers = tuple(emulated_answer(body, choice=choice, answer_tokens=200) for choice in range(3))
-    pacer = CountingPacer()
-    order = [entry async for entry in paced(answers, pacer)]
+    order = list(paced(answers))
     for choice, answer in enumerate(answers):
-        assert [piece for index, piece in order if index == choice] == list(answer.pieces)
+        assert [piece for _, index, piece in order if index == choice] == list(answer.pieces)
     # Waits cover the longest choice's tokens: the choices are generated side by side.
-    assert sum(pacer.waits) == max(answer.completion_tokens for answer in answers) - 1
-    assert order[:3] == [(choice, answers[choice].pieces[0]) for choice in range(3)]
+    waits = [wait for wait, _, _ in order]
+    assert sum(waits) == max(answer.completion_tokens for answer in answers) - 1
+    assert [(index, piece) for _, index, piece in order[:3]] == [
+        (choice, answers[choice].pieces[0]) for choice in range(3)
+    ]
+    assert waits[:3] == [0, 0, 0]
 
 
 # --- the listening socket and the event loop ---------------------------------------------------

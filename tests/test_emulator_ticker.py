@@ -24,7 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from qwen_sse import protocols
 from qwen_sse.emulator import Emulator, EmulatorConfig, Fault, emulated_answer
 from qwen_sse.emulator.accounting import answer_usage, prompt_tokens
-from qwen_sse.emulator.faults import EventSink, Pacer, TokenPacer
+from qwen_sse.emulator.faults import Pacer
 from qwen_sse.emulator.framing import Answering
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING
 from qwen_sse.emulator.records import Outcome, RecordedRequest
@@ -50,8 +50,9 @@ def answering(body: dict[str, Any], *, line_ending: str = "\n") -> Answering:
 def compatible_script(
     body: dict[str, Any], config: EmulatorConfig, *, no_done: bool = False
 ) -> Script:
-    frames, send = COMPATIBLE_FRAMING.reply_to(body, {}).stream(answering(body))
-    return render(send, frames, Pacer(config, 7), no_done=no_done)
+    frames, events = COMPATIBLE_FRAMING.reply_to(body, {}).stream(answering(body))
+    outcome: Outcome = "no_done" if no_done else "completed"
+    return render(events(no_done), frames, Pacer(config, 7), outcome=outcome)
 
 
 def dechunked(chunk: bytes) -> list[bytes]:
@@ -104,17 +105,6 @@ def test_a_no_done_script_ends_without_the_marker() -> None:
     assert b"[DONE]" not in b"".join(script.chunks)
 
 
-def test_a_send_that_suspends_cannot_be_rendered() -> None:
-    frames, _ = COMPATIBLE_FRAMING.reply_to(BODY, {}).stream(answering(BODY))
-
-    async def suspends(sink: EventSink, pacer: TokenPacer) -> Outcome:
-        await asyncio.sleep(0)
-        return "completed"
-
-    with pytest.raises(RuntimeError, match="suspended"):
-        render(suspends, frames, Pacer(EmulatorConfig(), 0), no_done=False)
-
-
 # --- the ticker, on a fake clock --------------------------------------------------------------
 
 
@@ -148,7 +138,7 @@ def record() -> RecordedRequest:
 
 
 def script_of(delays_s: list[float]) -> Script:
-    script = Script()
+    script = Script("completed")
     script.delays_s = list(delays_s)
     script.chunks = [b"%d;" % index for index in range(len(delays_s))]
     script.events = [1] * len(delays_s)

@@ -2,10 +2,10 @@
 :class:`Streamer` that writes a response's events with that fault's effects, at the pace
 :class:`Pacer` sets.
 
-A framing's stream is written through two small interfaces, :class:`EventSink` (where the
-events go) and :class:`TokenPacer` (how long the tokens take), so that the same framing
-code feeds the :class:`Streamer` of a faulty stream and the pre-rendered script of a
-fault-free one (:mod:`qwen_sse.emulator.script`).
+A framing describes a stream without I/O (:data:`Events`): its events in order, with the
+waits for the tokens between them (:func:`paced`). The :class:`Streamer` plays that for a
+faulty stream, event by event; a fault-free one is rendered ahead of time and written by
+the loop's ticker (:mod:`qwen_sse.emulator.script`, :mod:`qwen_sse.emulator.ticker`).
 
 Edge layer (part of :mod:`qwen_sse.emulator`): it writes to an ``aiohttp.web`` response;
 what an event looks like is the framings' business (:class:`FaultFrames`).
@@ -17,8 +17,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 from aiohttp import web
@@ -33,15 +33,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_HEADER",
-    "EventSink",
+    "Event",
+    "Events",
     "Fault",
     "FaultFrames",
+    "Item",
     "LineEnding",
     "Pacer",
-    "Send",
     "Stop",
     "Streamer",
-    "TokenPacer",
     "check_count",
     "fault_decoder",
     "paced",
@@ -200,29 +200,9 @@ class FaultFrames(Protocol):
         """A text frame whose data line value is ``size`` bytes (at least its JSON)."""
 
 
-class EventSink(Protocol):
-    """Where a framing writes its stream's events. ``no_done`` says that the stream must
-    end without its end marker (the fault ``no_done``)."""
-
-    @property
-    def no_done(self) -> bool: ...
-
-    async def event(self, frame: bytes, kind: str | None = None) -> None:
-        """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
-        ...
-
-
-class TokenPacer(Protocol):
-    """How long the tokens of a stream take."""
-
-    async def tokens(self, count: int) -> None:
-        """Wait while ``count`` more tokens are generated."""
-        ...
-
-
 class Streamer:
-    """Writes one response's events, applying the fault's stream effects on the way (an
-    :class:`EventSink`); after a stall, ``pacer`` counts its tokens from the stall's end."""
+    """Writes one response's events, applying the fault's stream effects on the way, at
+    ``pacer``'s pace; after a stall, the pacer counts its tokens from the stall's end."""
 
     __slots__ = (
         "_fault",
@@ -234,7 +214,6 @@ class Streamer:
         "_request",
         "_resp",
         "_stalled",
-        "no_done",
         "record",
     )
 
@@ -257,9 +236,18 @@ class Streamer:
         self._stalled = False
         self._malformed_sent = False
         self._huge_sent = False
-        self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
+
+    async def play(self, events: Iterable[Item]) -> None:
+        """Write ``events`` (waiting for their tokens) after the time to first token."""
+        pacer = self._pacer
+        await pacer.first()
+        for item in events:
+            if isinstance(item, int):
+                await pacer.tokens(item)
+            else:
+                await self.event(*item)
 
     async def event(self, frame: bytes, kind: str | None = None) -> None:
         """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
@@ -348,7 +336,7 @@ class Streamer:
 
 
 class Pacer:
-    """The delays of one stream (a :class:`TokenPacer`): ``ttft_s`` first, then ``itl_s``
+    """The delays of one stream: ``ttft_s`` first, then ``itl_s``
     per token, each delay moved by the jitter (drawn in that order, so every way of
     sending a stream gets the same delays).
 
@@ -359,11 +347,13 @@ class Pacer:
     into the gaps between tokens. :meth:`restart` starts the schedule again from now.
     """
 
-    __slots__ = ("_config", "_due_s", "_rng")
+    __slots__ = ("_config", "_due_s", "_number", "_rng")
 
     def __init__(self, config: EmulatorConfig, number: int) -> None:
         self._config = config
-        self._rng = random.Random(seed_of("timing", config.seed, number))
+        self._number = number
+        # Seeded at the first draw: a stream without jitter draws nothing.
+        self._rng: random.Random | None = None
         self._due_s = 0.0
 
     def first_delay_s(self) -> float:
@@ -389,7 +379,11 @@ class Pacer:
 
     def _jittered(self, base_s: float) -> float:
         jitter = self._config.jitter_s
-        return max(0.0, base_s + self._rng.uniform(-jitter, jitter)) if jitter else base_s
+        if not jitter:
+            return base_s
+        if self._rng is None:
+            self._rng = random.Random(seed_of("timing", self._config.seed, self._number))
+        return max(0.0, base_s + self._rng.uniform(-jitter, jitter))
 
     async def _wait(self, delay_s: float) -> None:
         self._due_s += delay_s
@@ -397,18 +391,25 @@ class Pacer:
             await asyncio.sleep(left_s)
 
 
-Send = Callable[[EventSink, TokenPacer], Coroutine[Any, Any, "Outcome"]]
-"""Writes one response's events through the sink, at the pacer's pace, and says how the
-stream ended (``"completed"`` or ``"no_done"``; faults end it otherwise by :class:`Stop`)."""
+Event = tuple[bytes, "str | None"]
+"""One event of a stream: its frame (unnumbered: see :meth:`FaultFrames.numbered`) and the
+kind of the answer piece it carries (:attr:`Piece.kind`; None when it carries none)."""
+
+Item = Event | int
+"""What a stream is made of: an event, or a wait while that many tokens are generated."""
+
+Events = Callable[[bool], Iterator[Item]]
+"""A response's stream as its framing describes it: its items in order, given whether a
+``no_done`` fault holds back its end marker. The time to first token comes before the
+first item; faults end a stream early by :class:`Stop`."""
 
 
-async def paced(
-    answers: Sequence[EmulatedAnswer], pacer: TokenPacer
-) -> AsyncIterator[tuple[int, Piece]]:
-    """Every choice's pieces, with its index, as a model generates them: one token of each
-    choice every ``itl_s`` (the first token comes at once, the time to first token having
-    passed), a piece as soon as its last token is out, the choices side by side (choice 0
-    first at each token)."""
+def paced(answers: Sequence[EmulatedAnswer]) -> Iterator[tuple[int, int, Piece]]:
+    """Every choice's pieces as a model generates them, each as ``(wait, choice, piece)``:
+    ``wait`` tokens are generated before it (0: it comes at once). One token of each choice
+    comes every ``itl_s`` (the first at once, the time to first token having passed), a
+    piece as soon as its last token is out, the choices side by side (choice 0 first at
+    each token)."""
     if len(answers) == 1:
         # The common case, without the schedule: a piece's last token, counted from 0.
         step = -1
@@ -416,9 +417,10 @@ async def paced(
         for piece in answers[0].pieces:
             step += piece.tokens
             if step > sent:
-                await pacer.tokens(step - sent)
+                yield step - sent, 0, piece
                 sent = step
-            yield 0, piece
+            else:
+                yield 0, 0, piece
         return
     schedule: list[tuple[int, int, Piece]] = []
     for choice, answer in enumerate(answers):
@@ -430,6 +432,7 @@ async def paced(
     sent = 0
     for step, choice, piece in schedule:
         if step > sent:
-            await pacer.tokens(step - sent)
+            yield step - sent, choice, piece
             sent = step
-        yield choice, piece
+        else:
+            yield 0, choice, piece

@@ -2,22 +2,22 @@
 as they go on the wire, grouped into the steps that are written together, each with the
 delay before it.
 
-Edge layer (part of :mod:`qwen_sse.emulator`); no I/O. :func:`render` runs a framing's
-:data:`~qwen_sse.emulator.faults.Send` against a recording sink and pacer, so the bytes
-are exactly those the framing would write through a
-:class:`~qwen_sse.emulator.faults.Streamer`, and the delays are the stream's
+Edge layer (part of :mod:`qwen_sse.emulator`); no I/O. :func:`render` reads a framing's
+:data:`~qwen_sse.emulator.faults.Events` in one go, so the bytes are exactly those a
+:class:`~qwen_sse.emulator.faults.Streamer` would write, and the delays are the stream's
 :class:`~qwen_sse.emulator.faults.Pacer`'s, drawn in the same order. Each event is one
-HTTP/1.1 chunk (``<size in hex>\\r\\n<event>\\r\\n``), as aiohttp would frame one write, and
-the events of a step are joined into one buffer: the
-:class:`~qwen_sse.emulator.ticker.Ticker` writes a step with one call and no encoding.
+HTTP/1.1 chunk (``<size in hex>\\r\\n<event>\\r\\n``), as aiohttp frames one write, and the
+events of a step are joined into one buffer: the :class:`~qwen_sse.emulator.ticker.Ticker`
+writes a step with one call and no encoding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import FaultFrames, Pacer, Send
+    from qwen_sse.emulator.faults import FaultFrames, Item, Pacer
     from qwen_sse.emulator.records import Outcome
 
 __all__ = ["Script", "render"]
@@ -31,79 +31,58 @@ class Script:
 
     __slots__ = ("chunks", "delays_s", "events", "kinds", "outcome", "sse_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, outcome: Outcome) -> None:
         self.delays_s: list[float] = []
         self.chunks: list[bytes] = []
         self.events: list[int] = []
         self.sse_bytes: list[int] = []
         self.kinds: list[tuple[str, ...]] = []
-        self.outcome: Outcome = "completed"
+        self.outcome: Outcome = outcome
 
 
-class _Recorder:
-    """The sink and the pacer a framing writes to while its stream is rendered."""
-
-    __slots__ = ("_frames", "_kinds", "_number", "_pacer", "_parts", "_script", "_sse", "no_done")
-
-    def __init__(self, frames: FaultFrames, pacer: Pacer, *, no_done: bool) -> None:
-        self._frames = frames
-        self._pacer = pacer
-        self.no_done = no_done
-        self._script = Script()
-        self._number = 0
-        self._parts: list[bytes] = []
-        self._kinds: list[str] = []
-        self._sse = 0
-        self._step(pacer.first_delay_s())
-
-    async def event(self, frame: bytes, kind: str | None = None) -> None:
-        self._number += 1
-        data = self._frames.numbered(frame, self._number)
-        self._parts += (b"%x\r\n" % len(data), data, b"\r\n")
-        self._sse += len(data)
-        if kind is not None:
-            self._kinds.append(kind)
-
-    async def tokens(self, count: int) -> None:
-        self._step(self._pacer.tokens_delay_s(count))
-
-    def _step(self, delay_s: float) -> None:
-        """End the step being recorded (if it has events) and start one ``delay_s`` later."""
-        script = self._script
-        if self._parts:
-            script.chunks.append(b"".join(self._parts))
-            script.events.append(len(self._parts) // 3)
-            script.sse_bytes.append(self._sse)
-            script.kinds.append(tuple(self._kinds))
-            self._parts.clear()
-            self._kinds.clear()
-            self._sse = 0
-            script.delays_s.append(delay_s)
-        elif script.delays_s:
-            # Waits with no event between them add up.
-            script.delays_s[-1] += delay_s
-        else:
-            script.delays_s.append(delay_s)
-
-    def script(self, outcome: Outcome) -> Script:
-        self._step(0.0)
-        script = self._script
-        # A wait after the last event has nothing to delay.
-        del script.delays_s[len(script.chunks) :]
-        script.outcome = outcome
-        return script
-
-
-def render(send: Send, frames: FaultFrames, pacer: Pacer, *, no_done: bool) -> Script:
-    """The stream ``send`` writes with ``frames``, at ``pacer``'s delays (the time to first
-    token, then one per wait), without a fault that rewrites it (``no_done`` aside).
-    Events are numbered from 1, as :meth:`FaultFrames.numbered` wants."""
-    recorder = _Recorder(frames, pacer, no_done=no_done)
-    coroutine = send(recorder, recorder)
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        outcome: Outcome = stop.value
-        return recorder.script(outcome)
-    coroutine.close()
-    raise RuntimeError("a stream's send suspended while it was being rendered")
+def render(
+    events: Iterable[Item], frames: FaultFrames, pacer: Pacer, *, outcome: Outcome
+) -> Script:
+    """The stream of ``events`` (a framing's items, with ``frames`` to number them), at
+    ``pacer``'s delays: the time to first token before the first step, then one per wait
+    (waits with no event between them add up; a wait after the last event has nothing to
+    delay). ``outcome`` is how the stream ends."""
+    script = Script(outcome)
+    # Bound once: a stream has a step per token.
+    add_chunk, add_events = script.chunks.append, script.events.append
+    add_bytes, add_kinds, add_delay = (
+        script.sse_bytes.append,
+        script.kinds.append,
+        script.delays_s.append,
+    )
+    numbered = frames.numbered
+    number = 0
+    delay_s = pacer.first_delay_s()
+    step: list[bytes] = []
+    kinds: list[str] = []
+    for item in (*events, 0):
+        if not isinstance(item, int):
+            frame, kind = item
+            number += 1
+            step.append(numbered(frame, number))
+            if kind is not None:
+                kinds.append(kind)
+            continue
+        # A wait (the last one, 0, closes the last step).
+        if step:
+            if len(step) == 1:
+                data = step[0]
+                add_chunk(b"%x\r\n%b\r\n" % (len(data), data))
+                add_bytes(len(data))
+            else:
+                add_chunk(b"".join([b"%x\r\n%b\r\n" % (len(d), d) for d in step]))
+                add_bytes(sum(map(len, step)))
+            add_events(len(step))
+            add_kinds(tuple(kinds))
+            add_delay(delay_s)
+            step = []
+            kinds = []
+            delay_s = 0.0
+        if item:
+            delay_s += pacer.tokens_delay_s(item)
+    return script

@@ -51,10 +51,10 @@ from qwen_sse.emulator.answers import digest, emulated_answer, is_partial
 from qwen_sse.emulator.config import EmulatorConfig
 from qwen_sse.emulator.faults import (
     FAULT_HEADER,
+    Events,
     Fault,
     FaultFrames,
     Pacer,
-    Send,
     Stop,
     Streamer,
     fault_decoder,
@@ -399,8 +399,8 @@ class Emulator:
             record.status = 200
             record.outcome = "completed"
             return web.Response(body=reply.completion(answering), headers=headers)
-        frames, send = reply.stream(answering)
-        return await self._stream(exchange, frames, send)
+        frames, events = reply.stream(answering)
+        return await self._stream(exchange, frames, events)
 
     def _check_body(self, raw: Any) -> tuple[dict[str, Any], list[Any]]:
         body = json_object(raw)
@@ -450,9 +450,9 @@ class Emulator:
             raise bad_request("Partial mode is not supported when enable_thinking is true.")
 
     async def _stream(
-        self, exchange: _Exchange, frames: FaultFrames, send: Send
+        self, exchange: _Exchange, frames: FaultFrames, events: Events
     ) -> web.StreamResponse:
-        """Stream a 200 response: ``send`` writes its events and says how it ended.
+        """Stream a 200 response of ``events``.
 
         A stream that no fault rewrites is rendered first (:func:`render`) and written by
         the loop's :class:`Ticker`; a faulty one goes event by event through a
@@ -464,9 +464,11 @@ class Emulator:
         headers["Cache-Control"] = "no-cache"
         resp = web.StreamResponse(headers=headers)
         pacer = Pacer(self.config, exchange.number)
+        no_done = fault is not None and fault.no_done
+        outcome: Outcome = "no_done" if no_done else "completed"
         script = None
         if fault is None or not fault.rewrites_stream:
-            script = render(send, frames, pacer, no_done=fault is not None and fault.no_done)
+            script = render(events(no_done), frames, pacer, outcome=outcome)
         record.status = 200
         self._active_streams += 1
         try:
@@ -480,8 +482,8 @@ class Emulator:
                     return resp
             else:
                 streamer = Streamer(exchange.request, resp, frames, fault, record, pacer=pacer)
-                await pacer.first()
-                record.outcome = await send(streamer, pacer)
+                await streamer.play(events(no_done))
+                record.outcome = outcome
         except Stop as stop:
             record.outcome = stop.outcome
             if stop.aborted:
