@@ -14,6 +14,7 @@ import json
 import re
 import selectors
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -2610,6 +2611,25 @@ async def test_the_default_backlog_queues_a_burst_of_connections_not_yet_accepte
 def test_the_backlog_must_be_positive() -> None:
     with pytest.raises(ValueError, match="backlog must be at least 1"):
         EmulatorConfig(backlog=0)
+
+
+def test_a_serving_process_collects_garbage_rarely() -> None:
+    # In a process of its own: the collector's settings are the whole process's.
+    code = (
+        "import gc, json\n"
+        "from qwen_sse.emulator.loop import collect_rarely\n"
+        "before = gc.get_threshold()\n"
+        "collect_rarely()\n"
+        "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count()]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after, frozen = json.loads(completed.stdout)
+    assert after == list(emulator_loop.SERVING_GC_THRESHOLDS)
+    assert after[0] > before[0]
+    # What the process had at start-up is out of every collection.
+    assert frozen > 1000
 
 
 def test_the_emulators_processes_run_on_uvloop_when_it_is_installed(

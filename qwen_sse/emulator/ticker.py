@@ -137,9 +137,7 @@ class Ticker:
         ``record`` counts the events and bytes sent and, with ``keep_times``, when each
         piece was written."""
         done: asyncio.Future[Outcome] = self._loop.create_future()
-        playing = Playing(
-            transport, script, record, done, keep_times=keep_times, clock=self._clock
-        )
+        playing = Playing(transport, script, record, done, keep_times=keep_times, clock=self._clock)
         if not script.chunks:
             done.set_result(script.outcome)
             return playing
