@@ -112,8 +112,10 @@ def test_bench_capacity_quick() -> None:
         assert run["failed"] == 0
         emulator, generator = run["emulator"], run["generator_figures"]
         assert emulator["tokens_written"] >= 8
-        assert emulator["cpu_fraction"] > 0
-        assert emulator["cpu_us_per_token"] > 0
+        # CPU time counts in clock ticks: a tiny run may not reach one.
+        assert emulator["cpu_fraction"] >= 0
+        assert emulator["cpu_us_per_token"] >= 0
+        assert emulator["event_loop"] in ("asyncio", "uvloop")
         # No first token before its time, and no client reads a piece before it is sent.
         assert emulator["served_ttft_ms"]["median"] >= 30
         assert generator["ttft_ms"]["median"] >= emulator["served_ttft_ms"]["median"]
