@@ -9,9 +9,12 @@ from pathlib import Path
 import msgspec
 
 from qwen_sse.bench.metrics import RequestRecord, Slo
+from qwen_sse.bench.repeat import combine
 from qwen_sse.bench.report import (
+    format_repeat,
     format_summary,
     format_sweep,
+    repeat_banner,
     saturation_banner,
     write_csv,
     write_json,
@@ -121,3 +124,49 @@ def test_each_error_type_comes_with_the_first_message_of_its_kind_on_one_line() 
     assert example.startswith("  e.g. first line second line xxx")
     assert example.endswith("…")
     assert len(example) == len("  e.g. ") + 160
+
+
+def test_a_repeat_report_gives_every_figure_as_mean_plus_minus_half_width() -> None:
+    runs = [made_up_result(requests=n, slo=Slo(ttft_ms=120)).summary for n in (40, 30, 20)]
+    document = combine(runs)
+    text = format_repeat(document)
+    lines = text.splitlines()
+    assert lines[0] == "======== Serving Benchmark Result, 3 runs ========"
+    assert lines[-1] == "=" * 50
+    figures = document["figures"]
+
+    def shown(key: str) -> str:
+        figure = figures[key]
+        return f"{figure['mean']:.2f} ± {figure['half_width']:.2f}"
+
+    for line in (
+        f"{'Load:':<40} closed loop, concurrency 4, ramp-up 0.5 s",
+        f"{'Each figure:':<40} mean ± 95% CI across runs (Student t)",
+        f"{'Successful requests:':<40} {shown('completed')}",
+        f"{'Failed requests:':<40} 2 ± 0",  # a count every run agrees on
+        f"{'Request throughput (req/s):':<40} {shown('request_throughput')}",
+        f"{'Request goodput (req/s):':<40} {shown('request_goodput')}",
+        f"{'  under SLOs:':<40} ttft <= 120 ms",
+        f"{'Mean TTFT (ms):':<40} {shown('mean_ttft_ms')}",
+        f"{'P99 E2EL (ms):':<40} {shown('p99_e2el_ms')}",
+        f"{'RateLimitError:':<40} 6",  # over all runs
+        f"{'Client limited the figures:':<40} no",
+    ):
+        assert line in lines, line
+    runs_at = lines.index("-" * 23 + "Runs" + "-" * 23)
+    assert lines[runs_at + 1].split()[:3] == ["run", "req/s", "tok/s"]
+    assert [line.split()[0] for line in lines[runs_at + 2 : runs_at + 5]] == ["1", "2", "3"]
+    assert repeat_banner(document) == []
+
+
+def test_a_repeat_in_which_the_client_saturated_says_so_with_each_runs_reasons() -> None:
+    runs = [made_up_result().summary, made_up_result(lag_ms=25).summary]
+    document = combine(runs)
+    banner = repeat_banner(document)
+    text = format_repeat(document)
+    assert text.startswith("\n".join(banner))
+    assert banner[1] == "!! CLIENT SATURATED in run 2 of 2:"
+    assert any(line.startswith("!! - run 2: event-loop lag p90 25.0 ms") for line in banner)
+    assert f"{'Client limited the figures:':<40} YES in run 2, see the warning above" in text
+    run_lines = [line.split() for line in text.splitlines() if line.startswith("       ")]
+    assert [(words[0], words[-1]) for words in run_lines] == [("1", "ok"), ("2", "SATURATED")]

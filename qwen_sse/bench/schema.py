@@ -7,6 +7,7 @@ outputs against these, so the documentation cannot drift from the files:
   workload and the verdict on the client.
 * :data:`RECORD_SCHEMA`: one line of the per-request JSONL (``--jsonl``).
 * :data:`SWEEP_SCHEMA`: the JSON of a sweep (``--sweep-*`` with ``--json``).
+* :data:`REPEAT_SCHEMA`: the JSON of repeated runs (``--repeat N`` with ``--json``).
 * :data:`CSV_COLUMNS`: the header of the per-request CSV (``--csv``); list fields are
   summarised there (``itl_count``, ``itl_mean_s``, ``itl_max_s``).
 """
@@ -18,6 +19,8 @@ from typing import Any
 __all__ = [
     "CSV_COLUMNS",
     "RECORD_SCHEMA",
+    "REPEAT_SCHEMA",
+    "REPEAT_SCHEMA_ID",
     "SUMMARY_SCHEMA",
     "SUMMARY_SCHEMA_ID",
     "SWEEP_SCHEMA",
@@ -26,6 +29,7 @@ __all__ = [
 
 SUMMARY_SCHEMA_ID = "urn:qwen-sse:bench-summary:1"
 SWEEP_SCHEMA_ID = "urn:qwen-sse:bench-sweep:1"
+REPEAT_SCHEMA_ID = "urn:qwen-sse:bench-repeat:1"
 
 _NUMBER = {"type": "number"}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -498,6 +502,60 @@ SWEEP_SCHEMA: dict[str, Any] = {
             "description": "the level at which the sweep stopped; null if it ran them all",
         },
         "stop_reason": {"type": ["string", "null"]},
+    },
+}
+
+_FIGURE_ACROSS_RUNS = {
+    "type": "object",
+    "required": ["n", "mean", "std", "half_width", "low", "high", "values"],
+    "additionalProperties": False,
+    "properties": {
+        "n": {**_COUNT, "description": "runs in which the figure is not null"},
+        "mean": _NULLABLE_NUMBER,
+        "std": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "sample standard deviation across runs (n - 1); null below 2",
+        },
+        "half_width": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "t(0.975, n - 1) * std / sqrt(n); null below 2 runs",
+        },
+        "low": _NULLABLE_NUMBER,
+        "high": _NULLABLE_NUMBER,
+        "values": {
+            "type": "array",
+            "items": _NULLABLE_NUMBER,
+            "description": "the figure of each run, in run order",
+        },
+    },
+}
+
+REPEAT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": REPEAT_SCHEMA_ID,
+    "title": "Repeated runs of one qwen-sse bench load (--repeat N with --json)",
+    "description": (
+        "Every run's own summary in 'runs', unchanged; for every figure of a summary "
+        "(durations, counts, throughputs, goodput, and the mean, median, std and "
+        "percentiles of each latency), under the same key, its mean across the runs and "
+        "the two-sided Student-t confidence interval of that mean at 'confidence'."
+    ),
+    "type": "object",
+    "required": ["schema", "repeat", "confidence", "figures", "client_saturated_runs", "runs"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": REPEAT_SCHEMA_ID},
+        "repeat": {"type": "integer", "minimum": 2},
+        "confidence": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "figures": {"type": "object", "additionalProperties": _FIGURE_ACROSS_RUNS},
+        "client_saturated_runs": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "description": "the runs (counted from 1) in which the client saturated",
+        },
+        "runs": {"type": "array", "items": SUMMARY_SCHEMA, "minItems": 2},
     },
 }
 

@@ -2,9 +2,10 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl``, ``--csv`` and ``--plot`` write files. Exit status: 0 when the run finished
-(whatever the figures), 1 when no request succeeded or the run could not complete, 2 for
-invalid options.
+``--jsonl``, ``--csv`` and ``--plot`` write files. ``--repeat N`` runs the same load N
+times and reports each figure's mean and 95% confidence interval. Exit status: 0 when the run
+finished (whatever the figures), 1 when no request succeeded or the run could not complete,
+2 for invalid options.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
 from qwen_sse.bench.plot import write_charts
+from qwen_sse.bench.repeat import run_repeat
 from qwen_sse.bench.report import (
+    format_repeat,
     format_summary,
     format_sweep,
+    repeat_banner,
     saturation_banner,
     write_csv,
     write_json,
@@ -108,6 +112,14 @@ def add_parser(subparsers: Any) -> None:
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     load.add_argument(
         "--workers", type=int, default=1, help="processes sharing the load, one event loop each"
+    )
+    load.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the same load N times in turn; report each figure's mean and 95%% "
+        "confidence interval (default 1)",
     )
     work = parser.add_argument_group("workload")
     add_workload_options(work)
@@ -197,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--plot draws one run; leave it out of a sweep")
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
+        _check_repeat(args, sweep is not None)
         with _endpoint(args, config.workload) as target:
+            if sweep is None and args.repeat > 1:
+                return _repeat(args, config, target)
             if sweep is None:
                 return _single(args, config, target)
             return _sweep(args, config, target, *sweep)
@@ -243,6 +258,46 @@ def _sweep(
     if args.json:
         write_json(args.json, document)
     print(format_sweep(document))
+    return 0 if any(run["completed"] for run in document["runs"]) else 1
+
+
+def _check_repeat(args: argparse.Namespace, sweep: bool) -> None:
+    if args.repeat < 1:
+        raise ConfigurationError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.repeat == 1:
+        return
+    if sweep:
+        raise ConfigurationError(
+            "--repeat repeats one load; a sweep with repeats is not supported: "
+            "repeat each level as its own run"
+        )
+    if args.jsonl or args.csv or args.plot:
+        raise ConfigurationError(
+            "--jsonl, --csv and --plot record one run; leave them out of --repeat"
+        )
+
+
+def _repeat(args: argparse.Namespace, config: BenchConfig, target: Target) -> int:
+    def once(run_config: BenchConfig) -> BenchResult:
+        live = None if args.quiet else _live(run_config)
+        return run_benchmark(run_config, target, live=live)
+
+    def show(number: int, result: BenchResult) -> None:
+        summary = result.summary
+        print(
+            f"qwen-sse bench: run {number} of {args.repeat}: "
+            f"{summary['request_throughput']:.2f} req/s, "
+            f"TTFT p50 {summary['median_ttft_ms'] or 0:.1f} ms, {summary['failed']} failed"
+            + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
+            file=sys.stderr,
+        )
+
+    document = run_repeat(config, args.repeat, once, on_run=show)
+    if args.json:
+        write_json(args.json, document)
+    print(format_repeat(document))
+    for line in repeat_banner(document):
+        print(line, file=sys.stderr)
     return 0 if any(run["completed"] for run in document["runs"]) else 1
 
 
