@@ -8,9 +8,11 @@ from pathlib import Path
 
 import msgspec
 
+from qwen_sse.bench.compare import compare
 from qwen_sse.bench.metrics import RequestRecord, Slo
 from qwen_sse.bench.repeat import combine
 from qwen_sse.bench.report import (
+    format_comparison,
     format_repeat,
     format_summary,
     format_sweep,
@@ -20,7 +22,7 @@ from qwen_sse.bench.report import (
     write_json,
     write_jsonl,
 )
-from qwen_sse.bench.schema import CSV_COLUMNS
+from qwen_sse.bench.schema import CSV_COLUMNS, SWEEP_SCHEMA_ID
 from tests.bench_documents import made_up_result
 
 
@@ -170,3 +172,60 @@ def test_a_repeat_in_which_the_client_saturated_says_so_with_each_runs_reasons()
     assert f"{'Client limited the figures:':<40} YES in run 2, see the warning above" in text
     run_lines = [line.split() for line in text.splitlines() if line.startswith("       ")]
     assert [(words[0], words[-1]) for words in run_lines] == [("1", "ok"), ("2", "SATURATED")]
+
+
+def test_a_comparison_of_repeats_marks_the_significant_differences() -> None:
+    base = made_up_result().summary
+    a = combine([{**base, "median_ttft_ms": v} for v in (100.0, 101.0, 99.0)])
+    b = combine([{**base, "median_ttft_ms": v} for v in (150.0, 149.0, 151.0)])
+    lines = format_comparison(compare(a, b, names=("a.json", "b.json"))).splitlines()
+    assert lines[:3] == [
+        "A = a.json: 3 runs, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s",
+        "B = b.json: 3 runs, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s",
+        "Figures: mean ± 95% CI across runs; significant: Welch's t-test, p < 0.05",
+    ]
+    assert lines[3].split() == ["figure", "A", "B", "B", "vs", "A", "significant"]
+    # t(0.975, 2) * 1 / sqrt(3) = 2.48 either side.
+    assert (
+        f"{'TTFT median (ms)':<24} {'100.00 ± 2.48':>18} {'150.00 ± 2.48':>18} {'+50.0%':>8}  "
+        "YES (p<0.001), A better"
+    ) in lines
+    same = next(line for line in lines if line.startswith("Requests/s"))
+    assert same.endswith("+0.0%  no (p=1.000)")
+    assert next(line for line in lines if line.startswith("Failed requests")).split()[2:5] == [
+        "2",
+        "±",
+        "0",
+    ]
+    # Only the report's figures: std and the client's lags stay in the JSON.
+    assert not any(line.startswith(("TTFT std", "SCHEDULE_LAG")) for line in lines)
+
+
+def test_a_comparison_of_single_runs_says_it_cannot_judge() -> None:
+    summary = made_up_result().summary
+    text = format_comparison(compare(summary, summary))
+    assert "Significance not judged: one run says nothing about how far the next" in text
+    assert next(line for line in text.splitlines() if line.startswith("TTFT P99 (ms)")).endswith(
+        "+0.0%  -"
+    )
+
+
+def test_a_comparison_of_sweeps_shows_each_shared_level_and_the_others() -> None:
+    run = made_up_result().summary
+
+    def sweep(levels: list[float]) -> dict[str, object]:
+        return {
+            "schema": SWEEP_SCHEMA_ID,
+            "kind": "concurrency",
+            "levels": levels,
+            "runs": [run] * len(levels),
+            "saturated_at": None,
+            "stop_reason": None,
+        }
+
+    lines = format_comparison(compare(sweep([1, 2]), sweep([2, 4]))).splitlines()
+    assert lines[0] == (
+        "A = A: a sweep, 1 run a level, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s"
+    )
+    assert "=" * 16 + " at 2 concurrent " + "=" * 17 in lines
+    assert lines[-2:] == ["only in A, not compared: 1", "only in B, not compared: 4"]

@@ -1,16 +1,17 @@
-"""What a run leaves behind: the summary table (of one run, of repeated runs), and the
-JSON, JSONL and CSV files.
+"""What a run leaves behind: the summary table (of one run, of repeated runs, of a
+comparison), and the JSON, JSONL and CSV files.
 
 Edge layer (bench). Text and files only; it computes no figure (they all come in the
-documents of :mod:`qwen_sse.bench.benchmark` and :mod:`~qwen_sse.bench.repeat`). The
-table follows vLLM's layout so the two read alike; the verdict on the client opens it when
-the client was saturated.
+documents of :mod:`qwen_sse.bench.benchmark`, :mod:`~qwen_sse.bench.repeat` and
+:mod:`~qwen_sse.bench.compare`). The table follows vLLM's layout so the two read alike;
+the verdict on the client opens it when the client was saturated.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from qwen_sse.bench.metrics import RequestRecord, percentile_key
 from qwen_sse.bench.schema import CSV_COLUMNS
 
 __all__ = [
+    "format_comparison",
     "format_repeat",
     "format_summary",
     "format_sweep",
@@ -299,7 +301,7 @@ def _run_columns(run: dict[str, Any]) -> str:
 
 
 def write_json(path: str | Path, document: dict[str, Any]) -> None:
-    """Write a summary, sweep or repeat document as indented JSON."""
+    """Write a summary, sweep, repeat or comparison document as indented JSON."""
     Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
@@ -418,4 +420,102 @@ def format_repeat(document: dict[str, Any]) -> str:
         )
     )
     lines.append(_rule(fill="="))
+    return "\n".join(lines)
+
+
+_COMPARED_FIGURES = (
+    ("completed", "Successful requests"),
+    ("failed", "Failed requests"),
+    ("duration", "Duration (s)"),
+    ("request_throughput", "Requests/s"),
+    ("request_goodput", "Goodput (req/s)"),
+    ("output_throughput", "Output tokens/s"),
+    ("max_output_tokens_per_s", "Peak output tokens/s"),
+    ("total_token_throughput", "Total tokens/s"),
+)
+_LATENCY_KEY = re.compile(r"^(mean|median|p[0-9.]+)_(ttft|tpot|itl|e2el)_ms$")
+
+
+def _figure_label(key: str) -> str | None:
+    """The comparison table's label of a figure (None: not in the table, only the JSON)."""
+    for compared, label in _COMPARED_FIGURES:
+        if key == compared:
+            return label
+    match = _LATENCY_KEY.match(key)
+    if match is None:
+        return None
+    kind, metric = match.groups()
+    word = kind if kind in ("mean", "median") else kind.upper()
+    return f"{metric.upper()} {word} (ms)"
+
+
+def _side_line(side: dict[str, Any]) -> str:
+    runs = f"{side['runs']} run{'s' if side['runs'] > 1 else ''}"
+    if side["kind"] == "sweep":
+        runs = "a sweep, 1 run a level"
+    load = "load not recorded"
+    if side["load"] is not None:
+        try:
+            load = _load_line(side["load"])
+        except (KeyError, TypeError, ValueError):
+            load = "load not readable"  # a file edited by hand
+    return f"{side['name']}: {runs}, {side['model_id'] or 'model not recorded'}, {load}"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    p = row["p_value"]
+    if p is None:
+        return "-"
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    if not row["significant"]:
+        return f"no ({shown})"
+    better = f", {row['better'].upper()} better" if row["better"] else ""
+    return f"YES ({shown}){better}"
+
+
+def _difference_line(label: str, row: dict[str, Any]) -> str:
+    percent = row["difference_percent"]
+    return (
+        f"{label:<24} {_plus_minus(row['a']['value'], row['a']['half_width']):>18} "
+        f"{_plus_minus(row['b']['value'], row['b']['half_width']):>18} "
+        f"{'-' if percent is None else f'{percent:+.1f}%':>8}  {_verdict(row)}"
+    )
+
+
+def format_comparison(document: dict[str, Any]) -> str:
+    """Two results side by side (B against A): each figure of the report, both values,
+    the difference and whether it is significant, and what the judgement rests on."""
+    alpha = document["alpha"]
+    lines = [f"A = {_side_line(document['a'])}", f"B = {_side_line(document['b'])}"]
+    if document["a"]["runs"] > 1 and document["b"]["runs"] > 1:
+        lines.append(
+            f"Figures: mean ± {1 - alpha:.0%} CI across runs; significant: Welch's t-test, "
+            f"p < {alpha:g}"
+        )
+    else:
+        lines.append("Significance not judged: one run says nothing about how far the next")
+        lines.append("would move (run both with --repeat N, N at least 2)")
+    header = f"{'figure':<24} {'A':>18} {'B':>18} {'B vs A':>8}  significant"
+    sweep = document["sweep"]
+    for level in document["levels"]:
+        if level["level"] is not None:
+            unit = "req/s" if sweep["kind"] == "rates" else "concurrent"
+            lines.append(_rule(f" at {level['level']:g} {unit} ", "="))
+        lines += [header, "-" * len(header)]
+        for row in level["figures"]:
+            label = _figure_label(row["figure"])
+            if label is not None and (row["a"]["n"] or row["b"]["n"]):
+                lines.append(_difference_line(label, row))
+        if level["distributions"]:
+            lines.append(f"Per-request latencies: median; Mann-Whitney U test, p < {alpha:g}")
+            lines.append("(whether these two runs differed, not whether the next would)")
+            lines += [header.replace("figure", "requests", 1), "-" * len(header)]
+            for row in level["distributions"]:
+                lines.append(_difference_line(f"{row['figure'].upper()} median (ms)", row))
+    if sweep is not None:
+        for side in ("a", "b"):
+            only = sweep[f"only_in_{side}"]
+            if only:
+                levels = ", ".join(f"{level:g}" for level in only)
+                lines.append(f"only in {side.upper()}, not compared: {levels}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ outputs against these, so the documentation cannot drift from the files:
 * :data:`RECORD_SCHEMA`: one line of the per-request JSONL (``--jsonl``).
 * :data:`SWEEP_SCHEMA`: the JSON of a sweep (``--sweep-*`` with ``--json``).
 * :data:`REPEAT_SCHEMA`: the JSON of repeated runs (``--repeat N`` with ``--json``).
+* :data:`COMPARISON_SCHEMA`: the JSON of ``bench compare`` (with ``--json``).
 * :data:`CSV_COLUMNS`: the header of the per-request CSV (``--csv``); list fields are
   summarised there (``itl_count``, ``itl_mean_s``, ``itl_max_s``).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "COMPARISON_SCHEMA",
+    "COMPARISON_SCHEMA_ID",
     "CSV_COLUMNS",
     "RECORD_SCHEMA",
     "REPEAT_SCHEMA",
@@ -30,6 +33,7 @@ __all__ = [
 SUMMARY_SCHEMA_ID = "urn:qwen-sse:bench-summary:1"
 SWEEP_SCHEMA_ID = "urn:qwen-sse:bench-sweep:1"
 REPEAT_SCHEMA_ID = "urn:qwen-sse:bench-repeat:1"
+COMPARISON_SCHEMA_ID = "urn:qwen-sse:bench-comparison:1"
 
 _NUMBER = {"type": "number"}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -556,6 +560,126 @@ REPEAT_SCHEMA: dict[str, Any] = {
             "description": "the runs (counted from 1) in which the client saturated",
         },
         "runs": {"type": "array", "items": SUMMARY_SCHEMA, "minItems": 2},
+    },
+}
+
+_SIDE = {
+    "type": "object",
+    "required": ["name", "kind", "runs", "model_id", "load"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "description": "the file compared"},
+        "kind": {
+            "enum": ["run", "repeat", "sweep"],
+            "description": "run: one summary (qwen-sse's or vLLM's); repeat; sweep",
+        },
+        "runs": {"type": "integer", "minimum": 1, "description": "runs per level"},
+        "model_id": {"type": ["string", "null"]},
+        "load": {"type": ["object", "null"], "description": "the first run's 'load'"},
+    },
+}
+_VALUE = {
+    "type": "object",
+    "required": ["n", "value", "half_width"],
+    "additionalProperties": False,
+    "properties": {
+        "n": {**_COUNT, "description": "runs (figures) or requests (distributions)"},
+        "value": {
+            "type": ["number", "null"],
+            "description": "figures: the mean across runs (one run: its figure); "
+            "distributions: the median of the requests",
+        },
+        "half_width": {
+            "type": ["number", "null"],
+            "description": "of the 95% confidence interval; null for one run",
+        },
+    },
+}
+_DIFFERENCE = {
+    "type": "object",
+    "required": [
+        "figure",
+        "a",
+        "b",
+        "difference_percent",
+        "test",
+        "statistic",
+        "df",
+        "p_value",
+        "significant",
+        "better",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "figure": {
+            "type": "string",
+            "description": "a summary key (figures) or ttft/tpot/itl/e2el (distributions)",
+        },
+        "a": _VALUE,
+        "b": _VALUE,
+        "difference_percent": {
+            "type": ["number", "null"],
+            "description": "(b - a) / |a| * 100; null when a is 0 and b is not",
+        },
+        "test": {
+            "enum": ["welch", "mann-whitney", None],
+            "description": "null: not judged (a side has fewer than 2 runs)",
+        },
+        "statistic": _NULLABLE_NUMBER,
+        "df": _NULLABLE_NUMBER,
+        "p_value": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "significant": {"type": ["boolean", "null"], "description": "p_value < alpha"},
+        "better": {
+            "enum": ["a", "b", None],
+            "description": "the better side of a significant difference (lower latencies, "
+            "higher throughputs); null when not significant or neither is better",
+        },
+    },
+}
+
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": COMPARISON_SCHEMA_ID,
+    "title": "Two qwen-sse bench results side by side (bench compare with --json)",
+    "description": (
+        "One entry in 'levels' for two runs or two repeats (level null), one per level "
+        "found in both sweeps. 'figures' compares the summaries' figures: with at least 2 "
+        "runs on each side by Welch's t-test across runs, else not judged. "
+        "'distributions' (only with --jsonl records of two single runs) compares the "
+        "per-request latencies by the Mann-Whitney U test."
+    ),
+    "type": "object",
+    "required": ["schema", "alpha", "a", "b", "sweep", "levels"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": COMPARISON_SCHEMA_ID},
+        "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "a": _SIDE,
+        "b": _SIDE,
+        "sweep": {
+            "type": ["object", "null"],
+            "required": ["kind", "only_in_a", "only_in_b"],
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": ["rates", "concurrency"]},
+                "only_in_a": {"type": "array", "items": _NUMBER},
+                "only_in_b": {"type": "array", "items": _NUMBER},
+            },
+        },
+        "levels": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["level", "figures", "distributions"],
+                "additionalProperties": False,
+                "properties": {
+                    "level": _NULLABLE_NUMBER,
+                    "figures": {"type": "array", "items": _DIFFERENCE},
+                    "distributions": {"type": "array", "items": _DIFFERENCE},
+                },
+            },
+        },
     },
 }
 

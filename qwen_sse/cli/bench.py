@@ -3,7 +3,8 @@ the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
 ``--jsonl``, ``--csv`` and ``--plot`` write files. ``--repeat N`` runs the same load N
-times and reports each figure's mean and 95% confidence interval. Exit status: 0 when the run
+times and reports each figure's mean and 95% confidence interval; ``bench compare``
+(:mod:`qwen_sse.cli.compare`) sets two results side by side. Exit status: 0 when the run
 finished (whatever the figures), 1 when no request succeeded or the run could not complete,
 2 for invalid options.
 """
@@ -41,6 +42,7 @@ from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import Workload
+from qwen_sse.cli import compare
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
@@ -72,7 +74,8 @@ def add_parser(subparsers: Any) -> None:
         description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
         "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
         "request_throughput, ...). The client watches its own event-loop lag, CPU and "
-        "schedule lag, and says loudly when it, not the server, limited the figures.",
+        "schedule lag, and says loudly when it, not the server, limited the figures. "
+        "`qwen-sse bench compare A.json B.json` sets two results side by side.",
     )
     load = parser.add_argument_group("load")
     shape = load.add_mutually_exclusive_group()
@@ -198,6 +201,9 @@ def add_parser(subparsers: Any) -> None:
     )
     add_connection_options(parser)
     parser.set_defaults(func=run)
+    compare.add_parser(
+        parser.add_subparsers(dest="bench_command", metavar="compare", title="subcommand")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
