@@ -93,6 +93,7 @@ def test_repeats_that_differ_are_judged_by_welchs_test_and_the_better_side_named
         "runs": 2,
         "model_id": "qwen-plus",
         "load": BASE["load"],
+        "client_saturated_runs": 0,
     }
     ttft = row(document, "median_ttft_ms")
     assert ttft["test"] == "welch"
@@ -140,6 +141,14 @@ def test_a_single_run_on_either_side_is_not_judged() -> None:
     ttft = row(compare(single, run(median_ttft_ms=150)), "median_ttft_ms")
     assert ttft["a"] == {"n": 1, "value": 100.0, "half_width": None}
     assert ttft["difference_percent"] == 50.0
+
+
+def test_runs_in_which_the_client_saturated_are_counted() -> None:
+    saturated = made_up_result(lag_ms=25).summary
+    document = compare(repeat(BASE, saturated, saturated), saturated)
+    assert document["a"]["client_saturated_runs"] == 2
+    assert document["b"]["client_saturated_runs"] == 1
+    jsonschema.validate(document, COMPARISON_SCHEMA)
 
 
 def test_a_zero_baseline_has_a_difference_only_when_b_is_zero_too() -> None:

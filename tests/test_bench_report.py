@@ -197,6 +197,12 @@ def test_a_comparison_of_repeats_marks_the_significant_differences() -> None:
         "±",
         "0",
     ]
+    assert not any(line.startswith("!!") for line in lines)
+    saturated = made_up_result(lag_ms=25).summary
+    text = format_comparison(compare(a, combine([saturated, saturated, base])))
+    assert "!! B: the client saturated in 2 runs; there the figures may describe the client" in (
+        text.splitlines()
+    )
     # Only the report's figures: std and the client's lags stay in the JSON.
     assert not any(line.startswith(("TTFT std", "SCHEDULE_LAG")) for line in lines)
 

@@ -202,6 +202,9 @@ def _side(name: str, kind: str, levels: dict[float | None, list[dict[str, Any]]]
         "runs": len(first),
         "model_id": model if isinstance(model, str) else None,
         "load": load if isinstance(load, dict) else None,
+        "client_saturated_runs": sum(
+            1 for runs in levels.values() for run in runs if run.get("client_saturated") is True
+        ),
     }
 
 

@@ -495,6 +495,13 @@ def format_comparison(document: dict[str, Any]) -> str:
     else:
         lines.append("Significance not judged: one run says nothing about how far the next")
         lines.append("would move (run both with --repeat N, N at least 2)")
+    for letter in ("a", "b"):
+        saturated = document[letter]["client_saturated_runs"]
+        if saturated:
+            lines.append(
+                f"!! {letter.upper()}: the client saturated in {saturated} "
+                f"run{'s' if saturated > 1 else ''}; there the figures may describe the client"
+            )
     header = f"{'figure':<24} {'A':>18} {'B':>18} {'B vs A':>8}  significant"
     sweep = document["sweep"]
     for level in document["levels"]:

@@ -565,7 +565,7 @@ REPEAT_SCHEMA: dict[str, Any] = {
 
 _SIDE = {
     "type": "object",
-    "required": ["name", "kind", "runs", "model_id", "load"],
+    "required": ["name", "kind", "runs", "model_id", "load", "client_saturated_runs"],
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "description": "the file compared"},
@@ -576,6 +576,11 @@ _SIDE = {
         "runs": {"type": "integer", "minimum": 1, "description": "runs per level"},
         "model_id": {"type": ["string", "null"]},
         "load": {"type": ["object", "null"], "description": "the first run's 'load'"},
+        "client_saturated_runs": {
+            **_COUNT,
+            "description": "runs (of every level) in which the client saturated: their "
+            "figures may describe the load generator rather than the server",
+        },
     },
 }
 _VALUE = {
