@@ -131,7 +131,9 @@ def test_bench_help_documents_compare_and_compare_has_its_own(
     with pytest.raises(SystemExit) as exited:
         main(["bench", "compare", "--help"])
     assert exited.value.code == 0
-    assert "usage: qwen-sse bench compare [-h] [--jsonl A.jsonl B.jsonl]" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "usage: qwen-sse bench compare [-h] [--jsonl A.jsonl B.jsonl]" in text
+    assert "Welch's t-test across runs at 95%, when" in " ".join(text.split())
     with pytest.raises(SystemExit) as exited:
         main(["bench", "compare", "only-one.json"])
     assert exited.value.code == 2

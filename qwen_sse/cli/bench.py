@@ -202,7 +202,13 @@ def add_parser(subparsers: Any) -> None:
     add_connection_options(parser)
     parser.set_defaults(func=run)
     compare.add_parser(
-        parser.add_subparsers(dest="bench_command", metavar="compare", title="subcommand")
+        parser.add_subparsers(
+            dest="bench_command",
+            title="comparing results",
+            metavar="compare",
+            help="`qwen-sse bench compare A.json B.json`: two results side by side, the "
+            "significant differences marked (see its --help)",
+        )
     )
 
 

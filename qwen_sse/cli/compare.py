@@ -22,11 +22,10 @@ _PROG = "qwen-sse bench compare"
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="two results side by side: differences and their significance",
         description="Compare two results of `qwen-sse bench --json` (single runs, "
         "--repeat runs, or sweeps, matched by level) or of vLLM's benchmark_serving: "
         "each figure of A and of B, B's difference from A, and whether it is significant "
-        "(Welch's t-test across runs at 95%%, when both sides have at least 2 runs).",
+        "(Welch's t-test across runs at 95%, when both sides have at least 2 runs).",
     )
     parser.add_argument("a", metavar="A.json", help="the baseline")
     parser.add_argument("b", metavar="B.json", help="the result compared with it")
