@@ -235,3 +235,20 @@ def test_a_comparison_of_sweeps_shows_each_shared_level_and_the_others() -> None
     )
     assert "=" * 16 + " at 2 concurrent " + "=" * 17 in lines
     assert lines[-2:] == ["only in A, not compared: 1", "only in B, not compared: 4"]
+
+
+def test_a_repeat_report_shows_the_workload_and_the_servers_cache_hits() -> None:
+    base = made_up_result().summary
+    runs = [
+        {**base, "requests_with_cache_report": 38, "total_cached_tokens": cached}
+        | {"mean_cached_tokens": cached / 38, "uncounted_input_parts": 4}
+        for cached in (380, 418)
+    ]
+    lines = format_repeat(combine(runs)).splitlines()
+    assert f"{'Workload:':<40} {format_summary(base).splitlines()[3].split(None, 1)[1]}" in lines
+    assert f"{'Cached input tokens (server):':<40} 399.00 ± 241.42" in lines
+    assert f"{'  mean per request:':<40} 10.50 ± 6.35" in lines
+    assert f"{'Media parts (not in local counts):':<40} 4" in lines
+    assert not any(
+        line.startswith("Cached") for line in format_repeat(combine([base, base])).splitlines()
+    )

@@ -53,7 +53,14 @@ _HIGHER_IS_BETTER = frozenset(
 )
 # Figures of the workload or of the schedule, where neither direction is better.
 _NEUTRAL = frozenset(
-    {"total_input_tokens", "total_output_tokens", "max_concurrent_requests", "send_rate"}
+    {
+        "total_input_tokens",
+        "total_output_tokens",
+        "total_cached_tokens",
+        "mean_cached_tokens",
+        "max_concurrent_requests",
+        "send_rate",
+    }
 )
 # Where a record keeps each latency, in seconds.
 _RECORD_FIELDS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2el": "e2e_s"}

@@ -31,6 +31,8 @@ SCALAR_FIGURES = (
     "duration",
     "total_input_tokens",
     "total_output_tokens",
+    "total_cached_tokens",
+    "mean_cached_tokens",
     "request_throughput",
     "request_goodput",
     "output_throughput",
@@ -39,7 +41,8 @@ SCALAR_FIGURES = (
     "max_concurrent_requests",
     "send_rate",
 )
-"""The figures of a summary that are one number for the whole run, in the report's order."""
+"""The figures of a summary that are one number for the whole run, in the report's order
+(a multi-turn run's conversation and per-turn figures stay in each run's summary)."""
 
 _DISTRIBUTIONS = (*METRICS, "schedule_lag", "queue_wait")
 _PERCENTILE_KEY = re.compile(r"^p([0-9]+(?:\.[0-9]+)?)_([a-z0-9_]+)_ms$")

@@ -373,6 +373,7 @@ def format_repeat(document: dict[str, Any]) -> str:
     lines.append(_rule(f" Serving Benchmark Result, {document['repeat']} runs ", "="))
     lines.append(_row("Model:", first["model_id"]))
     lines.append(_row("Load:", _load_line(first["load"])))
+    lines.append(_row("Workload:", _workload_line(first)))
     lines.append(
         _row("Each figure:", f"mean ± {document['confidence']:.0%} CI across runs (Student t)")
     )
@@ -381,6 +382,11 @@ def format_repeat(document: dict[str, Any]) -> str:
     lines.append(row("Benchmark duration (s):", "duration"))
     lines.append(row("Total input tokens:", "total_input_tokens"))
     lines.append(row("Total generated tokens:", "total_output_tokens"))
+    if first["requests_with_cache_report"]:
+        lines.append(row("Cached input tokens (server):", "total_cached_tokens"))
+        lines.append(row("  mean per request:", "mean_cached_tokens"))
+    if first["uncounted_input_parts"]:
+        lines.append(_row("Media parts (not in local counts):", first["uncounted_input_parts"]))
     lines.append(row("Request throughput (req/s):", "request_throughput"))
     if first["goodput_slo_ms"] is not None:
         slo = ", ".join(f"{k} <= {v:g} ms" for k, v in first["goodput_slo_ms"].items())
