@@ -159,6 +159,8 @@ def test_known_values_of_the_beta_function() -> None:
     [
         (lambda: regularized_beta(1.5, 1, 1), "must lie in"),
         (lambda: regularized_beta(0.5, 0, 1), "finite positive"),
+        (lambda: regularized_beta(0.5, 1, 0), "finite positive"),
+        (lambda: regularized_beta(0.5, 1, math.inf), "finite positive"),
         (lambda: t_cdf(1.0, 0), "degrees of freedom"),
         (lambda: t_cdf(math.nan, 3), "not a number"),
         (lambda: t_quantile(1.0, 3), "strictly in"),
@@ -169,6 +171,13 @@ def test_known_values_of_the_beta_function() -> None:
 def test_bad_arguments_are_refused(call: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_the_median_is_zero_and_a_fraction_that_cannot_converge_says_so() -> None:
+    assert t_quantile(0.5, 3) == 0.0
+    # Near a = b = 10^12 the fraction would need about 10^6 steps: an error, not a guess.
+    with pytest.raises(ArithmeticError, match="did not converge"):
+        regularized_beta(0.5, 1e12, 1e12)
 
 
 def test_a_known_interval() -> None:
