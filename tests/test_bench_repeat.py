@@ -143,3 +143,4 @@ def test_every_run_gets_the_same_configuration_in_turn() -> None:
     assert shown == [1, 2, 3, 4]
     assert document["runs"] == [result.summary for result in results]
     assert document["figures"]["completed"]["values"] == [8, 9, 10, 11]
+    assert run_repeat(CONFIG, 2, lambda config: made_up_result())["repeat"] == 2

@@ -165,7 +165,8 @@ def test_known_values_of_the_beta_function() -> None:
         (lambda: t_cdf(math.nan, 3), "not a number"),
         (lambda: t_quantile(1.0, 3), "strictly in"),
         (lambda: mean_interval([]), "at least one value"),
-        (lambda: mean_interval([1.0, 2.0], confidence=1.0), "strictly in"),
+        (lambda: mean_interval([1.0, 2.0], confidence=1.0), "a confidence must lie strictly"),
+        (lambda: mean_interval([1.0, 2.0], confidence=1.5), "a confidence must lie strictly"),
     ],
 )
 def test_bad_arguments_are_refused(call: object, message: str) -> None:

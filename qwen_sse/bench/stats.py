@@ -241,11 +241,11 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> TestResult | None:
         tie_term += ties**3 - ties
         start = end + 1
     u_a = rank_sum_a - n_a * (n_a + 1) / 2
-    n = n_a + n_b
-    variance = n_a * n_b / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    if variance <= 0:
+    n = n_a + n_b  # at least 2
+    variance = n_a * n_b / 12 * ((n + 1) - tie_term / (n * (n - 1)))
+    if variance <= 0:  # every value ties
         return TestResult(statistic=0.0, df=None, p_value=1.0)
     centred = u_a - n_a * n_b / 2
     corrected = max(abs(centred) - 0.5, 0.0)
     z = math.copysign(corrected, centred) / math.sqrt(variance)
-    return TestResult(statistic=z, df=None, p_value=min(1.0, math.erfc(abs(z) / math.sqrt(2.0))))
+    return TestResult(statistic=z, df=None, p_value=math.erfc(abs(z) / math.sqrt(2.0)))
