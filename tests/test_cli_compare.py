@@ -14,7 +14,7 @@ import pytest
 from qwen_sse.bench.schema import COMPARISON_SCHEMA
 from qwen_sse.cli import main
 
-# The warm-up keeps a cold start (the first requests of a process) out of the figures.
+# The warm-up keeps the emulator's cold start (its first requests) out of the figures.
 SMALL = ["--input-tokens", "24", "--output-tokens", "4", "--quiet", "--warmup", "2"]
 CONCURRENT = ["--concurrency", "2"]
 
