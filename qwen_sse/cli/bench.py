@@ -2,7 +2,9 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. The first SIGINT or
+``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. ``--repeat N`` runs
+the same load N times and reports each figure's mean and 95% confidence interval; ``bench
+compare`` (:mod:`qwen_sse.cli.compare`) sets two results side by side. The first SIGINT or
 SIGTERM stops the run and reports what finished; a second quits at once. Exit status: 0
 when the run finished (whatever the figures), 1 when no request succeeded, the run stopped
 early by itself (its first requests all refused alike) or could not complete, 2 for invalid
@@ -32,10 +34,13 @@ from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
 from qwen_sse.bench.plot import level_directory, write_charts, write_sweep_chart
+from qwen_sse.bench.repeat import combine, run_repeat
 from qwen_sse.bench.report import (
     JsonlWriter,
+    format_repeat,
     format_summary,
     format_sweep,
+    repeat_banner,
     saturation_banner,
     write_csv,
     write_json,
@@ -46,6 +51,7 @@ from qwen_sse.bench.stop import STOP_SIGNALS, Stop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import Workload
+from qwen_sse.cli import compare
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
@@ -77,7 +83,8 @@ def add_parser(subparsers: Any) -> None:
         description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
         "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
         "request_throughput, ...). The client watches its own event-loop lag, receive lag and "
-        "CPU, and says loudly when it, not the server, limited the figures.",
+        "CPU, and says loudly when it, not the server, limited the figures. "
+        "`qwen-sse bench compare A.json B.json` sets two results side by side.",
     )
     load = parser.add_argument_group("load")
     shape = load.add_mutually_exclusive_group()
@@ -117,6 +124,14 @@ def add_parser(subparsers: Any) -> None:
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     load.add_argument(
         "--workers", type=int, default=1, help="processes sharing the load, one event loop each"
+    )
+    load.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the same load N times in turn; report each figure's mean and 95%% "
+        "confidence interval (default 1)",
     )
     work = parser.add_argument_group("workload")
     add_workload_options(work)
@@ -196,6 +211,15 @@ def add_parser(subparsers: Any) -> None:
     )
     add_connection_options(parser)
     parser.set_defaults(func=run)
+    compare.add_parser(
+        parser.add_subparsers(
+            dest="bench_command",
+            title="comparing results",
+            metavar="compare",
+            help="`qwen-sse bench compare A.json B.json`: two results side by side, the "
+            "significant differences marked (see its --help)",
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"qwen-sse bench: {note}", file=sys.stderr)
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
+        _check_repeat(args, sweep is not None)
         _check_outputs(args)
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
@@ -227,6 +252,8 @@ def _run(
             JsonlWriter(args.jsonl) if args.jsonl else contextlib.nullcontext() as records,
             _endpoint(args, config.workload) as target,
         ):
+            if sweep is None and args.repeat > 1:
+                return _repeat(args, config, target, stop=stop, interrupts=interrupts)
             if sweep is None:
                 return _single(
                     args, config, target, stop=stop, interrupts=interrupts, records=records
@@ -347,6 +374,78 @@ def _announce(
 def _warn(summary: dict[str, Any]) -> None:
     for line in saturation_banner(summary):
         print(line, file=sys.stderr)
+
+
+def _check_repeat(args: argparse.Namespace, sweep: bool) -> None:
+    if args.repeat < 1:
+        raise ConfigurationError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.repeat == 1:
+        return
+    if sweep:
+        raise ConfigurationError(
+            "--repeat repeats one load; a sweep with repeats is not supported: "
+            "repeat each level as its own run"
+        )
+    if args.jsonl or args.csv or args.plot:
+        raise ConfigurationError(
+            "--jsonl, --csv and --plot record one run; leave them out of --repeat"
+        )
+
+
+def _repeat(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    *,
+    stop: Stop,
+    interrupts: _Interrupts,
+) -> int:
+    def once(run_config: BenchConfig) -> BenchResult:
+        live = None if args.quiet else _live(run_config)
+        with interrupts.running():
+            return run_benchmark(run_config, target, live=live, stop=stop)
+
+    def show(number: int, result: BenchResult) -> None:
+        summary = result.summary
+        print(
+            f"qwen-sse bench: run {number} of {args.repeat}: "
+            f"{summary['request_throughput']:.2f} req/s, "
+            f"TTFT p50 {summary['median_ttft_ms'] or 0:.1f} ms, {summary['failed']} failed"
+            + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
+            file=sys.stderr,
+        )
+
+    _announce(args, config, target)
+    repeats = run_repeat(
+        config,
+        args.repeat,
+        once,
+        on_run=show,
+        stopped=lambda result: result.summary["stop_reason"] is not None,
+    )
+    whole = repeats.whole
+    if len(whole) >= 2:
+        document = combine(whole)
+        print(format_repeat(document))
+        for line in repeat_banner(document):
+            print(line, file=sys.stderr)
+    else:
+        # Fewer than two runs give no interval: the one run there is, as a plain run.
+        only = whole[0] if whole else repeats.cut
+        assert only is not None  # two runs at least, so one was whole or cut short
+        document = only
+        print(format_summary(document))
+        _warn(document)
+    status = 0 if any(summary["completed"] for summary in whole) else 1
+    if repeats.cut is not None:
+        reason = repeats.cut["stop_reason"]
+        left_out = f"run {len(whole) + 1} of {args.repeat} stopped ({reason})"
+        print_error("qwen-sse bench", f"{left_out}: " + ("left out" if whole else "reported alone"))
+        if interrupts.signal is None:
+            status = 1
+    if args.json and _write(args.json, lambda: write_json(args.json, document)):
+        status = 1
+    return status
 
 
 def _live(config: BenchConfig) -> LiveProgress:
