@@ -318,6 +318,7 @@ class Figures:
     ttft_p99_ms: float | None
     itl_p50_ms: float | None
     itl_p99_ms: float | None
+    tpot_p50_ms: float | None
     output_tokens_per_s: float | None
     output_tokens: float
     prompt_tokens_p50: float | None
@@ -364,6 +365,7 @@ def qwen_sse_figures(report: Path) -> Figures:
         ttft_p99_ms=summary["p99_ttft_ms"],
         itl_p50_ms=summary["median_itl_ms"],
         itl_p99_ms=summary["p99_itl_ms"],
+        tpot_p50_ms=summary["median_tpot_ms"],
         output_tokens_per_s=summary["output_throughput"],
         output_tokens=float(summary["total_output_tokens"]),
         prompt_tokens_p50=summary["total_input_tokens"] / completed if completed else None,
@@ -430,6 +432,8 @@ def guidellm_figures(report: Path) -> Figures:
         ttft_p99_ms=p99("time_to_first_token_ms"),
         itl_p50_ms=median("inter_token_latency_ms"),
         itl_p99_ms=p99("inter_token_latency_ms"),
+        # GuideLLM's ITL is vLLM's TPOT: (last token - first token) / (tokens - 1).
+        tpot_p50_ms=median("inter_token_latency_ms"),
         output_tokens_per_s=successful("output_tokens_per_second")["mean"],
         output_tokens=float(successful("output_token_count")["total_sum"]),
         prompt_tokens_p50=median("prompt_token_count"),
@@ -501,6 +505,7 @@ class Run:
     cpu_s: float
     wall_s: float
     server_cpu_s: float | None
+    load_average_after: float
     figures: Figures | None
     error: str | None
 
@@ -518,6 +523,7 @@ class Run:
             "cpu_s": self.cpu_s,
             "wall_s": self.wall_s,
             "server_cpu_s": self.server_cpu_s,
+            "load_average_after": self.load_average_after,
         }
         if figures is None:
             return row
@@ -605,6 +611,7 @@ def run_once(
         cpu_s=finished.cpu_s,
         wall_s=finished.wall_s,
         server_cpu_s=server_cpu_s,
+        load_average_after=os.getloadavg()[0],
         figures=figures,
         error=error,
     )
@@ -621,6 +628,7 @@ MEDIAN_FIELDS = (
     "itl_p50_ms",
     "itl_p99_ms",
     "itl_error_pct",
+    "tpot_p50_ms",
     "output_tokens_per_s",
     "output_tokens",
     "prompt_tokens_p50",
@@ -656,7 +664,7 @@ def show(value: float | None, digits: int = 1) -> str:
 def markdown(entries: list[dict[str, Any]]) -> str:
     header = (
         "| streams | tool | completed | TTFT p50 ms | TTFT p99 ms | TTFT err | ITL p50 ms "
-        "| ITL p99 ms | ITL err | output tok/s | CPU s | CPU s/1k tok | overhead s "
+        "| ITL p99 ms | ITL err | TPOT p50 ms | output tok/s | CPU s | CPU s/1k tok | overhead s "
         "| server CPU |"
     )
     lines = [header, "| " + " | ".join(["---"] * (header.count("|") - 1)) + " |"]
@@ -675,6 +683,7 @@ def markdown(entries: list[dict[str, Any]]) -> str:
                     show(entry["itl_p50_ms"], 2),
                     show(entry["itl_p99_ms"], 2),
                     show(entry["itl_error_pct"]) + "%",
+                    show(entry["tpot_p50_ms"], 2),
                     show(entry["output_tokens_per_s"], 0),
                     show(entry["cpu_s"], 2),
                     show(entry["cpu_s_per_1k_output_tokens"], 3),
@@ -729,7 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + (
                         f"{row['completed']}/{run.requests} done, TTFT p50 "
                         f"{show(row['ttft_p50_ms'])} ms, ITL p50 {show(row['itl_p50_ms'], 2)} "
-                        f"ms, CPU {run.cpu_s:.2f} s, wall {run.wall_s:.1f} s"
+                        f"ms, CPU {run.cpu_s:.2f} s, wall {run.wall_s:.1f} s, "
+                        f"load {run.load_average_after:.1f}"
                         if run.figures
                         else f"failed (exit {run.returncode}): {run.error}"
                     )
