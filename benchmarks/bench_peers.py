@@ -40,7 +40,11 @@ and each tool, in turn:
    minus the benchmark duration it reports: start-up, data preparation and the report.
    ``server CPU %`` is the emulator's CPU time during the tool's run over the duration
    the tool reports (its load window): near 100% the server, not the tool, would limit
-   the figures.
+   the figures. ``in flight`` is the mean number of requests the tool really kept open
+   over that window (Little's law: completed requests x their mean latency / duration);
+   below the level, the tool did not hold the load it was asked for. Each tool's own
+   warnings about itself (qwen-sse's ``client_saturation_reasons``, GuideLLM's report
+   ``warnings``) are printed under its run and kept in the JSON.
 
 Definitions differ and the table keeps each tool's own: qwen-sse's ITL is every gap
 between two streamed pieces (vLLM's ITL); GuideLLM's is, per request, (last token time -
@@ -323,6 +327,8 @@ class Figures:
     output_tokens: float
     prompt_tokens_p50: float | None
     duration_s: float
+    mean_latency_s: float | None
+    warnings: list[str]
 
 
 def qwen_sse_command(
@@ -370,6 +376,8 @@ def qwen_sse_figures(report: Path) -> Figures:
         output_tokens=float(summary["total_output_tokens"]),
         prompt_tokens_p50=summary["total_input_tokens"] / completed if completed else None,
         duration_s=float(summary["duration"]),
+        mean_latency_s=None if summary["mean_e2el_ms"] is None else summary["mean_e2el_ms"] / 1000,
+        warnings=list(summary["client_saturation_reasons"]),
     )
 
 
@@ -438,6 +446,8 @@ def guidellm_figures(report: Path) -> Figures:
         output_tokens=float(successful("output_token_count")["total_sum"]),
         prompt_tokens_p50=median("prompt_token_count"),
         duration_s=float(benchmark["duration"]),
+        mean_latency_s=successful("request_latency")["mean"],
+        warnings=[warning["message"] for warning in benchmark.get("warnings") or ()],
     )
 
 
@@ -534,6 +544,12 @@ class Run:
             self.cpu_s / figures.output_tokens * 1000 if figures.output_tokens else None
         )
         row["overhead_s"] = self.wall_s - figures.duration_s
+        # Little's law: the streams the tool really kept in flight over its load window.
+        row["mean_in_flight"] = (
+            figures.completed * figures.mean_latency_s / figures.duration_s
+            if figures.mean_latency_s is not None and figures.duration_s > 0
+            else None
+        )
         row["server_cpu_pct"] = (
             self.server_cpu_s / figures.duration_s * 100
             if self.server_cpu_s is not None and figures.duration_s > 0
@@ -636,6 +652,7 @@ MEDIAN_FIELDS = (
     "cpu_s_per_1k_output_tokens",
     "wall_s",
     "overhead_s",
+    "mean_in_flight",
     "server_cpu_pct",
 )
 
@@ -653,6 +670,7 @@ def medians(rows: list[dict[str, Any]], tools: Sequence[str], levels: Sequence[i
                 values = [row[field] for row in runs if row.get(field) is not None]
                 entry[field] = statistics.median(values) if values else None
             entry["requests"] = runs[0]["requests"]
+            entry["warnings"] = sorted({text for row in runs for text in row.get("warnings", ())})
             out.append(entry)
     return out
 
@@ -663,9 +681,9 @@ def show(value: float | None, digits: int = 1) -> str:
 
 def markdown(entries: list[dict[str, Any]]) -> str:
     header = (
-        "| streams | tool | completed | TTFT p50 ms | TTFT p99 ms | TTFT err | ITL p50 ms "
-        "| ITL p99 ms | ITL err | TPOT p50 ms | output tok/s | CPU s | CPU s/1k tok | overhead s "
-        "| server CPU |"
+        "| streams | tool | completed | in flight | TTFT p50 ms | TTFT p99 ms | TTFT err "
+        "| ITL p50 ms | ITL p99 ms | ITL err | TPOT p50 ms | output tok/s | CPU s "
+        "| CPU s/1k tok | overhead s | server CPU |"
     )
     lines = [header, "| " + " | ".join(["---"] * (header.count("|") - 1)) + " |"]
     for entry in entries:
@@ -677,6 +695,7 @@ def markdown(entries: list[dict[str, Any]]) -> str:
                     str(entry["level"]),
                     entry["tool"],
                     f"{show(completed, 0)}/{entry['requests']}",
+                    show(entry["mean_in_flight"]),
                     show(entry["ttft_p50_ms"]),
                     show(entry["ttft_p99_ms"]),
                     show(entry["ttft_error_pct"]) + "%",
@@ -740,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{show(row['ttft_p50_ms'])} ms, ITL p50 {show(row['itl_p50_ms'], 2)} "
                         f"ms, CPU {run.cpu_s:.2f} s, wall {run.wall_s:.1f} s, "
                         f"load {run.load_average_after:.1f}"
+                        + "".join(f"\n    the tool warns: {text}" for text in run.figures.warnings)
                         if run.figures
                         else f"failed (exit {run.returncode}): {run.error}"
                     )

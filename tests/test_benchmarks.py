@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import tokenizers
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen_sse import protocols, tokens
@@ -131,6 +131,8 @@ def check_qwen_sse_rows(document: dict[str, Any], stderr: str) -> None:
         assert entry["cpu_s"] > 0
         assert entry["cpu_s_per_1k_output_tokens"] > 0
         assert entry["server_cpu_pct"] is not None
+        # Closed loop, all requests at once: never more in flight than the level.
+        assert 0 < entry["mean_in_flight"] <= entry["level"] * 1.01
     table = [line for line in stderr.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| streams | tool |")
     assert [line.split(" | ")[:3] for line in table[2:]] == [
@@ -212,6 +214,10 @@ def test_bench_peers_reads_a_real_guidellm_report(peers_modules: ModuleType) -> 
     assert figures.output_tokens_per_s == pytest.approx(170.693, abs=0.001)
     assert figures.output_tokens == 2164
     assert figures.duration_s == pytest.approx(12.678, abs=0.001)
+    assert figures.mean_latency_s == pytest.approx(3.151, abs=0.001)
+    assert figures.warnings == [
+        "p95 root dispatch delay was 0.251s over 16 samples (threshold 0.200s)."
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +259,7 @@ def test_local_qwen_tokenizer_has_the_special_tokens(qwen_tokenizer: tokenizers.
     assert qwen_tokenizer.get_vocab_size() == max(tokens.SPECIAL_TOKENS.values()) + 1
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
 def test_local_qwen_tokenizer_agrees_on_any_text(
     qwen_tokenizer: tokenizers.Tokenizer, text: str
