@@ -694,7 +694,7 @@ def markdown(entries: list[dict[str, Any]]) -> str:
                 [
                     str(entry["level"]),
                     entry["tool"],
-                    f"{show(completed, 0)}/{entry['requests']}",
+                    f"{show(completed, 0)}/{entry['requests']:,}",
                     show(entry["mean_in_flight"]),
                     show(entry["ttft_p50_ms"]),
                     show(entry["ttft_p99_ms"]),
