@@ -83,8 +83,7 @@ import hf_qwen_tokenizer
 from qwen_sse.tokens import message_token_count
 
 GUIDELLM_VERSION = "0.8.1"
-TOOLS = ("qwen-sse", "guidellm")
-PEERS = TOOLS[1:]
+PEERS = ("guidellm",)
 # An obviously fake key: the emulator accepts it, and nothing real is ever sent.
 API_KEY = "sk-test"
 KEY_VARIABLE = "QWEN_SSE_PEERS_KEY"
@@ -279,8 +278,12 @@ class Emulator:
             data=json.dumps({**body, "max_tokens": 1}).encode(),
             headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+        except OSError as error:
+            self.stop()
+            raise RuntimeError(f"qwen-sse serve did not answer a first request: {error}") from None
 
     def _wait_for_url(self) -> str:
         deadline = time.monotonic() + 30
@@ -749,7 +752,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for repeat in range(1, args.repeats + 1):
         for level in args.levels:
             for tool in tools:
-                run = run_once(tool, level, repeat, args=args, cores=cores, peer=peers.get(tool))
+                try:
+                    run = run_once(
+                        tool, level, repeat, args=args, cores=cores, peer=peers.get(tool)
+                    )
+                except RuntimeError as error:  # the emulator would not start
+                    log(f"bench_peers: {error}")
+                    return 1
                 row = run.row(args)
                 rows.append(row)
                 log(
