@@ -295,9 +295,11 @@ def test_html_of_a_run_and_of_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     assert status == 0, capsys.readouterr().err
     sweep = read_page(tmp_path / "sweep.html")
-    # The sweep's chart, and each level's two.
-    assert sweep.tags.count("img") == 1 + 2 * 2
-    assert sweep.tags.count("section") == 2
+    # A section a level (a busy machine may end the sweep after one), the sweep's chart and
+    # each level's two.
+    sections = sweep.tags.count("section")
+    assert sections >= 1
+    assert sweep.tags.count("img") == 1 + 2 * sections
 
 
 def test_html_without_matplotlib_says_charts_need_the_extra(
