@@ -26,12 +26,14 @@ from qwen_sse.bench.report import (
 )
 from qwen_sse.bench.runner import ShardResult
 from qwen_sse.bench.schema import CSV_COLUMNS, SWEEP_SCHEMA_ID
+from qwen_sse.bench.server_metrics import Reading, summarize
 from tests.bench_documents import (
     TARGET,
     made_up_config,
     made_up_load,
     made_up_record,
     made_up_result,
+    made_up_server_metrics,
 )
 
 
@@ -358,3 +360,37 @@ def test_a_repeat_report_shows_the_workload_and_the_servers_cache_hits() -> None
     assert not any(
         line.startswith("Cached") for line in format_repeat(combine([base, base])).splitlines()
     )
+
+
+def test_the_servers_own_series_have_a_section_of_their_own() -> None:
+    result = made_up_result()
+    assert "Server (its /metrics)" not in format_summary(result.summary)
+    summary = {**result.summary, "server_metrics": made_up_server_metrics(failed=1)}
+    lines = format_summary(summary).splitlines()
+    start = lines.index("--------------Server (its /metrics)---------------")
+    # Beside the client's figures: the section just before the client's.
+    assert lines[start : start + 11] == [
+        "--------------Server (its /metrics)---------------",
+        f"{'Scrapes (failed):':<40} 6 (1)",
+        "  1 × HTTP 503 Service Unavailable",
+        f"{'Requests running min/mean/max:':<40} 4 / 6 / 8  (vllm:num_requests_running)",
+        f"{'Requests waiting min/mean/max:':<40} 0.0 / 0.7 / 2.0  (vllm:num_requests_waiting)",
+        f"{'KV-cache usage min/mean/max:':<40} 25% / 38% / 50%  (vllm:kv_cache_usage_perc)",
+        "Counters, increase over 5.0 s:",
+        f"{'  vllm:e2e_request_latency_seconds_count':<40} 5",
+        f"{'  vllm:e2e_request_latency_seconds_sum':<40} 7.50",
+        f"{'  vllm:generation_tokens_total':<40} 500",
+        "-------------Client (load generator)--------------",
+    ]
+
+
+def test_a_server_section_with_nothing_scraped() -> None:
+    server = summarize(
+        [Reading(at_s=0.0, phase="before", error="cannot connect: Connection refused")],
+        url="http://127.0.0.1:9/metrics",
+        interval_s=1.0,
+    )
+    text = format_summary({**made_up_result().summary, "server_metrics": server})
+    assert f"{'Scrapes (failed):':<40} 1 (1)\n  1 × cannot connect: Connection refused\n" in text
+    assert "Requests running" not in text
+    assert "Counters" not in text

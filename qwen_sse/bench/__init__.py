@@ -21,6 +21,10 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.stop`: ending a run early, and signals left to the parent process;
 * :mod:`~qwen_sse.bench.live`, :mod:`~qwen_sse.bench.report`, :mod:`~qwen_sse.bench.plot`:
   the progress line, the table and files, the charts;
+* :mod:`~qwen_sse.bench.html`: the self-contained HTML report;
+* :mod:`~qwen_sse.bench.prometheus`, :mod:`~qwen_sse.bench.server_metrics`,
+  :mod:`~qwen_sse.bench.scrape`: the Prometheus text format, the server's own series of a
+  run, and the process that scrapes them;
 * :mod:`~qwen_sse.bench.schema`: the documented shapes of the output files.
 """
 

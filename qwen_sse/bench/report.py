@@ -139,6 +139,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["errors"]:
         lines.append(_rule("Errors"))
         lines += _error_lines(summary)
+    lines += _server_lines(summary)
     lines += _client_lines(summary)
     lines.append(_rule(fill="="))
     return "\n".join(lines)
@@ -297,6 +298,48 @@ def _client_lines(summary: dict[str, Any]) -> list[str]:
     ]
     if summary["load"]["mode"] == "open" and summary["load"].get("max_concurrency"):
         lines.insert(4, _row("Mean queue wait for a slot (ms):", summary["mean_queue_wait_ms"]))
+    return lines
+
+
+# Counters listed in the Server section; the JSON summary has every one.
+_COUNTER_LINES = 20
+_SERIES_LABELS = (
+    ("requests_running", "Requests running"),
+    ("requests_waiting", "Requests waiting"),
+    ("kv_cache_usage", "KV-cache usage"),
+)
+
+
+def _server_lines(summary: dict[str, Any]) -> list[str]:
+    """``--metrics-url``: the server's own series over the run, the scrapes that failed
+    and why, and the counters that grew."""
+    server = summary.get("server_metrics")
+    if server is None:
+        return []
+    lines = [
+        _rule("Server (its /metrics)"),
+        _row("Scrapes (failed):", f"{server['scrapes']} ({server['failed_scrapes']})"),
+    ]
+    for error in server["errors"]:
+        lines.append(f"  {error['count']} × {_one_line(error['message'], _EXAMPLE_CHARS)}")
+    for key, label in _SERIES_LABELS:
+        series = server["series"].get(key)
+        if series is None:
+            continue
+        shown = [series[stat] for stat in ("min", "mean", "max")]
+        if key == "kv_cache_usage":
+            text = " / ".join(f"{value:.0%}" for value in shown)
+        else:
+            digits = 0 if all(value % 1 == 0 for value in shown) else 1
+            text = " / ".join(f"{value:.{digits}f}" for value in shown)
+        lines.append(_row(f"{label} min/mean/max:", f"{text}  ({series['metric']})"))
+    grew = {name: value for name, value in server["counters"].items() if value}
+    if grew:
+        lines.append(f"Counters, increase over {server['counters_window_s']:.1f} s:")
+        for name, value in list(grew.items())[:_COUNTER_LINES]:
+            lines.append(_row(f"  {name}", f"{value:.0f}" if value % 1 == 0 else f"{value:.2f}"))
+        if len(grew) > _COUNTER_LINES:
+            lines.append(f"  … and {len(grew) - _COUNTER_LINES} more (see --json)")
     return lines
 
 

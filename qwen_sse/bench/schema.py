@@ -4,7 +4,7 @@ Edge layer (bench). Data only; imports nothing from the package. The tests valid
 outputs against these, so the documentation cannot drift from the files:
 
 * :data:`SUMMARY_SCHEMA`: the JSON summary (``--json``), vLLM's keys plus the load, the
-  workload and the verdict on the client.
+  workload, the verdict on the client and, with ``--metrics-url``, the server's own series.
 * :data:`RECORD_SCHEMA`: one line of the per-request JSONL (``--jsonl``).
 * :data:`SWEEP_SCHEMA`: the JSON of a sweep (``--sweep-*`` with ``--json``).
 * :data:`REPEAT_SCHEMA`: the JSON of repeated runs (``--repeat N`` with ``--json``).
@@ -260,6 +260,79 @@ _FILE_WORKLOAD = {
         },
         "uncounted_parts": {**_COUNT, "description": "media parts in the entries' prompts"},
         "tokenizer": {"type": ["string", "null"]},
+    },
+}
+
+
+_SERVER_SERIES = {
+    "type": "object",
+    "required": ["metric", "min", "mean", "max", "at_s", "values"],
+    "additionalProperties": False,
+    "properties": {
+        "metric": {"type": "string", "description": "the server's name of the series"},
+        "min": _NUMBER,
+        "mean": _NUMBER,
+        "max": _NUMBER,
+        "at_s": {
+            "type": "array",
+            "items": _NUMBER,
+            "description": "when each successful scrape was sent, seconds from the run's "
+            "start (the scrape before it is negative)",
+        },
+        "values": {"type": "array", "items": _NUMBER},
+    },
+}
+_SERVER_METRICS = {
+    "type": "object",
+    "description": "--metrics-url: the server's own series from its Prometheus /metrics, "
+    "scraped before, every interval_s during, and after the run (min, mean and max over the "
+    "scrapes during it), and the increase of every counter over the run",
+    "required": [
+        "url",
+        "interval_s",
+        "scrapes",
+        "failed_scrapes",
+        "errors",
+        "series",
+        "counters_window_s",
+        "counters",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "url": {"type": "string"},
+        "interval_s": {"type": "number", "exclusiveMinimum": 0},
+        "scrapes": _COUNT,
+        "failed_scrapes": _COUNT,
+        "errors": {
+            "type": "array",
+            "description": "why scrapes failed, most frequent first",
+            "items": {
+                "type": "object",
+                "required": ["message", "count"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "series": {
+            "type": "object",
+            "description": "requests_running and requests_waiting (summed over label sets), "
+            "kv_cache_usage (a fraction, the fullest label set); those the page had",
+            "propertyNames": {"enum": ["requests_running", "requests_waiting", "kv_cache_usage"]},
+            "additionalProperties": _SERVER_SERIES,
+        },
+        "counters_window_s": {
+            "type": ["number", "null"],
+            "description": "from the first successful scrape to the last; null below two",
+        },
+        "counters": {
+            "type": "object",
+            "description": "every counter sample name (histograms' and summaries' _sum and "
+            "_count too), summed over its labels: its increase over the window",
+            "additionalProperties": _NUMBER,
+        },
     },
 }
 
@@ -524,6 +597,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             },
         },
         "python": {"type": "string"},
+        "server_metrics": _SERVER_METRICS,
         **_stat_properties(),
     },
     "patternProperties": {

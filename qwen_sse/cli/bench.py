@@ -2,13 +2,14 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. ``--repeat N`` runs
-the same load N times and reports each figure's mean and 95% confidence interval; ``bench
-compare`` (:mod:`qwen_sse.cli.compare`) sets two results side by side. The first SIGINT or
-SIGTERM stops the run and reports what finished; a second quits at once. Exit status: 0
-when the run finished (whatever the figures), 1 when no request succeeded, the run stopped
-early by itself (its first requests all refused alike) or could not complete, 2 for invalid
-options or output paths, 130 after a signal.
+``--jsonl`` (as requests finish), ``--csv``, ``--plot`` and ``--html`` write files;
+``--metrics-url`` adds the server's own series (both: :mod:`qwen_sse.cli.bench_reports`).
+``--repeat N`` runs the same load N times and reports each figure's mean and 95% confidence
+interval; ``bench compare`` (:mod:`qwen_sse.cli.compare`) sets two results side by side.
+The first SIGINT or SIGTERM stops the run and reports what finished; a second quits at
+once. Exit status: 0 when the run finished (whatever the figures), 1 when no request
+succeeded, the run stopped early by itself (its first requests all refused alike) or could
+not complete, 2 for invalid options or output paths, 130 after a signal.
 """
 
 from __future__ import annotations
@@ -47,11 +48,21 @@ from qwen_sse.bench.report import (
 )
 from qwen_sse.bench.runner import STOP_GRACE_S, Target
 from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
+from qwen_sse.bench.scrape import Scraper
 from qwen_sse.bench.stop import STOP_SIGNALS, Stop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import Workload
 from qwen_sse.cli import compare
+from qwen_sse.cli.bench_reports import (
+    SweepPages,
+    add_report_options,
+    check_report_options,
+    measured,
+    say_scrapes,
+    scraping,
+    write_run_page,
+)
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
@@ -187,6 +198,7 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--csv", metavar="FILE", help="write every request as a CSV row")
     out.add_argument("--plot", metavar="DIR", help="write PNG charts (needs qwen-sse[plot])")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
+    add_report_options(out)
     mock = parser.add_argument_group("emulator timing (with --mock)")
     mock.add_argument(
         "--mock-ttft-ms",
@@ -231,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
         _check_repeat(args, sweep is not None)
         _check_outputs(args)
+        check_report_options(args)
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
         return 2
@@ -251,14 +264,23 @@ def _run(
         with (
             JsonlWriter(args.jsonl) if args.jsonl else contextlib.nullcontext() as records,
             _endpoint(args, config.workload) as target,
+            scraping(args, target) as scraper,
         ):
             if sweep is None and args.repeat > 1:
                 return _repeat(args, config, target, stop=stop, interrupts=interrupts)
             if sweep is None:
                 return _single(
-                    args, config, target, stop=stop, interrupts=interrupts, records=records
+                    args,
+                    config,
+                    target,
+                    stop=stop,
+                    interrupts=interrupts,
+                    records=records,
+                    scraper=scraper,
                 )
-            return _sweep(args, config, target, sweep, stop=stop, interrupts=interrupts)
+            return _sweep(
+                args, config, target, sweep, stop=stop, interrupts=interrupts, scraper=scraper
+            )
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
         return 2
@@ -278,20 +300,25 @@ def _single(
     stop: Stop,
     interrupts: _Interrupts,
     records: JsonlWriter | None,
+    scraper: Scraper | None,
 ) -> int:
     live = None if args.quiet else _live(config)
     _announce(args, config, target)
     with interrupts.running():
-        result = run_benchmark(
-            config,
-            target,
-            live=live,
-            on_record=records.write if records is not None else None,
-            stop=stop,
+        result = measured(
+            scraper,
+            lambda: run_benchmark(
+                config,
+                target,
+                live=live,
+                on_record=records.write if records is not None else None,
+                stop=stop,
+            ),
         )
     summary = result.summary
     print(format_summary(summary))
     _warn(summary)
+    say_scrapes(summary)
     status = 0 if summary["completed"] else 1
     if _write_files(args, result):
         status = 1
@@ -310,11 +337,16 @@ def _sweep(
     *,
     stop: Stop,
     interrupts: _Interrupts,
+    scraper: Scraper | None,
 ) -> int:
+    pages = SweepPages(args.html) if args.html else None
+
     def level(level_config: BenchConfig) -> BenchResult:
         live = None if args.quiet else _live(level_config)
         with interrupts.running():
-            return run_benchmark(level_config, target, live=live, stop=stop)
+            return measured(
+                scraper, lambda: run_benchmark(level_config, target, live=live, stop=stop)
+            )
 
     def show(value: float, result: BenchResult) -> None:
         summary = result.summary
@@ -326,6 +358,9 @@ def _sweep(
             + (f", stopped early: {summary['stop_reason']}" if summary["stop_reason"] else ""),
             file=sys.stderr,
         )
+        say_scrapes(summary, f"level {value:g}: ")
+        if pages is not None:
+            pages.add(value, result)
         if args.plot:
             where = level_directory(args.plot, value)
             for path in write_charts(summary, result.records, result.loads, where):
@@ -343,6 +378,8 @@ def _sweep(
         print(f"qwen-sse bench: wrote {write_sweep_chart(document, args.plot)}", file=sys.stderr)
 
     if args.plot and _write(args.plot, chart):
+        status = 1
+    if pages is not None and _write(pages.path, lambda: pages.write(document)):
         status = 1
     return status
 
@@ -386,9 +423,10 @@ def _check_repeat(args: argparse.Namespace, sweep: bool) -> None:
             "--repeat repeats one load; a sweep with repeats is not supported: "
             "repeat each level as its own run"
         )
-    if args.jsonl or args.csv or args.plot:
+    if args.jsonl or args.csv or args.plot or args.html or args.metrics_url:
         raise ConfigurationError(
-            "--jsonl, --csv and --plot record one run; leave them out of --repeat"
+            "--jsonl, --csv, --plot, --html and --metrics-url record one run; "
+            "leave them out of --repeat"
         )
 
 
@@ -467,6 +505,8 @@ def _write_files(args: argparse.Namespace, result: BenchResult) -> bool:
                 print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
 
         failed |= _write(args.plot, charts)
+    if args.html:
+        failed |= _write(args.html, lambda: write_run_page(args.html, result))
     return failed
 
 
@@ -491,7 +531,12 @@ def _os_error(error: OSError) -> str:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse output paths that could not be written, before anything is sent: each file's
     directory must exist and be writable, ``--plot``'s directory must be creatable."""
-    options = (("--json", args.json), ("--jsonl", args.jsonl), ("--csv", args.csv))
+    options = (
+        ("--json", args.json),
+        ("--jsonl", args.jsonl),
+        ("--csv", args.csv),
+        ("--html", args.html),
+    )
     files = [(option, path) for option, path in options if path]
     seen: dict[Path, str] = {}
     for option, path in files:
