@@ -26,6 +26,9 @@ every event boundary with its data as compact JSON, and anomalies:
 
 :meth:`TraceView.summary` closes with bytes, events, time to first byte and first token,
 inter-token gap percentiles, usage and request id. The same view replays recordings.
+Without an output (``out=None``) it prints nothing and only checks: the debugging proxy
+(:mod:`qwen_sse.debugproxy`) tees every exchange into a quiet view and shows its anomalies
+and summary.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def _show_line(segment: bytes, width: int) -> str:
 
 
 class TraceView:
-    """Prints a call's wire to ``out`` as it happens, and keeps what it saw.
+    """Prints a call's wire to ``out`` as it happens, and keeps what it saw; with ``out=None``
+    it prints nothing (none of the formatting is done) but checks and keeps the same.
 
     ``protocol`` (a name or object of :mod:`qwen_sse.protocols`) is the grammar the events
     are checked against, for the request each attempt sends; ``stall_ms`` the silence worth
@@ -89,7 +93,7 @@ class TraceView:
 
     def __init__(
         self,
-        out: TextIO,
+        out: TextIO | None,
         *,
         protocol: str | WireProtocol = "compatible",
         stall_ms: float = 2000.0,
@@ -117,8 +121,9 @@ class TraceView:
         self._line_tail = bytearray()
 
     def _print(self, text: str) -> None:
-        self._out.write(text + "\n")
-        self._out.flush()
+        if self._out is not None:
+            self._out.write(text + "\n")
+            self._out.flush()
 
     def _flag(self, kind: str, at_ms: float, detail: str) -> None:
         self.anomalies.append(Anomaly(kind, at_ms, detail))
@@ -129,6 +134,8 @@ class TraceView:
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         self.attempts += 1
         self._reset_attempt(_request_body(body))
+        if self._out is None:
+            return
         self._print(f"=== attempt {self.attempts}: {method} {url}")
         for name, value in headers.items():
             self._print(f"  > {name}: {value}")
@@ -137,6 +144,8 @@ class TraceView:
     def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
         self._status = status
         self._request_id = headers.get("x-request-id", "")
+        if self._out is None:
+            return
         self._print(f"[{at_s * 1000:10.1f} ms] < HTTP {status}")
         for name, value in headers.items():
             self._print(f"  < {name}: {value}")
@@ -150,9 +159,12 @@ class TraceView:
         if self._first_byte_ms is None:
             self._first_byte_ms = at_ms
         self._last_at_ms = at_ms
-        self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
+        shown = self._out is not None
+        if shown:
+            self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
         for segment in _SEGMENT.findall(chunk):
-            self._print(f"    | {_show_line(segment, self._width)}")
+            if shown:
+                self._print(f"    | {_show_line(segment, self._width)}")
             if segment.endswith((b"\r", b"\n")):
                 # Lines are checked whole, even when a read split one (or a character).
                 self._inspect_line(bytes(self._line_tail) + segment, at_ms)
@@ -163,7 +175,8 @@ class TraceView:
             return
         for item in self._sse.feed_with_comments(chunk):
             if isinstance(item, SSEComment):
-                self._print(f"    : comment {item.text!r}")  # keep-alives, HTTP_STATUS
+                if shown:
+                    self._print(f"    : comment {item.text!r}")  # keep-alives, HTTP_STATUS
                 continue
             event_gap_ms = at_ms - self._last_event_ms
             if self._events and event_gap_ms > self._stall_ms and not byte_stall:
@@ -226,6 +239,8 @@ class TraceView:
             return
         try:
             decoded: Any = json.loads(data)
+            if self._out is None:
+                return
             compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
         except (ValueError, RecursionError):  # RecursionError: nested too deep
             self._print(f"    -- {label}: {data[: self._width]!r}")

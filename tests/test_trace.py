@@ -230,3 +230,32 @@ def test_a_responses_delta_before_its_item_is_flagged() -> None:
     view, _ = trace(reads, protocol="responses")
     assert kinds(view) == ["protocol-error"]
     assert "response.output_text.delta" in view.anomalies[0].detail
+
+
+QUIET_WIRES = [
+    [(0.1, chunk("a")), (1.5, chunk("b", "stop") + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"choices": []}\ndata: {"choices": []}\n\n' + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"choices": [{"delta":\n{"content": "x"}}]}\n\n' + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"x": "\xff"}\n\n' + b": keep-alive\n\n" + b"data: [DONE]\n\n")],
+    [(0.1, chunk("half")), (0.2, chunk(" an answer") + b"data: [DONE]\n\n")],
+    [(0.1, chunk("three words here", "stop") + usage_chunk(40) + b"data: [DONE]\n\n")],
+    [(0.1, chunk("a")), (0.2, b'data: {"error": {"code": "c", "message": "m"}}\n\n')],
+    [(0.1, chunk("a", "stop"))],
+]
+
+
+def test_a_quiet_view_prints_nothing_and_checks_the_same() -> None:
+    """Without an output (the debugging proxy's tee) the view flags the same anomalies,
+    at the same times, and decodes the same result."""
+    for reads in QUIET_WIRES:
+        loud, _ = trace(reads)
+        quiet = TraceView(None, stall_ms=500)
+        quiet.request(method="POST", url="http://x/v1", headers={}, body=b"{}")
+        quiet.response(status=200, headers=HEADERS, at_s=0.01)
+        for at_s, data in reads:
+            quiet.data(data, at_s)
+        quiet.end(at_s=reads[-1][0], outcome="ok", error=None)
+        assert quiet.anomalies == loud.anomalies
+        assert quiet.anomalies, reads
+        assert quiet.result == loud.result
+        assert quiet.summary() == loud.summary()
