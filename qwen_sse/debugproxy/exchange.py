@@ -291,7 +291,9 @@ class ExchangeView:
         result: ChatResult | None = None
         view = self._view
         if view is not None and self._decoding:
-            view.end(at_s=at_s, outcome=tap_outcome, error=error)
+            # A body watched only in part cannot be checked for its end or its usage.
+            watched_all = self._watched_bytes == self._bytes
+            view.end(at_s=at_s, outcome=tap_outcome if watched_all else "cancelled", error=error)
             self._show_new_anomalies()
             result = view.result
         if self._kind in ("json", "error"):
