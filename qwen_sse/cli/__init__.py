@@ -16,11 +16,11 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from qwen_sse import wirelog
-from qwen_sse.cli import bench, chat, decode, replay, serve, tokens, trace
+from qwen_sse.cli import bench, chat, decode, proxy, replay, serve, tokens, trace
 from qwen_sse.config import log_switch
 from qwen_sse.errors import ConfigurationError
 
-_COMMANDS = (bench, chat, decode, replay, serve, tokens, trace)
+_COMMANDS = (bench, chat, decode, proxy, replay, serve, tokens, trace)
 
 
 def build_parser() -> argparse.ArgumentParser:
