@@ -60,6 +60,8 @@ __all__ = ["Anomaly", "TraceView"]
 
 _SEGMENT = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _KNOWN_FIELDS = (b"data", b"event", b"id", b"retry")
+# The start of a line (of LF-ended lines) that is not blank, not a comment, not a known field.
+_NOT_A_FIELD = re.compile(rb"(?m)^(?!(?:data|event|id|retry)[:\n]|[:\n]|\Z)")
 _USAGE_TOLERANCE_TOKENS = 2
 _USAGE_TOLERANCE_RATIO = 0.1
 
@@ -162,15 +164,16 @@ class TraceView:
         shown = self._out is not None
         if shown:
             self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
-        for segment in _SEGMENT.findall(chunk):
-            if shown:
-                self._print(f"    | {_show_line(segment, self._width)}")
-            if segment.endswith((b"\r", b"\n")):
-                # Lines are checked whole, even when a read split one (or a character).
-                self._inspect_line(bytes(self._line_tail) + segment, at_ms)
-                self._line_tail.clear()
-            else:
-                self._line_tail += segment
+        if shown or not self._clean_lines(chunk):
+            for segment in _SEGMENT.findall(chunk):
+                if shown:
+                    self._print(f"    | {_show_line(segment, self._width)}")
+                if segment.endswith((b"\r", b"\n")):
+                    # Lines are checked whole, even when a read split one (or a character).
+                    self._inspect_line(bytes(self._line_tail) + segment, at_ms)
+                    self._line_tail.clear()
+                else:
+                    self._line_tail += segment
         if self._status is not None and self._status >= 400:
             return
         for item in self._sse.feed_with_comments(chunk):
@@ -218,6 +221,18 @@ class TraceView:
 
     # -- inspection ---------------------------------------------------------------------
 
+    def _clean_lines(self, chunk: bytes) -> bool:
+        """True when ``chunk`` is whole LF-ended lines, valid UTF-8, each blank, a comment or
+        a known field: what :meth:`_inspect_line` would pass, found without splitting (the
+        usual read of a well-behaved stream)."""
+        return (
+            not self._line_tail
+            and chunk.endswith(b"\n")
+            and b"\r" not in chunk
+            and _NOT_A_FIELD.search(chunk) is None
+            and (chunk.isascii() or _is_utf8(chunk))
+        )
+
     def _inspect_line(self, segment: bytes, at_ms: float) -> None:
         line = segment.rstrip(b"\r\n")
         try:
@@ -233,16 +248,19 @@ class TraceView:
 
     def _show_event(self, event: str, event_id: str, data: str, at_ms: float) -> None:
         stray_lines, self._stray_lines = self._stray_lines, 0
-        label = f"event #{self._events} {event}" + (f" id={event_id}" if event_id else "")
         if data == "[DONE]":
-            self._print(f"    -- {label}: [DONE]")
+            if self._out is not None:
+                self._print(f"    -- {self._label(event, event_id)}: [DONE]")
             return
+        label = ""
         try:
             decoded: Any = json.loads(data)
             if self._out is None:
                 return
+            label = self._label(event, event_id)
             compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
         except (ValueError, RecursionError):  # RecursionError: nested too deep
+            label = label or self._label(event, event_id)
             self._print(f"    -- {label}: {data[: self._width]!r}")
             self._json_flagged = True
             parts = data.split("\n")
@@ -259,6 +277,9 @@ class TraceView:
         if len(compact) > self._width:
             compact = compact[: self._width] + "…"
         self._print(f"    -- {label}: {compact}")
+
+    def _label(self, event: str, event_id: str) -> str:
+        return f"event #{self._events} {event}" + (f" id={event_id}" if event_id else "")
 
     def _check_usage(self, at_ms: float) -> None:
         result = self._chat.result()
@@ -324,6 +345,14 @@ def _request_body(body: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parses(text: str) -> bool:

@@ -241,6 +241,13 @@ QUIET_WIRES = [
     [(0.1, chunk("three words here", "stop") + usage_chunk(40) + b"data: [DONE]\n\n")],
     [(0.1, chunk("a")), (0.2, b'data: {"error": {"code": "c", "message": "m"}}\n\n')],
     [(0.1, chunk("a", "stop"))],
+    # Lines the quiet view's fast path must not pass: an unknown field, half a field name,
+    # a line cut by a read, CR line endings, a character split across reads.
+    [(0.1, b"datax: 1\n" + chunk("a", "stop") + b"data: [DONE]\n\n")],
+    [(0.1, b"dat\n\n" + chunk("a", "stop")), (0.2, b"retry: 5\nid: 3\ndata: [DONE]\n\n")],
+    [(0.1, chunk("a")[:9]), (0.2, b"x" + chunk("a")[9:]), (0.3, b"data: [DONE]\n\n")],
+    [(0.1, b"x: 1\r" + chunk("a", "stop").replace(b"\n", b"\r") + b"data: [DONE]\n\n")],
+    [(0.1, chunk("通义", "stop")[:-12]), (0.2, b"\xff" + chunk("通义", "stop")[-12:])],
 ]
 
 
