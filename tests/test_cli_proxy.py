@@ -147,7 +147,8 @@ async def test_a_fault_reaches_the_application_and_sigterm_ends_it_too(
         status, out, err = await running.stop(signal.SIGTERM)
     assert (status, err) == (0, "")
     assert "[#1] !! missing-end: " in out
-    assert '(fault {"drop_after_events":3,"model":"qwen-plus"})' in out
+    assert '(compatible, qwen-plus; fault {"drop_after_events":3,"model":"qwen-plus"})' in out
+    assert "200 compatible qwen-plus dropped by the proxy's fault: 3 events" in out
     assert out.splitlines()[-1] == (
         "qwen-sse proxy: 1 exchange; streams: 0 complete, 1 incomplete; outcomes: fault 1;"
         " anomalies: missing-end 1"

@@ -111,7 +111,10 @@ def test_the_fault_and_the_cut_show(tmp_path: Any) -> None:
         at_s=0.2, outcome="fault", error=StreamInterruptedError(f"cut ({KEY} in a message)")
     )
     assert summary.line().endswith("anomalies: missing-end")
-    assert '(fault {"drop_after_events":1})' in summary.line()
+    assert (
+        "200 compatible qwen-plus cut (sk-*************** in a message) (the proxy's fault): "
+        "1 events" in summary.line()
+    )
     [attempt] = load_recording(path)
     assert (attempt.error_type, attempt.outcome) == ("StreamInterruptedError", "error")
     assert attempt.error is not None

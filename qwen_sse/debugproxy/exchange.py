@@ -129,8 +129,8 @@ def _state(summary: ExchangeSummary) -> str:
         state = "complete" if summary.complete else "incomplete"
     else:
         state = summary.kind
-    if summary.fault:
-        state += f" (fault {summary.fault})"
+    if summary.fault and "proxy's fault" not in state:
+        state += " (the proxy's fault)"
     return state
 
 
@@ -230,8 +230,8 @@ class ExchangeView:
         shown_headers = secrets.request_headers(headers)
         shown_body = secrets.data(body)
         what = f"{self._protocol.name}, {self._model or 'no model'}" if self._protocol else "-"
-        fault = f" fault {self._fault}" if self._fault else ""
-        self._say(f"[#{self._number}] {self._method} {self._path} ({what}){fault}")
+        fault = f"; fault {self._fault}" if self._fault else ""
+        self._say(f"[#{self._number}] {self._method} {self._path} ({what}{fault})")
         if self._view is not None:
             self._view.request(
                 method=self._method, url=shown_url, headers=shown_headers, body=shown_body

@@ -349,12 +349,7 @@ class DebugProxy:
             )
             return
         if exchange.dropped:
-            assert cutter is not None
-            fault = self.fault
-            what = fault.describe() if fault is not None else ""
-            self._end(
-                view, exchange.at_s(), "fault", _cut(f"the proxy's fault cut the stream: {what}")
-            )
+            self._end(view, exchange.at_s(), "fault", _cut("dropped by the proxy's fault"))
         else:
             finished = cutter is not None and cutter.finished
             self._end(view, exchange.at_s(), "fault" if finished else "ok", None)
