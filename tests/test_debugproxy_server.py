@@ -655,3 +655,26 @@ def test_unsafe_settings_are_refused() -> None:
     DebugProxy("http://localhost:8000")
     with pytest.raises(ConfigurationError, match="max_request_bytes must be at least 1"):
         DebugProxy("https://example.com", max_request_bytes=0)
+
+
+async def test_closing_the_proxy_ends_the_exchanges_in_flight() -> None:
+    config = EmulatorConfig(api_key=KEY, ttft_s=0, itl_s=0.05, answer_tokens=400)
+    async with Emulator(config) as emulator:
+        origin = emulator.base_url.removesuffix("/compatible-mode/v1")
+        proxy = DebugProxy(origin)
+        await proxy.start()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{proxy.base_url}/compatible-mode/v1/chat/completions",
+                json=chat(stream=True),
+                headers={"Authorization": f"Bearer {KEY}"},
+            ) as response,
+        ):
+            await response.content.readany()
+            await proxy.close()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        [summary] = proxy.exchanges
+    assert (summary.outcome, summary.complete, summary.status) == ("client-gone", False, 200)
+    assert proxy.totals["client-gone"] == 1

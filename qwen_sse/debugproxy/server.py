@@ -11,7 +11,7 @@ added (no ``User-Agent``, ``Accept-Encoding`` or ``Content-Type`` of aiohttp's o
 response's status, reason and headers (but the hop-by-hop ones) come back, then its body,
 each read written to the application as it arrives, undecoded (``Content-Encoding`` passes
 through, compressed bytes stay compressed), so the application receives exactly the bytes
-the upstream sent. Redirects are answered, not followed; cookies are never kept.
+the upstream sent. Redirects are passed back, never followed; cookies are never kept.
 
 Bounds: a request body over ``max_request_bytes`` is answered 413 and never forwarded; a
 response body is forwarded whole, whatever its size, but only its first
@@ -70,8 +70,9 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 """The largest request body forwarded (64 MiB: a long-context prompt, or a few images as
 base64, fits many times over)."""
 
-# RFC 9110 section 7.6.1, plus Proxy-Authorization (meant for a forward proxy, never the
-# upstream), Host (the upstream's own) and Content-Length (recomputed for the body as read).
+# Never forwarded, either way: the hop-by-hop headers (RFC 9110 section 7.6.1, and the old
+# Proxy-Connection), the credentials meant for a forward proxy (Proxy-Authorization, never
+# for the upstream), and Expect (the proxy has read the whole body already).
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -86,6 +87,7 @@ _HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+# Nor upstream: Host (the upstream's own) and Content-Length (set for the body as read).
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length"}
 # What aiohttp's client would add on its own to a request that lacks them.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -202,7 +204,7 @@ class DebugProxy:
             handle_signals=False,
             access_log=None,
             handler_cancellation=True,
-            shutdown_timeout=0.5,
+            shutdown_timeout=0.1,
         )
         await runner.setup()
         try:
