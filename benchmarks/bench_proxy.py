@@ -16,8 +16,9 @@ Three processes on 127.0.0.1, ports chosen by the OS:
 
 The same client streams the same requests either **direct** to the emulator or **through
 the proxy**, at each concurrency of ``--levels`` (``C`` workers, each running
-``--streams`` streams back to back; the workers' starts are spread over one inter-token
-gap, so that the streams' events are not all due at the same instant). Per level: one
+``--streams`` streams back to back; the workers' starts are spread evenly over the length
+of one stream, as the requests of independent users are, so that neither the requests nor
+the streams' events all fall due at the same instant). Per level: one
 untimed warm-up batch per route (connections, imports), then ``--repeat`` rounds, each
 running one batch direct and one through the proxy, in alternating order (ABBA), so that
 both routes see the same machine. Every stream is checked complete (its answer whole and
@@ -213,7 +214,7 @@ async def batch(
             "stream_options": {"include_usage": True},
         }
     ).encode()
-    spread_s = args.itl_ms / 1000 / concurrency
+    spread_s = (args.ttft_ms + args.tokens * args.itl_ms) / 1000 / concurrency
 
     async def worker(number: int) -> list[tuple[float, list[float]] | str]:
         await asyncio.sleep(number * spread_s)
