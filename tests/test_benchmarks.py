@@ -114,4 +114,6 @@ def test_bench_proxy_quick() -> None:
     # Every stream through the proxy (warm-up included) was summarised, complete, clean.
     assert proxy["exchanges"] == proxy["complete"] == 2 * (1 + 4) * 2
     assert proxy["anomalies"] == 0
+    assert proxy["events"] > proxy["exchanges"]
+    assert proxy["cpu_us_per_event"] > 0
     assert document["target"] == {"streams": 100, "measured": False}
