@@ -412,8 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator_process": emulator_process,
         "target": target(summaries),
         "wall_s": time.perf_counter() - started,
+        # Other work on the machine moves every latency here: the figures need this beside.
+        "load_average_at_end": list(os.getloadavg()),
     }
     print(table(summaries), file=sys.stderr)
+    loads = (document["environment"]["load_average_at_start"][0], os.getloadavg()[0])
+    print(f"load average (1 min) at start {loads[0]:.2f}, at end {loads[1]:.2f}", file=sys.stderr)
     verdict = document["target"]
     if verdict["measured"]:
         added = verdict["added_p99_ms"]
