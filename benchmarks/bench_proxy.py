@@ -8,9 +8,9 @@ Three processes on 127.0.0.1, ports chosen by the OS:
 * the **emulator** (:class:`qwen_sse.emulator.Emulator`): compatible-mode streams with a
   fixed time to first token (``--ttft-ms``) and gap between pieces (``--itl-ms``), no
   jitter, ``--tokens`` pieces per answer;
-* the **proxy** (:class:`qwen_sse.debugproxy.DebugProxy`) in front of it, as ``qwen-sse
-  proxy`` runs it: every response teed into the trace view, a live line per exchange
-  written (to ``/dev/null``), no recording, no fault;
+* the **proxy** in front of it: the ``qwen-sse proxy`` command itself, as a user starts
+  it (every response teed into the trace view, its live lines written to a file, no
+  recording, no fault), stopped with Ctrl-C (SIGINT) at the end;
 * the **client**: raw ``aiohttp`` (one session per route, connections kept), each read
   timed on arrival and fed to ``ChatStreamDecoder`` for the token times.
 
@@ -29,11 +29,11 @@ Figures per batch: **TTFB**, the time from sending the request to the first body
 (``ChatResult.timing.inter_token_gaps_s``); p50 and p99 over every stream (TTFB) or gap
 (ITL) of the batch. Per level, the median over the rounds of each percentile per route,
 and **added** = the median over the rounds of (proxy - direct), the pairs taken in the
-same round. The proxy process's CPU time and the exchanges it summarised come back in the
-JSON, to show it saw every stream, with its CPU time per event carried (user and system
-time of the whole process, warm-up included, over every event of every proxied stream:
-the receive, the forward, the tee, the summaries), a figure that load on the machine
-disturbs less than latencies.
+same round. The exchanges the proxy summarised come back in the JSON (from its closing
+line), to show it saw every stream, with its CPU time per event carried: user and system
+time of the process from the moment it listens (warm-up batches included) over every event
+of every proxied stream (the receive, the forward, the tee, the summaries), a figure that
+load on the machine disturbs less than latencies.
 
 Target (issue 15): at most 1 ms added at p99 (TTFB and ITL) at 100 concurrent streams;
 printed as information, met or not, with the numbers.
@@ -61,18 +61,22 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import resource
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import benchenv
 
 from qwen_sse.chat import ChatStreamDecoder
-from qwen_sse.debugproxy import DebugProxy
 from qwen_sse.emulator import Emulator, EmulatorConfig
 
 if TYPE_CHECKING:
@@ -83,6 +87,12 @@ MODEL = "qwen-plus"
 ROUTES = ("direct", "proxy")
 TARGET_ADDED_P99_MS = 1.0
 TARGET_STREAMS = 100
+_FIRST_LINE = re.compile(r"qwen-sse proxy: http://127\.0\.0\.1:(\d+) -> ")
+_TOTALS = re.compile(
+    r"qwen-sse proxy: (?P<exchanges>\d+) exchanges?"
+    r"(?:; streams: (?P<complete>\d+) complete, \d+ incomplete)?"
+    r"(?:; outcomes: [^;]*)?; anomalies: (?P<anomalies>.*)$"
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -156,27 +166,73 @@ def run_emulator(conn: Connection, cpus: set[int] | None, args: argparse.Namespa
     asyncio.run(serve())
 
 
-def run_proxy(conn: Connection, cpus: set[int] | None, upstream: str) -> None:
-    pin_to(cpus)
-    raise_nofile()
+def _process_cpu_s(pid: int) -> float:
+    """User and system time of process ``pid`` so far (0 where /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # After the command's name: state is field 3, utime 14 and stime 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def serve(out: TextIO) -> None:
-        async with DebugProxy(upstream, out=out) as proxy:
-            conn.send(proxy.port)
-            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-            conn.send(
-                {
-                    "cpu_s": cpu_s(),
-                    "exchanges": proxy.totals["exchanges"],
-                    "complete": proxy.totals["complete"],
-                    "anomalies": sum(
-                        count for name, count in proxy.totals.items() if name.startswith("anomaly:")
-                    ),
-                }
-            )
 
-    with open(os.devnull, "w", encoding="utf-8") as out:  # the live lines, written
-        asyncio.run(serve(out))
+class ProxyCommand:
+    """``qwen-sse proxy`` as a user runs it, in a process of its own pinned to ``cpus``,
+    its live lines written to a file (read back for its first and last lines)."""
+
+    def __init__(self, upstream: str, cpus: set[int] | None, scratch: Path) -> None:
+        self._output_path = scratch / "proxy.out"
+        self._errors_path = scratch / "proxy.err"
+        self._output = self._output_path.open("w", encoding="utf-8")
+        self._errors = self._errors_path.open("w", encoding="utf-8")
+        command = [sys.executable, "-m", "qwen_sse", "proxy", "--upstream", upstream]
+        command += ["--listen", "127.0.0.1:0"]
+        self.process = subprocess.Popen(command, stdout=self._output, stderr=self._errors)
+        self._startup_cpu_s = 0.0
+        if cpus and hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.process.pid, cpus)
+
+    def port(self, timeout_s: float = 60.0) -> int:
+        """The port it listens on, from its first line."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = _FIRST_LINE.match(self._output_path.read_text("utf-8"))
+            if match:
+                self._startup_cpu_s = _process_cpu_s(self.process.pid)
+                return int(match[1])
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"qwen-sse proxy did not start: {self._errors_path.read_text()}")
+
+    def stop(self) -> dict[str, Any]:
+        """Ctrl-C; its CPU time and what its closing line counts."""
+        self.process.send_signal(signal.SIGINT)
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        self._output.close()
+        self._errors.close()
+        last = self._output_path.read_text("utf-8").splitlines()[-1]
+        totals = _TOTALS.match(last)
+        if self.process.returncode != 0 or totals is None:
+            raise RuntimeError(f"qwen-sse proxy ended with {self.process.returncode}: {last}")
+        anomalies = re.findall(r"(\d+)", totals["anomalies"])
+        return {
+            # Its start (imports, the vocabulary) is not the cost of carrying streams.
+            "cpu_s": usage.ru_utime + usage.ru_stime - self._startup_cpu_s,
+            "exchanges": int(totals["exchanges"]),
+            "complete": int(totals["complete"] or 0),
+            "anomalies": sum(int(count) for count in anomalies),
+            "closing_line": last,
+        }
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._output.close()
+        self._errors.close()
 
 
 async def one_stream(
@@ -355,19 +411,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared, proxy_cpus = cores(args.pin)
     context = multiprocessing.get_context("spawn")
     emulator_end, emulator_conn = context.Pipe()
-    proxy_end, proxy_conn = context.Pipe()
     client_end, client_conn = context.Pipe()
     emulator = context.Process(target=run_emulator, args=(emulator_conn, shared, args))
     emulator.start()
     processes = [emulator]
+    proxy: ProxyCommand | None = None
+    scratch = tempfile.TemporaryDirectory(prefix="bench-proxy-")
     started = time.perf_counter()
     try:
         emulator_port = emulator_end.recv()
         origin = f"http://127.0.0.1:{emulator_port}"
-        proxy = context.Process(target=run_proxy, args=(proxy_conn, proxy_cpus, origin))
-        proxy.start()
-        processes.append(proxy)
-        proxy_port = proxy_end.recv()
+        proxy = ProxyCommand(origin, proxy_cpus, Path(scratch.name))
+        proxy_port = proxy.port()
         path = "/compatible-mode/v1/chat/completions"
         urls = {"direct": f"{origin}{path}", "proxy": f"http://127.0.0.1:{proxy_port}{path}"}
         client = context.Process(target=run_client, args=(client_conn, shared, urls, args))
@@ -375,11 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes.append(client)
         measured = client_end.recv()
         levels = measured["levels"]
-        proxy_end.send("stop")
-        proxy_process = proxy_end.recv()
+        proxy_process = proxy.stop()
         emulator_end.send("stop")
         emulator_process = emulator_end.recv()
     finally:
+        if proxy is not None:
+            proxy.kill()
+        scratch.cleanup()
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
