@@ -408,6 +408,7 @@ def target(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    environment = benchenv.environment(["aiohttp", "msgspec"])  # the load before the run
     shared, proxy_cpus = cores(args.pin)
     context = multiprocessing.get_context("spawn")
     emulator_end, emulator_conn = context.Pipe()
@@ -450,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     document = {
         "benchmark": "bench_proxy",
-        "environment": benchenv.environment(["aiohttp", "msgspec"]),
+        "environment": environment,
         "config": {
             "levels": args.levels,
             "streams_per_worker": args.streams,
