@@ -28,7 +28,6 @@ def view(out: io.StringIO | None, **options: Any) -> ExchangeView:
         method="POST",
         path="/compatible-mode/v1/chat/completions",
         protocol=protocols.get("compatible"),
-        request_body=BODY,
         secrets=Secrets({"Authorization": f"Bearer {KEY}"}),
         out=out,
         **options,
@@ -104,7 +103,7 @@ def test_an_error_status_and_a_whole_json_answer() -> None:
 def test_the_fault_and_the_cut_show(tmp_path: Any) -> None:
     path = tmp_path / "cut.jsonl"
     exchange = view(None, fault='{"drop_after_events":1}', recording=path.open("w"))
-    exchange.request(url="https://u/x", headers={}, body=b"{}")
+    exchange.request(url="https://u/x", headers={}, body=json.dumps(BODY).encode())
     exchange.response(status=200, headers={"content-type": "text/event-stream"}, at_s=0.0)
     exchange.data(frame("a"), 0.1)
     summary = exchange.end(

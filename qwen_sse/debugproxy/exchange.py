@@ -15,6 +15,7 @@ error it carries is flagged). Error statuses show their code and message.
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from qwen_sse.protocols import WireProtocol
 from qwen_sse.recording import Recorder
 from qwen_sse.trace import Anomaly, TraceView
 
-__all__ = ["ExchangeSummary", "ExchangeView"]
+__all__ = ["ExchangeSummary", "ExchangeView", "request_object"]
 
 # How much of an error body (or a JSON answer) is kept to read its error from.
 _ERROR_BODY_MAX_BYTES = 64 * 1024
@@ -160,8 +161,8 @@ class ExchangeView:
     for every piece of body forwarded to the application, then ``end`` once, which returns
     the :class:`ExchangeSummary`.
 
-    ``protocol`` is the chat protocol of the request path (None: no chat endpoint);
-    ``request_body`` the request's JSON object (None if it is not one); ``out`` where the
+    ``protocol`` is the chat protocol of the request path (None: no chat endpoint); ``out``
+    where the
     live lines go (None: nowhere); ``verbose`` adds the trace view's every line;
     ``recording`` a file to write the exchange's recording to; ``max_stream_bytes`` how
     much of a body is watched and recorded (None: all).
@@ -174,7 +175,6 @@ class ExchangeView:
         method: str,
         path: str,
         protocol: WireProtocol | None,
-        request_body: Mapping[str, Any] | None,
         secrets: Secrets,
         out: TextIO | None,
         verbose: bool = False,
@@ -193,8 +193,6 @@ class ExchangeView:
         self._out = out
         self._fault = fault
         self._model = ""
-        if protocol is not None and request_body is not None:
-            self._model = protocol.facts(request_body).model
         self._view: TraceView | None = None
         if protocol is not None:
             trace_out = _Prefixed(out, f"[#{number}] ") if verbose and out is not None else None
@@ -223,8 +221,23 @@ class ExchangeView:
 
     # -- the exchange ---------------------------------------------------------------------
 
-    def request(self, *, url: str, headers: Mapping[str, str], body: bytes) -> None:
-        """The request as forwarded upstream (``url`` and ``headers`` as sent, unmasked)."""
+    def request(
+        self,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        request_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The request as forwarded upstream (``url``, ``headers`` and ``body`` as sent,
+        unmasked); ``request_body`` is ``body`` read as a JSON object, if the caller has read
+        it already (else it is read here, when the request is a chat protocol's)."""
+        protocol = self._protocol
+        if protocol is not None:
+            if request_body is None:
+                request_body = request_object(body)
+            if request_body is not None:
+                self._model = protocol.facts(request_body).model
         secrets = self._secrets
         shown_url = secrets.text(url)
         shown_headers = secrets.request_headers(headers)
@@ -427,6 +440,15 @@ class ExchangeView:
             detail = f"the recording stopped: {failure.strerror or failure}"
             self._extra.append(Anomaly("record-failed", self._last_at_s * 1000, detail))
             self._say(f"[#{self._number}] !! record-failed: {detail}")
+
+
+def request_object(body: bytes) -> dict[str, Any] | None:
+    """A request body read as the JSON object it should be (None if it is not one)."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        return None
+    return decoded if isinstance(decoded, dict) else None
 
 
 def _masked_error(error: QwenSSEError, secrets: Secrets) -> QwenSSEError:

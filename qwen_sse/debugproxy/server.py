@@ -25,15 +25,16 @@ ones under test: when it gives up and disconnects, the upstream request is cance
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TextIO
+from typing import IO, Self, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,7 +45,7 @@ from yarl import URL
 from qwen_sse import protocols
 from qwen_sse.chat import DEFAULT_MAX_STREAM_BYTES
 from qwen_sse.config import check_transport_security, is_loopback_host
-from qwen_sse.debugproxy.exchange import ExchangeSummary, ExchangeView
+from qwen_sse.debugproxy.exchange import ExchangeSummary, ExchangeView, request_object
 from qwen_sse.debugproxy.faults import (
     FaultCutter,
     FaultPicker,
@@ -268,23 +269,30 @@ class DebugProxy:
             )
         url = self.upstream + request.raw_path
         protocol = _chat_protocol(url)
-        request_body = _json_object(body) if protocol is not None else None
+        request_body = None
         fault = None
-        if protocol is not None:
+        if protocol is not None and self.fault is not None:
+            # Which exchanges a fault takes depends on the body's model: read it now.
+            request_body = request_object(body)
             model = protocol.facts(request_body).model if request_body is not None else ""
             fault = self._picker.pick(model)
-        view = self._view(
-            number, request, secrets, protocol=protocol, request_body=request_body, fault=fault
-        )
+        view = self._view(number, request, secrets, protocol=protocol, fault=fault)
         headers = _forwarded(request.headers.items())
-        view.request(url=url, headers=headers, body=body)
         if fault is not None and fault.status is not None and protocol is not None:
+            view.request(url=url, headers=headers, body=body, request_body=request_body)
             return self._inject_status(view, protocol, fault)
         cutter = None
-        if fault is not None:
-            reader = protocol.reader(request_body or {}) if protocol is not None else None
-            cutter = FaultCutter(fault, reader)
-        exchange = _Exchange(request, view, asyncio.get_running_loop())
+        if fault is not None and protocol is not None:
+            cutter = FaultCutter(fault, protocol.reader(request_body or {}))
+        loop = asyncio.get_running_loop()
+        # The view reads, masks and shows the request while the upstream works on it: a long
+        # prompt must not wait for that on its way.
+        loop.call_soon(
+            functools.partial(
+                view.request, url=url, headers=headers, body=body, request_body=request_body
+            )
+        )
+        exchange = _Exchange(request, view, loop)
         try:
             await self._forward(exchange, url, headers, body, cutter=cutter, secrets=secrets)
         except asyncio.CancelledError:
@@ -422,6 +430,14 @@ class DebugProxy:
     def _end(
         self, view: ExchangeView, at_s: float, outcome: str, error: QwenSSEError | None
     ) -> None:
+        """End the exchange's view as soon as the handler has returned: the summary (the
+        usage check counts the answer's tokens) must not delay the application's next
+        request on the same connection."""
+        asyncio.get_running_loop().call_soon(self._summarise, view, at_s, outcome, error)
+
+    def _summarise(
+        self, view: ExchangeView, at_s: float, outcome: str, error: QwenSSEError | None
+    ) -> None:
         if view.ended:  # cancelled after it ended (the proxy closing)
             return
         summary = view.end(at_s=at_s, outcome=outcome, error=error)
@@ -441,7 +457,6 @@ class DebugProxy:
         secrets: Secrets,
         *,
         protocol: WireProtocol | None = None,
-        request_body: Mapping[str, Any] | None = None,
         fault: ProxyFault | None = None,
     ) -> ExchangeView:
         recording: IO[str] | None = None
@@ -463,7 +478,6 @@ class DebugProxy:
             method=request.method,
             path=request.raw_path,
             protocol=protocol,
-            request_body=request_body,
             secrets=secrets,
             out=self._out,
             verbose=self._verbose,
@@ -495,14 +509,6 @@ def _chat_protocol(url: str) -> WireProtocol | None:
     protocol = protocols.for_url(url)
     path = urlsplit(url).path.rstrip("/")
     return protocol if path.endswith(protocol.path) else None
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def _forwarded(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
