@@ -40,11 +40,10 @@ printed as information, met or not, with the numbers.
 
 Pinning (``--pin``): ``none`` (the default) lets the scheduler place the three processes;
 ``auto`` pins the proxy to the last core and the emulator and the client to the others (on
-two cores: core 0). On this project's 2-core VM, shared with other work, pinning made the
-proxy's p99 worse, not better (four alternating runs at 100 streams: added TTFB p99 6.9 and
-8.3 ms pinned, 1.2 and 1.4 ms not; added ITL p99 3.0 and 1.7 ms pinned, 0.0 and -0.7 ms
-not): a pinned process waits for its core even when the other one is idle, and every
-event crosses cores twice.
+two cores: core 0). On this project's 2-core VM, shared with other work, neither placement
+was reliably better: with the machine busy (load 5) pinning made the proxy's p99 several
+times worse; with it quiet, pinned and free runs overlapped (on 2026-11-30: added TTFB p99
+at 100 streams -0.01, 2.72 and 7.19 ms pinned, 1.50 to 5.22 ms free, seven runs).
 
 How to run
 ----------
