@@ -31,7 +31,7 @@ import json
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, TextIO
@@ -284,18 +284,18 @@ class DebugProxy:
         cutter = None
         if fault is not None and protocol is not None:
             cutter = FaultCutter(fault, protocol.reader(request_body or {}))
-        loop = asyncio.get_running_loop()
+        exchange = _Exchange(request, view, asyncio.get_running_loop())
         # The view reads, masks and shows the request while the upstream works on it: a long
         # prompt must not wait for that on its way.
-        loop.call_soon(
+        exchange.show_request_soon(
             functools.partial(
                 view.request, url=url, headers=headers, body=body, request_body=request_body
             )
         )
-        exchange = _Exchange(request, view, loop)
         try:
             await self._forward(exchange, url, headers, body, cutter=cutter, secrets=secrets)
         except asyncio.CancelledError:
+            exchange.show_request()
             self._end(view, exchange.at_s(), "client-gone", None)
             raise
         return exchange.response or web.Response(status=502)
@@ -329,6 +329,7 @@ class DebugProxy:
                     # A cut body is shorter than the upstream's Content-Length says.
                     if lower not in _HOP_BY_HOP and (cutter is None or lower != "content-length"):
                         response.headers.add(name, value)
+                exchange.show_request()
                 view.response(
                     status=upstream.status, headers=response.headers, at_s=exchange.at_s()
                 )
@@ -345,6 +346,7 @@ class DebugProxy:
                 if not exchange.dropped:
                     await exchange.finish()
         except _ApplicationGone:
+            exchange.show_request()
             self._end(view, exchange.at_s(), "client-gone", None)
             return
         except aiohttp.ClientError as failure:
@@ -422,6 +424,7 @@ class DebugProxy:
         body = _error_body("upstream_unreachable", message)
         headers = {"Content-Type": "application/json"}
         at_s = exchange.at_s()
+        exchange.show_request()
         exchange.view.response(status=502, headers=headers, at_s=at_s)
         exchange.view.data(body, at_s)
         self._end(exchange.view, at_s, "no-upstream", TransportError(message))
@@ -554,7 +557,7 @@ class _Exchange:
     """The application's side of one exchange: its response, written and timed (seconds
     since the request was sent upstream), and handed to the view as it goes."""
 
-    __slots__ = ("_loop", "_sent_at", "dropped", "request", "response", "view")
+    __slots__ = ("_loop", "_request_shown", "_sent_at", "dropped", "request", "response", "view")
 
     def __init__(
         self, request: web.Request, view: ExchangeView, loop: asyncio.AbstractEventLoop
@@ -565,6 +568,18 @@ class _Exchange:
         self._sent_at = loop.time()
         self.response: web.StreamResponse | None = None
         self.dropped = False
+        self._request_shown: Callable[[], None] | None = None
+
+    def show_request_soon(self, show: Callable[[], None]) -> None:
+        """Show the request at the loop's next turn, or before the view is told anything
+        else (:meth:`show_request`), whichever comes first."""
+        self._request_shown = show
+        self._loop.call_soon(self.show_request)
+
+    def show_request(self) -> None:
+        show, self._request_shown = self._request_shown, None
+        if show is not None:
+            show()
 
     def at_s(self) -> float:
         return self._loop.time() - self._sent_at
