@@ -269,3 +269,29 @@ def test_local_qwen_tokenizer_agrees_on_any_text(
         assert qwen_tokenizer.encode(text, add_special_tokens=False).ids == tokens.encode(text)
     finally:
         qwen_tokenizer.encode_special_tokens = False
+
+
+@pytest.mark.timeout(300)
+def test_bench_proxy_quick() -> None:
+    document = run_quick("bench_proxy.py")
+    levels = document["levels"]
+    assert isinstance(levels, list)
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["failures"] == []
+        for metric in ("ttfb_p50_ms", "ttfb_p99_ms", "itl_p50_ms", "itl_p99_ms"):
+            figures = level[metric]
+            # Two pieces read at once have a gap of 0; nothing arrives before it was sent.
+            assert figures["direct"] >= 0
+            assert figures["proxy"] >= 0
+            assert figures["added"] == pytest.approx(figures["proxy"] - figures["direct"])
+        assert level["ttfb_p50_ms"]["direct"] > 0
+        assert level["ttfb_p50_ms"]["proxy"] > 0
+    proxy = document["proxy_process"]
+    assert isinstance(proxy, dict)
+    # Every stream through the proxy (warm-up included) was summarised, complete, clean.
+    assert proxy["exchanges"] == proxy["complete"] == 2 * (1 + 4) * 2
+    assert proxy["anomalies"] == 0
+    assert proxy["events"] > proxy["exchanges"]
+    assert proxy["cpu_us_per_event"] > 0
+    assert document["target"] == {"streams": 100, "measured": False}
