@@ -258,8 +258,12 @@ async def one_stream(
                 first_byte = now
             decoder.feed(chunk, now)
     result = decoder.result()
-    if not decoder.done or len(result.timing.token_times_s) != tokens or first_byte is None:
+    usage = result.usage
+    # max_tokens ends the answer: exactly that many tokens, or the stream is not whole.
+    if not decoder.done or first_byte is None or usage is None:
         return "incomplete stream"
+    if usage.completion_tokens != tokens:
+        return f"{usage.completion_tokens} tokens, not {tokens}"
     return first_byte, list(result.timing.inter_token_gaps_s), result.timing.events
 
 
@@ -273,6 +277,7 @@ async def batch(
             "messages": [{"role": "user", "content": "How fast is the proxy?"}],
             "stream": True,
             "stream_options": {"include_usage": True},
+            "max_tokens": args.tokens,
         }
     ).encode()
     spread_s = (args.ttft_ms + args.tokens * args.itl_ms) / 1000 / concurrency
@@ -487,6 +492,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {'met' if verdict['met'] else 'NOT met'}",
             file=sys.stderr,
         )
+    if proxy_process["cpu_us_per_event"] is None:
+        failures = sorted(
+            {
+                failure
+                for level in levels
+                for figures in level["rounds"]
+                for route in ROUTES
+                for failure in figures[route]["failures"]
+            }
+        )
+        print(f"bench_proxy: no stream came through whole: {failures}", file=sys.stderr)
+        return 1
     print(
         f"the proxy summarised {proxy_process['exchanges']} exchanges "
         f"({proxy_process['complete']} complete, {proxy_process['anomalies']} anomalies) "
