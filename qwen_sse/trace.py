@@ -27,6 +27,9 @@ every event boundary with its data as compact JSON, and anomalies:
 :meth:`TraceView.summary` closes with the last attempt's body bytes (an error body's too),
 events, time to first byte ("no body" when none came) and first token, inter-token gap
 percentiles, usage and request id. The same view replays recordings.
+Without an output (``out=None``) it prints nothing and only checks: the debugging proxy
+(:mod:`qwen_sse.debugproxy`) tees every exchange into a quiet view and shows its anomalies
+and summary.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ __all__ = ["Anomaly", "TraceView"]
 
 _SEGMENT = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _KNOWN_FIELDS = (b"data", b"event", b"id", b"retry")
+# The start of a line (of LF-ended lines) that is not blank, not a comment, not a known field.
+_NOT_A_FIELD = re.compile(rb"(?m)^(?!(?:data|event|id|retry)[:\n]|[:\n]|\Z)")
 _USAGE_TOLERANCE_TOKENS = 2
 _USAGE_TOLERANCE_RATIO = 0.1
 
@@ -81,7 +86,8 @@ def _show_line(segment: bytes, width: int) -> str:
 
 
 class TraceView:
-    """Prints a call's wire to ``out`` as it happens, and keeps what it saw.
+    """Prints a call's wire to ``out`` as it happens, and keeps what it saw; with ``out=None``
+    it prints nothing (none of the formatting is done) but checks and keeps the same.
 
     ``protocol`` (a name or object of :mod:`qwen_sse.protocols`) is the grammar the events
     are checked against, for the request each attempt sends; ``stall_ms`` the silence worth
@@ -90,7 +96,7 @@ class TraceView:
 
     def __init__(
         self,
-        out: TextIO,
+        out: TextIO | None,
         *,
         protocol: str | WireProtocol = "compatible",
         stall_ms: float = 2000.0,
@@ -119,8 +125,9 @@ class TraceView:
         self._line_tail = bytearray()
 
     def _print(self, text: str) -> None:
-        self._out.write(text + "\n")
-        self._out.flush()
+        if self._out is not None:
+            self._out.write(text + "\n")
+            self._out.flush()
 
     def _flag(self, kind: str, at_ms: float, detail: str) -> None:
         self.anomalies.append(Anomaly(kind, at_ms, detail))
@@ -131,6 +138,8 @@ class TraceView:
     def request(self, *, method: str, url: str, headers: Mapping[str, str], body: bytes) -> None:
         self.attempts += 1
         self._reset_attempt(_request_body(body))
+        if self._out is None:
+            return
         self._print(f"=== attempt {self.attempts}: {method} {url}")
         for name, value in headers.items():
             self._print(f"  > {name}: {value}")
@@ -139,6 +148,8 @@ class TraceView:
     def response(self, *, status: int, headers: Mapping[str, str], at_s: float) -> None:
         self._status = status
         self._request_id = headers.get("x-request-id", "")
+        if self._out is None:
+            return
         self._print(f"[{at_s * 1000:10.1f} ms] < HTTP {status}")
         for name, value in headers.items():
             self._print(f"  < {name}: {value}")
@@ -155,20 +166,25 @@ class TraceView:
             self._first_byte_ms = at_ms
         self._last_at_ms = at_ms
         self._body_bytes += len(chunk)
-        self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
-        for segment in _SEGMENT.findall(chunk):
-            self._print(f"    | {_show_line(segment, self._width)}")
-            if segment.endswith((b"\r", b"\n")):
-                # Lines are checked whole, even when a read split one (or a character).
-                self._inspect_line(bytes(self._line_tail) + segment, at_ms)
-                self._line_tail.clear()
-            else:
-                self._line_tail += segment
+        shown = self._out is not None
+        if shown:
+            self._print(f"[{at_ms:10.1f} ms] +{len(chunk)} B")
+        if shown or not self._clean_lines(chunk):
+            for segment in _SEGMENT.findall(chunk):
+                if shown:
+                    self._print(f"    | {_show_line(segment, self._width)}")
+                if segment.endswith((b"\r", b"\n")):
+                    # Lines are checked whole, even when a read split one (or a character).
+                    self._inspect_line(bytes(self._line_tail) + segment, at_ms)
+                    self._line_tail.clear()
+                else:
+                    self._line_tail += segment
         if self._status is not None and self._status >= 400:
             return
         for item in self._sse.feed_with_comments(chunk):
             if isinstance(item, SSEComment):
-                self._print(f"    : comment {item.text!r}")  # keep-alives, HTTP_STATUS
+                if shown:
+                    self._print(f"    : comment {item.text!r}")  # keep-alives, HTTP_STATUS
                 continue
             event_gap_ms = at_ms - self._last_event_ms
             if self._events and event_gap_ms > self._stall_ms and not byte_stall:
@@ -210,6 +226,18 @@ class TraceView:
 
     # -- inspection ---------------------------------------------------------------------
 
+    def _clean_lines(self, chunk: bytes) -> bool:
+        """True when ``chunk`` is whole LF-ended lines, valid UTF-8, each blank, a comment or
+        a known field: what :meth:`_inspect_line` would pass, found without splitting (the
+        usual read of a well-behaved stream)."""
+        return (
+            not self._line_tail
+            and chunk.endswith(b"\n")
+            and b"\r" not in chunk
+            and _NOT_A_FIELD.search(chunk) is None
+            and (chunk.isascii() or _is_utf8(chunk))
+        )
+
     def _inspect_line(self, segment: bytes, at_ms: float) -> None:
         line = segment.rstrip(b"\r\n")
         try:
@@ -225,14 +253,19 @@ class TraceView:
 
     def _show_event(self, event: str, event_id: str, data: str, at_ms: float) -> None:
         stray_lines, self._stray_lines = self._stray_lines, 0
-        label = f"event #{self._events} {event}" + (f" id={event_id}" if event_id else "")
         if data == "[DONE]":
-            self._print(f"    -- {label}: [DONE]")
+            if self._out is not None:
+                self._print(f"    -- {self._label(event, event_id)}: [DONE]")
             return
+        label = ""
         try:
             decoded: Any = json.loads(data)
+            if self._out is None:
+                return
+            label = self._label(event, event_id)
             compact = json.dumps(decoded, ensure_ascii=False, separators=(",", ":"))
         except (ValueError, RecursionError):  # RecursionError: nested too deep
+            label = label or self._label(event, event_id)
             self._print(f"    -- {label}: {data[: self._width]!r}")
             self._json_flagged = True
             parts = data.split("\n")
@@ -249,6 +282,9 @@ class TraceView:
         if len(compact) > self._width:
             compact = compact[: self._width] + "…"
         self._print(f"    -- {label}: {compact}")
+
+    def _label(self, event: str, event_id: str) -> str:
+        return f"event #{self._events} {event}" + (f" id={event_id}" if event_id else "")
 
     def _check_usage(self, at_ms: float) -> None:
         result = self._chat.result()
@@ -316,6 +352,14 @@ def _request_body(body: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parses(text: str) -> bool:

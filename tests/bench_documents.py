@@ -3,11 +3,15 @@ the charts, the schemas, the live line): every key real, no network, no clock.""
 
 from __future__ import annotations
 
+from typing import Any
+
 from qwen_sse.bench.benchmark import BenchConfig, BenchResult, compose
 from qwen_sse.bench.metrics import RequestRecord, Slo, tpot_of
 from qwen_sse.bench.monitor import ClientLoad, Thresholds
+from qwen_sse.bench.prometheus import parse
 from qwen_sse.bench.runner import ShardResult, Target
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop
+from qwen_sse.bench.server_metrics import Phase, Reading, read, summarize
 from qwen_sse.bench.workload import SyntheticWorkload
 
 TARGET = Target(base_url="http://127.0.0.1:1/compatible-mode/v1", model="qwen-plus")
@@ -90,3 +94,33 @@ def made_up_result(
     return compose(
         config, TARGET, [ShardResult(worker=0, records=records, load=made_up_load(lag_ms))]
     )
+
+
+def made_up_server_metrics(*, kv_cache: bool = True, failed: int = 0) -> dict[str, Any]:
+    """A summary's ``server_metrics`` of a made-up run against vLLM: a scrape before, four
+    during (running 0, 4, 8, 6; waiting 0, 0, 2, 0), one after; ``failed`` scrapes of those
+    during failed with a 503 instead; KV-cache use if ``kv_cache``."""
+    readings: list[Reading] = []
+    running = (0, 0, 4, 8, 6, 0)
+    waiting = (0, 0, 0, 2, 0, 0)
+    for number, (run, wait) in enumerate(zip(running, waiting, strict=True)):
+        phase: Phase = "before" if number == 0 else "after" if number == 5 else "during"
+        if phase == "during" and number <= failed:
+            readings.append(
+                Reading(at_s=number - 0.01, phase=phase, error="HTTP 503 Service Unavailable")
+            )
+            continue
+        text = (
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{model_name="qwen-plus"}} {run}\n'
+            f'vllm:num_requests_waiting{{model_name="qwen-plus"}} {wait}\n'
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total {1000 + 100 * number}\n"
+            "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+            f"vllm:e2e_request_latency_seconds_sum {1.5 * number}\n"
+            f"vllm:e2e_request_latency_seconds_count {number}\n"
+        )
+        if kv_cache:
+            text += f"vllm:kv_cache_usage_perc {run / 16}\n"
+        readings.append(read(parse(text), at_s=number - 0.01, phase=phase))
+    return summarize(readings, url="http://127.0.0.1:8000/metrics", interval_s=1.0)

@@ -13,18 +13,20 @@ from matplotlib.image import imread
 from qwen_sse.bench.metrics import percentile_key
 from qwen_sse.bench.plot import (
     DISTRIBUTIONS_PNG,
+    SERVER_PNG,
     SWEEP_PNG,
     TIMELINE_PNG,
     distributions_figure,
     level_directory,
     rate_series,
+    server_figure,
     smoothing_window_s,
     sweep_figure,
     timeline_figure,
     write_charts,
     write_sweep_chart,
 )
-from tests.bench_documents import made_up_result
+from tests.bench_documents import made_up_result, made_up_server_metrics
 
 
 def read_back(path: Path, figure: Figure) -> None:
@@ -236,3 +238,35 @@ def test_a_level_without_successes_leaves_a_gap(tmp_path: Path) -> None:
 def test_each_level_has_a_directory_of_its_own(tmp_path: Path) -> None:
     assert level_directory(tmp_path, 8) == tmp_path / "level-8"
     assert level_directory(tmp_path, 2.5) == tmp_path / "level-2.5"
+
+
+def test_the_servers_series_are_drawn_at_each_scrape(tmp_path: Path) -> None:
+    result = made_up_result()
+    server = made_up_server_metrics(failed=1)
+    summary = {**result.summary, "server_metrics": server}
+    paths = write_charts(summary, result.records, result.loads, tmp_path)
+    assert paths[2] == tmp_path / SERVER_PNG
+    figure = server_figure(server)
+    read_back(paths[2], figure)
+    panels = titled(figure)
+    requests = panels["Requests the server was running and queueing, at each scrape"]
+    running, waiting = requests.lines
+    assert list(running.get_xdata()) == server["series"]["requests_running"]["at_s"]
+    assert list(running.get_ydata()) == [0.0, 4.0, 8.0, 6.0, 0.0]
+    assert list(waiting.get_ydata()) == [0.0, 0.0, 2.0, 0.0, 0.0]
+    labels = [text.get_text() for text in requests.get_legend().get_texts()]
+    assert labels == ["running (vllm:num_requests_running)", "waiting (vllm:num_requests_waiting)"]
+    cache = panels["KV-cache use"]
+    assert max(cache.lines[0].get_ydata()) == 50.0  # percent
+    assert figure.get_suptitle() == "The server's /metrics: 6 scrapes, 1 failed"
+
+
+def test_without_a_cache_series_one_panel_and_without_series_no_file(tmp_path: Path) -> None:
+    figure = server_figure(made_up_server_metrics(kv_cache=False))
+    assert len(figure.axes) == 1
+    result = made_up_result()
+    nothing = {**made_up_server_metrics(), "series": {}}
+    paths = write_charts(
+        {**result.summary, "server_metrics": nothing}, result.records, result.loads, tmp_path
+    )
+    assert paths == [tmp_path / DISTRIBUTIONS_PNG, tmp_path / TIMELINE_PNG]

@@ -10,23 +10,30 @@ from typing import Any
 import msgspec
 
 from qwen_sse.bench.benchmark import compose
+from qwen_sse.bench.compare import compare
 from qwen_sse.bench.metrics import RequestRecord, Slo
+from qwen_sse.bench.repeat import combine
 from qwen_sse.bench.report import (
     JsonlWriter,
+    format_comparison,
+    format_repeat,
     format_summary,
     format_sweep,
+    repeat_banner,
     saturation_banner,
     write_csv,
     write_json,
 )
 from qwen_sse.bench.runner import ShardResult
-from qwen_sse.bench.schema import CSV_COLUMNS
+from qwen_sse.bench.schema import CSV_COLUMNS, SWEEP_SCHEMA_ID
+from qwen_sse.bench.server_metrics import Reading, summarize
 from tests.bench_documents import (
     TARGET,
     made_up_config,
     made_up_load,
     made_up_record,
     made_up_result,
+    made_up_server_metrics,
 )
 
 
@@ -227,3 +234,163 @@ def test_a_stopped_run_says_why_and_counts_the_cancelled_apart() -> None:
     assert f"{'Stopped early:':<40} interrupted by SIGINT" in text
     assert f"{'Cancelled at the stop:':<40} 1" in text
     assert "Stopped early" not in format_summary(result.summary)
+
+
+def test_a_repeat_report_gives_every_figure_as_mean_plus_minus_half_width() -> None:
+    runs = [made_up_result(requests=n, slo=Slo(ttft_ms=120)).summary for n in (40, 30, 20)]
+    document = combine(runs)
+    text = format_repeat(document)
+    lines = text.splitlines()
+    assert lines[0] == "======== Serving Benchmark Result, 3 runs ========"
+    assert lines[-1] == "=" * 50
+    figures = document["figures"]
+
+    def shown(key: str) -> str:
+        figure = figures[key]
+        return f"{figure['mean']:.2f} ± {figure['half_width']:.2f}"
+
+    for line in (
+        f"{'Load:':<40} closed loop, concurrency 4, ramp-up 0.5 s",
+        f"{'Each figure:':<40} mean ± 95% CI across runs (Student t)",
+        f"{'Successful requests:':<40} {shown('completed')}",
+        f"{'Failed requests:':<40} 2 ± 0",  # a count every run agrees on
+        f"{'Request throughput (req/s):':<40} {shown('request_throughput')}",
+        f"{'Request goodput (req/s):':<40} {shown('request_goodput')}",
+        f"{'  under SLOs:':<40} ttft <= 120 ms",
+        f"{'Mean TTFT (ms):':<40} {shown('mean_ttft_ms')}",
+        f"{'P99 E2EL (ms):':<40} {shown('p99_e2el_ms')}",
+        f"{'RateLimitError:':<40} 6",  # over all runs
+        f"{'Client limited the figures:':<40} no",
+    ):
+        assert line in lines, line
+    runs_at = lines.index("-" * 23 + "Runs" + "-" * 23)
+    assert lines[runs_at + 1].split()[:3] == ["run", "req/s", "tok/s"]
+    assert [line.split()[0] for line in lines[runs_at + 2 : runs_at + 5]] == ["1", "2", "3"]
+    assert repeat_banner(document) == []
+
+
+def test_a_repeat_in_which_the_client_saturated_says_so_with_each_runs_reasons() -> None:
+    runs = [made_up_result().summary, made_up_result(lag_ms=25).summary]
+    document = combine(runs)
+    banner = repeat_banner(document)
+    text = format_repeat(document)
+    assert text.startswith("\n".join(banner))
+    assert banner[1] == "!! CLIENT SATURATED in run 2 of 2:"
+    assert any(line.startswith("!! - run 2: event-loop lag p90 25.0 ms") for line in banner)
+    assert f"{'Client limited the figures:':<40} YES in run 2, see the warning above" in text
+    run_lines = [line.split() for line in text.splitlines() if line.startswith("       ")]
+    assert [(words[0], words[-1]) for words in run_lines] == [("1", "ok"), ("2", "SATURATED")]
+
+
+def test_a_comparison_of_repeats_marks_the_significant_differences() -> None:
+    base = made_up_result().summary
+    a = combine([{**base, "median_ttft_ms": v} for v in (100.0, 101.0, 99.0)])
+    b = combine([{**base, "median_ttft_ms": v} for v in (150.0, 149.0, 151.0)])
+    lines = format_comparison(compare(a, b, names=("a.json", "b.json"))).splitlines()
+    assert lines[:3] == [
+        "A = a.json: 3 runs, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s",
+        "B = b.json: 3 runs, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s",
+        "Figures: mean ± 95% CI across runs; significant: Welch's t-test, p < 0.05",
+    ]
+    assert lines[3].split() == ["figure", "A", "B", "B", "vs", "A", "significant"]
+    # t(0.975, 2) * 1 / sqrt(3) = 2.48 either side.
+    assert (
+        f"{'TTFT median (ms)':<24} {'100.00 ± 2.48':>18} {'150.00 ± 2.48':>18} {'+50.0%':>8}  "
+        "YES (p<0.001), A better"
+    ) in lines
+    same = next(line for line in lines if line.startswith("Requests/s"))
+    assert same.endswith("+0.0%  no (p=1.000)")
+    assert next(line for line in lines if line.startswith("Failed requests")).split()[2:5] == [
+        "2",
+        "±",
+        "0",
+    ]
+    assert not any(line.startswith("!!") for line in lines)
+    saturated = made_up_result(lag_ms=25).summary
+    text = format_comparison(compare(a, combine([saturated, saturated, base])))
+    assert "!! B: the client saturated in 2 runs; there the figures may describe the client" in (
+        text.splitlines()
+    )
+    # Only the report's figures: std and the client's lags stay in the JSON.
+    assert not any(line.startswith(("TTFT std", "SCHEDULE_LAG")) for line in lines)
+
+
+def test_a_comparison_of_single_runs_says_it_cannot_judge() -> None:
+    summary = made_up_result().summary
+    text = format_comparison(compare(summary, summary))
+    assert "Significance not judged: one run says nothing about how far the next" in text
+    assert next(line for line in text.splitlines() if line.startswith("TTFT P99 (ms)")).endswith(
+        "+0.0%  -"
+    )
+
+
+def test_a_comparison_of_sweeps_shows_each_shared_level_and_the_others() -> None:
+    run = made_up_result().summary
+
+    def sweep(levels: list[float]) -> dict[str, object]:
+        return {
+            "schema": SWEEP_SCHEMA_ID,
+            "kind": "concurrency",
+            "levels": levels,
+            "runs": [run] * len(levels),
+            "saturated_at": None,
+            "stop_reason": None,
+        }
+
+    lines = format_comparison(compare(sweep([1, 2]), sweep([2, 4]))).splitlines()
+    assert lines[0] == (
+        "A = A: a sweep, 1 run a level, qwen-plus, closed loop, concurrency 4, ramp-up 0.5 s"
+    )
+    assert "=" * 16 + " at 2 concurrent " + "=" * 17 in lines
+    assert lines[-2:] == ["only in A, not compared: 1", "only in B, not compared: 4"]
+
+
+def test_a_repeat_report_shows_the_workload_and_the_servers_cache_hits() -> None:
+    base = made_up_result().summary
+    runs = [
+        {**base, "requests_with_cache_report": 38, "total_cached_tokens": cached}
+        | {"mean_cached_tokens": cached / 38, "uncounted_input_parts": 4}
+        for cached in (380, 418)
+    ]
+    lines = format_repeat(combine(runs)).splitlines()
+    assert f"{'Workload:':<40} {format_summary(base).splitlines()[3].split(None, 1)[1]}" in lines
+    assert f"{'Cached input tokens (server):':<40} 399.00 ± 241.42" in lines
+    assert f"{'  mean per request:':<40} 10.50 ± 6.35" in lines
+    assert f"{'Media parts (not in local counts):':<40} 4" in lines
+    assert not any(
+        line.startswith("Cached") for line in format_repeat(combine([base, base])).splitlines()
+    )
+
+
+def test_the_servers_own_series_have_a_section_of_their_own() -> None:
+    result = made_up_result()
+    assert "Server (its /metrics)" not in format_summary(result.summary)
+    summary = {**result.summary, "server_metrics": made_up_server_metrics(failed=1)}
+    lines = format_summary(summary).splitlines()
+    start = lines.index("--------------Server (its /metrics)---------------")
+    # Beside the client's figures: the section just before the client's.
+    assert lines[start : start + 11] == [
+        "--------------Server (its /metrics)---------------",
+        f"{'Scrapes (failed):':<40} 6 (1)",
+        "  1 × HTTP 503 Service Unavailable",
+        f"{'Requests running min/mean/max:':<40} 4 / 6 / 8  (vllm:num_requests_running)",
+        f"{'Requests waiting min/mean/max:':<40} 0.0 / 0.7 / 2.0  (vllm:num_requests_waiting)",
+        f"{'KV-cache usage min/mean/max:':<40} 25% / 38% / 50%  (vllm:kv_cache_usage_perc)",
+        "Counters, increase over 5.0 s:",
+        f"{'  vllm:e2e_request_latency_seconds_count':<40} 5",
+        f"{'  vllm:e2e_request_latency_seconds_sum':<40} 7.50",
+        f"{'  vllm:generation_tokens_total':<40} 500",
+        "-------------Client (load generator)--------------",
+    ]
+
+
+def test_a_server_section_with_nothing_scraped() -> None:
+    server = summarize(
+        [Reading(at_s=0.0, phase="before", error="cannot connect: Connection refused")],
+        url="http://127.0.0.1:9/metrics",
+        interval_s=1.0,
+    )
+    text = format_summary({**made_up_result().summary, "server_metrics": server})
+    assert f"{'Scrapes (failed):':<40} 1 (1)\n  1 × cannot connect: Connection refused\n" in text
+    assert "Requests running" not in text
+    assert "Counters" not in text

@@ -12,8 +12,10 @@ import pytest
 
 from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.schema import (
+    COMPARISON_SCHEMA,
     CSV_COLUMNS,
     RECORD_SCHEMA,
+    REPEAT_SCHEMA,
     SUMMARY_SCHEMA,
     SWEEP_SCHEMA,
     SWEEP_SCHEMA_ID,
@@ -25,7 +27,9 @@ def validate_sweep(document: dict[str, Any]) -> None:
     jsonschema.validate(document, SWEEP_SCHEMA)
 
 
-@pytest.mark.parametrize("schema", [SUMMARY_SCHEMA, RECORD_SCHEMA, SWEEP_SCHEMA])
+@pytest.mark.parametrize(
+    "schema", [SUMMARY_SCHEMA, RECORD_SCHEMA, SWEEP_SCHEMA, REPEAT_SCHEMA, COMPARISON_SCHEMA]
+)
 def test_the_schemas_are_valid(schema: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
 

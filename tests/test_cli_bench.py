@@ -28,7 +28,13 @@ from qwen_sse import protocols
 from qwen_sse.bench import benchmark, workers
 from qwen_sse.bench.plot import DISTRIBUTIONS_PNG, SWEEP_PNG, TIMELINE_PNG
 from qwen_sse.bench.runner import Target
-from qwen_sse.bench.schema import CSV_COLUMNS, RECORD_SCHEMA, SUMMARY_SCHEMA, SWEEP_SCHEMA
+from qwen_sse.bench.schema import (
+    CSV_COLUMNS,
+    RECORD_SCHEMA,
+    REPEAT_SCHEMA,
+    SUMMARY_SCHEMA,
+    SWEEP_SCHEMA,
+)
 from qwen_sse.bench.sharegpt import read_sharegpt
 from qwen_sse.cli import main
 from tests.hftokenizer import write_tokenizer
@@ -195,6 +201,9 @@ def test_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--concurrency", "2", "--workers", "3"], "3 workers cannot share 2"),
         (["--input-tokens", "3"], "input tokens must be at least"),
         (["--rate", "-1"], "rate must be positive"),
+        (["--repeat", "0"], "--repeat must be at least 1, got 0"),
+        (["--repeat", "2", "--sweep-rates", "1,2"], "a sweep with repeats is not supported"),
+        (["--repeat", "2", "--jsonl", "r.jsonl"], "leave them out of --repeat"),
         (["--concurrency", "0"], "--concurrency must be at least 1, got 0"),
         (["--concurrency", "-3"], "--concurrency must be at least 1, got -3"),
         (["--workers", "0"], "--workers must be at least 1, got 0"),
@@ -999,3 +1008,67 @@ def test_ctrl_c_stops_a_sweep_and_keeps_the_level_it_cut_short(tmp_path: Path) -
     assert document["saturated_at"] is None
     assert document["stop_reason"] == "interrupted by SIGINT"
     assert text.rstrip().endswith("stopped: interrupted by SIGINT")
+
+
+def test_repeated_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = [*FAST_MOCK, *SMALL, "--concurrency", "2", "--requests", "4", "--warmup", "1"]
+    status = main(["bench", *options, "--repeat", "3", "--json", str(tmp_path / "repeat.json")])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    document: dict[str, Any] = json.loads((tmp_path / "repeat.json").read_text())
+    jsonschema.validate(document, REPEAT_SCHEMA)
+    runs = document["runs"]
+    assert len(runs) == document["repeat"] == 3
+    # The same load each time: the same requests, prompts and settings.
+    assert [run["completed"] for run in runs] == [4, 4, 4]
+    assert len({json.dumps([run["load"], run["workload"]]) for run in runs}) == 1
+    assert len({run["total_input_tokens"] for run in runs}) == 1
+    ttft = document["figures"]["median_ttft_ms"]
+    assert ttft["values"] == [run["median_ttft_ms"] for run in runs]
+    assert ttft["low"] <= ttft["mean"] <= ttft["high"]
+    lines = out.splitlines()
+    # (After the warning, if a busy machine kept the client from a core in some run.)
+    assert "======== Serving Benchmark Result, 3 runs ========" in lines
+    median = next(line for line in lines if line.startswith("Median TTFT (ms):"))
+    assert median.split()[-3:] == [f"{ttft['mean']:.2f}", "±", f"{ttft['half_width']:.2f}"]
+    for number in (1, 2, 3):
+        assert f"qwen-sse bench: run {number} of 3: " in err
+    # One run is a plain run, with the plain summary.
+    assert main(["bench", *options, "--repeat", "1", "--json", str(tmp_path / "one.json")]) == 0
+    jsonschema.validate(json.loads((tmp_path / "one.json").read_text()), SUMMARY_SCHEMA)
+
+
+def test_a_signal_during_repeats_keeps_the_whole_runs_and_leaves_the_cut_one_out(
+    tmp_path: Path, bench: Callable[..., Bench]
+) -> None:
+    # Each run is one answer of 400 tokens 5 ms apart: the signal lands inside run 3.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi", "max_tokens": 400}\n')
+    run = bench(
+        "--mock",
+        "--mock-ttft-ms",
+        "5",
+        "--mock-itl-ms",
+        "5",
+        "--mock-jitter-ms",
+        "0",
+        "--prompts",
+        str(prompts),
+        "--requests",
+        "1",
+        "--repeat",
+        "4",
+        "--json",
+        str(tmp_path / "repeat.json"),
+    )
+    run.wait_for_stderr("run 2 of 4")
+    run.signal(signal.SIGINT)
+    status, out, err = run.finish()
+    assert status == 130, err
+    assert "Traceback" not in err
+    document: dict[str, Any] = json.loads((tmp_path / "repeat.json").read_text())
+    jsonschema.validate(document, REPEAT_SCHEMA)
+    assert document["repeat"] == 2
+    assert all(summary["stop_reason"] is None for summary in document["runs"])
+    assert "Serving Benchmark Result, 2 runs" in out
+    assert "run 3 of 4 stopped (interrupted by SIGINT): left out" in err

@@ -12,6 +12,7 @@ import pytest
 from qwen_sse.cli import main
 from qwen_sse.cli.words import error_line, in_cli_words
 from qwen_sse.config import Timeouts, check_transport_security, resolve_api_key, resolve_base_url
+from qwen_sse.debugproxy import DebugProxy
 from qwen_sse.emulator import FAULT_HEADER, EmulatorConfig, Fault
 from qwen_sse.errors import ConfigurationError
 from qwen_sse.retry import RetryPolicy
@@ -47,6 +48,10 @@ REACHABLE: list[tuple[Callable[[], object], str]] = [
     (lambda: Timeouts(total_s=-1), "--total-timeout must be positive"),
     (lambda: EmulatorConfig(answer_tokens=0), "--answer-tokens must be at least 1"),
     (lambda: EmulatorConfig(backlog=0), "--backlog must be at least 1"),
+    (
+        lambda: DebugProxy("https://example.com", host="0.0.0.0"),
+        "pass --allow-remote if that is meant",
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qwen_sse"
 
 CORE = {"sse", "chunks", "chat", "protocols", "retry", "ratelimit", "tokens", "models", "errors"}
 IO = {"client", "limiter", "config", "proxy", "wirelog", "telemetry"}
-EDGE = {"cli", "emulator", "bench", "trace", "recording", "locust"}
+EDGE = {"cli", "emulator", "bench", "trace", "recording", "locust", "debugproxy"}
 FORBIDDEN_IN_CORE = {"aiohttp", "asyncio", "os", "time", "random", "logging"}
 
 

@@ -256,3 +256,39 @@ def test_an_error_body_counts_its_bytes() -> None:
     summary = error_trace(body)
     assert f"attempts 1, {len(body)} B, 0 events" in summary
     assert "first byte 10.9 ms, first token -" in summary
+
+
+QUIET_WIRES = [
+    [(0.1, chunk("a")), (1.5, chunk("b", "stop") + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"choices": []}\ndata: {"choices": []}\n\n' + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"choices": [{"delta":\n{"content": "x"}}]}\n\n' + b"data: [DONE]\n\n")],
+    [(0.1, b'data: {"x": "\xff"}\n\n' + b": keep-alive\n\n" + b"data: [DONE]\n\n")],
+    [(0.1, chunk("half")), (0.2, chunk(" an answer") + b"data: [DONE]\n\n")],
+    [(0.1, chunk("three words here", "stop") + usage_chunk(40) + b"data: [DONE]\n\n")],
+    [(0.1, chunk("a")), (0.2, b'data: {"error": {"code": "c", "message": "m"}}\n\n')],
+    [(0.1, chunk("a", "stop"))],
+    # Lines the quiet view's fast path must not pass: an unknown field, half a field name,
+    # a line cut by a read, CR line endings, a character split across reads.
+    [(0.1, b"datax: 1\n" + chunk("a", "stop") + b"data: [DONE]\n\n")],
+    [(0.1, b"dat\n\n" + chunk("a", "stop")), (0.2, b"retry: 5\nid: 3\ndata: [DONE]\n\n")],
+    [(0.1, chunk("a")[:9]), (0.2, b"x" + chunk("a")[9:]), (0.3, b"data: [DONE]\n\n")],
+    [(0.1, b"x: 1\r" + chunk("a", "stop").replace(b"\n", b"\r") + b"data: [DONE]\n\n")],
+    [(0.1, chunk("通义", "stop")[:-12]), (0.2, b"\xff" + chunk("通义", "stop")[-12:])],
+]
+
+
+def test_a_quiet_view_prints_nothing_and_checks_the_same() -> None:
+    """Without an output (the debugging proxy's tee) the view flags the same anomalies,
+    at the same times, and decodes the same result."""
+    for reads in QUIET_WIRES:
+        loud, _ = trace(reads)
+        quiet = TraceView(None, stall_ms=500)
+        quiet.request(method="POST", url="http://x/v1", headers={}, body=b"{}")
+        quiet.response(status=200, headers=HEADERS, at_s=0.01)
+        for at_s, data in reads:
+            quiet.data(data, at_s)
+        quiet.end(at_s=reads[-1][0], outcome="ok", error=None)
+        assert quiet.anomalies == loud.anomalies
+        assert quiet.anomalies, reads
+        assert quiet.result == loud.result
+        assert quiet.summary() == loud.summary()

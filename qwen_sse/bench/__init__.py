@@ -14,10 +14,17 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.workers`: shards in parallel processes;
 * :mod:`~qwen_sse.bench.benchmark`: one run from configuration to summary;
 * :mod:`~qwen_sse.bench.sweep`: rising levels until saturation;
+* :mod:`~qwen_sse.bench.repeat`: the same run N times, each figure's confidence interval;
+* :mod:`~qwen_sse.bench.compare`: two results side by side, which differences are significant;
+* :mod:`~qwen_sse.bench.stats`: the intervals and tests (Student t, Welch, Mann-Whitney);
 * :mod:`~qwen_sse.bench.mock`: the emulator in a child process;
 * :mod:`~qwen_sse.bench.stop`: ending a run early, and signals left to the parent process;
 * :mod:`~qwen_sse.bench.live`, :mod:`~qwen_sse.bench.report`, :mod:`~qwen_sse.bench.plot`:
   the progress line, the table and files, the charts;
+* :mod:`~qwen_sse.bench.html`: the self-contained HTML report;
+* :mod:`~qwen_sse.bench.prometheus`, :mod:`~qwen_sse.bench.server_metrics`,
+  :mod:`~qwen_sse.bench.scrape`: the Prometheus text format, the server's own series of a
+  run, and the process that scrapes them;
 * :mod:`~qwen_sse.bench.schema`: the documented shapes of the output files.
 """
 

@@ -15,6 +15,9 @@ The files, named by the constants here:
 * ``sweep.png`` (a sweep): each level's output throughput against its TTFT, ITL and
   end-to-end latency (p50 and p99, one point per level, labelled), and the throughput at
   each level. Each level's own run is drawn in ``level-<N>/`` beside it.
+* ``server.png`` (with ``--metrics-url``, when the server's page had a series of
+  :data:`~qwen_sse.bench.server_metrics.SERIES`): the server's own requests running and
+  waiting at each scrape, and its KV-cache use.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISTRIBUTIONS_PNG",
+    "SERVER_PNG",
     "SWEEP_PNG",
     "TIMELINE_PNG",
     "distributions_figure",
     "level_directory",
     "rate_series",
+    "server_figure",
     "smoothing_window_s",
     "sweep_figure",
     "timeline_figure",
@@ -51,6 +56,7 @@ __all__ = [
 DISTRIBUTIONS_PNG = "ttft-itl.png"
 TIMELINE_PNG = "timeline.png"
 SWEEP_PNG = "sweep.png"
+SERVER_PNG = "server.png"
 
 _DPI = 110
 _MIN_WINDOW_S = 5.0
@@ -78,12 +84,17 @@ def write_charts(
     directory: str | Path,
 ) -> list[Path]:
     """Draw ``ttft-itl.png`` and ``timeline.png`` of one run into ``directory`` (created
-    if need be); return their paths."""
+    if need be), and ``server.png`` when its summary has the server's series; return their
+    paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / DISTRIBUTIONS_PNG, out / TIMELINE_PNG]
     distributions_figure(summary, records).savefig(paths[0])
     timeline_figure(summary, records, loads).savefig(paths[1])
+    server = summary.get("server_metrics")
+    if server is not None and server["series"]:
+        paths.append(out / SERVER_PNG)
+        server_figure(server).savefig(paths[2])
     return paths
 
 
@@ -444,3 +455,64 @@ def _throughput_by_level(
     axes.set_title(title)
     axes.legend(loc="upper left", fontsize="small")
     tokens.legend(loc="lower right", fontsize="small")
+
+
+# -- the server's own series ------------------------------------------------------------
+
+
+def server_figure(server: dict[str, Any]) -> Figure:
+    """The server's own series of one run (a summary's ``server_metrics``) at each scrape:
+    requests running and waiting above, KV-cache use below (when the page had it)."""
+    series = server["series"]
+    kv = series.get("kv_cache_usage")
+    figure = _figure(11, 6.5 if kv is not None else 4)
+    if kv is not None:
+        requests, cache = figure.subplots(2, 1, sharex=True)
+    else:
+        requests, cache = figure.subplots(1, 1), None
+    drawn = False
+    for key, label, color in (
+        ("requests_running", "running", _BLUE),
+        ("requests_waiting", "waiting", _RED),
+    ):
+        found = series.get(key)
+        if found is None:
+            continue
+        requests.step(
+            found["at_s"],
+            found["values"],
+            where="post",
+            marker="o",
+            markersize=3,
+            color=color,
+            label=f"{label} ({found['metric']})",
+        )
+        drawn = True
+    if drawn:
+        requests.set_ylim(bottom=0)
+        requests.set_ylabel("requests")
+        requests.legend(loc="upper left", fontsize="small")
+        requests.set_title("Requests the server was running and queueing, at each scrape")
+    else:
+        _no_data(requests, "Requests (no such series on the page)")
+    if cache is not None and kv is not None:
+        cache.step(
+            kv["at_s"],
+            [value * 100 for value in kv["values"]],
+            where="post",
+            marker="o",
+            markersize=3,
+            color=_GREEN,
+            label=kv["metric"],
+        )
+        cache.set_ylim(0, 105)
+        cache.set_ylabel("KV cache used, %")
+        cache.legend(loc="upper left", fontsize="small")
+        cache.set_title("KV-cache use")
+    (cache if cache is not None else requests).set_xlabel("seconds from the start of the run")
+    failed = server["failed_scrapes"]
+    title = f"The server's /metrics: {server['scrapes']} scrapes" + (
+        f", {failed} failed" if failed else ""
+    )
+    figure.suptitle(title)
+    return figure

@@ -1,14 +1,17 @@
-"""What a run leaves behind: the summary table, and the JSON, JSONL and CSV files.
+"""What a run leaves behind: the summary table (of one run, of repeated runs, of a
+comparison), and the JSON, JSONL and CSV files.
 
 Edge layer (bench). Text and files only; it computes no figure (they all come in the
-summary document from :mod:`qwen_sse.bench.benchmark`). The table follows vLLM's layout
-so the two read alike; the verdict on the client opens it when the client was saturated.
+documents of :mod:`qwen_sse.bench.benchmark`, :mod:`~qwen_sse.bench.repeat` and
+:mod:`~qwen_sse.bench.compare`). The table follows vLLM's layout so the two read alike;
+the verdict on the client opens it when the client was saturated.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +24,11 @@ from qwen_sse.bench.schema import CSV_COLUMNS
 
 __all__ = [
     "JsonlWriter",
+    "format_comparison",
+    "format_repeat",
     "format_summary",
     "format_sweep",
+    "repeat_banner",
     "saturation_banner",
     "write_csv",
     "write_json",
@@ -75,8 +81,7 @@ def saturation_banner(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load_line(summary: dict[str, Any]) -> str:
-    load = summary["load"]
+def _load_line(load: dict[str, Any]) -> str:
     if load["mode"] == "closed":
         text = f"closed loop, concurrency {load['concurrency']}"
         if load.get("ramp_up_s"):
@@ -100,7 +105,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = saturation_banner(summary)
     lines.append(_rule(" Serving Benchmark Result ", "="))
     lines.append(_row("Model:", summary["model_id"]))
-    lines.append(_row("Load:", _load_line(summary)))
+    lines.append(_row("Load:", _load_line(summary["load"])))
     lines.append(_row("Workload:", _workload_line(summary)))
     if summary.get("stop_reason"):
         lines.append(_row("Stopped early:", _one_line(summary["stop_reason"], _EXAMPLE_CHARS)))
@@ -134,6 +139,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["errors"]:
         lines.append(_rule("Errors"))
         lines += _error_lines(summary)
+    lines += _server_lines(summary)
     lines += _client_lines(summary)
     lines.append(_rule(fill="="))
     return "\n".join(lines)
@@ -295,26 +301,55 @@ def _client_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Counters listed in the Server section; the JSON summary has every one.
+_COUNTER_LINES = 20
+_SERIES_LABELS = (
+    ("requests_running", "Requests running"),
+    ("requests_waiting", "Requests waiting"),
+    ("kv_cache_usage", "KV-cache usage"),
+)
+
+
+def _server_lines(summary: dict[str, Any]) -> list[str]:
+    """``--metrics-url``: the server's own series over the run, the scrapes that failed
+    and why, and the counters that grew."""
+    server = summary.get("server_metrics")
+    if server is None:
+        return []
+    lines = [
+        _rule("Server (its /metrics)"),
+        _row("Scrapes (failed):", f"{server['scrapes']} ({server['failed_scrapes']})"),
+    ]
+    for error in server["errors"]:
+        lines.append(f"  {error['count']} × {_one_line(error['message'], _EXAMPLE_CHARS)}")
+    for key, label in _SERIES_LABELS:
+        series = server["series"].get(key)
+        if series is None:
+            continue
+        shown = [series[stat] for stat in ("min", "mean", "max")]
+        if key == "kv_cache_usage":
+            text = " / ".join(f"{value:.0%}" for value in shown)
+        else:
+            digits = 0 if all(value % 1 == 0 for value in shown) else 1
+            text = " / ".join(f"{value:.{digits}f}" for value in shown)
+        lines.append(_row(f"{label} min/mean/max:", f"{text}  ({series['metric']})"))
+    grew = {name: value for name, value in server["counters"].items() if value}
+    if grew:
+        lines.append(f"Counters, increase over {server['counters_window_s']:.1f} s:")
+        for name, value in list(grew.items())[:_COUNTER_LINES]:
+            lines.append(_row(f"  {name}", f"{value:.0f}" if value % 1 == 0 else f"{value:.2f}"))
+        if len(grew) > _COUNTER_LINES:
+            lines.append(f"  … and {len(grew) - _COUNTER_LINES} more (see --json)")
+    return lines
+
+
 def format_sweep(sweep: dict[str, Any]) -> str:
     """One line per level of a sweep, and where and why it stopped."""
     unit = "req/s" if sweep["kind"] == "rates" else "conc"
-    header = (
-        f"{unit:>8} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} "
-        f"{'ITL p50':>8} {'E2E p50':>9} {'errors':>6}  client"
-    )
+    header = f"{unit:>8} {_RUN_HEADER}"
     lines = [header, "-" * len(header)]
     for level, run in zip(sweep["levels"], sweep["runs"], strict=False):
-
-        def ms(key: str, run: dict[str, Any] = run) -> str:
-            value = run.get(key)
-            return "-" if value is None else f"{value:.1f}"
-
-        lines.append(
-            f"{level:>8g} {run['request_throughput']:>8.2f} {run['output_throughput']:>9.1f} "
-            f"{ms('median_ttft_ms'):>9} {ms(percentile_key(99, 'ttft')):>9} "
-            f"{ms('median_itl_ms'):>8} {ms('median_e2el_ms'):>9} {run['failed']:>6}  "
-            f"{'SATURATED' if run['client_saturated'] else 'ok'}"
-        )
+        lines.append(f"{level:>8g} {_run_columns(run)}")
     if sweep["saturated_at"] is not None:
         lines.append(f"stopped at {sweep['saturated_at']:g}: {sweep['stop_reason']}")
     elif sweep["stop_reason"] is not None:
@@ -324,8 +359,29 @@ def format_sweep(sweep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_RUN_HEADER = (
+    f"{'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} "
+    f"{'ITL p50':>8} {'E2E p50':>9} {'errors':>6}  client"
+)
+
+
+def _run_columns(run: dict[str, Any]) -> str:
+    """One run's main figures under :data:`_RUN_HEADER` (a sweep's level, a repeat's run)."""
+
+    def ms(key: str) -> str:
+        value = run.get(key)
+        return "-" if value is None else f"{value:.1f}"
+
+    return (
+        f"{run['request_throughput']:>8.2f} {run['output_throughput']:>9.1f} "
+        f"{ms('median_ttft_ms'):>9} {ms(percentile_key(99, 'ttft')):>9} "
+        f"{ms('median_itl_ms'):>8} {ms('median_e2el_ms'):>9} {run['failed']:>6}  "
+        f"{'SATURATED' if run['client_saturated'] else 'ok'}"
+    )
+
+
 def write_json(path: str | Path, document: dict[str, Any]) -> None:
-    """Write a summary or sweep document as indented JSON."""
+    """Write a summary, sweep, repeat or comparison document as indented JSON."""
     Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
@@ -365,3 +421,210 @@ def write_csv(path: str | Path, records: Sequence[RequestRecord]) -> None:
             row["itl_mean_s"] = statistics.fmean(gaps) if gaps else ""
             row["itl_max_s"] = max(gaps) if gaps else ""
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+def repeat_banner(document: dict[str, Any]) -> list[str]:
+    """The loud warning of repeated runs in which the client saturated (no lines when it
+    never did), with each such run's reasons."""
+    numbers = document["client_saturated_runs"]
+    if not numbers:
+        return []
+    lines = [
+        "!" * _WIDTH,
+        f"!! CLIENT SATURATED in {_runs_named(numbers)} of {document['repeat']}:",
+        "!! these figures are limited by the load",
+        "!! generator, not only by the server.",
+    ]
+    for number in numbers:
+        reasons = document["runs"][number - 1].get("client_saturation_reasons", [])
+        lines += [f"!! - run {number}: {reason}" for reason in reasons]
+    lines.append("!" * _WIDTH)
+    return lines
+
+
+def _runs_named(numbers: list[int]) -> str:
+    return f"run{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+
+
+def _plus_minus(value: float | None, half_width: float | None) -> str:
+    if value is None:
+        return "-"
+    if half_width == 0 and float(value).is_integer():
+        return f"{value:.0f} ± 0"  # a count that every run agrees on
+    return f"{value:.2f}" if half_width is None else f"{value:.2f} ± {half_width:.2f}"
+
+
+def format_repeat(document: dict[str, Any]) -> str:
+    """The report of repeated runs: the figures of one run's report, each as ``mean ±
+    half-width`` of its confidence interval across the runs, then one line a run."""
+    runs = document["runs"]
+    first = runs[0]
+    figures = document["figures"]
+
+    def row(label: str, key: str) -> str:
+        figure = figures.get(key) or {}
+        return _row(label, _plus_minus(figure.get("mean"), figure.get("half_width")))
+
+    lines = repeat_banner(document)
+    lines.append(_rule(f" Serving Benchmark Result, {document['repeat']} runs ", "="))
+    lines.append(_row("Model:", first["model_id"]))
+    lines.append(_row("Load:", _load_line(first["load"])))
+    lines.append(_row("Workload:", _workload_line(first)))
+    lines.append(
+        _row("Each figure:", f"mean ± {document['confidence']:.0%} CI across runs (Student t)")
+    )
+    lines.append(row("Successful requests:", "completed"))
+    lines.append(row("Failed requests:", "failed"))
+    lines.append(row("Benchmark duration (s):", "duration"))
+    lines.append(row("Total input tokens:", "total_input_tokens"))
+    lines.append(row("Total generated tokens:", "total_output_tokens"))
+    if first["requests_with_cache_report"]:
+        lines.append(row("Cached input tokens (server):", "total_cached_tokens"))
+        lines.append(row("  mean per request:", "mean_cached_tokens"))
+    if first["uncounted_input_parts"]:
+        lines.append(_row("Media parts (not in local counts):", first["uncounted_input_parts"]))
+    lines.append(row("Request throughput (req/s):", "request_throughput"))
+    if first["goodput_slo_ms"] is not None:
+        slo = ", ".join(f"{k} <= {v:g} ms" for k, v in first["goodput_slo_ms"].items())
+        lines.append(row("Request goodput (req/s):", "request_goodput"))
+        lines.append(_row("  under SLOs:", slo))
+    lines.append(row("Output token throughput (tok/s):", "output_throughput"))
+    lines.append(row("Peak output token throughput (tok/s):", "max_output_tokens_per_s"))
+    lines.append(row("Total token throughput (tok/s):", "total_token_throughput"))
+    lines.append(row("Peak concurrent requests:", "max_concurrent_requests"))
+    if first["load"]["mode"] == "open":
+        lines.append(row("Send rate achieved (req/s):", "send_rate"))
+    for metric, short, title in _SECTIONS:
+        lines.append(_rule(title))
+        lines.append(row(f"Mean {short} (ms):", f"mean_{metric}_ms"))
+        lines.append(row(f"Median {short} (ms):", f"median_{metric}_ms"))
+        for p in first["percentiles"]:
+            key = percentile_key(p, metric)
+            lines.append(row(f"{key.split('_', 1)[0].upper()} {short} (ms):", key))
+    errors: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    if errors:
+        lines.append(_rule("Errors (all runs)"))
+        lines += [_row(f"{kind}:", count) for kind, count in sorted(errors.items())]
+    lines.append(_rule("Runs"))
+    lines.append(f"{'run':>8} {_RUN_HEADER}")
+    lines += [f"{number:>8} {_run_columns(run)}" for number, run in enumerate(runs, start=1)]
+    saturated = document["client_saturated_runs"]
+    busiest = max(run["client"]["cpu_fraction_max"] for run in runs)
+    lines.append(_rule("Client (load generator)"))
+    lines.append(_row("CPU of the busiest worker:", f"{busiest:.0%} of a core (busiest run)"))
+    lines.append(
+        _row(
+            "Client limited the figures:",
+            f"YES in {_runs_named(saturated)}, see the warning above" if saturated else "no",
+        )
+    )
+    lines.append(_rule(fill="="))
+    return "\n".join(lines)
+
+
+_COMPARED_FIGURES = (
+    ("completed", "Successful requests"),
+    ("failed", "Failed requests"),
+    ("duration", "Duration (s)"),
+    ("request_throughput", "Requests/s"),
+    ("request_goodput", "Goodput (req/s)"),
+    ("output_throughput", "Output tokens/s"),
+    ("max_output_tokens_per_s", "Peak output tokens/s"),
+    ("total_token_throughput", "Total tokens/s"),
+)
+_LATENCY_KEY = re.compile(r"^(mean|median|p[0-9.]+)_(ttft|tpot|itl|e2el)_ms$")
+
+
+def _figure_label(key: str) -> str | None:
+    """The comparison table's label of a figure (None: not in the table, only the JSON)."""
+    for compared, label in _COMPARED_FIGURES:
+        if key == compared:
+            return label
+    match = _LATENCY_KEY.match(key)
+    if match is None:
+        return None
+    kind, metric = match.groups()
+    word = kind if kind in ("mean", "median") else kind.upper()
+    return f"{metric.upper()} {word} (ms)"
+
+
+def _side_line(side: dict[str, Any]) -> str:
+    runs = f"{side['runs']} run{'s' if side['runs'] > 1 else ''}"
+    if side["kind"] == "sweep":
+        runs = "a sweep, 1 run a level"
+    load = "load not recorded"
+    if side["load"] is not None:
+        try:
+            load = _load_line(side["load"])
+        except (KeyError, TypeError, ValueError):
+            load = "load not readable"  # a file edited by hand
+    return f"{side['name']}: {runs}, {side['model_id'] or 'model not recorded'}, {load}"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    p = row["p_value"]
+    if p is None:
+        return "-"
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    if not row["significant"]:
+        return f"no ({shown})"
+    better = f", {row['better'].upper()} better" if row["better"] else ""
+    return f"YES ({shown}){better}"
+
+
+def _difference_line(label: str, row: dict[str, Any]) -> str:
+    percent = row["difference_percent"]
+    return (
+        f"{label:<24} {_plus_minus(row['a']['value'], row['a']['half_width']):>18} "
+        f"{_plus_minus(row['b']['value'], row['b']['half_width']):>18} "
+        f"{'-' if percent is None else f'{percent:+.1f}%':>8}  {_verdict(row)}"
+    )
+
+
+def format_comparison(document: dict[str, Any]) -> str:
+    """Two results side by side (B against A): each figure of the report, both values,
+    the difference and whether it is significant, and what the judgement rests on."""
+    alpha = document["alpha"]
+    lines = [f"A = {_side_line(document['a'])}", f"B = {_side_line(document['b'])}"]
+    if document["a"]["runs"] > 1 and document["b"]["runs"] > 1:
+        lines.append(
+            f"Figures: mean ± {1 - alpha:.0%} CI across runs; significant: Welch's t-test, "
+            f"p < {alpha:g}"
+        )
+    else:
+        lines.append("Significance not judged: one run says nothing about how far the next")
+        lines.append("would move (run both with --repeat N, N at least 2)")
+    for letter in ("a", "b"):
+        saturated = document[letter]["client_saturated_runs"]
+        if saturated:
+            lines.append(
+                f"!! {letter.upper()}: the client saturated in {saturated} "
+                f"run{'s' if saturated > 1 else ''}; there the figures may describe the client"
+            )
+    header = f"{'figure':<24} {'A':>18} {'B':>18} {'B vs A':>8}  significant"
+    sweep = document["sweep"]
+    for level in document["levels"]:
+        if level["level"] is not None:
+            unit = "req/s" if sweep["kind"] == "rates" else "concurrent"
+            lines.append(_rule(f" at {level['level']:g} {unit} ", "="))
+        lines += [header, "-" * len(header)]
+        for row in level["figures"]:
+            label = _figure_label(row["figure"])
+            if label is not None and (row["a"]["n"] or row["b"]["n"]):
+                lines.append(_difference_line(label, row))
+        if level["distributions"]:
+            lines.append(f"Per-request latencies: median; Mann-Whitney U test, p < {alpha:g}")
+            lines.append("(whether these two runs differed, not whether the next would)")
+            lines += [header.replace("figure", "requests", 1), "-" * len(header)]
+            for row in level["distributions"]:
+                lines.append(_difference_line(f"{row['figure'].upper()} median (ms)", row))
+    if sweep is not None:
+        for side in ("a", "b"):
+            only = sweep[f"only_in_{side}"]
+            if only:
+                levels = ", ".join(f"{level:g}" for level in only)
+                lines.append(f"only in {side.upper()}, not compared: {levels}")
+    return "\n".join(lines)

@@ -4,9 +4,11 @@ Edge layer (bench). Data only; imports nothing from the package. The tests valid
 outputs against these, so the documentation cannot drift from the files:
 
 * :data:`SUMMARY_SCHEMA`: the JSON summary (``--json``), vLLM's keys plus the load, the
-  workload and the verdict on the client.
+  workload, the verdict on the client and, with ``--metrics-url``, the server's own series.
 * :data:`RECORD_SCHEMA`: one line of the per-request JSONL (``--jsonl``).
 * :data:`SWEEP_SCHEMA`: the JSON of a sweep (``--sweep-*`` with ``--json``).
+* :data:`REPEAT_SCHEMA`: the JSON of repeated runs (``--repeat N`` with ``--json``).
+* :data:`COMPARISON_SCHEMA`: the JSON of ``bench compare`` (with ``--json``).
 * :data:`CSV_COLUMNS`: the header of the per-request CSV (``--csv``); list fields are
   summarised there (``itl_count``, ``itl_mean_s``, ``itl_max_s``).
 """
@@ -16,8 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "COMPARISON_SCHEMA",
+    "COMPARISON_SCHEMA_ID",
     "CSV_COLUMNS",
     "RECORD_SCHEMA",
+    "REPEAT_SCHEMA",
+    "REPEAT_SCHEMA_ID",
     "SUMMARY_SCHEMA",
     "SUMMARY_SCHEMA_ID",
     "SWEEP_SCHEMA",
@@ -26,6 +32,8 @@ __all__ = [
 
 SUMMARY_SCHEMA_ID = "urn:qwen-sse:bench-summary:1"
 SWEEP_SCHEMA_ID = "urn:qwen-sse:bench-sweep:1"
+REPEAT_SCHEMA_ID = "urn:qwen-sse:bench-repeat:1"
+COMPARISON_SCHEMA_ID = "urn:qwen-sse:bench-comparison:1"
 
 _NUMBER = {"type": "number"}
 _COUNT = {"type": "integer", "minimum": 0}
@@ -252,6 +260,79 @@ _FILE_WORKLOAD = {
         },
         "uncounted_parts": {**_COUNT, "description": "media parts in the entries' prompts"},
         "tokenizer": {"type": ["string", "null"]},
+    },
+}
+
+
+_SERVER_SERIES = {
+    "type": "object",
+    "required": ["metric", "min", "mean", "max", "at_s", "values"],
+    "additionalProperties": False,
+    "properties": {
+        "metric": {"type": "string", "description": "the server's name of the series"},
+        "min": _NUMBER,
+        "mean": _NUMBER,
+        "max": _NUMBER,
+        "at_s": {
+            "type": "array",
+            "items": _NUMBER,
+            "description": "when each successful scrape was sent, seconds from the run's "
+            "start (the scrape before it is negative)",
+        },
+        "values": {"type": "array", "items": _NUMBER},
+    },
+}
+_SERVER_METRICS = {
+    "type": "object",
+    "description": "--metrics-url: the server's own series from its Prometheus /metrics, "
+    "scraped before, every interval_s during, and after the run (min, mean and max over the "
+    "scrapes during it), and the increase of every counter over the run",
+    "required": [
+        "url",
+        "interval_s",
+        "scrapes",
+        "failed_scrapes",
+        "errors",
+        "series",
+        "counters_window_s",
+        "counters",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "url": {"type": "string"},
+        "interval_s": {"type": "number", "exclusiveMinimum": 0},
+        "scrapes": _COUNT,
+        "failed_scrapes": _COUNT,
+        "errors": {
+            "type": "array",
+            "description": "why scrapes failed, most frequent first",
+            "items": {
+                "type": "object",
+                "required": ["message", "count"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "series": {
+            "type": "object",
+            "description": "requests_running and requests_waiting (summed over label sets), "
+            "kv_cache_usage (a fraction, the fullest label set); those the page had",
+            "propertyNames": {"enum": ["requests_running", "requests_waiting", "kv_cache_usage"]},
+            "additionalProperties": _SERVER_SERIES,
+        },
+        "counters_window_s": {
+            "type": ["number", "null"],
+            "description": "from the first successful scrape to the last; null below two",
+        },
+        "counters": {
+            "type": "object",
+            "description": "every counter sample name (histograms' and summaries' _sum and "
+            "_count too), summed over its labels: its increase over the window",
+            "additionalProperties": _NUMBER,
+        },
     },
 }
 
@@ -516,6 +597,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
             },
         },
         "python": {"type": "string"},
+        "server_metrics": _SERVER_METRICS,
         **_stat_properties(),
     },
     "patternProperties": {
@@ -542,6 +624,185 @@ SWEEP_SCHEMA: dict[str, Any] = {
             "stopped (stop_reason says why)",
         },
         "stop_reason": {"type": ["string", "null"]},
+    },
+}
+
+_FIGURE_ACROSS_RUNS = {
+    "type": "object",
+    "required": ["n", "mean", "std", "half_width", "low", "high", "values"],
+    "additionalProperties": False,
+    "properties": {
+        "n": {**_COUNT, "description": "runs in which the figure is not null"},
+        "mean": _NULLABLE_NUMBER,
+        "std": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "sample standard deviation across runs (n - 1); null below 2",
+        },
+        "half_width": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "description": "t(0.975, n - 1) * std / sqrt(n); null below 2 runs",
+        },
+        "low": _NULLABLE_NUMBER,
+        "high": _NULLABLE_NUMBER,
+        "values": {
+            "type": "array",
+            "items": _NULLABLE_NUMBER,
+            "description": "the figure of each run, in run order",
+        },
+    },
+}
+
+REPEAT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": REPEAT_SCHEMA_ID,
+    "title": "Repeated runs of one qwen-sse bench load (--repeat N with --json)",
+    "description": (
+        "Every run's own summary in 'runs', unchanged; for every figure of a summary "
+        "(durations, counts, throughputs, goodput, and the mean, median, std and "
+        "percentiles of each latency), under the same key, its mean across the runs and "
+        "the two-sided Student-t confidence interval of that mean at 'confidence'."
+    ),
+    "type": "object",
+    "required": ["schema", "repeat", "confidence", "figures", "client_saturated_runs", "runs"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": REPEAT_SCHEMA_ID},
+        "repeat": {"type": "integer", "minimum": 2},
+        "confidence": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "figures": {"type": "object", "additionalProperties": _FIGURE_ACROSS_RUNS},
+        "client_saturated_runs": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "description": "the runs (counted from 1) in which the client saturated",
+        },
+        "runs": {"type": "array", "items": SUMMARY_SCHEMA, "minItems": 2},
+    },
+}
+
+_SIDE = {
+    "type": "object",
+    "required": ["name", "kind", "runs", "model_id", "load", "client_saturated_runs"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "description": "the file compared"},
+        "kind": {
+            "enum": ["run", "repeat", "sweep"],
+            "description": "run: one summary (qwen-sse's or vLLM's); repeat; sweep",
+        },
+        "runs": {"type": "integer", "minimum": 1, "description": "runs per level"},
+        "model_id": {"type": ["string", "null"]},
+        "load": {"type": ["object", "null"], "description": "the first run's 'load'"},
+        "client_saturated_runs": {
+            **_COUNT,
+            "description": "runs (of every level) in which the client saturated: their "
+            "figures may describe the load generator rather than the server",
+        },
+    },
+}
+_VALUE = {
+    "type": "object",
+    "required": ["n", "value", "half_width"],
+    "additionalProperties": False,
+    "properties": {
+        "n": {**_COUNT, "description": "runs (figures) or requests (distributions)"},
+        "value": {
+            "type": ["number", "null"],
+            "description": "figures: the mean across runs (one run: its figure); "
+            "distributions: the median of the requests",
+        },
+        "half_width": {
+            "type": ["number", "null"],
+            "description": "of the 95% confidence interval; null for one run",
+        },
+    },
+}
+_DIFFERENCE = {
+    "type": "object",
+    "required": [
+        "figure",
+        "a",
+        "b",
+        "difference_percent",
+        "test",
+        "statistic",
+        "df",
+        "p_value",
+        "significant",
+        "better",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "figure": {
+            "type": "string",
+            "description": "a summary key (figures) or ttft/tpot/itl/e2el (distributions)",
+        },
+        "a": _VALUE,
+        "b": _VALUE,
+        "difference_percent": {
+            "type": ["number", "null"],
+            "description": "(b - a) / |a| * 100; null when a is 0 and b is not",
+        },
+        "test": {
+            "enum": ["welch", "mann-whitney", None],
+            "description": "null: not judged (a side has fewer than 2 runs)",
+        },
+        "statistic": _NULLABLE_NUMBER,
+        "df": _NULLABLE_NUMBER,
+        "p_value": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "significant": {"type": ["boolean", "null"], "description": "p_value < alpha"},
+        "better": {
+            "enum": ["a", "b", None],
+            "description": "the better side of a significant difference (lower latencies, "
+            "higher throughputs); null when not significant or neither is better",
+        },
+    },
+}
+
+COMPARISON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": COMPARISON_SCHEMA_ID,
+    "title": "Two qwen-sse bench results side by side (bench compare with --json)",
+    "description": (
+        "One entry in 'levels' for two runs or two repeats (level null), one per level "
+        "found in both sweeps. 'figures' compares the summaries' figures: with at least 2 "
+        "runs on each side by Welch's t-test across runs, else not judged. "
+        "'distributions' (only with --jsonl records of two single runs) compares the "
+        "per-request latencies by the Mann-Whitney U test."
+    ),
+    "type": "object",
+    "required": ["schema", "alpha", "a", "b", "sweep", "levels"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": COMPARISON_SCHEMA_ID},
+        "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "a": _SIDE,
+        "b": _SIDE,
+        "sweep": {
+            "type": ["object", "null"],
+            "required": ["kind", "only_in_a", "only_in_b"],
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": ["rates", "concurrency"]},
+                "only_in_a": {"type": "array", "items": _NUMBER},
+                "only_in_b": {"type": "array", "items": _NUMBER},
+            },
+        },
+        "levels": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["level", "figures", "distributions"],
+                "additionalProperties": False,
+                "properties": {
+                    "level": _NULLABLE_NUMBER,
+                    "figures": {"type": "array", "items": _DIFFERENCE},
+                    "distributions": {"type": "array", "items": _DIFFERENCE},
+                },
+            },
+        },
     },
 }
 

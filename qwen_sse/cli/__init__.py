@@ -21,12 +21,12 @@ from typing import NoReturn
 
 import qwen_sse
 from qwen_sse import wirelog
-from qwen_sse.cli import bench, chat, decode, replay, serve, tokens, trace
+from qwen_sse.cli import bench, chat, decode, proxy, replay, serve, tokens, trace
 from qwen_sse.cli.words import error_line, print_error
 from qwen_sse.config import log_switch
 from qwen_sse.errors import ConfigurationError
 
-_COMMANDS = (bench, chat, decode, replay, serve, tokens, trace)
+_COMMANDS = (bench, chat, decode, proxy, replay, serve, tokens, trace)
 _log = logging.getLogger("qwen_sse.cli")
 
 

@@ -2,11 +2,14 @@
 the client itself was the bottleneck.
 
 The table goes to stdout, the live progress line and warnings to stderr; ``--json``,
-``--jsonl`` (as requests finish), ``--csv`` and ``--plot`` write files. The first SIGINT or
-SIGTERM stops the run and reports what finished; a second quits at once. Exit status: 0
-when the run finished (whatever the figures), 1 when no request succeeded, the run stopped
-early by itself (its first requests all refused alike) or could not complete, 2 for invalid
-options or output paths, 130 after a signal.
+``--jsonl`` (as requests finish), ``--csv``, ``--plot`` and ``--html`` write files;
+``--metrics-url`` adds the server's own series (both: :mod:`qwen_sse.cli.bench_reports`).
+``--repeat N`` runs the same load N times and reports each figure's mean and 95% confidence
+interval; ``bench compare`` (:mod:`qwen_sse.cli.compare`) sets two results side by side.
+The first SIGINT or SIGTERM stops the run and reports what finished; a second quits at
+once. Exit status: 0 when the run finished (whatever the figures), 1 when no request
+succeeded, the run stopped early by itself (its first requests all refused alike) or could
+not complete, 2 for invalid options or output paths, 130 after a signal.
 """
 
 from __future__ import annotations
@@ -32,20 +35,34 @@ from qwen_sse.bench.metrics import Slo
 from qwen_sse.bench.mock import MOCK_API_KEY, MockServer
 from qwen_sse.bench.monitor import Thresholds
 from qwen_sse.bench.plot import level_directory, write_charts, write_sweep_chart
+from qwen_sse.bench.repeat import combine, run_repeat
 from qwen_sse.bench.report import (
     JsonlWriter,
+    format_repeat,
     format_summary,
     format_sweep,
+    repeat_banner,
     saturation_banner,
     write_csv,
     write_json,
 )
 from qwen_sse.bench.runner import STOP_GRACE_S, Target
 from qwen_sse.bench.schedule import ARRIVALS, ClosedLoop, OpenLoop
+from qwen_sse.bench.scrape import Scraper
 from qwen_sse.bench.stop import STOP_SIGNALS, Stop
 from qwen_sse.bench.sweep import SweepKind, run_sweep
 from qwen_sse.bench.workers import WorkerError
 from qwen_sse.bench.workload import Workload
+from qwen_sse.cli import compare
+from qwen_sse.cli.bench_reports import (
+    SweepPages,
+    add_report_options,
+    check_report_options,
+    measured,
+    say_scrapes,
+    scraping,
+    write_run_page,
+)
 from qwen_sse.cli.chat import (
     add_connection_options,
     api_key_env_vars,
@@ -77,7 +94,8 @@ def add_parser(subparsers: Any) -> None:
         description="Send a closed-loop (fixed concurrency) or open-loop (arrival rate) load "
         "of streamed chat requests and report vLLM's figures (mean_ttft_ms, p99_itl_ms, "
         "request_throughput, ...). The client watches its own event-loop lag, receive lag and "
-        "CPU, and says loudly when it, not the server, limited the figures.",
+        "CPU, and says loudly when it, not the server, limited the figures. "
+        "`qwen-sse bench compare A.json B.json` sets two results side by side.",
     )
     load = parser.add_argument_group("load")
     shape = load.add_mutually_exclusive_group()
@@ -117,6 +135,14 @@ def add_parser(subparsers: Any) -> None:
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and prompts")
     load.add_argument(
         "--workers", type=int, default=1, help="processes sharing the load, one event loop each"
+    )
+    load.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the same load N times in turn; report each figure's mean and 95%% "
+        "confidence interval (default 1)",
     )
     work = parser.add_argument_group("workload")
     add_workload_options(work)
@@ -172,6 +198,7 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--csv", metavar="FILE", help="write every request as a CSV row")
     out.add_argument("--plot", metavar="DIR", help="write PNG charts (needs qwen-sse[plot])")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
+    add_report_options(out)
     mock = parser.add_argument_group("emulator timing (with --mock)")
     mock.add_argument(
         "--mock-ttft-ms",
@@ -196,6 +223,15 @@ def add_parser(subparsers: Any) -> None:
     )
     add_connection_options(parser)
     parser.set_defaults(func=run)
+    compare.add_parser(
+        parser.add_subparsers(
+            dest="bench_command",
+            title="comparing results",
+            metavar="compare",
+            help="`qwen-sse bench compare A.json B.json`: two results side by side, the "
+            "significant differences marked (see its --help)",
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -205,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"qwen-sse bench: {note}", file=sys.stderr)
         if sweep is not None and (args.jsonl or args.csv):
             raise ConfigurationError("--jsonl and --csv record one run; leave them out of a sweep")
+        _check_repeat(args, sweep is not None)
         _check_outputs(args)
+        check_report_options(args)
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
         return 2
@@ -226,12 +264,23 @@ def _run(
         with (
             JsonlWriter(args.jsonl) if args.jsonl else contextlib.nullcontext() as records,
             _endpoint(args, config.workload) as target,
+            scraping(args, target) as scraper,
         ):
+            if sweep is None and args.repeat > 1:
+                return _repeat(args, config, target, stop=stop, interrupts=interrupts)
             if sweep is None:
                 return _single(
-                    args, config, target, stop=stop, interrupts=interrupts, records=records
+                    args,
+                    config,
+                    target,
+                    stop=stop,
+                    interrupts=interrupts,
+                    records=records,
+                    scraper=scraper,
                 )
-            return _sweep(args, config, target, sweep, stop=stop, interrupts=interrupts)
+            return _sweep(
+                args, config, target, sweep, stop=stop, interrupts=interrupts, scraper=scraper
+            )
     except (ConfigurationError, ValueError) as error:
         print_error("qwen-sse bench", error)
         return 2
@@ -251,20 +300,25 @@ def _single(
     stop: Stop,
     interrupts: _Interrupts,
     records: JsonlWriter | None,
+    scraper: Scraper | None,
 ) -> int:
     live = None if args.quiet else _live(config)
     _announce(args, config, target)
     with interrupts.running():
-        result = run_benchmark(
-            config,
-            target,
-            live=live,
-            on_record=records.write if records is not None else None,
-            stop=stop,
+        result = measured(
+            scraper,
+            lambda: run_benchmark(
+                config,
+                target,
+                live=live,
+                on_record=records.write if records is not None else None,
+                stop=stop,
+            ),
         )
     summary = result.summary
     print(format_summary(summary))
     _warn(summary)
+    say_scrapes(summary)
     status = 0 if summary["completed"] else 1
     if _write_files(args, result):
         status = 1
@@ -283,11 +337,16 @@ def _sweep(
     *,
     stop: Stop,
     interrupts: _Interrupts,
+    scraper: Scraper | None,
 ) -> int:
+    pages = SweepPages(args.html) if args.html else None
+
     def level(level_config: BenchConfig) -> BenchResult:
         live = None if args.quiet else _live(level_config)
         with interrupts.running():
-            return run_benchmark(level_config, target, live=live, stop=stop)
+            return measured(
+                scraper, lambda: run_benchmark(level_config, target, live=live, stop=stop)
+            )
 
     def show(value: float, result: BenchResult) -> None:
         summary = result.summary
@@ -299,6 +358,9 @@ def _sweep(
             + (f", stopped early: {summary['stop_reason']}" if summary["stop_reason"] else ""),
             file=sys.stderr,
         )
+        say_scrapes(summary, f"level {value:g}: ")
+        if pages is not None:
+            pages.add(value, result)
         if args.plot:
             where = level_directory(args.plot, value)
             for path in write_charts(summary, result.records, result.loads, where):
@@ -316,6 +378,8 @@ def _sweep(
         print(f"qwen-sse bench: wrote {write_sweep_chart(document, args.plot)}", file=sys.stderr)
 
     if args.plot and _write(args.plot, chart):
+        status = 1
+    if pages is not None and _write(pages.path, lambda: pages.write(document)):
         status = 1
     return status
 
@@ -349,6 +413,79 @@ def _warn(summary: dict[str, Any]) -> None:
         print(line, file=sys.stderr)
 
 
+def _check_repeat(args: argparse.Namespace, sweep: bool) -> None:
+    if args.repeat < 1:
+        raise ConfigurationError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.repeat == 1:
+        return
+    if sweep:
+        raise ConfigurationError(
+            "--repeat repeats one load; a sweep with repeats is not supported: "
+            "repeat each level as its own run"
+        )
+    if args.jsonl or args.csv or args.plot or args.html or args.metrics_url:
+        raise ConfigurationError(
+            "--jsonl, --csv, --plot, --html and --metrics-url record one run; "
+            "leave them out of --repeat"
+        )
+
+
+def _repeat(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    target: Target,
+    *,
+    stop: Stop,
+    interrupts: _Interrupts,
+) -> int:
+    def once(run_config: BenchConfig) -> BenchResult:
+        live = None if args.quiet else _live(run_config)
+        with interrupts.running():
+            return run_benchmark(run_config, target, live=live, stop=stop)
+
+    def show(number: int, result: BenchResult) -> None:
+        summary = result.summary
+        print(
+            f"qwen-sse bench: run {number} of {args.repeat}: "
+            f"{summary['request_throughput']:.2f} req/s, "
+            f"TTFT p50 {summary['median_ttft_ms'] or 0:.1f} ms, {summary['failed']} failed"
+            + (", CLIENT SATURATED" if summary["client_saturated"] else ""),
+            file=sys.stderr,
+        )
+
+    _announce(args, config, target)
+    repeats = run_repeat(
+        config,
+        args.repeat,
+        once,
+        on_run=show,
+        stopped=lambda result: result.summary["stop_reason"] is not None,
+    )
+    whole = repeats.whole
+    if len(whole) >= 2:
+        document = combine(whole)
+        print(format_repeat(document))
+        for line in repeat_banner(document):
+            print(line, file=sys.stderr)
+    else:
+        # Fewer than two runs give no interval: the one run there is, as a plain run.
+        only = whole[0] if whole else repeats.cut
+        assert only is not None  # two runs at least, so one was whole or cut short
+        document = only
+        print(format_summary(document))
+        _warn(document)
+    status = 0 if any(summary["completed"] for summary in whole) else 1
+    if repeats.cut is not None:
+        reason = repeats.cut["stop_reason"]
+        left_out = f"run {len(whole) + 1} of {args.repeat} stopped ({reason})"
+        print_error("qwen-sse bench", f"{left_out}: " + ("left out" if whole else "reported alone"))
+        if interrupts.signal is None:
+            status = 1
+    if args.json and _write(args.json, lambda: write_json(args.json, document)):
+        status = 1
+    return status
+
+
 def _live(config: BenchConfig) -> LiveProgress:
     return LiveProgress(sys.stderr, planned=planned_requests(config), duration_s=config.duration_s)
 
@@ -368,6 +505,8 @@ def _write_files(args: argparse.Namespace, result: BenchResult) -> bool:
                 print(f"qwen-sse bench: wrote {path}", file=sys.stderr)
 
         failed |= _write(args.plot, charts)
+    if args.html:
+        failed |= _write(args.html, lambda: write_run_page(args.html, result))
     return failed
 
 
@@ -392,7 +531,12 @@ def _os_error(error: OSError) -> str:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse output paths that could not be written, before anything is sent: each file's
     directory must exist and be writable, ``--plot``'s directory must be creatable."""
-    options = (("--json", args.json), ("--jsonl", args.jsonl), ("--csv", args.csv))
+    options = (
+        ("--json", args.json),
+        ("--jsonl", args.jsonl),
+        ("--csv", args.csv),
+        ("--html", args.html),
+    )
     files = [(option, path) for option, path in options if path]
     seen: dict[Path, str] = {}
     for option, path in files:

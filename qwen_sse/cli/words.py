@@ -19,6 +19,7 @@ __all__ = ["error_line", "in_cli_words", "print_error"]
 # The library's phrase, then the command line's; a phrase is replaced wherever it appears.
 _PHRASES = (
     ("pass allow_insecure_http=True", "pass --allow-insecure-http"),
+    ("pass allow_remote=True", "pass --allow-remote"),
     (", or pass api_key=...", ", or name the variable that holds it with --api-key-env"),
     ("pass base_url=... for this protocol", "pass --base-url for this protocol"),
     ("base_url must be", "--base-url must be"),

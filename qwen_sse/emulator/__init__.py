@@ -23,6 +23,7 @@ own one thing:
   answer request, its stream frames, its non-stream body, its error bodies and codes);
 * :mod:`~qwen_sse.emulator.server`: :class:`Emulator` (routes, key check, validation
   order, rate windows, the model list);
+* :mod:`~qwen_sse.emulator.metrics`: its Prometheus ``GET /metrics`` page;
 * :mod:`~qwen_sse.emulator.loop`: the event loop of a process that serves it (uvloop's
   when installed).
 

@@ -19,6 +19,9 @@ OpenAI's list format, as the openai SDK's ``models.list()`` reads it, and
 ``GET {base_url}/models/{model}`` one of them (404 ``model_not_found`` for another); both
 want the API key.
 
+``GET /metrics`` is the Prometheus page of :mod:`~qwen_sse.emulator.metrics` (requests
+running, tokens answered, under vLLM's names); it wants no key.
+
 Rate limits (:attr:`EmulatorConfig.rpm`, :attr:`EmulatorConfig.tpm`) are DashScope's: per
 API key and per model, over a sliding window of ``limit_window_s`` (a minute by default,
 seconds in tests). A request is admitted when the requests admitted in the last window,
@@ -62,6 +65,7 @@ from qwen_sse.emulator.faults import (
 from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, framing_for
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING, encode
 from qwen_sse.emulator.records import Outcome, RecordedRequest, redacted
+from qwen_sse.emulator.metrics import add_metrics, count_answer
 from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request, json_object
 from qwen_sse.emulator.script import Script, render
 from qwen_sse.emulator.ticker import Ticker
@@ -186,6 +190,7 @@ class Emulator:
             app.router.add_post(protocol.root + protocol.path, self._handler(framing))
         app.router.add_get(COMPATIBLE.root + "/models", self._list_models)
         app.router.add_get(COMPATIBLE.root + "/models/{model}", self._get_model)
+        add_metrics(app, self)
         # handler_cancellation: a client that disconnects cancels its handler at once, so
         # active_streams drops even during a stall.
         runner = web.AppRunner(
@@ -385,6 +390,7 @@ class Emulator:
         )
         usage = answer_usage(body, answers, prompt)
         self._check_rate(key, body["model"], usage.total_tokens)
+        count_answer(exchange.request, usage)
         answering = Answering(
             record.request_id,
             body,
