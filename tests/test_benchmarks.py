@@ -137,6 +137,8 @@ def test_bench_capacity_quick() -> None:
             assert generator["client_limited"] is bool(generator["client_reasons"])
         else:
             assert row["client_limited_runs"] is None
+
+
 def run_peers(*extra: str) -> tuple[dict[str, Any], str]:
     """bench_peers.py --quick: its JSON document and its stderr."""
     completed = subprocess.run(

@@ -64,8 +64,8 @@ from qwen_sse.emulator.faults import (
 )
 from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, framing_for
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING, encode
-from qwen_sse.emulator.records import Outcome, RecordedRequest, redacted
 from qwen_sse.emulator.metrics import add_metrics, count_answer
+from qwen_sse.emulator.records import Outcome, RecordedRequest, redacted
 from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request, json_object
 from qwen_sse.emulator.script import Script, render
 from qwen_sse.emulator.ticker import Ticker
