@@ -52,7 +52,7 @@ def compatible_script(
 ) -> Script:
     frames, events = COMPATIBLE_FRAMING.reply_to(body, {}).stream(answering(body))
     outcome: Outcome = "no_done" if no_done else "completed"
-    return render(events(no_done), frames, Pacer(config, 7), outcome=outcome)
+    return render(events(no_done), frames, Pacer(config, 7, started_s=0.0), outcome=outcome)
 
 
 def dechunked(chunk: bytes) -> list[bytes]:
@@ -76,7 +76,7 @@ def test_a_rendered_stream_is_one_chunk_an_event_with_the_pacers_delays() -> Non
     answer = emulated_answer(BODY)
     # The delays are the pacer's draws, in order: the time to first token, then one a
     # wait (a piece of several tokens waits for each; the first token is the TTFT's).
-    reference = Pacer(config, 7)
+    reference = Pacer(config, 7, started_s=0.0)
     waits = [piece.tokens for piece in answer.pieces]
     waits[0] -= 1
     expected = [reference.first_delay_s()] + [reference.tokens_delay_s(n) for n in waits if n]
@@ -159,9 +159,10 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @given(
     delays_ms=st.lists(st.floats(min_value=0, max_value=40), min_size=1, max_size=30),
     ticks_ms=st.lists(st.floats(min_value=0, max_value=60), min_size=1, max_size=80),
+    arrived_ago_ms=st.floats(min_value=0, max_value=100),
 )
 def test_no_step_before_its_time_and_a_late_step_does_not_delay_the_next(
-    delays_ms: list[float], ticks_ms: list[float]
+    delays_ms: list[float], ticks_ms: list[float], arrived_ago_ms: float
 ) -> None:
     event_loop = asyncio.new_event_loop()
     try:
@@ -170,9 +171,10 @@ def test_no_step_before_its_time_and_a_late_step_does_not_delay_the_next(
         transport = FakeTransport(clock)
         script = script_of([delay / 1000 for delay in delays_ms])
         kept = record()
-        playing = ticker.play(transport, script, kept, keep_times=True)
-        # Each step is due on the stream's schedule, from the start.
-        due_s = list(itertools.accumulate(script.delays_s, initial=1000.0))[1:]
+        started_s = clock.now_s - arrived_ago_ms / 1000
+        playing = ticker.play(transport, script, kept, started_s=started_s, keep_times=True)
+        # Each step is due on the stream's schedule, from the request's arrival.
+        due_s = list(itertools.accumulate(script.delays_s, initial=started_s))[1:]
         for gap_ms in [*ticks_ms, 10_000.0]:
             clock.now_s += gap_ms / 1000
             ticker.write_due(clock.now_s)
@@ -195,7 +197,7 @@ def test_steps_come_on_time_after_a_late_one(loop: asyncio.AbstractEventLoop) ->
     ticker = Ticker(loop, clock=clock)
     transport = FakeTransport(clock)
     script = script_of([0.15, 0.02, 0.02, 0.02, 0.02])
-    ticker.play(transport, script, record(), keep_times=False)
+    ticker.play(transport, script, record(), started_s=clock.now_s, keep_times=False)
     ticker.write_due(50.15 - 1e-6)
     assert transport.writes == []
     # 70 ms late: the first step and the three that fell due meanwhile go at once...
@@ -210,11 +212,29 @@ def test_steps_come_on_time_after_a_late_one(loop: asyncio.AbstractEventLoop) ->
     assert len(transport.writes) == 5
 
 
+def test_the_schedule_runs_from_the_requests_arrival(loop: asyncio.AbstractEventLoop) -> None:
+    # The request arrived 40 ms before its stream was handed over (read, rendered, headers
+    # sent): the first step is due 150 ms after the arrival, not after the hand-over.
+    clock = FakeClock(20.04)
+    ticker = Ticker(loop, clock=clock)
+    transport = FakeTransport(clock)
+    ticker.play(transport, script_of([0.15, 0.02]), record(), started_s=20.0, keep_times=False)
+    ticker.write_due(20.15 - 1e-6)
+    assert transport.writes == []
+    clock.now_s = 20.15 + TICK_S * 1.5
+    ticker.write_due(clock.now_s)
+    assert len(transport.writes) == 1
+    # A stream whose first step fell due before the hand-over starts at once.
+    late = FakeTransport(clock)
+    ticker.play(late, script_of([0.01, 0.5]), record(), started_s=20.0, keep_times=False)
+    assert [data for _, data in late.writes] == [b"0;"]
+
+
 def test_without_keep_times_nothing_is_kept_per_piece(loop: asyncio.AbstractEventLoop) -> None:
     clock = FakeClock(10.0)
     kept = record()
     playing = Ticker(loop, clock=clock).play(
-        FakeTransport(clock), script_of([0.0, 0.0]), kept, keep_times=False
+        FakeTransport(clock), script_of([0.0, 0.0]), kept, started_s=clock.now_s, keep_times=False
     )
     # Nothing to wait for: written at once.
     assert playing.done.result() == "completed"
@@ -226,7 +246,9 @@ def test_a_closed_connection_ends_the_stream(loop: asyncio.AbstractEventLoop) ->
     clock = FakeClock(10.0)
     ticker = Ticker(loop, clock=clock)
     transport = FakeTransport(clock)
-    playing = ticker.play(transport, script_of([0.01, 0.01, 0.01]), record(), keep_times=False)
+    playing = ticker.play(
+        transport, script_of([0.01, 0.01, 0.01]), record(), started_s=clock.now_s, keep_times=False
+    )
     clock.now_s = 10.0115
     ticker.write_due(clock.now_s)
     assert len(transport.writes) == 1
@@ -241,7 +263,9 @@ def test_a_closed_player_writes_nothing_more(loop: asyncio.AbstractEventLoop) ->
     clock = FakeClock(10.0)
     ticker = Ticker(loop, clock=clock)
     transport = FakeTransport(clock)
-    playing = ticker.play(transport, script_of([0.01, 0.01]), record(), keep_times=False)
+    playing = ticker.play(
+        transport, script_of([0.01, 0.01]), record(), started_s=clock.now_s, keep_times=False
+    )
     playing.close()
     clock.now_s = 11.0
     ticker.write_due(clock.now_s)

@@ -341,20 +341,23 @@ class Pacer:
     sending a stream gets the same delays).
 
     The delays add up on the stream's own schedule, as a model generates its tokens at its
-    pace whatever the writes: token k is due ``ttft_s`` plus k delays after :meth:`first`
-    was called, and a write that comes late does not delay the tokens after it. So no
-    token is ever written before its time, and a busy server's lateness does not pile up
-    into the gaps between tokens. :meth:`restart` starts the schedule again from now.
+    pace whatever the writes: token k is due ``ttft_s`` plus k delays after ``started_s``
+    (the request's arrival, on ``time.monotonic()``), and a write that comes late does not
+    delay the tokens after it. So no token is ever written before its time, and a busy
+    server's lateness does not pile up into the gaps between tokens, nor does its work on
+    the request before the first token (reading it, rendering the stream, the headers)
+    count into the time to first token. :meth:`restart` starts the schedule again from now.
     """
 
-    __slots__ = ("_config", "_due_s", "_number", "_rng")
+    __slots__ = ("_config", "_due_s", "_number", "_rng", "started_s")
 
-    def __init__(self, config: EmulatorConfig, number: int) -> None:
+    def __init__(self, config: EmulatorConfig, number: int, *, started_s: float) -> None:
         self._config = config
         self._number = number
         # Seeded at the first draw: a stream without jitter draws nothing.
         self._rng: random.Random | None = None
-        self._due_s = 0.0
+        self.started_s = started_s
+        self._due_s = started_s
 
     def first_delay_s(self) -> float:
         """The time to first token, jittered (the first draw)."""
@@ -365,8 +368,8 @@ class Pacer:
         return self._jittered(self._config.itl_s * count)
 
     async def first(self) -> None:
-        """Start the schedule now and wait for the first token."""
-        self.restart()
+        """Wait for the first token: the time to first token after ``started_s``."""
+        self._due_s = self.started_s
         await self._wait(self.first_delay_s())
 
     async def tokens(self, count: int) -> None:

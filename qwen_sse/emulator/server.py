@@ -469,7 +469,7 @@ class Emulator:
         headers = self._headers(exchange, content_type or "text/event-stream;charset=utf-8")
         headers["Cache-Control"] = "no-cache"
         resp = web.StreamResponse(headers=headers)
-        pacer = Pacer(self.config, exchange.number)
+        pacer = Pacer(self.config, exchange.number, started_s=exchange.started_s)
         no_done = fault is not None and fault.no_done
         outcome: Outcome = "no_done" if no_done else "completed"
         script = None
@@ -479,11 +479,12 @@ class Emulator:
         self._active_streams += 1
         try:
             await resp.prepare(exchange.request)
-            # Send the headers now: the time to first token runs from here, as it does when
-            # a server accepts the request before the model has produced anything.
+            # Send the headers now, as a server does that accepts the request before the
+            # model has produced anything; the first token is due on the schedule that
+            # started when the request arrived.
             await resp.write(b"")
             if script is not None:
-                record.outcome = await self._play(exchange.request, script, record)
+                record.outcome = await self._play(exchange, script)
                 if record.outcome == "client_disconnected":
                     return resp
             else:
@@ -506,13 +507,19 @@ class Emulator:
             record.outcome = "client_disconnected"
         return resp
 
-    async def _play(self, request: web.Request, script: Script, record: RecordedRequest) -> Outcome:
-        """Have the ticker write ``script`` to the request's connection; its outcome."""
-        transport = request.transport
+    async def _play(self, exchange: _Exchange, script: Script) -> Outcome:
+        """Have the ticker write ``script`` to the request's connection, on the schedule
+        that started when the request arrived; its outcome."""
+        record = exchange.record
+        transport = exchange.request.transport
         if transport is None or transport.is_closing() or self._ticker is None:
             return "client_disconnected"
         playing = self._ticker.play(
-            transport, script, record, keep_times=self.config.record_requests
+            transport,
+            script,
+            record,
+            started_s=exchange.started_s,
+            keep_times=self.config.record_requests,
         )
         try:
             return await playing.done

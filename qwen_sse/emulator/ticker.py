@@ -130,10 +130,12 @@ class Ticker:
         script: Script,
         record: RecordedRequest,
         *,
+        started_s: float,
         keep_times: bool,
     ) -> Playing:
-        """Start writing ``script`` to ``transport`` now: its first step ``delays_s[0]``
-        from now, each next one its delay after the one before on the stream's schedule.
+        """Start writing ``script`` to ``transport``: its first step ``delays_s[0]`` after
+        ``started_s`` (the request's arrival, on the ticker's clock; a step already due is
+        written now), each next one its delay after the one before on the stream's schedule.
         ``record`` counts the events and bytes sent and, with ``keep_times``, when each
         piece was written."""
         done: asyncio.Future[Outcome] = self._loop.create_future()
@@ -142,7 +144,7 @@ class Ticker:
             done.set_result(script.outcome)
             return playing
         now_s = self._clock()
-        playing.due_s = now_s + script.delays_s[0]
+        playing.due_s = started_s + script.delays_s[0]
         if playing.due_s > now_s or playing.write_due(now_s):
             self._add(playing)
             self._arm()
