@@ -13,8 +13,10 @@ level:
 * **configured**: the emulator's delays.
 * **served**: what the emulator really did, from its record of when each request arrived
   and when it wrote each piece (medians under the load generator's definitions,
-  :func:`qwen_sse.bench.mock.served_medians_s`). A busy server runs every delay late, so
-  this is at or above the configured figure; the gap is the server's, not a measuring
+  :func:`qwen_sse.bench.mock.served_medians_s`). It never writes a token before its time,
+  so the served TTFT is at or above the configured one; a busy server's late token does
+  not delay the next (each is due on its stream's schedule), so the served ITL stays near
+  the configured one while the server keeps up. The gap is the server's, not a measuring
   error.
 * **measured**: the load generator's median TTFT and ITL, with their error against both,
   and its verdict on itself (``client limited``: the reasons it gives).

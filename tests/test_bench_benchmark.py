@@ -1,7 +1,7 @@
 """Whole benchmarks against the emulator (in a child process) on loopback.
 
 These are the issue's acceptance checks: measured TTFT and ITL medians within 5% of what
-the emulator really did (its record of each piece's write) at concurrency 1, 64 and 512,
+the emulator really did (its record of each piece's write) at concurrency 1 to 256,
 unless the verdict on the client says it limited the figures; a deliberately blocked
 event loop reported as client saturation; an open loop that sends at its configured
 rate over 1,000 requests, unless the client says it fell behind; and ``workers=2``
@@ -63,9 +63,10 @@ def workload(output_tokens: int) -> SyntheticWorkload:
 # piece) within 5%, or its report says that the client limited the figures. How close a
 # busy server comes to its configured delays is the server's business, not the client's:
 # benchmarks/bench_accuracy.py measures that, at higher concurrency. At 512 streams the
-# law is borderline on two cores: the server process's own delay before it reads a request
-# counts against the client (measured 2.7% to 5.4% on an idle machine), so the test stops
-# at 256 and the script reports 512 and 1,024.
+# law is still borderline on two cores: with the emulator writing from one timer its own
+# delay before it reads a request is +0.3% to +0.5% of the TTFT on an idle machine, but one
+# run of the whole suite measured +5.2% against the served TTFT with no verdict against the
+# client, so the test stops at 256 and benchmarks/bench_capacity.py reports 512 and above.
 @pytest.mark.parametrize(
     ("concurrency", "ttft_s", "itl_s", "requests"),
     [(1, 0.1, 0.02, 6), (64, 0.2, 0.04, 128), (256, 0.4, 0.04, 256)],
@@ -96,12 +97,14 @@ def test_medians_match_what_the_server_did_unless_the_client_limited_them(
         # before the server took it, and read the first piece after it was written.
         assert record.ttft_s is not None
         assert record.ttft_s >= timing.text_written_at_s[0] - timing.arrived_at_s
+        # The server never wrote a token before its time on the stream's schedule (one
+        # token a piece here; a nanosecond for the rounding of the sums).
+        for index, at in enumerate(timing.text_written_at_s):
+            assert at - timing.arrived_at_s >= ttft_s + index * itl_s - 1e-9
     served_ttft_s, served_itl_s = served_medians_s(measured)
     assert served_ttft_s is not None
     assert served_itl_s is not None
-    # Sleeps only ever add time: the server was never faster than configured.
     assert served_ttft_s >= ttft_s
-    assert served_itl_s >= itl_s
     report = format_summary(summary)
     if summary["client_saturated"]:
         assert summary["client_saturation_reasons"]

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from qwen_sse.bench.mock import MOCK_API_KEY, MockServer, ServedTiming, served_medians_s
+from qwen_sse.bench.mock import (
+    MOCK_API_KEY,
+    MockServer,
+    ServedTiming,
+    served_medians_s,
+    served_pools_s,
+)
 from qwen_sse.chat import ChatResult
 from qwen_sse.client import QwenClient
 from qwen_sse.emulator import EmulatorConfig
@@ -113,3 +120,17 @@ def test_served_medians_follow_the_load_generators_definitions() -> None:
     assert ttft_s == pytest.approx(0.5)
     assert itl_s == pytest.approx(0.2)
     assert served_medians_s([]) == (None, None)
+    ttfts, itls = served_pools_s(timings)
+    assert ttfts == pytest.approx([0.5, 0.25, 0.75])
+    assert itls == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_the_mock_says_which_process_serves() -> None:
+    server = MockServer(EmulatorConfig())
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = server.pid
+    with server:
+        assert server._process is not None
+        assert server.pid == server._process.pid
+        # The process that serves: it is the one whose CPU a benchmark reads and pins.
+        assert Path(f"/proc/{server.pid}/stat").exists() or sys.platform != "linux"

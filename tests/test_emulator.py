@@ -14,6 +14,7 @@ import json
 import re
 import selectors
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +47,7 @@ from qwen_sse.emulator import (
     emulated_answer,
 )
 from qwen_sse.emulator import loop as emulator_loop
-from qwen_sse.emulator.faults import Pacer, paced
+from qwen_sse.emulator.faults import paced
 from qwen_sse.emulator.loop import loop_name
 from qwen_sse.errors import (
     EventTooLargeError,
@@ -1165,9 +1166,11 @@ async def test_timing_delays_are_at_least_the_configured_ones(
             arrivals: list[float] = []
             async for piece in resp.content.iter_any():
                 arrivals += [loop.time()] * len(decoder.feed(piece))
-    # Sleeps only ever add time: lower bounds hold however loaded the machine is.
+    # No token is written before its time on the stream's schedule (the time to first
+    # token, then a delay a token, each at least its configured value minus the jitter):
+    # lower bounds that hold however loaded the machine is.
     assert arrivals[0] - started >= 0.05 - 0.005
-    assert arrivals[-1] - arrivals[0] >= 9 * (0.01 - 0.005)
+    assert arrivals[-1] - started >= 0.05 - 0.005 + 9 * (0.01 - 0.005)
     assert headers_at <= arrivals[0]
 
 
@@ -1193,13 +1196,16 @@ async def test_the_record_says_when_each_piece_was_really_written(
     written = [at for _, at in record.written]
     # One clock for the server and this client (they share the loop): the request arrived
     # after it was sent, and no piece arrived before it was written (events: the role
-    # chunk, then one per piece). Sleeps only ever add time, so the lower bounds hold
-    # however loaded the machine is.
+    # chunk, then one per piece). No piece is written before its last token's time on the
+    # stream's schedule (the time to first token, then a delay a token, each at least its
+    # configured value minus the jitter), so the lower bounds hold however loaded the
+    # machine is.
     assert record.arrived_at_s is not None
     assert started <= record.arrived_at_s <= headers_at
     assert written[0] - record.arrived_at_s >= 0.05 - 0.005
-    for before, after in itertools.pairwise(written):
-        assert after - before >= 0.01 - 0.005
+    last_tokens = itertools.accumulate(piece.tokens for piece in answer.pieces)
+    for at, tokens in zip(written, last_tokens, strict=True):
+        assert at - record.arrived_at_s >= 0.05 - 0.005 + (tokens - 1) * (0.01 - 0.005)
     for number, at in enumerate(written, start=1):
         assert arrivals[number] >= at
 
@@ -2528,43 +2534,34 @@ async def test_a_native_text_format_request_cannot_ask_for_n(
     assert native_error_of(received)["code"] == "InvalidParameter"
 
 
-class CountingPacer(Pacer):
-    """Counts the tokens each wait covers instead of sleeping."""
-
-    def __init__(self) -> None:
-        super().__init__(FAST, 0)
-        self.waits: list[int] = []
-
-    async def tokens(self, count: int) -> None:
-        self.waits.append(count)
-
-
-async def test_a_piece_of_several_tokens_comes_that_many_delays_after_the_last() -> None:
+def test_a_piece_of_several_tokens_comes_that_many_delays_after_the_last() -> None:
     answers = (
         emulated_answer(chat_body(USER_ZH), seed=seed, answer_tokens=200) for seed in range(100)
     )
     answer = next(answer for answer in answers if any(p.tokens > 1 for p in answer.pieces))
-    pacer = CountingPacer()
-    order = [piece async for _, piece in paced((answer,), pacer)]
-    assert order == list(answer.pieces)
+    order = list(paced((answer,)))
+    assert [piece for _, _, piece in order] == list(answer.pieces)
     # One delay a token: a piece waits for each of its tokens but the first piece's first,
     # which the time to first token covered.
     expected = [piece.tokens for piece in answer.pieces]
     expected[0] -= 1
-    assert pacer.waits == [count for count in expected if count]
-    assert sum(pacer.waits) == answer.completion_tokens - 1
+    assert [wait for wait, _, _ in order] == expected
+    assert sum(wait for wait, _, _ in order) == answer.completion_tokens - 1
 
 
-async def test_choices_advance_together_a_token_at_a_time() -> None:
+def test_choices_advance_together_a_token_at_a_time() -> None:
     body = chat_body(USER_ZH)
     answers = tuple(emulated_answer(body, choice=choice, answer_tokens=200) for choice in range(3))
-    pacer = CountingPacer()
-    order = [entry async for entry in paced(answers, pacer)]
+    order = list(paced(answers))
     for choice, answer in enumerate(answers):
-        assert [piece for index, piece in order if index == choice] == list(answer.pieces)
+        assert [piece for _, index, piece in order if index == choice] == list(answer.pieces)
     # Waits cover the longest choice's tokens: the choices are generated side by side.
-    assert sum(pacer.waits) == max(answer.completion_tokens for answer in answers) - 1
-    assert order[:3] == [(choice, answers[choice].pieces[0]) for choice in range(3)]
+    waits = [wait for wait, _, _ in order]
+    assert sum(waits) == max(answer.completion_tokens for answer in answers) - 1
+    assert [(index, piece) for _, index, piece in order[:3]] == [
+        (choice, answers[choice].pieces[0]) for choice in range(3)
+    ]
+    assert waits[:3] == [0, 0, 0]
 
 
 # --- the listening socket and the event loop ---------------------------------------------------
@@ -2614,6 +2611,25 @@ async def test_the_default_backlog_queues_a_burst_of_connections_not_yet_accepte
 def test_the_backlog_must_be_positive() -> None:
     with pytest.raises(ValueError, match="backlog must be at least 1"):
         EmulatorConfig(backlog=0)
+
+
+def test_a_serving_process_collects_garbage_rarely() -> None:
+    # In a process of its own: the collector's settings are the whole process's.
+    code = (
+        "import gc, json\n"
+        "from qwen_sse.emulator.loop import collect_rarely\n"
+        "before = gc.get_threshold()\n"
+        "collect_rarely()\n"
+        "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count()]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after, frozen = json.loads(completed.stdout)
+    assert after == list(emulator_loop.SERVING_GC_THRESHOLDS)
+    assert after[0] > before[0]
+    # What the process had at start-up is out of every collection.
+    assert frozen > 1000
 
 
 def test_the_emulators_processes_run_on_uvloop_when_it_is_installed(

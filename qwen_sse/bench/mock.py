@@ -31,7 +31,7 @@ from qwen_sse.emulator import Emulator, EmulatorConfig
 from qwen_sse.emulator import loop as emulator_loop
 from qwen_sse.emulator.loop import loop_name
 
-__all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s"]
+__all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s", "served_pools_s"]
 
 MOCK_API_KEY = "sk-mock"
 _START_TIMEOUT_S = 60.0
@@ -47,11 +47,10 @@ class ServedTiming(msgspec.Struct, frozen=True):
     text_written_at_s: list[float]
 
 
-def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, float | None]:
-    """``(median TTFT, median ITL)`` in seconds as the server produced them, under the load
-    generator's definitions (:mod:`qwen_sse.bench.metrics`): TTFT from the request's
-    arrival to its first text piece; ITL every gap between consecutive text pieces, pooled.
-    None where there is nothing to take a median of."""
+def served_pools_s(timings: Iterable[ServedTiming]) -> tuple[list[float], list[float]]:
+    """``(TTFTs, ITLs)`` in seconds as the server produced them, under the load generator's
+    definitions (:mod:`qwen_sse.bench.metrics`): TTFT from the request's arrival to its
+    first text piece; ITL every gap between consecutive text pieces, pooled."""
     ttft: list[float] = []
     itl: list[float] = []
     for timing in timings:
@@ -60,6 +59,13 @@ def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, flo
             continue
         ttft.append(written[0] - timing.arrived_at_s)
         itl.extend(after - before for before, after in itertools.pairwise(written))
+    return ttft, itl
+
+
+def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, float | None]:
+    """``(median TTFT, median ITL)`` in seconds as the server produced them
+    (:func:`served_pools_s`); None where there is nothing to take a median of."""
+    ttft, itl = served_pools_s(timings)
     return (
         statistics.median(ttft) if ttft else None,
         statistics.median(itl) if itl else None,
@@ -121,6 +127,13 @@ class MockServer:
     ) -> None:
         self.close()
 
+    @property
+    def pid(self) -> int:
+        """The emulator's process id (to pin it to a CPU, or read its CPU time)."""
+        if self._process is None or self._process.pid is None:
+            raise RuntimeError("the emulator is not running")
+        return int(self._process.pid)
+
     def timings(self) -> list[ServedTiming]:
         """The timings of the requests that arrived since the last call, which it forgets.
         Needs ``timings=True``. A request still streaming has the pieces written so far
@@ -153,6 +166,7 @@ def _serve(link: Connection, config: EmulatorConfig, timings: bool, protocol: st
     # A Ctrl-C on a terminal reaches this process too: it is the parent's to handle (a
     # stopping run still needs its server for the requests in flight).
     leave_signals_to_parent()
+    emulator_loop.collect_rarely()
     serving = _serve_until_told(link, config, timings, protocol)
     if timings:
         asyncio.run(serving)

@@ -144,6 +144,7 @@ def _accepted_key(env_var: str | None) -> str:
 
 
 def _run_until_stopped(server: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
+    emulator_loop.collect_rarely()
     try:
         emulator_loop.run(server)
     except KeyboardInterrupt:

@@ -21,7 +21,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Server-wide settings.
 
     ``api_key`` is the accepted bearer key; None accepts any non-empty one. Timing:
-    ``ttft_s`` passes between the response headers and the first token, ``itl_s`` between
+    ``ttft_s`` passes between the request's arrival and the first token (the response
+    headers go at once), ``itl_s`` between
     two tokens (a piece of two tokens comes two delays after the one before), each delay
     moved by up to ``jitter_s`` either way (deterministic from ``seed``).
     ``answer_tokens`` is the least length of an answer in tokens (it ends with its

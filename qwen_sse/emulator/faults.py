@@ -2,6 +2,11 @@
 :class:`Streamer` that writes a response's events with that fault's effects, at the pace
 :class:`Pacer` sets.
 
+A framing describes a stream without I/O (:data:`Events`): its events in order, with the
+waits for the tokens between them (:func:`paced`). The :class:`Streamer` plays that for a
+faulty stream, event by event; a fault-free one is rendered ahead of time and written by
+the loop's ticker (:mod:`qwen_sse.emulator.script`, :mod:`qwen_sse.emulator.ticker`).
+
 Edge layer (part of :mod:`qwen_sse.emulator`): it writes to an ``aiohttp.web`` response;
 what an event looks like is the framings' business (:class:`FaultFrames`).
 """
@@ -12,7 +17,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
@@ -28,11 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_HEADER",
+    "Event",
+    "Events",
     "Fault",
     "FaultFrames",
+    "Item",
     "LineEnding",
     "Pacer",
-    "Send",
     "Stop",
     "Streamer",
     "check_count",
@@ -142,6 +149,20 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         """``{"X-Emulator-Fault": <json>}``, to merge into one request's headers."""
         return {FAULT_HEADER: self.to_json()}
 
+    @property
+    def rewrites_stream(self) -> bool:
+        """Whether it changes a stream's events or writes (drops, stalls, errors, malformed
+        or huge events, small writes), beyond its line ending and ``no_done``."""
+        return (
+            self.drop_after_events is not None
+            or self.drop_after_bytes is not None
+            or self.stall_after_events is not None
+            or self.error_after_events is not None
+            or self.malformed_after_events is not None
+            or self.write_bytes is not None
+            or self.huge_event_bytes is not None
+        )
+
 
 _NO_FAULT = Fault()
 fault_decoder = msgspec.json.Decoder(Fault)
@@ -180,7 +201,8 @@ class FaultFrames(Protocol):
 
 
 class Streamer:
-    """Writes one response's events, applying the fault's stream effects on the way."""
+    """Writes one response's events, applying the fault's stream effects on the way, at
+    ``pacer``'s pace; after a stall, the pacer counts its tokens from the stall's end."""
 
     __slots__ = (
         "_fault",
@@ -188,10 +210,10 @@ class Streamer:
         "_huge_sent",
         "_keepalive",
         "_malformed_sent",
+        "_pacer",
         "_request",
         "_resp",
         "_stalled",
-        "no_done",
         "record",
     )
 
@@ -202,18 +224,30 @@ class Streamer:
         frames: FaultFrames,
         fault: Fault | None,
         record: RecordedRequest,
+        *,
+        pacer: Pacer,
     ) -> None:
         self._request = request
         self._resp = resp
         self._frames = frames
         self._fault = fault
         self.record = record
+        self._pacer = pacer
         self._stalled = False
         self._malformed_sent = False
         self._huge_sent = False
-        self.no_done = fault is not None and fault.no_done
         line_ending = fault.line_ending if fault is not None else "\n"
         self._keepalive = encode_comment(" keep-alive", line_ending)
+
+    async def play(self, events: Iterable[Item]) -> None:
+        """Write ``events`` (waiting for their tokens) after the time to first token."""
+        pacer = self._pacer
+        await pacer.first()
+        for item in events:
+            if isinstance(item, int):
+                await pacer.tokens(item)
+            else:
+                await self.event(*item)
 
     async def event(self, frame: bytes, kind: str | None = None) -> None:
         """Write one event; ``kind`` names the answer piece it carries, if it carries one."""
@@ -259,12 +293,14 @@ class Streamer:
         every = fault.keepalive_every_s
         if every is None:
             await asyncio.sleep(fault.stall_s)
-            return
-        comments, rest = divmod(fault.stall_s, every)
-        for _ in range(int(comments)):
-            await asyncio.sleep(every)
-            await self._send(self._keepalive)
-        await asyncio.sleep(rest)
+        else:
+            comments, rest = divmod(fault.stall_s, every)
+            for _ in range(int(comments)):
+                await asyncio.sleep(every)
+                await self._send(self._keepalive)
+            await asyncio.sleep(rest)
+        # The stream continues normally: no burst of the tokens "generated" meanwhile.
+        self._pacer.restart()
 
     async def _send(self, data: bytes) -> None:
         fault = self._fault
@@ -300,41 +336,83 @@ class Streamer:
 
 
 class Pacer:
-    """The delays of one stream: ``ttft_s`` first, then ``itl_s`` per token, each delay
-    moved by the jitter."""
+    """The delays of one stream: ``ttft_s`` first, then ``itl_s``
+    per token, each delay moved by the jitter (drawn in that order, so every way of
+    sending a stream gets the same delays).
 
-    __slots__ = ("_config", "_rng")
+    The delays add up on the stream's own schedule, as a model generates its tokens at its
+    pace whatever the writes: token k is due ``ttft_s`` plus k delays after ``started_s``
+    (the request's arrival, on ``time.monotonic()``), and a write that comes late does not
+    delay the tokens after it. So no token is ever written before its time, and a busy
+    server's lateness does not pile up into the gaps between tokens, nor does its work on
+    the request before the first token (reading it, rendering the stream, the headers)
+    count into the time to first token. :meth:`restart` starts the schedule again from now.
+    """
 
-    def __init__(self, config: EmulatorConfig, number: int) -> None:
+    __slots__ = ("_config", "_due_s", "_number", "_rng", "started_s")
+
+    def __init__(self, config: EmulatorConfig, number: int, *, started_s: float) -> None:
         self._config = config
-        self._rng = random.Random(seed_of("timing", config.seed, number))
+        self._number = number
+        # Seeded at the first draw: a stream without jitter draws nothing.
+        self._rng: random.Random | None = None
+        self.started_s = started_s
+        self._due_s = started_s
+
+    def first_delay_s(self) -> float:
+        """The time to first token, jittered (the first draw)."""
+        return self._jittered(self._config.ttft_s)
+
+    def tokens_delay_s(self, count: int) -> float:
+        """The time ``count`` more tokens take, jittered (the next draw)."""
+        return self._jittered(self._config.itl_s * count)
 
     async def first(self) -> None:
-        await self._sleep(self._config.ttft_s)
+        """Wait for the first token: the time to first token after ``started_s``."""
+        self._due_s = self.started_s
+        await self._wait(self.first_delay_s())
 
     async def tokens(self, count: int) -> None:
         """Wait while ``count`` more tokens are generated."""
-        await self._sleep(self._config.itl_s * count)
+        await self._wait(self.tokens_delay_s(count))
 
-    async def _sleep(self, base_s: float) -> None:
+    def restart(self) -> None:
+        """Count the delays to come from now (on ``time.monotonic()``)."""
+        self._due_s = time.monotonic()
+
+    def _jittered(self, base_s: float) -> float:
         jitter = self._config.jitter_s
-        delay = max(0.0, base_s + self._rng.uniform(-jitter, jitter)) if jitter else base_s
-        if delay:
-            await asyncio.sleep(delay)
+        if not jitter:
+            return base_s
+        if self._rng is None:
+            self._rng = random.Random(seed_of("timing", self._config.seed, self._number))
+        return max(0.0, base_s + self._rng.uniform(-jitter, jitter))
+
+    async def _wait(self, delay_s: float) -> None:
+        self._due_s += delay_s
+        if delay_s and (left_s := self._due_s - time.monotonic()) > 0:
+            await asyncio.sleep(left_s)
 
 
-Send = Callable[[Streamer, Pacer], Awaitable["Outcome"]]
-"""Writes one response's events through the streamer, at the pacer's pace, and says how the
-stream ended (``"completed"`` or ``"no_done"``; faults end it otherwise by :class:`Stop`)."""
+Event = tuple[bytes, "str | None"]
+"""One event of a stream: its frame (unnumbered: see :meth:`FaultFrames.numbered`) and the
+kind of the answer piece it carries (:attr:`Piece.kind`; None when it carries none)."""
+
+Item = Event | int
+"""What a stream is made of: an event, or a wait while that many tokens are generated."""
+
+Events = Callable[[bool], Iterator[Item]]
+"""A response's stream as its framing describes it: its items in order, given whether a
+``no_done`` fault holds back its end marker. The time to first token comes before the
+first item; faults end a stream early by :class:`Stop`."""
 
 
-async def paced(
-    answers: Sequence[EmulatedAnswer], pacer: Pacer
-) -> AsyncIterator[tuple[int, Piece]]:
-    """Every choice's pieces, with its index, as a model generates them: one token of each
-    choice every ``itl_s`` (the first token comes at once, the time to first token having
-    passed), a piece as soon as its last token is out, the choices side by side (choice 0
-    first at each token)."""
+def paced(answers: Sequence[EmulatedAnswer]) -> Iterator[tuple[int, int, Piece]]:
+    """Every choice's pieces as a model generates them, each as ``(wait, choice, piece)``:
+    ``wait`` tokens are generated before it (0: it comes at once). One token of each choice
+    comes every ``itl_s`` (the first at once, the time to first token having passed), a
+    piece as soon as its last token is out, the choices side by side (choice 0 first at
+    each token)."""
     if len(answers) == 1:
         # The common case, without the schedule: a piece's last token, counted from 0.
         step = -1
@@ -342,9 +420,10 @@ async def paced(
         for piece in answers[0].pieces:
             step += piece.tokens
             if step > sent:
-                await pacer.tokens(step - sent)
+                yield step - sent, 0, piece
                 sent = step
-            yield 0, piece
+            else:
+                yield 0, 0, piece
         return
     schedule: list[tuple[int, int, Piece]] = []
     for choice, answer in enumerate(answers):
@@ -356,6 +435,7 @@ async def paced(
     sent = 0
     for step, choice, piece in schedule:
         if step > sent:
-            await pacer.tokens(step - sent)
+            yield step - sent, choice, piece
             sent = step
-        yield choice, piece
+        else:
+            yield 0, choice, piece

@@ -54,10 +54,10 @@ from qwen_sse.emulator.answers import digest, emulated_answer, is_partial
 from qwen_sse.emulator.config import EmulatorConfig
 from qwen_sse.emulator.faults import (
     FAULT_HEADER,
+    Events,
     Fault,
     FaultFrames,
     Pacer,
-    Send,
     Stop,
     Streamer,
     fault_decoder,
@@ -65,8 +65,10 @@ from qwen_sse.emulator.faults import (
 from qwen_sse.emulator.framing import FRAMINGS, Answering, Endpoint, Framing, framing_for
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING, encode
 from qwen_sse.emulator.metrics import add_metrics, count_answer
-from qwen_sse.emulator.records import RecordedRequest, redacted
+from qwen_sse.emulator.records import Outcome, RecordedRequest, redacted
 from qwen_sse.emulator.rejects import TPM_CODE, TPM_MESSAGE, Reject, bad_request, json_object
+from qwen_sse.emulator.script import Script, render
+from qwen_sse.emulator.ticker import Ticker
 from qwen_sse.models import model_limits
 from qwen_sse.protocols.base import text_of
 from qwen_sse.protocols.compatible import COMPATIBLE
@@ -135,6 +137,7 @@ class Emulator:
         # The records of the exchanges in flight, by id() of their request, until aiohttp
         # reports when it took each request off its connection (_ArrivalClock).
         self._in_flight: dict[int, RecordedRequest] = {}
+        self._ticker: Ticker | None = None
 
     @property
     def port(self) -> int:
@@ -206,6 +209,7 @@ class Emulator:
             raise
         self._port = int(runner.addresses[0][1])
         self._runner = runner
+        self._ticker = Ticker(asyncio.get_running_loop())
         self._started_s = int(time.time())
         self._closing = False
 
@@ -222,6 +226,9 @@ class Emulator:
             await asyncio.wait(handlers, timeout=1.0)
         await runner.cleanup()
         self._runner = None
+        if self._ticker is not None:
+            self._ticker.close()
+            self._ticker = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -398,8 +405,8 @@ class Emulator:
             record.status = 200
             record.outcome = "completed"
             return web.Response(body=reply.completion(answering), headers=headers)
-        frames, send = reply.stream(answering)
-        return await self._stream(exchange, frames, send)
+        frames, events = reply.stream(answering)
+        return await self._stream(exchange, frames, events)
 
     def _check_body(self, raw: Any) -> tuple[dict[str, Any], list[Any]]:
         body = json_object(raw)
@@ -449,26 +456,41 @@ class Emulator:
             raise bad_request("Partial mode is not supported when enable_thinking is true.")
 
     async def _stream(
-        self, exchange: _Exchange, frames: FaultFrames, send: Send
+        self, exchange: _Exchange, frames: FaultFrames, events: Events
     ) -> web.StreamResponse:
-        """Stream a 200 response: ``send`` writes its events and says how it ended."""
+        """Stream a 200 response of ``events``.
+
+        A stream that no fault rewrites is rendered first (:func:`render`) and written by
+        the loop's :class:`Ticker`; a faulty one goes event by event through a
+        :class:`Streamer`. The bytes and the delays are the same either way."""
         record = exchange.record
         fault = record.fault
         content_type = fault.content_type if fault is not None else None
         headers = self._headers(exchange, content_type or "text/event-stream;charset=utf-8")
         headers["Cache-Control"] = "no-cache"
         resp = web.StreamResponse(headers=headers)
-        streamer = Streamer(exchange.request, resp, frames, fault, record)
-        pacer = Pacer(self.config, exchange.number)
+        pacer = Pacer(self.config, exchange.number, started_s=exchange.started_s)
+        no_done = fault is not None and fault.no_done
+        outcome: Outcome = "no_done" if no_done else "completed"
+        script = None
+        if fault is None or not fault.rewrites_stream:
+            script = render(events(no_done), frames, pacer, outcome=outcome)
         record.status = 200
         self._active_streams += 1
         try:
             await resp.prepare(exchange.request)
-            # Send the headers now: the time to first token runs from here, as it does when
-            # a server accepts the request before the model has produced anything.
+            # Send the headers now, as a server does that accepts the request before the
+            # model has produced anything; the first token is due on the schedule that
+            # started when the request arrived.
             await resp.write(b"")
-            await pacer.first()
-            record.outcome = await send(streamer, pacer)
+            if script is not None:
+                record.outcome = await self._play(exchange, script)
+                if record.outcome == "client_disconnected":
+                    return resp
+            else:
+                streamer = Streamer(exchange.request, resp, frames, fault, record, pacer=pacer)
+                await streamer.play(events(no_done))
+                record.outcome = outcome
         except Stop as stop:
             record.outcome = stop.outcome
             if stop.aborted:
@@ -478,8 +500,31 @@ class Emulator:
             return resp
         finally:
             self._active_streams -= 1
-        await resp.write_eof()
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            # The client left between the last event and the end of the body.
+            record.outcome = "client_disconnected"
         return resp
+
+    async def _play(self, exchange: _Exchange, script: Script) -> Outcome:
+        """Have the ticker write ``script`` to the request's connection, on the schedule
+        that started when the request arrived; its outcome."""
+        record = exchange.record
+        transport = exchange.request.transport
+        if transport is None or transport.is_closing() or self._ticker is None:
+            return "client_disconnected"
+        playing = self._ticker.play(
+            transport,
+            script,
+            record,
+            started_s=exchange.started_s,
+            keep_times=self.config.record_requests,
+        )
+        try:
+            return await playing.done
+        finally:
+            playing.close()
 
 
 def _check_range(

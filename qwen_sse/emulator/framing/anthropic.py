@@ -33,19 +33,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
-from qwen_sse.emulator.faults import FaultFrames, Send, paced
+from qwen_sse.emulator.faults import Events, FaultFrames, Item, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode
 from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.anthropic import ANTHROPIC
-
-if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
-    from qwen_sse.emulator.records import Outcome
 
 __all__ = ["ANTHROPIC_FRAMING", "AnthropicFraming"]
 
@@ -334,22 +330,20 @@ def _input(arguments: str) -> Any:
         return {}
 
 
-async def _send(
-    streamer: Streamer, pacer: Pacer, *, frames: AnthropicFrames, answer: EmulatedAnswer
-) -> Outcome:
+def _events(*, frames: AnthropicFrames, answer: EmulatedAnswer, no_done: bool) -> Iterator[Item]:
     """A Messages stream: message_start, the content blocks, message_delta, message_stop."""
-    await streamer.event(frames.message_start())
-    async for _, piece in paced((answer,), pacer):
+    yield frames.message_start(), None
+    for wait, _, piece in paced((answer,)):
+        if wait:
+            yield wait
         for frame in frames.enter(piece):
-            await streamer.event(frame)
-        await streamer.event(frames.delta(piece.text), piece.kind)
+            yield frame, None
+        yield frames.delta(piece.text), piece.kind
     for frame in frames.leave():
-        await streamer.event(frame)
-    await streamer.event(frames.message_delta())
-    if streamer.no_done:
-        return "no_done"
-    await streamer.event(frames.message_stop())
-    return "completed"
+        yield frame, None
+    yield frames.message_delta(), None
+    if not no_done:
+        yield frames.message_stop(), None
 
 
 class _AnthropicReply:
@@ -362,13 +356,13 @@ class _AnthropicReply:
     def streams(self, content_type: str | None) -> bool:
         return self._stream and not (content_type and "json" in content_type.lower())
 
-    def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
+    def stream(self, answering: Answering) -> tuple[FaultFrames, Events]:
         frames = AnthropicFrames(answering)
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
-            return await _send(streamer, pacer, frames=frames, answer=answering.answer)
+        def events(no_done: bool) -> Iterator[Item]:
+            return _events(frames=frames, answer=answering.answer, no_done=no_done)
 
-        return frames, send
+        return frames, events
 
     def completion(self, answering: Answering) -> bytes:
         stop_reason = _STOP_REASONS[answering.answer.finish_reason]

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 from qwen_sse.emulator.accounting import AnswerUsage
 from qwen_sse.emulator.answers import EmulatedAnswer
-from qwen_sse.emulator.faults import FaultFrames, LineEnding, Send
+from qwen_sse.emulator.faults import Events, FaultFrames, LineEnding
 from qwen_sse.emulator.rejects import Reject
 
 __all__ = ["Answering", "Endpoint", "Framing", "Reply"]
@@ -74,8 +74,8 @@ class Reply(Protocol):
         """Whether the answer is an event stream, given the content type a fault imposes."""
         ...
 
-    def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
-        """The stream's frames (for the faults) and the coroutine that sends it."""
+    def stream(self, answering: Answering) -> tuple[FaultFrames, Events]:
+        """The stream's frames (for the faults) and its events."""
         ...
 
     def completion(self, answering: Answering) -> bytes:

@@ -14,21 +14,17 @@ are ``{"error": {message, type, param, code}, "request_id"}``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import msgspec
 
 from qwen_sse.emulator.accounting import AnswerUsage
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece
-from qwen_sse.emulator.faults import FaultFrames, Send, paced
+from qwen_sse.emulator.faults import Events, FaultFrames, Item, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.rejects import Reject, json_object
 from qwen_sse.protocols.compatible import COMPATIBLE, DONE_MARKER
-
-if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
-    from qwen_sse.emulator.records import Outcome
 
 __all__ = [
     "COMPATIBLE_FRAMING",
@@ -282,43 +278,42 @@ class _Choice:
             piece, answer.tool_call_ids[call] if new else "", answer.tool_calls[call][0], self.index
         )
 
-    async def end(self, streamer: Streamer, frames: CompatibleFrames) -> None:
+    def end(self, frames: CompatibleFrames) -> Iterator[Item]:
         """The frames after the last piece: DashScope's empty function delta after tool
         calls, and the finish reason."""
         answer = self.answer
         if answer.tool_calls:
-            await streamer.event(frames.empty_function(len(answer.tool_calls) - 1, self.index))
-        await streamer.event(frames.finish(answer.finish_reason, self.index))
+            yield frames.empty_function(len(answer.tool_calls) - 1, self.index), None
+        yield frames.finish(answer.finish_reason, self.index), None
 
 
-async def _send(
-    streamer: Streamer,
-    pacer: Pacer,
+def _events(
     *,
     frames: CompatibleFrames,
     answers: tuple[EmulatedAnswer, ...],
     usage: dict[str, Any] | None,
-) -> Outcome:
+    no_done: bool,
+) -> Iterator[Item]:
     """A compatible-mode stream: a role chunk per choice, the pieces (each choice ending
     with its finish chunk after its last piece), the usage (if asked), ``[DONE]``."""
     choices = [_Choice(index, answer) for index, answer in enumerate(answers)]
     for choice in choices:
-        await streamer.event(frames.role(choice.index))
+        yield frames.role(choice.index), None
     for choice in choices:
         if not choice.left:
-            await choice.end(streamer, frames)
-    async for index, piece in paced(answers, pacer):
+            yield from choice.end(frames)
+    for wait, index, piece in paced(answers):
+        if wait:
+            yield wait
         choice = choices[index]
-        await streamer.event(choice.frame(frames, piece), piece.kind)
+        yield choice.frame(frames, piece), piece.kind
         choice.left -= 1
         if not choice.left:
-            await choice.end(streamer, frames)
+            yield from choice.end(frames)
     if usage is not None:
-        await streamer.event(frames.usage(usage))
-    if streamer.no_done:
-        return "no_done"
-    await streamer.event(frames.done())
-    return "completed"
+        yield frames.usage(usage), None
+    if not no_done:
+        yield frames.done(), None
 
 
 class _CompatibleReply:
@@ -332,7 +327,7 @@ class _CompatibleReply:
             content_type and "json" in content_type.lower()
         )
 
-    def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
+    def stream(self, answering: Answering) -> tuple[FaultFrames, Events]:
         body = answering.body
         frames = CompatibleFrames(
             f"chatcmpl-{answering.request_id}",
@@ -345,16 +340,15 @@ class _CompatibleReply:
             options.get("include_usage") is True
         )
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
-            return await _send(
-                streamer,
-                pacer,
+        def events(no_done: bool) -> Iterator[Item]:
+            return _events(
                 frames=frames,
                 answers=answering.answers,
                 usage=usage_of(answering.usage) if include_usage else None,
+                no_done=no_done,
             )
 
-        return frames, send
+        return frames, events
 
     def completion(self, answering: Answering) -> bytes:
         body = answering.body

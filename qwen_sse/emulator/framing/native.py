@@ -34,19 +34,15 @@ message format (``result_format`` is not its business).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece
-from qwen_sse.emulator.faults import FaultFrames, Send, paced
+from qwen_sse.emulator.faults import Events, FaultFrames, Item, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, tool_calls_of
 from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.native import NATIVE, NATIVE_MULTIMODAL, NativeProtocol
-
-if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
-    from qwen_sse.emulator.records import Outcome
 
 __all__ = ["MULTIMODAL_FRAMING", "NATIVE_FRAMING", "NATIVE_SSE_HEADER", "NativeFraming"]
 
@@ -283,44 +279,44 @@ class NativeFrames:
         return b"".join((self._result_head, encode(payload), self._end))
 
 
-async def _send(
-    streamer: Streamer,
-    pacer: Pacer,
-    *,
-    frames: NativeFrames,
-    answers: tuple[EmulatedAnswer, ...],
-) -> Outcome:
+def _events(
+    *, frames: NativeFrames, answers: tuple[EmulatedAnswer, ...], no_done: bool
+) -> Iterator[Item]:
     """A native stream: one frame per piece, each choice ending with the frame of its
     finish reason after its last piece; the last of those ends the stream."""
     announced = [set[int]() for _ in answers]
     left = [len(answer.pieces) for answer in answers]
     unfinished = len(answers)
 
-    async def finish(choice: int) -> bool:
-        """Send the choice's finish frame; False when it is the end marker a no_done
-        fault holds back."""
+    def finish(choice: int) -> Item | None:
+        """The choice's finish frame; None when it is the end marker a no_done fault
+        holds back."""
         nonlocal unfinished
         unfinished -= 1
-        if not unfinished and streamer.no_done:
-            return False
-        await streamer.event(frames.finish(answers[choice].finish_reason, choice))
-        return True
+        if not unfinished and no_done:
+            return None
+        return frames.finish(answers[choice].finish_reason, choice), None
 
     for choice, count in enumerate(left):
-        if not count and not await finish(choice):
-            return "no_done"
-    async for choice, piece in paced(answers, pacer):
+        if not count:
+            if (end := finish(choice)) is None:
+                return
+            yield end
+    for wait, choice, piece in paced(answers):
+        if wait:
+            yield wait
         call_id = name = ""
         if piece.kind == "arguments" and piece.call_index not in announced[choice]:
             announced[choice].add(piece.call_index)
             answer = answers[choice]
             call_id = answer.tool_call_ids[piece.call_index]
             name = answer.tool_calls[piece.call_index][0]
-        await streamer.event(frames.piece(piece, call_id, name, choice), piece.kind)
+        yield frames.piece(piece, call_id, name, choice), piece.kind
         left[choice] -= 1
-        if not left[choice] and not await finish(choice):
-            return "no_done"
-    return "completed"
+        if not left[choice]:
+            if (end := finish(choice)) is None:
+                return
+            yield end
 
 
 class _NativeReply:
@@ -334,7 +330,7 @@ class _NativeReply:
     def streams(self, content_type: str | None) -> bool:
         return self._sse
 
-    def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
+    def stream(self, answering: Answering) -> tuple[FaultFrames, Events]:
         frames = NativeFrames(
             answering.request_id,
             answering.line_ending,
@@ -344,10 +340,10 @@ class _NativeReply:
             choices=len(answering.answers),
         )
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
-            return await _send(streamer, pacer, frames=frames, answers=answering.answers)
+        def events(no_done: bool) -> Iterator[Item]:
+            return _events(frames=frames, answers=answering.answers, no_done=no_done)
 
-        return frames, send
+        return frames, events
 
     def completion(self, answering: Answering) -> bytes:
         answer, usage = answering.answer, answering.usage

@@ -30,19 +30,15 @@ HTTP errors are OpenAI's ``{"error": {message, type, param, code}, "request_id"}
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
-from qwen_sse.emulator.faults import FaultFrames, Send, paced
+from qwen_sse.emulator.faults import Events, FaultFrames, Item, paced
 from qwen_sse.emulator.framing.base import Answering
 from qwen_sse.emulator.framing.compatible import encode, error_envelope
 from qwen_sse.emulator.rejects import Reject, bad_request, json_object
 from qwen_sse.protocols.responses import RESPONSES
-
-if TYPE_CHECKING:
-    from qwen_sse.emulator.faults import Pacer, Streamer
-    from qwen_sse.emulator.records import Outcome
 
 __all__ = ["RESPONSES_FRAMING", "ResponsesFraming"]
 
@@ -390,22 +386,20 @@ class ResponsesFrames:
         return self.delta("x" * max(0, size - data_bytes))
 
 
-async def _send(
-    streamer: Streamer, pacer: Pacer, *, frames: ResponsesFrames, answer: EmulatedAnswer
-) -> Outcome:
+def _events(*, frames: ResponsesFrames, answer: EmulatedAnswer, no_done: bool) -> Iterator[Item]:
     """A Responses stream: the lifecycle events, the items, and the end event."""
-    await streamer.event(frames.created())
-    await streamer.event(frames.in_progress())
-    async for _, piece in paced((answer,), pacer):
+    yield frames.created(), None
+    yield frames.in_progress(), None
+    for wait, _, piece in paced((answer,)):
+        if wait:
+            yield wait
         for frame in frames.enter(piece):
-            await streamer.event(frame)
-        await streamer.event(frames.delta(piece.text), piece.kind)
+            yield frame, None
+        yield frames.delta(piece.text), piece.kind
     for frame in frames.leave():
-        await streamer.event(frame)
-    if streamer.no_done:
-        return "no_done"
-    await streamer.event(frames.end())
-    return "completed"
+        yield frame, None
+    if not no_done:
+        yield frames.end(), None
 
 
 class _ResponsesReply:
@@ -421,13 +415,13 @@ class _ResponsesReply:
     def streams(self, content_type: str | None) -> bool:
         return self._stream and not (content_type and "json" in content_type.lower())
 
-    def stream(self, answering: Answering) -> tuple[FaultFrames, Send]:
+    def stream(self, answering: Answering) -> tuple[FaultFrames, Events]:
         frames = ResponsesFrames(_Output(answering, self), answering.line_ending)
 
-        async def send(streamer: Streamer, pacer: Pacer) -> Outcome:
-            return await _send(streamer, pacer, frames=frames, answer=answering.answer)
+        def events(no_done: bool) -> Iterator[Item]:
+            return _events(frames=frames, answer=answering.answer, no_done=no_done)
 
-        return frames, send
+        return frames, events
 
     def completion(self, answering: Answering) -> bytes:
         return encode(_Output(answering, self).response(done=True))
