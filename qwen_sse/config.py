@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -35,6 +35,7 @@ __all__ = [
     "redact_key",
     "resolve_api_key",
     "resolve_base_url",
+    "shown_url",
 ]
 
 REGION_ORIGINS: Mapping[str, str] = {
@@ -152,9 +153,17 @@ def resolve_base_url(
 
 
 def _checked_url(url: str, source: str) -> str:
+    """``url`` without a trailing slash, if it is an http(s) URL with a host and without
+    credentials (a password in it would travel into every report and error; the key has its
+    own argument and variables). The error never shows a password."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{source} must be an http(s) URL with a host: {url!r}")
+        raise ConfigurationError(f"{source} must be an http(s) URL with a host: {shown_url(url)!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{source} must not carry a user name or password: {shown_url(url)!r} "
+            "(the API key goes in --api-key-env or DASHSCOPE_API_KEY)"
+        )
     return url.rstrip("/")
 
 
@@ -240,3 +249,15 @@ def check_transport_security(url: str, *, allow_insecure_http: bool) -> None:
 def redact_key(key: str) -> str:
     """A form of the key safe to show: never more than its first three characters."""
     return f"{key[:3]}***" if len(key) > 8 else "***"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its user name and password, if it carries any."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -20,7 +20,6 @@ from qwen_sse.bench.html import (
     LevelReport,
     run_charts,
     run_page,
-    shown_url,
     sweep_charts,
     sweep_page,
     write_html,
@@ -177,12 +176,6 @@ def test_everything_from_outside_is_escaped() -> None:
     # The text arrives intact: escaped in the page, read back as it was.
     assert f"HTTP 500: {HOSTILE}" in page.texts
     assert text.count(HOSTILE) >= 7  # title, model, stop, reasons, params, tokenizer, scrape
-
-
-def test_urls_are_shown_without_their_credentials() -> None:
-    assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
-    assert shown_url("https://user:pw@example.com/v1?x=1") == "https://example.com/v1?x=1"
-    assert shown_url("http://token@[::1]:8080/metrics") == "http://[::1]:8080/metrics"
 
 
 def test_without_matplotlib_the_page_says_so_and_has_no_image() -> None:

@@ -279,6 +279,36 @@ def test_workers_read_the_key_from_the_variable_named_and_only_its_name_travels(
     assert b"BENCH_KEY" in target
 
 
+def test_a_password_in_the_base_url_is_refused_without_showing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BENCH_KEY", "sk-test")
+    summary_path = tmp_path / "summary.json"
+    with served("sk-test") as base_url:
+        with_password = base_url.replace("http://", "http://someone:pw-do-not-show@", 1)
+        status = main(
+            [
+                "bench",
+                *SMALL,
+                "--base-url",
+                with_password,
+                "--api-key-env",
+                "BENCH_KEY",
+                "--requests",
+                "2",
+                "--json",
+                str(summary_path),
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert not summary_path.exists()
+    (line,) = err.splitlines()
+    assert "must not carry a user name or password" in line
+    assert base_url in line
+    assert "pw-do-not-show" not in out + err
+
+
 @pytest.mark.parametrize("protocol", ["native", "responses", "anthropic"])
 def test_a_run_in_another_protocol(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str

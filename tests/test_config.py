@@ -14,6 +14,7 @@ from qwen_sse.config import (
     redact_key,
     resolve_api_key,
     resolve_base_url,
+    shown_url,
 )
 from qwen_sse.errors import ConfigurationError
 
@@ -162,3 +163,25 @@ def test_a_key_read_from_a_file_loses_its_newline_and_a_broken_key_is_refused() 
     assert "with-space" not in str(caught.value)
     with pytest.raises(ConfigurationError, match="DASHSCOPE_API_KEY"):
         resolve_api_key(None, {"DASHSCOPE_API_KEY": "sk-test\x00x"})
+
+
+def test_urls_are_shown_without_their_credentials() -> None:
+    assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert shown_url("https://user:pw@example.com/v1?x=1") == "https://example.com/v1?x=1"
+    assert shown_url("http://token@[::1]:8080/metrics") == "http://[::1]:8080/metrics"
+
+
+@pytest.mark.parametrize(
+    "url", ["https://user:secret-pw@example.com/v1", "http://secret-pw@127.0.0.1:8000/v1"]
+)
+def test_a_base_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
+    with pytest.raises(
+        ConfigurationError, match="must not carry a user name or password"
+    ) as caught:
+        resolve_base_url(url, None)
+    assert "secret-pw" not in str(caught.value)
+    with pytest.raises(
+        ConfigurationError, match="must not carry a user name or password"
+    ) as caught:
+        resolve_base_url(None, None, environ={"DASHSCOPE_BASE_URL": url})
+    assert "secret-pw" not in str(caught.value)

@@ -29,6 +29,7 @@ from qwen_sse.bench.schema import SUMMARY_SCHEMA_ID
 from qwen_sse.bench.stop import Stop
 from qwen_sse.bench.workers import WorkerProgress, run_workers
 from qwen_sse.bench.workload import Workload
+from qwen_sse.config import shown_url
 from qwen_sse.errors import ConfigurationError
 
 __all__ = ["BenchConfig", "BenchResult", "compose", "plan_shards", "run", "run_async"]
@@ -327,7 +328,7 @@ def compose(
         "backend": "openai-chat",
         "model_id": target.model,
         "tokenizer_id": config.workload.tokenizer or "qwen",
-        "base_url": target.base_url,
+        "base_url": shown_url(target.base_url),
         "protocol": target.protocol,
         "num_prompts": config.planned_requests(),
         "request_rate": rate,

@@ -21,7 +21,6 @@ import base64
 import html
 import io
 import json
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple
 from qwen_sse.bench import plot
 from qwen_sse.bench.metrics import RequestRecord, percentile_key
 from qwen_sse.bench.monitor import ClientLoad
+from qwen_sse.config import shown_url
 from qwen_sse.errors import ConfigurationError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "LevelReport",
     "run_charts",
     "run_page",
-    "shown_url",
     "sweep_charts",
     "sweep_page",
     "write_html",
@@ -113,18 +112,6 @@ def _number(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def shown_url(url: str) -> str:
-    """``url`` without its user name and password, if it carries any."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _kv(rows: Iterable[tuple[str, Any]]) -> str:

@@ -79,7 +79,12 @@ from qwen_sse.cli.workloads import (
     workload_from,
     workload_notes,
 )
-from qwen_sse.config import check_transport_security, resolve_api_key, resolve_base_url
+from qwen_sse.config import (
+    check_transport_security,
+    resolve_api_key,
+    resolve_base_url,
+    shown_url,
+)
 from qwen_sse.emulator import EmulatorConfig
 from qwen_sse.errors import ConfigurationError
 from qwen_sse.proxy import check_proxy_security, resolve_proxy
@@ -401,7 +406,7 @@ def _announce(
         named = "rates" if kind == "rates" else "concurrencies"
         what = f"{what} at each of the {named} {', '.join(f'{v:g}' for v in sorted(levels))}"
     print(
-        f"qwen-sse bench: sending {what} to {target.base_url}; "
+        f"qwen-sse bench: sending {what} to {shown_url(target.base_url)}; "
         "Ctrl-C stops and reports what finished",
         file=sys.stderr,
         flush=True,

@@ -27,13 +27,13 @@ from qwen_sse.bench.html import (
     LevelReport,
     run_charts,
     run_page,
-    shown_url,
     sweep_charts,
     sweep_page,
     write_html,
 )
 from qwen_sse.bench.runner import Target
 from qwen_sse.bench.scrape import DEFAULT_INTERVAL_S, Scraper
+from qwen_sse.config import shown_url
 from qwen_sse.errors import ConfigurationError
 
 __all__ = [
