@@ -5,7 +5,9 @@ What it measures
 ----------------
 For each concurrency level (``--levels``, by default 256 to 4,096 streams) and each
 generator (``--generators``), ``--repeat`` closed-loop runs against the emulator in a
-child process (:class:`qwen_sse.bench.mock.MockServer`, recording what it really did) set
+child process (:class:`qwen_sse.bench.mock.MockServer`, recording what it really did; on
+uvloop when it is installed, as ``qwen-sse serve`` runs it, which records each request's
+arrival to the millisecond: ``--emulator-loop asyncio`` for a clock to the microsecond) set
 to a fixed time to first token and inter-token delay (``--ttft-ms`` 150, ``--itl-ms`` 20,
 no jitter) and answers of ``--tokens`` tokens (96, compatible mode). The emulator is
 pinned to ``--server-cpu``, the generator to ``--client-cpu``. One warm-up request per
@@ -98,6 +100,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=96, help="tokens per answer")
     parser.add_argument("--repeat", type=int, default=3, help="runs per level (medians)")
     parser.add_argument("--workers", type=int, default=1, help="qwen-sse generator processes")
+    parser.add_argument(
+        "--emulator-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the emulator's event loop (uvloop: as qwen-sse serve runs it, when installed)",
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="the emulator's CPU")
     parser.add_argument("--client-cpu", type=int, default=1, help="the generator's CPU")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
@@ -396,7 +404,9 @@ def one_run(concurrency: int, generator: str, args: argparse.Namespace) -> dict[
         answer_tokens=args.tokens + 1,
     )
     load_average = os.getloadavg()
-    with MockServer(emulator, timings=True) as server:
+    with MockServer(
+        emulator, timings=True, uvloop_timings=args.emulator_loop == "uvloop"
+    ) as server:
         os.sched_setaffinity(server.pid, {args.server_cpu})
         warm_up(server.base_url)
         server_cpu_before_s = process_cpu_s(server.pid)
@@ -598,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = [int(part) for part in args.levels.split(",")]
     log(
         f"configured TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms, {args.tokens} tokens; "
-        f"emulator on CPU {args.server_cpu}, generator on CPU {args.client_cpu} "
+        f"emulator on CPU {args.server_cpu} ({args.emulator_loop} if installed), "
+        f"generator on CPU {args.client_cpu} "
         f"(qwen-sse: {args.workers} worker(s)); medians of {args.repeat} run(s); times in ms; "
         f"open files {open_files if open_files is not None else 'unlimited'}"
     )
@@ -615,7 +626,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if row["client_reasons"]:
             reasons = "; ".join(row["client_reasons"])
             log(f"{row['concurrency']:,} streams, {row['generator']} client limited: {reasons}")
-    settings = ("ttft_ms", "itl_ms", "tokens", "repeat", "workers", "server_cpu", "client_cpu")
+    settings = (
+        "ttft_ms",
+        "itl_ms",
+        "tokens",
+        "repeat",
+        "workers",
+        "emulator_loop",
+        "server_cpu",
+        "client_cpu",
+    )
     document: dict[str, Any] = {
         "quick": args.quick,
         "environment": benchenv.environment(["aiohttp", "msgspec", "uvloop"]),

@@ -94,6 +94,23 @@ def test_the_mock_serves_on_uvloop_when_it_is_installed() -> None:
         assert server.event_loop == "asyncio"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+def test_the_mock_keeps_timings_on_uvloop_to_the_millisecond_when_asked() -> None:
+    config = EmulatorConfig(ttft_s=0.05, itl_s=0.01)
+    with MockServer(config, timings=True, uvloop_timings=True) as server:
+        assert server.event_loop == "uvloop"
+        result = asyncio.run(chat_result(server.base_url))
+        (timing,) = server.timings()
+    assert timing.request_id == result.request_id
+    assert len(timing.text_written_at_s) == 3
+    # The arrival is known to a millisecond of uvloop's clock: the client, which sent the
+    # request before it arrived, sees at most that much less.
+    served_ttft_s = timing.text_written_at_s[0] - timing.arrived_at_s
+    assert served_ttft_s >= 0.05 - 0.001
+    assert result.timing.ttft_s is not None
+    assert result.timing.ttft_s >= served_ttft_s - 0.001
+
+
 def test_the_mock_serves_on_asyncios_loop_without_uvloop(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -75,9 +75,12 @@ def served_medians_s(timings: Iterable[ServedTiming]) -> tuple[float | None, flo
 class MockServer:
     """``with MockServer(config) as server:`` runs an emulator on a loopback port
     (``server.base_url``, the base URL of ``protocol``), on uvloop's event loop when it is
-    installed and ``timings`` is off (``server.event_loop`` says which: ``"uvloop"`` or
-    ``"asyncio"``): uvloop's clock counts milliseconds, and aiohttp measures a request's
-    arrival on the loop's clock, so the served truth keeps asyncio's.
+    installed (``server.event_loop`` says which: ``"uvloop"`` or ``"asyncio"``), except
+    with ``timings`` unless ``uvloop_timings``: aiohttp measures a request's arrival on the
+    loop's clock, and uvloop's counts whole milliseconds, so the served TTFT would be known
+    to within a millisecond either way (unbiased, as both ends are truncated) rather than
+    to a microsecond. ``uvloop_timings`` trades that for uvloop's cheaper writes, to
+    measure what the emulator serves as ``qwen-sse serve`` runs it.
 
     The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
     ``timings``, it records nothing, so its memory stays flat however long the run; with
@@ -86,11 +89,17 @@ class MockServer:
     """
 
     def __init__(
-        self, config: EmulatorConfig, *, timings: bool = False, protocol: str = "compatible"
+        self,
+        config: EmulatorConfig,
+        *,
+        timings: bool = False,
+        protocol: str = "compatible",
+        uvloop_timings: bool = False,
     ) -> None:
         self.config = config
         self.protocol = protocol
         self.keeps_timings = timings
+        self._asyncio_loop = timings and not uvloop_timings
         self.base_url = ""
         self.event_loop = ""
         self._link: Connection | None = None
@@ -102,7 +111,7 @@ class MockServer:
         self._link = parent_end
         self._process = context.Process(
             target=_serve,
-            args=(child_end, self.config, self.keeps_timings, self.protocol),
+            args=(child_end, self.config, self.keeps_timings, self.protocol, self._asyncio_loop),
             name="qwen-sse-mock",
             daemon=True,
         )
@@ -162,13 +171,15 @@ class MockServer:
                 process.join(timeout=5)
 
 
-def _serve(link: Connection, config: EmulatorConfig, timings: bool, protocol: str) -> None:
+def _serve(
+    link: Connection, config: EmulatorConfig, timings: bool, protocol: str, asyncio_loop: bool
+) -> None:
     # A Ctrl-C on a terminal reaches this process too: it is the parent's to handle (a
     # stopping run still needs its server for the requests in flight).
     leave_signals_to_parent()
     emulator_loop.collect_rarely()
     serving = _serve_until_told(link, config, timings, protocol)
-    if timings:
+    if asyncio_loop:
         asyncio.run(serving)
     else:
         emulator_loop.run(serving)
