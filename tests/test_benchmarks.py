@@ -139,6 +139,38 @@ def test_bench_capacity_quick() -> None:
             assert row["client_limited_runs"] is None
 
 
+@pytest.mark.timeout(300)
+def test_bench_send_floor_quick() -> None:
+    document = run_quick("bench_send_floor.py")
+    levels = document["levels"]
+    assert isinstance(levels, list)
+    assert [row["streams"] for row in levels] == [4, 8]
+    for row in levels:
+        (run,) = row["runs"]
+        # One token per stream every 20 ms.
+        assert run["sends_per_s_asked"] == row["streams"] * 50
+        assert 0 < run["sends_per_s_done"] <= run["sends_per_s_asked"] * 1.01
+        assert run["cpu_fraction"] > 0
+        assert run["cpu_us_per_send"] > 0
+
+
+def test_bench_send_floors_step_is_one_chunked_content_event() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        step: bytes = importlib.import_module("bench_send_floor").token_step()
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    size, _, rest = step.partition(b"\r\n")
+    event, _, after = rest.partition(b"\r\n")
+    assert int(size, 16) == len(event)
+    assert after == b""
+    assert event.startswith(b"data: ")
+    assert event.endswith(b"\n\n")
+    chunk = json.loads(event[len(b"data: ") :])
+    assert chunk["object"] == "chat.completion.chunk"
+    assert chunk["choices"][0]["delta"]["content"] == "hello"
+
+
 def run_peers(*extra: str) -> tuple[dict[str, Any], str]:
     """bench_peers.py --quick: its JSON document and its stderr."""
     completed = subprocess.run(
