@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -29,6 +30,7 @@ __all__ = [
     "REGION_ORIGINS",
     "LogSwitch",
     "Timeouts",
+    "carries_credentials",
     "check_transport_security",
     "is_loopback_host",
     "log_switch",
@@ -153,17 +155,21 @@ def resolve_base_url(
 
 
 def _checked_url(url: str, source: str) -> str:
-    """``url`` without a trailing slash, if it is an http(s) URL with a host and without
-    credentials (a password in it would travel into every report and error; the key has its
-    own argument and variables). The error never shows a password."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{source} must be an http(s) URL with a host: {shown_url(url)!r}")
-    if parts.username is not None or parts.password is not None:
+    """``url`` without a trailing slash, if it is an http(s) URL with a host and a valid
+    port and without credentials (a password in it would travel into every report and
+    error; the key has its own argument and variables). The error never shows them."""
+    if carries_credentials(url):
         raise ConfigurationError(
             f"{source} must not carry a user name or password: {shown_url(url)!r} "
-            "(the API key goes in --api-key-env or DASHSCOPE_API_KEY)"
+            "(the API key has an argument and environment variables of its own)"
         )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{source} must be an http(s) URL with a host: {url!r}")
+    try:
+        parts.port  # noqa: B018  (parsing it is the check)
+    except ValueError:
+        raise ConfigurationError(f"{source} must have a port from 0 to 65535: {url!r}") from None
     return url.rstrip("/")
 
 
@@ -251,13 +257,18 @@ def redact_key(key: str) -> str:
     return f"{key[:3]}***" if len(key) > 8 else "***"
 
 
+def carries_credentials(url: str) -> bool:
+    """Whether ``url`` has an ``@`` before its query: a user name or password, however
+    malformed the URL around it (a ``/`` in a password moves ``urlsplit``'s host)."""
+    return "@" in _BEFORE_QUERY.split(url, maxsplit=1)[0]
+
+
 def shown_url(url: str) -> str:
-    """``url`` without its user name and password, if it carries any."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` as it may be shown: without what stands before an ``@`` ahead of its query
+    (see :func:`carries_credentials`), scheme kept when it is well formed."""
+    return _USERINFO.sub(r"\1", url, count=1)
+
+
+_BEFORE_QUERY = re.compile(r"[?#]")
+# A scheme with "//" (kept), then anything up to the last "@" before a query or fragment.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^?#]*@")

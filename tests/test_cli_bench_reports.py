@@ -192,6 +192,11 @@ def test_the_scrape_never_carries_the_key(
             ["--metrics-url", "http://user:pw@h/metrics"],
             "--metrics-url must not carry a user name or password",
         ),
+        # No scheme: the URL would otherwise be echoed in the "wants an http://" line.
+        (
+            ["--metrics-url", "user:pw@h/metrics"],
+            "--metrics-url must not carry a user name or password",
+        ),
         (["--metrics-interval", "1"], "--metrics-interval needs --metrics-url"),
         (
             ["--metrics-url", "auto", "--metrics-interval", "0"],

@@ -33,6 +33,11 @@ REACHABLE: list[tuple[Callable[[], object], str]] = [
     ),
     (lambda: resolve_base_url("ftp://host", None), "--base-url must be an http(s) URL"),
     (
+        lambda: resolve_base_url("https://u:pw@example.com/v1", None),
+        "--base-url must not carry a user name or password",
+    ),
+    (lambda: resolve_base_url("https://example.com:99999/v1", None), "--base-url must have a port"),
+    (
         lambda: resolve_base_url(
             None, None, root="/api/v1", environ={"DASHSCOPE_BASE_URL": "http://h/v1"}
         ),

@@ -9,6 +9,7 @@ from qwen_sse.config import (
     COMPATIBLE_ROOT,
     REGIONS,
     Timeouts,
+    carries_credentials,
     check_transport_security,
     is_loopback_host,
     redact_key,
@@ -169,10 +170,32 @@ def test_urls_are_shown_without_their_credentials() -> None:
     assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
     assert shown_url("https://user:pw@example.com/v1?x=1") == "https://example.com/v1?x=1"
     assert shown_url("http://token@[::1]:8080/metrics") == "http://[::1]:8080/metrics"
+    assert shown_url("https://user:p@ss/w@example.com/v1") == "https://example.com/v1"
+    assert shown_url("user:pw@example.com/v1") == "example.com/v1"
+    # An "@" in the query is not a credential.
+    assert shown_url("https://example.com/v1?to=a@b") == "https://example.com/v1?to=a@b"
+    assert not carries_credentials("https://example.com/v1?to=a@b")
+
+
+@pytest.mark.parametrize("port", ["notaport", "99999"])
+def test_a_base_url_with_a_bad_port_is_refused_in_one_line(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="must have a port from 0 to 65535"):
+        resolve_base_url(f"https://example.com:{port}/v1", None)
 
 
 @pytest.mark.parametrize(
-    "url", ["https://user:secret-pw@example.com/v1", "http://secret-pw@127.0.0.1:8000/v1"]
+    "url",
+    [
+        "https://user:secret-pw@example.com/v1",
+        "http://secret-pw@127.0.0.1:8000/v1",
+        # Malformed around the credentials: urlsplit finds no user name in these.
+        "user:secret-pw@example.com/v1",
+        "http:/user:secret-pw@example.com/v1",
+        "https//user:secret-pw@example.com/v1",
+        # A "/" in the password: urlsplit takes "user" for the host.
+        "https://user:secret-pw/x@example.com/v1",
+        "https://user:secret-pw@example.com:notaport/v1",
+    ],
 )
 def test_a_base_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
     with pytest.raises(

@@ -33,7 +33,7 @@ from qwen_sse.bench.html import (
 )
 from qwen_sse.bench.runner import Target
 from qwen_sse.bench.scrape import DEFAULT_INTERVAL_S, Scraper
-from qwen_sse.config import shown_url
+from qwen_sse.config import carries_credentials, shown_url
 from qwen_sse.errors import ConfigurationError
 
 __all__ = [
@@ -92,14 +92,14 @@ def check_report_options(args: argparse.Namespace) -> None:
 
 
 def _check_url(url: str) -> None:
+    if carries_credentials(url):
+        raise ConfigurationError(
+            "--metrics-url must not carry a user name or password: the scrape sends no credentials"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"--metrics-url wants an http:// or https:// URL (or {AUTO}), got {url!r}"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            "--metrics-url must not carry a user name or password: the scrape sends no credentials"
         )
 
 

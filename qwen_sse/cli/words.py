@@ -23,6 +23,8 @@ _PHRASES = (
     (", or pass api_key=...", ", or name the variable that holds it with --api-key-env"),
     ("pass base_url=... for this protocol", "pass --base-url for this protocol"),
     ("base_url must be", "--base-url must be"),
+    ("base_url must have", "--base-url must have"),
+    ("base_url must not carry", "--base-url must not carry"),
     ("max_attempts must be", "--max-attempts must be"),
     ("timeout connect_s", "--connect-timeout"),
     ("timeout first_token_s", "--first-token-timeout"),
