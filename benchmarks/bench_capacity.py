@@ -608,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = [int(part) for part in args.levels.split(",")]
     log(
         f"configured TTFT {args.ttft_ms:g} ms, ITL {args.itl_ms:g} ms, {args.tokens} tokens; "
-        f"emulator on CPU {args.server_cpu} ({args.emulator_loop} if installed), "
+        f"emulator on CPU {args.server_cpu} ({args.emulator_loop} asked), "
         f"generator on CPU {args.client_cpu} "
         f"(qwen-sse: {args.workers} worker(s)); medians of {args.repeat} run(s); times in ms; "
         f"open files {open_files if open_files is not None else 'unlimited'}"
@@ -622,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = level(concurrency, generator, args)
             rows.append(row)
             log(row_line(row, args.repeat))
+    loops = sorted({run["emulator"]["event_loop"] for row in rows for run in row["runs"]})
+    log(f"the emulator ran on {' and '.join(loops)}'s event loop")
     for row in rows:
         if row["client_reasons"]:
             reasons = "; ".join(row["client_reasons"])

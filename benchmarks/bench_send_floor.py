@@ -4,24 +4,29 @@
 What it measures
 ----------------
 For each concurrency level (``--levels``), one process pinned to ``--sender-cpu`` holds
-that many loopback TCP connections and writes one token's step, byte for byte what the
-emulator writes for a compatible-mode content token (an HTTP chunk holding one SSE
-event), to each of them every ``--itl-ms``: plain ``socket.send`` calls, round robin, in
-1 ms ticks, and nothing else (no HTTP, no framing, no event loop, no timestamps). A
-child process pinned to ``--reader-cpu`` reads every connection, as a client would.
+that many loopback TCP connections and writes one token's step to each of them every
+``--itl-ms``: an HTTP chunk holding one compatible-mode SSE content event, built by the
+emulator's own framing (the text "hello", a fixed id). Plain ``socket.send`` calls, round
+robin, in 1 ms ticks, and nothing else (no HTTP, no framing, no event loop, no
+timestamps). A child process pinned to ``--reader-cpu`` reads every connection, as a
+client would.
 
-On loopback the sender's ``send`` also runs the receiving side's TCP processing, so its
-CPU time is what any server on this machine pays for each token it sends before it does
-anything of its own. Per level, the median over ``--repeat`` runs of ``--seconds`` each:
+On loopback the sender's ``send`` also runs the receiving side's TCP processing and wakes
+the reader (which costs more per send at low rates, when the reader sleeps between
+sends). Its process CPU time counts that work as far as the kernel charges it to the
+running process: it does on kernels without ``CONFIG_IRQ_TIME_ACCOUNTING`` unless the
+work is deferred to ``ksoftirqd``. Per level, the median over ``--repeat`` runs of
+``--seconds`` each:
 
-* **sends/s asked** and **done** (fewer done than asked: the sends alone took the core);
+* **sends/s asked** and **done** (over the ticks that sent; fewer done than asked: the
+  sends alone took the core);
 * **CPU**: the sender's CPU time over the run, in % of its core;
 * **µs/send**: that CPU time over the sends.
 
-Compare the CPU column with the emulator's in ``bench_capacity.py`` at the same level: the
-difference is the emulator's own work (HTTP, framing, pacing, records). The table goes to
-stderr as Markdown, the JSON document to stdout (or to ``--json FILE``). Figures vary
-with the machine and its load; they are never a pass/fail.
+Compare µs/send with the emulator's µs/token in ``bench_capacity.py`` at the same level:
+the difference is the emulator's own work (HTTP, framing, pacing, records). The table
+goes to stderr as Markdown, the JSON document to stdout (or to ``--json FILE``). Figures
+vary with the machine and its load; they are never a pass/fail.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from qwen_sse.bench.runner import raise_open_files_limit
 from qwen_sse.emulator.framing.compatible import CompatibleFrames
 
 TICK_S = 0.001
+_SETUP_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,9 +71,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
     args = parser.parse_args(argv)
+    usable = sorted(os.sched_getaffinity(0))
     if args.quick:
         args.levels, args.seconds, args.repeat = "4,8", 0.2, 1
+        # Whatever CPUs this process may use (a container may offer one).
+        args.sender_cpu, args.reader_cpu = usable[0], usable[-1]
+    for option, cpu in (("--sender-cpu", args.sender_cpu), ("--reader-cpu", args.reader_cpu)):
+        if cpu not in usable:
+            parser.error(f"{option} {cpu} is not one this process may use: {usable}")
     return args
+
+
+def thousands(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def pct(fraction: float | None) -> float | None:
+    return None if fraction is None else fraction * 100
 
 
 def token_step() -> bytes:
@@ -101,24 +121,51 @@ def read_all(port: int, streams: int, cpu: int, ready: Connection) -> None:
 
 def one_run(streams: int, args: argparse.Namespace, step: bytes) -> dict[str, Any]:
     """One run at ``streams`` connections: the sends asked and done, and their CPU."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=min(streams, 4096))
-    port = listener.getsockname()[1]
     context = multiprocessing.get_context("spawn")
     parent_end, child_end = context.Pipe()
-    reader = context.Process(
-        target=read_all, args=(port, streams, args.reader_cpu, child_end), daemon=True
-    )
-    reader.start()
-    connections = []
-    for _ in range(streams):
-        connection, _address = listener.accept()
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connections.append(connection)
-    listener.close()
-    parent_end.recv()
+    connections: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0), backlog=min(streams, 4096)) as listener:
+        reader = context.Process(
+            target=read_all,
+            args=(listener.getsockname()[1], streams, args.reader_cpu, child_end),
+            daemon=True,
+        )
+        reader.start()
+        child_end.close()
+        try:
+            listener.settimeout(_SETUP_TIMEOUT_S)
+            for _ in range(streams):
+                connection, _address = listener.accept()
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connections.append(connection)
+            if not parent_end.poll(_SETUP_TIMEOUT_S):
+                raise TimeoutError
+            parent_end.recv()
+            return send_paced(connections, args, step)
+        except (TimeoutError, EOFError):
+            raise SystemExit(
+                f"bench_send_floor: the reader did not open {streams} connections in "
+                f"{_SETUP_TIMEOUT_S:g} s (exit code {reader.exitcode})"
+            ) from None
+        finally:
+            for connection in connections:
+                connection.close()
+            parent_end.close()
+            reader.join(timeout=_SETUP_TIMEOUT_S)
+            if reader.is_alive():
+                reader.terminate()
+                reader.join()
+
+
+def send_paced(
+    connections: list[socket.socket], args: argparse.Namespace, step: bytes
+) -> dict[str, Any]:
+    """Send ``step`` to each connection every ``--itl-ms`` for ``--seconds``, in ticks."""
+    streams = len(connections)
     rate_per_s = streams / (args.itl_ms / 1000)
     send = [connection.send for connection in connections]
     sent = 0
+    sending_s = 0.0
     started_s = time.monotonic()
     cpu_before_s = time.process_time()
     while (elapsed_s := time.monotonic() - started_s) < args.seconds:
@@ -126,15 +173,14 @@ def one_run(streams: int, args: argparse.Namespace, step: bytes) -> dict[str, An
         while sent < due:
             send[sent % streams](step)
             sent += 1
+        sending_s = elapsed_s
         time.sleep(max(0.0, TICK_S - (time.monotonic() - started_s - elapsed_s)))
     cpu_s = time.process_time() - cpu_before_s
     wall_s = time.monotonic() - started_s
-    for connection in connections:
-        connection.close()
-    reader.join(timeout=30)
     return {
         "sends_per_s_asked": rate_per_s,
-        "sends_per_s_done": sent / wall_s,
+        # Over the ticks that sent: the last tick's sleep is no time to send in.
+        "sends_per_s_done": sent / sending_s if sending_s else None,
         "cpu_fraction": cpu_s / wall_s,
         "cpu_us_per_send": cpu_s / sent * 1e6 if sent else None,
     }
@@ -143,7 +189,9 @@ def one_run(streams: int, args: argparse.Namespace, step: bytes) -> dict[str, An
 def level(streams: int, args: argparse.Namespace, step: bytes) -> dict[str, Any]:
     runs = [one_run(streams, args, step) for _ in range(args.repeat)]
     medians = {
-        key: statistics.median(run[key] for run in runs if run[key] is not None)
+        key: statistics.median(values)
+        if (values := [run[key] for run in runs if run[key] is not None])
+        else None
         for key in ("sends_per_s_done", "cpu_fraction", "cpu_us_per_send")
     }
     return {
@@ -179,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         medians = row["medians"]
         log(
             f"| {streams:,} | {row['sends_per_s_asked']:,.0f} "
-            f"| {medians['sends_per_s_done']:,.0f} | {medians['cpu_fraction'] * 100:.0f}% "
+            f"| {thousands(medians['sends_per_s_done'])} "
+            f"| {show(pct(medians['cpu_fraction']), 0)}% "
             f"| {show(medians['cpu_us_per_send'], 2)} |"
         )
     settings = ("itl_ms", "seconds", "repeat", "sender_cpu", "reader_cpu")

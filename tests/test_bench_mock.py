@@ -103,12 +103,13 @@ def test_the_mock_keeps_timings_on_uvloop_to_the_millisecond_when_asked() -> Non
         (timing,) = server.timings()
     assert timing.request_id == result.request_id
     assert len(timing.text_written_at_s) == 3
-    # The arrival is known to a millisecond of uvloop's clock: the client, which sent the
-    # request before it arrived, sees at most that much less.
+    # The arrival is known to a millisecond of uvloop's clock (two with a coarse kernel
+    # clock; 3 ms here to spare): the client, which sent the request before it arrived,
+    # sees at most that much less.
     served_ttft_s = timing.text_written_at_s[0] - timing.arrived_at_s
-    assert served_ttft_s >= 0.05 - 0.001
+    assert served_ttft_s >= 0.05 - 0.003
     assert result.timing.ttft_s is not None
-    assert result.timing.ttft_s >= served_ttft_s - 0.001
+    assert result.timing.ttft_s >= served_ttft_s - 0.003
 
 
 def test_the_mock_serves_on_asyncios_loop_without_uvloop(

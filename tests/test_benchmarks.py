@@ -125,12 +125,16 @@ def test_bench_capacity_quick() -> None:
         assert emulator["cpu_fraction"] >= 0
         assert emulator["cpu_us_per_token"] >= 0
         assert emulator["event_loop"] in ("asyncio", "uvloop")
+        # uvloop's clock, on which aiohttp notes a request's arrival, counts milliseconds
+        # (a coarse kernel clock can add one more); asyncio's is exact.
+        arrival_error_ms = 2.0 if emulator["event_loop"] == "uvloop" else 0.0
+        served_ttft_ms = emulator["served_ttft_ms"]["median"]
         # No first token before its time, and no client reads a piece before it is sent.
-        assert emulator["served_ttft_ms"]["median"] >= 30
-        assert generator["ttft_ms"]["median"] >= emulator["served_ttft_ms"]["median"]
+        assert served_ttft_ms >= 30 - arrival_error_ms
+        assert generator["ttft_ms"]["median"] >= served_ttft_ms - arrival_error_ms
         assert generator["itl_ms"]["median"] > 0
         medians = row["medians"]
-        assert medians["measured_vs_served_ttft_pct"] >= 0
+        assert medians["measured_vs_served_ttft_pct"] >= -arrival_error_ms / served_ttft_ms * 100
         assert set(row["limited_by"]) <= {"server", "client"}
         if row["generator"] == "qwen-sse":
             assert row["client_limited_runs"] in (0, 1)

@@ -78,9 +78,10 @@ class MockServer:
     installed (``server.event_loop`` says which: ``"uvloop"`` or ``"asyncio"``), except
     with ``timings`` unless ``uvloop_timings``: aiohttp measures a request's arrival on the
     loop's clock, and uvloop's counts whole milliseconds, so the served TTFT would be known
-    to within a millisecond either way (unbiased, as both ends are truncated) rather than
-    to a microsecond. ``uvloop_timings`` trades that for uvloop's cheaper writes, to
-    measure what the emulator serves as ``qwen-sse serve`` runs it.
+    to a millisecond either way (two where the kernel's coarse clock is used; unbiased, as
+    both ends are truncated) rather than to a microsecond. ``uvloop_timings`` trades that
+    for uvloop's cheaper writes, to measure what the emulator serves as ``qwen-sse serve``
+    runs it.
 
     The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
     ``timings``, it records nothing, so its memory stays flat however long the run; with
