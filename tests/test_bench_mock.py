@@ -37,7 +37,7 @@ def test_the_mock_serves_any_key_then_stops() -> None:
         ttft_s = asyncio.run(chat(base_url))
         assert ttft_s is not None
         assert ttft_s >= 0.05
-        process = server._process
+        process = server._child.process
         assert process is not None
         assert process.is_alive()
     assert not process.is_alive()
@@ -49,13 +49,13 @@ def test_the_mock_serves_any_key_then_stops() -> None:
 def test_closing_twice_is_harmless() -> None:
     server = MockServer(EmulatorConfig())
     with server:
-        process = server._process
+        process = server._child.process
         assert process is not None
         assert process.is_alive()
     # It stopped when told (exit status 0), not because it was terminated.
     assert process.exitcode == 0
     server.close()
-    assert server._process is None
+    assert server._child.process is None
     assert process.exitcode == 0
 
 
@@ -148,7 +148,7 @@ def test_the_mock_says_which_process_serves() -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = server.pid
     with server:
-        assert server._process is not None
-        assert server.pid == server._process.pid
+        assert server._child.process is not None
+        assert server.pid == server._child.process.pid
         # The process that serves: it is the one whose CPU a benchmark reads and pins.
         assert Path(f"/proc/{server.pid}/stat").exists() or sys.platform != "linux"

@@ -164,8 +164,9 @@ def test_no_server_and_a_server_that_never_answers() -> None:
 def test_a_lost_scraper_is_a_failed_scrape_not_a_failed_run() -> None:
     with scripted(lambda n: (200, {}, PAGE)) as script, Scraper(script.url) as scraper:
         scraper.begin()
-        process = scraper._process
+        process = scraper._child.process
         assert process is not None
+        assert process.pid is not None
         os.kill(process.pid, signal.SIGKILL)
         process.join(timeout=30)
         server = scraper.end()

@@ -18,6 +18,7 @@ it. One module owns each part:
 * :mod:`~qwen_sse.bench.compare`: two results side by side, which differences are significant;
 * :mod:`~qwen_sse.bench.stats`: the intervals and tests (Student t, Welch, Mann-Whitney);
 * :mod:`~qwen_sse.bench.mock`: the emulator in a child process;
+* :mod:`~qwen_sse.bench.child`: a helper process with a pipe to it (the mock's, the scraper's);
 * :mod:`~qwen_sse.bench.stop`: ending a run early, and signals left to the parent process;
 * :mod:`~qwen_sse.bench.live`, :mod:`~qwen_sse.bench.report`, :mod:`~qwen_sse.bench.plot`:
   the progress line, the table and files, the charts;

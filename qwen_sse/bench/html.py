@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from qwen_sse.bench import plot
 from qwen_sse.bench.metrics import RequestRecord, percentile_key
 from qwen_sse.bench.monitor import ClientLoad
+from qwen_sse.bench.report import load_line
 from qwen_sse.config import shown_url
 from qwen_sse.errors import ConfigurationError
 
@@ -142,25 +143,6 @@ def _json(value: Any) -> str:
 # -- one run ------------------------------------------------------------------------------
 
 
-def _load_text(load: dict[str, Any]) -> str:
-    if load["mode"] == "closed":
-        text = f"closed loop, concurrency {load['concurrency']}"
-        if load.get("ramp_up_s"):
-            text += f", ramp-up {load['ramp_up_s']:g} s"
-    else:
-        rate = load.get("rate")
-        text = "open loop, " + ("all at once" if rate is None else f"{rate:g} req/s")
-        if rate is not None:
-            text += f" {load['arrivals']}"
-            if load["arrivals"] == "gamma":
-                text += f" (burstiness {load['burstiness']:g})"
-        if load.get("max_concurrency"):
-            text += f", at most {load['max_concurrency']} in flight"
-    if load["workers"] > 1:
-        text += f", {load['workers']} workers"
-    return text
-
-
 def _settings(summary: dict[str, Any]) -> str:
     load = summary["load"]
     slo = summary.get("goodput_slo_ms")
@@ -169,7 +151,7 @@ def _settings(summary: dict[str, Any]) -> str:
         ("Target (base URL)", shown_url(summary["base_url"])),
         ("Protocol", summary["protocol"]),
         ("Model", summary["model_id"]),
-        ("Load", _load_text(load)),
+        ("Load", load_line(load)),
         ("Measured requests planned", _number(summary["num_prompts"])),
         ("Duration limit (s)", _number(load["duration_s"])),
         ("Warm-up requests", load["warmup"]),
@@ -461,7 +443,7 @@ def _subtitle(summary: dict[str, Any]) -> str:
 
 def run_page(summary: dict[str, Any], charts: list[Chart] | None) -> str:
     """The page of one run: its summary document and its charts (None: no matplotlib)."""
-    title = f"{summary['model_id']} · {_load_text(summary['load'])}"
+    title = f"{summary['model_id']} · {load_line(summary['load'])}"
     return _page(title, _subtitle(summary), _run_body(summary, charts))
 
 

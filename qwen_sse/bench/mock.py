@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
 import statistics
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import msgspec
 
-from qwen_sse.bench.stop import leave_signals_to_parent, signals_held
+from qwen_sse.bench.child import LinkedChild
+from qwen_sse.bench.stop import leave_signals_to_parent
 from qwen_sse.emulator import Emulator, EmulatorConfig
 from qwen_sse.emulator import loop as emulator_loop
 from qwen_sse.emulator.loop import loop_name
@@ -35,6 +35,7 @@ __all__ = ["MOCK_API_KEY", "MockServer", "ServedTiming", "served_medians_s", "se
 
 MOCK_API_KEY = "sk-mock"
 _START_TIMEOUT_S = 60.0
+_TIMINGS = b"timings"
 _TEXT_KINDS = frozenset(("content", "reasoning_content"))
 
 
@@ -103,27 +104,17 @@ class MockServer:
         self._asyncio_loop = timings and not uvloop_timings
         self.base_url = ""
         self.event_loop = ""
-        self._link: Connection | None = None
-        self._process: Any = None
+        self._child = LinkedChild(
+            _serve, (config, timings, protocol, self._asyncio_loop), name="qwen-sse-mock"
+        )
 
     def __enter__(self) -> Self:
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        self._link = parent_end
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, self.config, self.keeps_timings, self.protocol, self._asyncio_loop),
-            name="qwen-sse-mock",
-            daemon=True,
-        )
-        with signals_held():
-            self._process.start()
-        child_end.close()
-        if not parent_end.poll(_START_TIMEOUT_S):
+        link = self._child.start()
+        if not link.poll(_START_TIMEOUT_S):
             self.close()
             raise RuntimeError("the emulator did not start")
         try:
-            self.base_url, self.event_loop = parent_end.recv()
+            self.base_url, self.event_loop = link.recv()
         except EOFError:
             self.close()
             raise RuntimeError("the emulator exited while starting") from None
@@ -140,36 +131,26 @@ class MockServer:
     @property
     def pid(self) -> int:
         """The emulator's process id (to pin it to a CPU, or read its CPU time)."""
-        if self._process is None or self._process.pid is None:
+        pid = self._child.pid
+        if pid is None:
             raise RuntimeError("the emulator is not running")
-        return int(self._process.pid)
+        return pid
 
     def timings(self) -> list[ServedTiming]:
         """The timings of the requests that arrived since the last call, which it forgets.
         Needs ``timings=True``. A request still streaming has the pieces written so far
         (a client that has read a whole answer has all of them)."""
-        link = self._link
+        link = self._child.link
         if link is None or not self.keeps_timings:
             raise RuntimeError("the emulator is not running with timings=True")
-        link.send("timings")
+        link.send_bytes(_TIMINGS)
         if not link.poll(_START_TIMEOUT_S):
             raise RuntimeError("the emulator did not send its timings")
         return msgspec.msgpack.decode(link.recv_bytes(), type=list[ServedTiming])
 
     def close(self) -> None:
         """Stop the emulator and wait for its process (idempotent)."""
-        link, self._link = self._link, None
-        if link is not None:
-            with contextlib.suppress(OSError):
-                link.send("stop")
-            link.close()
-        process, self._process = self._process, None
-        if process is not None:
-            process.join(timeout=5)
-            if process.is_alive():
-                # It ignores SIGTERM (see _serve).
-                process.kill()
-                process.join(timeout=5)
+        self._child.close()
 
 
 def _serve(
@@ -192,10 +173,10 @@ async def _serve_until_told(
     config = msgspec.structs.replace(config, api_key=None, record_requests=timings)
     async with Emulator(config) as emulator:
         link.send((emulator.base_url_for(protocol), loop_name(asyncio.get_running_loop())))
-        # recv() returns a command, or raises EOFError when the parent is gone: then it is
-        # time to go, as at "stop". A thread waits so the loop keeps serving meanwhile.
+        # recv_bytes() returns a command, or raises EOFError when the parent is gone: then
+        # it is time to go, as at STOP. A thread waits so the loop keeps serving meanwhile.
         with contextlib.suppress(EOFError):
-            while await asyncio.to_thread(link.recv) == "timings":
+            while await asyncio.to_thread(link.recv_bytes) == _TIMINGS:
                 link.send_bytes(msgspec.msgpack.encode(_take_timings(emulator)))
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "format_repeat",
     "format_summary",
     "format_sweep",
+    "load_line",
     "repeat_banner",
     "saturation_banner",
     "write_csv",
@@ -81,7 +82,8 @@ def saturation_banner(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load_line(load: dict[str, Any]) -> str:
+def load_line(load: dict[str, Any]) -> str:
+    """How a run's ``load`` (its summary's) was shaped, in one line of words."""
     if load["mode"] == "closed":
         text = f"closed loop, concurrency {load['concurrency']}"
         if load.get("ramp_up_s"):
@@ -105,7 +107,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = saturation_banner(summary)
     lines.append(_rule(" Serving Benchmark Result ", "="))
     lines.append(_row("Model:", summary["model_id"]))
-    lines.append(_row("Load:", _load_line(summary["load"])))
+    lines.append(_row("Load:", load_line(summary["load"])))
     lines.append(_row("Workload:", _workload_line(summary)))
     if summary.get("stop_reason"):
         lines.append(_row("Stopped early:", _one_line(summary["stop_reason"], _EXAMPLE_CHARS)))
@@ -468,7 +470,7 @@ def format_repeat(document: dict[str, Any]) -> str:
     lines = repeat_banner(document)
     lines.append(_rule(f" Serving Benchmark Result, {document['repeat']} runs ", "="))
     lines.append(_row("Model:", first["model_id"]))
-    lines.append(_row("Load:", _load_line(first["load"])))
+    lines.append(_row("Load:", load_line(first["load"])))
     lines.append(_row("Workload:", _workload_line(first)))
     lines.append(
         _row("Each figure:", f"mean ± {document['confidence']:.0%} CI across runs (Student t)")
@@ -558,7 +560,7 @@ def _side_line(side: dict[str, Any]) -> str:
     load = "load not recorded"
     if side["load"] is not None:
         try:
-            load = _load_line(side["load"])
+            load = load_line(side["load"])
         except (KeyError, TypeError, ValueError):
             load = "load not readable"  # a file edited by hand
     return f"{side['name']}: {runs}, {side['model_id'] or 'model not recorded'}, {load}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import time
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -28,9 +27,10 @@ from typing import Any, Self
 import aiohttp
 import msgspec
 
+from qwen_sse.bench.child import STOP, LinkedChild
 from qwen_sse.bench.prometheus import PrometheusFormatError, parse
 from qwen_sse.bench.server_metrics import Phase, Reading, read, summarize
-from qwen_sse.bench.stop import leave_signals_to_parent, signals_held
+from qwen_sse.bench.stop import leave_signals_to_parent
 
 __all__ = ["DEFAULT_INTERVAL_S", "SCRAPE_TIMEOUT_S", "Scraper"]
 
@@ -60,8 +60,7 @@ class Scraper:
         self.url = url
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self._link: Connection | None = None
-        self._process: Any = None
+        self._child = LinkedChild(_serve, (url, interval_s, timeout_s), name="qwen-sse-scrape")
         self._begun_at = 0.0
 
     def __enter__(self) -> Self:
@@ -70,18 +69,7 @@ class Scraper:
 
     def start(self) -> None:
         """Start the child (RuntimeError if it does not come up)."""
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        self._link = parent_end
-        self._process = context.Process(
-            target=_serve,
-            args=(child_end, self.url, self.interval_s, self.timeout_s),
-            name="qwen-sse-scrape",
-            daemon=True,
-        )
-        with signals_held():
-            self._process.start()
-        child_end.close()
+        self._child.start()
         if not self._answer(_START_TIMEOUT_S):
             self.close()
             raise RuntimeError("the metrics scraper did not start")
@@ -118,20 +106,10 @@ class Scraper:
 
     def close(self) -> None:
         """Stop the child and wait for it (idempotent)."""
-        link, self._link = self._link, None
-        if link is not None:
-            with contextlib.suppress(OSError):
-                link.send_bytes(b"stop")
-            link.close()
-        process, self._process = self._process, None
-        if process is not None:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
+        self._child.close()
 
     def _send(self, command: str) -> bool:
-        link = self._link
+        link = self._child.link
         if link is None:
             return False
         try:
@@ -141,7 +119,7 @@ class Scraper:
         return True
 
     def _answer(self, timeout_s: float) -> bytes | None:
-        link = self._link
+        link = self._child.link
         if link is None:
             return None
         try:
@@ -171,7 +149,7 @@ async def _scrape_when_told(
         # recv_bytes() returns a command, or raises EOFError once the parent is gone: then
         # it is time to go, as at "stop". A thread waits so that the beat goes on meanwhile.
         with contextlib.suppress(EOFError, OSError):
-            while (command := await asyncio.to_thread(link.recv_bytes)) != b"stop":
+            while (command := await asyncio.to_thread(link.recv_bytes)) != STOP:
                 if command == b"begin":
                     await scrape.begin()
                     link.send_bytes(b"begun")
