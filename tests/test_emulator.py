@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import itertools
 import json
+import logging
 import re
 import selectors
 import socket
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
@@ -47,8 +50,10 @@ from qwen_sse.emulator import (
     emulated_answer,
 )
 from qwen_sse.emulator import loop as emulator_loop
+from qwen_sse.emulator import server as server_module
 from qwen_sse.emulator.faults import paced
 from qwen_sse.emulator.loop import loop_name
+from qwen_sse.emulator.records import RecordedRequest, redacted
 from qwen_sse.errors import (
     EventTooLargeError,
     InBandError,
@@ -1208,6 +1213,33 @@ async def test_the_record_says_when_each_piece_was_really_written(
         assert at - record.arrived_at_s >= 0.05 - 0.005 + (tokens - 1) * (0.01 - 0.005)
     for number, at in enumerate(written, start=1):
         assert arrivals[number] >= at
+
+
+def test_an_arrival_read_late_is_never_after_the_handler_started() -> None:
+    # aiohttp hands the access logger "how long ago" the request was taken, read on its
+    # clock; the logger subtracts it from its own "now". A process preempted between those
+    # two reads (a busy host) would date the arrival after the handler's start, and a
+    # token written on time would look early. Simulated here: "taken 0 s ago".
+    emulator = Emulator(EmulatorConfig(record_requests=True))
+    app = web.Application()
+    app[server_module._EMULATOR] = emulator
+    clock = server_module._ArrivalClock(logging.getLogger("test"), "")
+    for handler_started_s, ago_s, expected_s in [
+        (time.monotonic() - 1.0, 0.0, "handler"),
+        (time.monotonic() - 1.0, 5.0, "taken"),
+    ]:
+        request = make_mocked_request("POST", "/compatible-mode/v1/chat/completions", app=app)
+        record = RecordedRequest("POST", request.path, redacted(request.headers, ""))
+        record.arrived_at_s = handler_started_s
+        emulator._in_flight[id(request)] = record
+        before_s = time.monotonic()
+        clock.log(request, web.Response(), ago_s)
+        assert record.arrived_at_s is not None
+        if expected_s == "handler":
+            assert record.arrived_at_s == handler_started_s
+        else:
+            assert before_s - ago_s <= record.arrived_at_s <= time.monotonic() - ago_s
+        assert id(request) not in emulator._in_flight
 
 
 async def test_a_native_stream_records_its_pieces_too(session: aiohttp.ClientSession) -> None:

@@ -41,7 +41,8 @@ class RecordedRequest:
     configured delays (a busy machine runs every delay late), on ``time.monotonic()``, one
     clock for every process of a host (and asyncio's ``loop.time()``; uvloop's counts
     whole milliseconds). ``arrived_at_s`` is when the server took the request off its
-    connection (aiohttp measures how long ago on its loop's clock); while
+    connection (aiohttp measures how long ago on its loop's clock), never later than the
+    handler's start, which the stream's schedule runs from; while
     the response is in flight it is when the handler started, which a busy server reaches
     later, as it works through the requests that came before. ``written`` holds, for each
     piece of the answer streamed, in order, its :attr:`Piece.kind` and the time just

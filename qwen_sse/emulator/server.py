@@ -563,7 +563,13 @@ class _ArrivalClock(AbstractAccessLogger):
     """Not a log: aiohttp hands its access logger, as each exchange ends, how long ago it
     took the request off its connection. That instant, before the handler ran, is the
     request's true arrival (see :attr:`RecordedRequest.arrived_at_s`), to the precision of
-    the loop's clock: asyncio's is ``time.monotonic()``, uvloop's counts milliseconds."""
+    the loop's clock: asyncio's is ``time.monotonic()``, uvloop's counts milliseconds.
+
+    Taking "how long ago" from "now" reads two clocks one after the other; a process
+    preempted between the two reads would put the arrival later than it was (by
+    milliseconds on a busy host), even after the handler started. The arrival is never
+    later than the handler's start, so that bound, which the stream's schedule runs from,
+    is kept: no token is ever recorded as written before its time."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_s: float) -> None:
         emulator = request.app.get(_EMULATOR) if isinstance(request, web.Request) else None
@@ -571,7 +577,9 @@ class _ArrivalClock(AbstractAccessLogger):
             return
         record = emulator._in_flight.pop(id(request), None)
         if record is not None:
-            record.arrived_at_s = time.monotonic() - time_s
+            taken_s = time.monotonic() - time_s
+            started_s = record.arrived_at_s
+            record.arrived_at_s = taken_s if started_s is None else min(taken_s, started_s)
 
     @property
     def enabled(self) -> bool:
