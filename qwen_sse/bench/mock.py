@@ -79,8 +79,9 @@ class MockServer:
     installed (``server.event_loop`` says which: ``"uvloop"`` or ``"asyncio"``), except
     with ``timings`` unless ``uvloop_timings``: aiohttp measures a request's arrival on the
     loop's clock, and uvloop's counts whole milliseconds, so the served TTFT would be known
-    to a millisecond either way (two where the kernel's coarse clock is used; unbiased, as
-    both ends are truncated) rather than to a microsecond. ``uvloop_timings`` trades that
+    to a millisecond or two (the kernel's coarse clock) rather than to a microsecond: the
+    arrival is never dated after the handler started, so the error is on the early side,
+    the served TTFT at most that much long. ``uvloop_timings`` trades that
     for uvloop's cheaper writes, to measure what the emulator serves as ``qwen-sse serve``
     runs it.
 
