@@ -33,8 +33,9 @@ from qwen_sse.bench.runner import Target
 from qwen_sse.bench.schedule import ClosedLoop, OpenLoop, arrival_times
 from qwen_sse.bench.schema import SUMMARY_SCHEMA
 from qwen_sse.bench.workload import SyntheticWorkload
-from qwen_sse.emulator import EmulatorConfig
+from qwen_sse.emulator import Emulator, EmulatorConfig
 from qwen_sse.errors import ConfigurationError
+from qwen_sse.tokens import count_tokens
 from tests.hftokenizer import write_tokenizer
 from tests.rawserver import frame, http_response, raw_server, sse_answer, sse_body
 
@@ -312,6 +313,30 @@ async def test_a_shared_prefix_run_reports_the_servers_cache_hits() -> None:
     table = format_summary(summary)
     assert re.search(r"\nCached input tokens \(server\): +512\n", table)
     assert re.search(r"\nWorkload: +synthetic, 300 tokens in \(260 shared\), 2 out\n", table)
+
+
+async def test_a_shared_prefix_run_against_the_emulator_reports_its_cache_hits() -> None:
+    # Two groups of prompts, each opening with its own 300-token system prompt: the first
+    # request of each group fills the emulator's context cache, the later ones hit it for
+    # the system message as ChatML renders it (<|im_start|>, "system\n" and the prompt,
+    # <|im_end|>, "\n"); compatible mode says nothing of a cache on a miss.
+    workload = SyntheticWorkload(
+        input_tokens=320, output_tokens=2, prefix_tokens=300, prefix_groups=2, seed=3
+    )
+    config = BenchConfig(shape=ClosedLoop(concurrency=1), workload=workload, requests=6)
+    async with Emulator(EmulatorConfig(api_key=None, ttft_s=0, itl_s=0)) as emulator:
+        target = Target(base_url=emulator.base_url, model="qwen-plus", api_key="sk-test")
+        result = await run_async(config, target)
+    system = [workload.request(group).messages[0]["content"] for group in (0, 1)]
+    held = [2 + count_tokens(f"system\n{text}") + count_tokens("\n") for text in system]
+    assert [record.cached_tokens for record in result.records] == [None, None, *held, *held]
+    summary = result.summary
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert summary["total_cached_tokens"] == 2 * sum(held)
+    assert summary["requests_with_cache_report"] == 4
+    assert re.search(
+        rf"\nCached input tokens \(server\): +{2 * sum(held)}\n", format_summary(summary)
+    )
 
 
 async def test_a_conversation_run_summarises_turns_and_conversations(fast: Target) -> None:

@@ -34,7 +34,7 @@ from multidict import CIMultiDictProxy
 import qwen_sse
 from qwen_sse import protocols
 from qwen_sse.chat import ChatResult, ChatStreamDecoder
-from qwen_sse.chunks import ChatCompletionChunk
+from qwen_sse.chunks import ChatCompletionChunk, PromptTokensDetails
 from qwen_sse.emulator import (
     DEFAULT_MODELS,
     FAULT_HEADER,
@@ -1418,7 +1418,6 @@ async def test_native_stream_has_the_fixtures_frames_piece_by_piece(
     pieces = texts(answer, "content")
 
     fixture_shape = shape(native_frames(NATIVE_FIXTURE.read_bytes())[0][2])
-    del fixture_shape["usage"]["prompt_tokens_details"]  # the emulator has no context cache
     assert [(frame_id, event) for frame_id, event, _ in frames] == [
         (number, "result") for number in range(1, len(pieces) + 2)
     ]
@@ -1435,6 +1434,7 @@ async def test_native_stream_has_the_fixtures_frames_piece_by_piece(
             "total_tokens": prompt + output,
             "output_tokens": output,
             "input_tokens": prompt,
+            "prompt_tokens_details": {"cached_tokens": 0},
         }
     assert b"[DONE]" not in received.body
 
@@ -1463,7 +1463,13 @@ async def test_native_answer_and_usage_equal_the_compatible_modes(
         assert native.reasoning_content == compatible.reasoning_content
         assert native.content == compatible.content
         assert native.finish_reason == compatible.finish_reason
-        assert native.usage == compatible.usage
+        assert native.usage is not None
+        assert compatible.usage is not None
+        # Native usage always has the context cache's details (0: no hit), compatible
+        # mode's only on a hit.
+        assert native.usage.prompt_tokens_details == PromptTokensDetails(cached_tokens=0)
+        assert compatible.usage.prompt_tokens_details is None
+        assert msgspec.structs.replace(native.usage, prompt_tokens_details=None) == compatible.usage
 
 
 async def test_native_cumulative_output_repeats_the_text_so_far(
@@ -1593,6 +1599,7 @@ async def test_native_without_the_sse_header_answers_one_json(
             "total_tokens": usage["total_tokens"],
             "output_tokens": usage["completion_tokens"],
             "input_tokens": usage["prompt_tokens"],
+            "prompt_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": usage["completion_tokens_details"],
         },
         "request_id": received.headers["x-request-id"],
@@ -1896,8 +1903,11 @@ async def test_multimodal_answer_reads_the_text_parts_and_ignores_result_format(
     answer = emulated_answer(compatible_of(body))
     assert multimodal_result(received.body, incremental=False).content == answer.content
     # The image part counts for nothing, as the prompt count reads it.
+    multimodal_usage = multimodal_result(received.body, incremental=False).usage
+    assert multimodal_usage is not None
+    assert multimodal_usage.prompt_tokens_details == PromptTokensDetails(cached_tokens=0)
     assert (
-        multimodal_result(received.body, incremental=False).usage
+        msgspec.structs.replace(multimodal_usage, prompt_tokens_details=None)
         == chat_chunks((await post(session, emu, chat_body(USER_PARTS))).body)[1].usage
     )
 

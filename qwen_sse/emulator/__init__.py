@@ -8,12 +8,14 @@ it over real loopback sockets.
 Its answers are a pure function of the request (:func:`emulated_answer`), so a test can
 predict every piece: each protocol's request is read as the equivalent compatible-mode
 body, and the same conversation gets the same answer, the same usage, the same faults,
-limits and timing in every protocol; only the bytes differ. The package's modules each
-own one thing:
+limits and timing in every protocol; only the bytes differ. The one thing that depends on
+the requests before it is the usage's cached tokens (the context cache's hits). The
+package's modules each own one thing:
 
 * :mod:`~qwen_sse.emulator.answers`: the deterministic answers, in tokens;
 * :mod:`~qwen_sse.emulator.corpus`: the sentences answers are made of;
 * :mod:`~qwen_sse.emulator.accounting`: prompt and answer tokens;
+* :mod:`~qwen_sse.emulator.context_cache`: which leading prompt tokens count as cached;
 * :mod:`~qwen_sse.emulator.rejects`: the error vocabulary;
 * :mod:`~qwen_sse.emulator.faults`: :class:`Fault`, and the streamer that applies faults
   and pacing;

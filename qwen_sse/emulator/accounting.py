@@ -19,11 +19,13 @@ __all__ = ["AnswerUsage", "answer_usage", "prompt_tokens"]
 
 class AnswerUsage(NamedTuple):
     """What an answer costs: ``completion_tokens`` include ``reasoning_tokens``, which are
-    None unless the request asked for thinking (and then reported apart)."""
+    None unless the request asked for thinking (and then reported apart); ``prompt_tokens``
+    include ``cached_tokens``, those the context cache held."""
 
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int | None
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

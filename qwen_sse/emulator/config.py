@@ -34,7 +34,9 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     window of ``limit_window_s`` (None: unlimited; see the module). ``backlog`` is the
     listening socket's queue of connections not yet accepted (the kernel caps it at
     ``net.core.somaxconn``): a burst of more new connections than that is dropped and
-    retried by the clients' kernels a second or more later.
+    retried by the clients' kernels a second or more later. ``context_cache_entries`` is
+    how many leading message runs the implicit context cache remembers (0: none, so no
+    usage reports cached tokens; see :mod:`~qwen_sse.emulator.context_cache`).
     """
 
     api_key: str | None = "sk-test"
@@ -50,6 +52,7 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     tpm: int | None = None
     limit_window_s: float = 60.0
     backlog: int = 4096
+    context_cache_entries: int = 65536
 
     def __post_init__(self) -> None:
         for name in ("ttft_s", "itl_s", "jitter_s"):
@@ -59,5 +62,6 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
         check_count("rpm", self.rpm, 1)
         check_count("tpm", self.tpm, 1)
         check_count("backlog", self.backlog, 1)
+        check_count("context_cache_entries", self.context_cache_entries)
         if not self.limit_window_s > 0:
             raise ValueError(f"limit_window_s must be positive, got {self.limit_window_s}")

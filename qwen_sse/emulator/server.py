@@ -52,6 +52,7 @@ from aiohttp.abc import AbstractAccessLogger
 from qwen_sse.emulator.accounting import answer_usage, prompt_tokens
 from qwen_sse.emulator.answers import digest, emulated_answer, is_partial
 from qwen_sse.emulator.config import EmulatorConfig
+from qwen_sse.emulator.context_cache import ContextCache
 from qwen_sse.emulator.faults import (
     FAULT_HEADER,
     Events,
@@ -134,6 +135,7 @@ class Emulator:
         self._models = frozenset(self.config.models)
         # Keyed by a digest of the API key, so that the server keeps no key it was sent.
         self._rate_windows: dict[tuple[bytes, str], _RateWindow] = {}
+        self._context_cache = ContextCache(self.config.context_cache_entries)
         # The records of the exchanges in flight, by id() of their request, until aiohttp
         # reports when it took each request off its connection (_ArrivalClock).
         self._in_flight: dict[int, RecordedRequest] = {}
@@ -390,6 +392,12 @@ class Emulator:
         )
         usage = answer_usage(body, answers, prompt)
         self._check_rate(key, body["model"], usage.total_tokens)
+        # Only a request the model takes reaches the cache.
+        tools = body.get("tools")
+        cached = self._context_cache.cached_tokens(
+            messages, tools if isinstance(tools, list) else None, prompt
+        )
+        usage = usage._replace(cached_tokens=cached)
         count_answer(exchange.request, usage)
         answering = Answering(
             record.request_id,

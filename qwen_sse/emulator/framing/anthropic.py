@@ -16,8 +16,10 @@ API has no ``n``: one answer, always.
 
 With ``"stream": true`` the answer streams as DashScope streams it: ``event:<type>`` and
 ``data:{...}`` lines, no space after the colons: ``message_start`` (the message with
-``usage.input_tokens``), per content block ``content_block_start`` (``thinking``,
-``text`` or ``tool_use`` with ``id`` and ``name``), ``content_block_delta`` per piece
+``usage.input_tokens``, less the tokens the context cache held, which
+``usage.cache_read_input_tokens`` counts when there are any), per content block
+``content_block_start`` (``thinking``, ``text`` or ``tool_use`` with ``id`` and ``name``),
+``content_block_delta`` per piece
 (``thinking_delta``, ``text_delta``, ``input_json_delta``; a thinking block ends with a
 ``signature_delta``) and ``content_block_stop``, one ``ping`` after the first block
 starts, then ``message_delta`` (``stop_reason`` ``end_turn``, ``max_tokens`` or
@@ -36,6 +38,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from qwen_sse.emulator.accounting import AnswerUsage
 from qwen_sse.emulator.answers import EmulatedAnswer, Piece, digest
 from qwen_sse.emulator.faults import Events, FaultFrames, Item, paced
 from qwen_sse.emulator.framing.base import Answering
@@ -303,8 +306,18 @@ def _message_object(
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        "usage": _usage_of(usage),
     }
+
+
+def _usage_of(usage: AnswerUsage) -> dict[str, Any]:
+    """Anthropic's usage: ``input_tokens`` leaves out the tokens read from the cache,
+    ``cache_read_input_tokens`` (only when some were) counts them apart."""
+    wire: dict[str, Any] = {"input_tokens": usage.prompt_tokens - usage.cached_tokens}
+    if usage.cached_tokens:
+        wire["cache_read_input_tokens"] = usage.cached_tokens
+    wire["output_tokens"] = usage.completion_tokens
+    return wire
 
 
 def _blocks(answering: Answering) -> list[dict[str, Any]]:

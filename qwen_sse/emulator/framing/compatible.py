@@ -40,12 +40,15 @@ encode = msgspec.json.Encoder().encode
 
 
 def usage_of(usage: AnswerUsage) -> dict[str, Any]:
-    """The compatible-mode usage object."""
+    """The compatible-mode usage object (``prompt_tokens_details`` only when the context
+    cache held some of the prompt)."""
     wire: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens:
+        wire["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
     if usage.reasoning_tokens is not None:
         wire["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return wire

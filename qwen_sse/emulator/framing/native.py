@@ -114,11 +114,15 @@ def _content(text: str, *, parts: bool) -> str | list[dict[str, str]]:
     return [{"text": text}] if text else []
 
 
-def _native_usage(input_tokens: int, output_tokens: int, reasoning: int | None) -> dict[str, Any]:
+def _native_usage(
+    input_tokens: int, output_tokens: int, reasoning: int | None, cached: int
+) -> dict[str, Any]:
+    # The cache's details come in every frame, 0 when nothing hit (as DashScope sends them).
     usage: dict[str, Any] = {
         "total_tokens": input_tokens + output_tokens,
         "output_tokens": output_tokens,
         "input_tokens": input_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
     if reasoning is not None:
         usage["output_tokens_details"] = {"reasoning_tokens": reasoning}
@@ -150,6 +154,7 @@ class NativeFrames:
     huge_after = 1  # the first frame stays as it is
 
     __slots__ = (
+        "_cached_tokens",
         "_choices",
         "_end",
         "_eol",
@@ -174,6 +179,7 @@ class NativeFrames:
         *,
         thinking: bool,
         input_tokens: int,
+        cached_tokens: int = 0,
         choices: int = 1,
     ) -> None:
         eol = line_ending.encode()
@@ -187,6 +193,7 @@ class NativeFrames:
         self._incremental = options.incremental
         self._thinking = thinking
         self._input_tokens = input_tokens
+        self._cached_tokens = cached_tokens
         self._choices = [_ChoiceText() for _ in range(choices)]
         self._indexed = choices > 1
         self._reasoning_tokens = 0
@@ -274,6 +281,7 @@ class NativeFrames:
             self._input_tokens,
             self._reasoning_tokens + self._output_tokens,
             self._reasoning_tokens if self._thinking else None,
+            self._cached_tokens,
         )
         payload = {"output": output, "usage": usage, "request_id": self._request_id}
         return b"".join((self._result_head, encode(payload), self._end))
@@ -337,6 +345,7 @@ class _NativeReply:
             self._options,
             thinking=answering.body.get("enable_thinking") is True,
             input_tokens=answering.usage.prompt_tokens,
+            cached_tokens=answering.usage.cached_tokens,
             choices=len(answering.answers),
         )
 
@@ -369,7 +378,10 @@ class _NativeReply:
         payload = {
             "output": output,
             "usage": _native_usage(
-                usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.reasoning_tokens,
+                usage.cached_tokens,
             ),
             "request_id": answering.request_id,
         }

@@ -251,7 +251,7 @@ class _Output:
             "incomplete_details": incomplete_details,
             "usage": {
                 "input_tokens": usage.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": usage.cached_tokens},
                 "output_tokens": usage.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
                 "total_tokens": usage.total_tokens,
