@@ -24,7 +24,9 @@ import pytest
 from qwen_sse import protocols
 from qwen_sse.chat import ChatStreamDecoder
 from qwen_sse.cli import build_parser, main
+from qwen_sse.client import QwenClient
 from qwen_sse.emulator import EmulatorConfig, emulated_answer
+from qwen_sse.retry import NO_RETRIES
 
 BODY = {
     "model": "qwen-plus",
@@ -175,6 +177,27 @@ async def test_serve_runs_on_asyncios_loop_without_uvloop() -> None:
 
 
 @pytest.mark.timeout(60)
+async def test_serve_reports_context_cache_hits_unless_switched_off() -> None:
+    system = {"role": "system", "content": "You answer questions about the sea. " * 40}
+    for args, hit in (((), True), (("--context-cache-entries", "0"), False)):
+        async with serve(*args) as served:
+            client = QwenClient("sk-test", served.base_url, retry=NO_RETRIES)
+            async with client:
+                for question in ("Why is the sea salty?", "How deep is it?"):
+                    result = await client.chat(
+                        [system, {"role": "user", "content": question}], max_tokens=2
+                    )
+        assert result.usage is not None
+        details = result.usage.prompt_tokens_details
+        if hit:
+            assert details is not None
+            assert details.cached_tokens is not None
+            assert details.cached_tokens >= 256
+        else:
+            assert details is None
+
+
+@pytest.mark.timeout(60)
 async def test_serve_any_key_and_default_fault() -> None:
     async with serve("--any-key", "--fault", '{"status": 429, "retry_after": "1"}') as served:
         status, body = await post(served.base_url, "sk-whatever")
@@ -283,6 +306,7 @@ def test_serve_defaults_mirror_the_emulator_config() -> None:
     assert args.itl_ms == defaults.itl_s * 1000
     assert args.answer_tokens == defaults.answer_tokens
     assert args.backlog == defaults.backlog
+    assert args.context_cache_entries == defaults.context_cache_entries
     assert args.func.__module__ == "qwen_sse.cli.serve"
 
 

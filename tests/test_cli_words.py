@@ -54,6 +54,10 @@ REACHABLE: list[tuple[Callable[[], object], str]] = [
     (lambda: EmulatorConfig(answer_tokens=0), "--answer-tokens must be at least 1"),
     (lambda: EmulatorConfig(backlog=0), "--backlog must be at least 1"),
     (
+        lambda: EmulatorConfig(context_cache_entries=-1),
+        "--context-cache-entries must be at least 0",
+    ),
+    (
         lambda: DebugProxy("https://example.com", host="0.0.0.0"),
         "pass --allow-remote if that is meant",
     ),

@@ -93,6 +93,14 @@ def add_parser(subparsers: Any) -> None:
         "kernel caps it at net.core.somaxconn)",
     )
     parser.add_argument(
+        "--context-cache-entries",
+        type=int,
+        default=_DEFAULTS.context_cache_entries,
+        metavar="N",
+        help="leading message runs the implicit context cache remembers, whose tokens a "
+        "later prompt's usage reports as cached (0: no cache)",
+    )
+    parser.add_argument(
         "--fault", metavar="JSON", help="default fault for every request, e.g. '{\"status\": 429}'"
     )
     parser.add_argument(
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             answer_tokens=args.answer_tokens,
             backlog=args.backlog,
+            context_cache_entries=args.context_cache_entries,
             fault=fault,
             record_requests=False,
         )

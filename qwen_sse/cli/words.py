@@ -34,6 +34,7 @@ _PHRASES = (
     ("would pass total_s=", "would pass --total-timeout "),
     ("answer_tokens must be", "--answer-tokens must be"),
     ("backlog must be", "--backlog must be"),
+    ("context_cache_entries must be", "--context-cache-entries must be"),
 )
 
 
