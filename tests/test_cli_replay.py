@@ -114,12 +114,10 @@ async def test_serving_a_recording_reproduces_its_timing_and_boundaries(tmp_path
     # request's send): the replay keeps the original timing. How much later a piece comes
     # depends on the machine's load, and a late read may take two pieces at once.
     assert b"".join(chunk for _, chunk in taps.reads) == b"".join(p for _, p in attempt.pieces)
-    # Paced, not a burst: the last of 12 tokens is due 11 gaps of 40 ms after the request
-    # arrived, and nothing is read before it is written (however late the machine runs);
-    # the first is due at once, so it came over half the stream earlier unless a stall of
-    # 200 ms held this process.
+    # The recording carries the stream's pace: the last of 12 tokens is due 11 gaps of
+    # 40 ms after the request arrived, and nothing is read before it is written, however
+    # late the machine runs (an unpaced recording would end at once).
     assert recorded[-1] >= 0.04 * 11
-    assert recorded[0] < recorded[-1] - 0.04 * 11 / 2
     read_ends = list(itertools.accumulate(len(chunk) for _, chunk in taps.reads))
     piece_ends = itertools.accumulate(len(piece) for _, piece in attempt.pieces)
     for recorded_at_s, end in zip(recorded, piece_ends, strict=True):

@@ -34,8 +34,16 @@ def leading_tokens(role: str, content: str) -> int:
     return 1 + count_tokens(f"{role}\n{content}") + 1 + count_tokens("\n")
 
 
-def cached(cache: ContextCache, messages: list[dict[str, Any]], tools: Any = None) -> int:
-    return cache.cached_tokens(messages, tools, message_token_count(messages, tools).tokens)
+def cached(
+    cache: ContextCache,
+    messages: list[dict[str, Any]],
+    tools: Any = None,
+    *,
+    model: str = "qwen-plus",
+    api_key: str = KEY,
+) -> int:
+    prompt = message_token_count(messages, tools).tokens
+    return cache.cached_tokens(messages, tools, prompt, model=model, api_key=api_key)
 
 
 def test_a_shared_system_message_is_cached_from_the_second_prompt_on() -> None:
@@ -67,10 +75,25 @@ def test_a_prefix_under_the_minimum_is_not_cached() -> None:
     long_question = "Tell me everything about the tides. " * 40
     assert cached(cache, [short_system, user(long_question)]) == 0
     assert cached(cache, [short_system, user(long_question + "Now.")]) == 0
-    # A prompt under the minimum never reaches the cache, so nothing of it hits later.
-    small = ContextCache(1024)
-    assert cached(small, [user("hi")]) == 0
-    assert cached(small, [user("hi"), {"role": "assistant", "content": "x " * 400}]) == 0
+
+
+def test_a_prompt_under_the_minimum_is_not_remembered() -> None:
+    # Were it remembered, its run would push the long prompt's first run out of a cache of
+    # two entries.
+    cache = ContextCache(2)
+    assert cached(cache, [SYSTEM, user("a")]) == 0
+    assert cached(cache, [user("hi")]) == 0
+    assert cached(cache, [SYSTEM, user("b")]) == leading_tokens("system", SYSTEM["content"])
+
+
+def test_another_model_or_key_is_another_cache() -> None:
+    cache = ContextCache(1024)
+    assert cached(cache, [SYSTEM, user("a")]) == 0
+    assert cached(cache, [SYSTEM, user("b")], model="qwen-max") == 0
+    assert cached(cache, [SYSTEM, user("c")], api_key="sk-other") == 0
+    system_tokens = leading_tokens("system", SYSTEM["content"])
+    assert cached(cache, [SYSTEM, user("d")], model="qwen-max") == system_tokens
+    assert cached(cache, [SYSTEM, user("e")], api_key="sk-other") == system_tokens
 
 
 def test_other_tools_are_another_prefix() -> None:
@@ -80,42 +103,100 @@ def test_other_tools_are_another_prefix() -> None:
     assert cached(cache, [SYSTEM, user("c")], TOOLS) > leading_tokens("system", SYSTEM["content"])
 
 
-def test_the_cache_remembers_only_its_last_entries() -> None:
-    cache = ContextCache(2)
-    other = {"role": "system", "content": "You answer questions about the sky. " * 40}
+SKY = {"role": "system", "content": "You answer questions about the sky. " * 40}
+LAND = {"role": "system", "content": "You answer questions about the land. " * 40}
+
+
+def test_the_cache_remembers_exactly_its_last_entries() -> None:
+    cache = ContextCache(4)
+    system_tokens = leading_tokens("system", SYSTEM["content"])
     assert cached(cache, [SYSTEM, user("a")]) == 0  # two runs: [SYSTEM], [SYSTEM, a]
-    assert cached(cache, [other, user("b")]) == 0  # two more push the first two out
-    assert cached(cache, [SYSTEM, user("c")]) == 0
-    assert cached(cache, [SYSTEM, user("d")]) > 0
-    assert cached(ContextCache(0), [SYSTEM, user("a")]) == 0
+    assert cached(cache, [SKY, user("b")]) == 0  # two more: four, the cache is full
+    # [SYSTEM] is still there; [SYSTEM, c] pushes out the oldest, [SYSTEM, a].
+    assert cached(cache, [SYSTEM, user("c")]) == system_tokens
+    # With one entry more [SYSTEM, a] would still be there, and all of it would hit.
+    assert cached(cache, [SYSTEM, user("a")]) == system_tokens
     nothing = ContextCache(0)
-    cached(nothing, [SYSTEM, user("a")])
+    assert cached(nothing, [SYSTEM, user("a")]) == 0
     assert cached(nothing, [SYSTEM, user("a")]) == 0
 
 
-@settings(max_examples=60, deadline=None)
+def test_the_cache_forgets_the_run_used_longest_ago() -> None:
+    cache = ContextCache(4)
+    assert cached(cache, [SYSTEM, user("a")]) == 0
+    assert cached(cache, [SKY, user("b")]) == 0
+    # A hit on [SYSTEM] makes it the newest: [SYSTEM, a] goes first, then [SKY].
+    assert cached(cache, [SYSTEM, user("c")]) > 0
+    assert cached(cache, [LAND]) == 0
+    assert cached(cache, [SYSTEM, user("f")]) > 0
+    assert cached(cache, [SKY, user("g")]) == 0
+
+
+def test_a_hit_pushed_out_by_its_own_prompt_still_counts() -> None:
+    cache = ContextCache(2)
+    assert cached(cache, [SYSTEM, user("a")]) == 0
+    turns = [SYSTEM, user("b"), {"role": "assistant", "content": "c"}, user("d")]
+    assert cached(cache, turns) == leading_tokens("system", SYSTEM["content"])
+    # ... and stays out: the cache holds the prompt's last two runs, no more.
+    assert cached(cache, [SYSTEM, user("e")]) == 0
+
+
+def test_a_run_that_ends_inside_a_turn_is_not_a_hit() -> None:
+    cache = ContextCache(1024)
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "c1", "function": {"name": "tide", "arguments": "{}"}}],
+    }
+    first = [SYSTEM, user("When is high tide?"), call, {"role": "tool", "content": "6 am"}]
+    assert cached(cache, first, TOOLS) == 0
+    # Two tool results share one user turn: the run up to the first is not a leading part
+    # of this prompt, so the hit is the run before the results.
+    second = [*first, {"role": "tool", "content": "7 pm"}]
+    expected = message_token_count(first[:3], TOOLS).tokens - message_token_count([]).tokens
+    assert cached(cache, second, TOOLS) == expected
+    # A last assistant message left open to be continued is not a closed turn either.
+    opened = [SYSTEM, user("Say it"), {"role": "assistant", "content": "The sea", "partial": True}]
+    assert cached(cache, opened) == 0
+    asked = leading_tokens("system", SYSTEM["content"]) + leading_tokens("user", "Say it")
+    assert cached(cache, opened) == asked
+    # Followed by more, the same message is a closed turn, and a run that hits.
+    continued = [*opened, user("Go on")]
+    assert cached(cache, continued) == asked + leading_tokens("assistant", "The sea")
+
+
+MESSAGES = st.sampled_from(
+    [
+        user("sea"),
+        user("salt " * 300),
+        {"role": "system", "content": "tide " * 150},
+        {"role": "assistant", "content": "wave " * 100},
+        {"role": "assistant", "content": "The sea", "partial": True},
+        {"role": "tool", "content": "6 am"},
+        {"role": "tool", "content": "depth " * 200},
+    ]
+)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
-    st.lists(
-        st.lists(
-            st.sampled_from(["sea", "sky", "salt " * 300, "tide " * 150]), min_size=1, max_size=8
-        ),
-        min_size=1,
-        max_size=6,
-    )
+    st.lists(st.lists(MESSAGES, min_size=1, max_size=8), min_size=1, max_size=6),
+    st.booleans(),
 )
 def test_cached_tokens_are_none_or_a_leading_part_of_the_prompt(
-    conversations: list[list[str]],
+    conversations: list[list[dict[str, Any]]], with_tools: bool
 ) -> None:
     cache = ContextCache(64)
-    for texts in conversations:
-        messages = [user(text) for text in texts]
-        prompt = count_message_tokens(messages)
-        hit = cached(cache, messages)
+    tools = TOOLS if with_tools else None
+    for messages in conversations:
+        prompt = message_token_count(messages, tools).tokens
+        hit = cached(cache, messages, tools)
         assert hit == 0 or MIN_CACHED_TOKENS <= hit < prompt
-        # The same prompt at once again: its whole length less the opening, if long enough.
-        again = cached(cache, messages)
-        whole = prompt - 1 - count_tokens("assistant\n")
-        assert again == (whole if whole >= MIN_CACHED_TOKENS else 0)
+        # The same prompt again: as much as a closed run of it can hold, and never more
+        # than the tokens before its last message's end.
+        again = cached(cache, messages, tools)
+        assert again == 0 or MIN_CACHED_TOKENS <= again < prompt
+        assert again >= hit
 
 
 def test_the_config_refuses_a_negative_size() -> None:

@@ -79,11 +79,10 @@ class MockServer:
     installed (``server.event_loop`` says which: ``"uvloop"`` or ``"asyncio"``), except
     with ``timings`` unless ``uvloop_timings``: aiohttp measures a request's arrival on the
     loop's clock, and uvloop's counts whole milliseconds, so the served TTFT would be known
-    to a millisecond or two (the kernel's coarse clock) rather than to a microsecond: the
-    arrival is never dated after the handler started, so the error is on the early side,
-    the served TTFT at most that much long. ``uvloop_timings`` trades that
-    for uvloop's cheaper writes, to measure what the emulator serves as ``qwen-sse serve``
-    runs it.
+    to a millisecond or two either way (the kernel's coarse clock) rather than to a
+    microsecond; the arrival is never dated after the handler started. ``uvloop_timings``
+    trades that for uvloop's cheaper writes, to measure what the emulator serves as
+    ``qwen-sse serve`` runs it.
 
     The emulator accepts any bearer key (``api_key`` in ``config`` is overridden). Unless
     ``timings``, it records nothing, so its memory stays flat however long the run; with

@@ -8,9 +8,10 @@ it over real loopback sockets.
 Its answers are a pure function of the request (:func:`emulated_answer`), so a test can
 predict every piece: each protocol's request is read as the equivalent compatible-mode
 body, and the same conversation gets the same answer, the same usage, the same faults,
-limits and timing in every protocol; only the bytes differ. The one thing that depends on
-the requests before it is the usage's cached tokens (the context cache's hits). The
-package's modules each own one thing:
+limits and timing in every protocol; only the bytes differ. Besides the rate limits and
+the request ids (numbered in order of arrival), the requests before one change only its
+usage's cached tokens (the context cache's hits). The package's modules each own one
+thing:
 
 * :mod:`~qwen_sse.emulator.answers`: the deterministic answers, in tokens;
 * :mod:`~qwen_sse.emulator.corpus`: the sentences answers are made of;

@@ -8,11 +8,14 @@ setting, no guarantee of a hit, at least :data:`MIN_CACHED_TOKENS` tokens) and r
 hit as ``prompt_tokens_details.cached_tokens``. Its granularity is not documented; the
 emulator's is whole messages, the boundary a shared system prompt or an earlier turn of a
 conversation ends on: a prompt's cached tokens are those of its longest run of leading
-messages (after the same tools, if any) that an earlier prompt began with, as rendered
-before the assistant's turn opens, when they are at least :data:`MIN_CACHED_TOKENS`; else
-none. Unlike the real service it always hits when it can, so a test can predict it. It
-remembers the last ``entries`` leading runs it saw (a prompt of n messages has n), however
-long it runs.
+messages (after the same tools, for the same model and API key) that an earlier prompt
+began with, as rendered before the rest of the prompt, when they are at least
+:data:`MIN_CACHED_TOKENS`; else none. A run only counts where it ends a turn of this
+prompt as rendered (not between two tool results, which share a turn, and not at a last
+assistant message left open to be continued), so the cached tokens are always a leading
+part of the prompt. Unlike the real service it always hits when it can, so a test can
+predict it. It remembers the last ``entries`` leading runs it met (a prompt of n messages
+has n), however long it runs and whatever one request holds.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = ["MIN_CACHED_TOKENS", "ContextCache"]
 MIN_CACHED_TOKENS = 256
 """The least prefix DashScope's implicit cache holds, in tokens (its documentation)."""
 
+# 128-bit digests: runs that differ collide with odds far below any run's length.
 _KEY_BYTES = 16
 
 
@@ -47,33 +51,56 @@ class ContextCache:
         self._seen: OrderedDict[bytes, int] = OrderedDict()
 
     def cached_tokens(
-        self, messages: Sequence[Mapping[str, Any]], tools: list[Any] | None, prompt_tokens: int
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: list[Any] | None,
+        prompt_tokens: int,
+        *,
+        model: str,
+        api_key: str,
     ) -> int:
         """The cached tokens of the prompt of ``messages`` and ``tools`` (``prompt_tokens``
-        in all, as :func:`~qwen_sse.emulator.accounting.prompt_tokens` counted it), and
-        remember its leading runs for the prompts after it."""
+        in all, as :func:`~qwen_sse.emulator.accounting.prompt_tokens` counted it) sent to
+        ``model`` with ``api_key``, and remember its leading runs for the prompts after it
+        (the key only as part of a digest)."""
         if not self._entries or prompt_tokens < MIN_CACHED_TOKENS:
             # No run of a prompt this short can reach the minimum, now or later.
             return 0
         seen = self._seen
-        hit, hit_key, tokens = 0, b"", 0
-        key = hashlib.blake2b(msgspec.json.encode(tools), digest_size=_KEY_BYTES).digest()
+        hit, hit_key = 0, b""
+        key = _digest(msgspec.json.encode([model, api_key, tools]))
         for length in range(1, len(messages) + 1):
-            key = hashlib.blake2b(
-                key + msgspec.json.encode(messages[length - 1]), digest_size=_KEY_BYTES
-            ).digest()
-            if key in seen:
+            key = _digest(key + msgspec.json.encode(messages[length - 1]))
+            if key not in seen:
+                seen[key] = -1
+                if len(seen) > self._entries:
+                    seen.popitem(last=False)
+            elif _ends_a_turn(messages, length):
                 seen.move_to_end(key)
                 hit, hit_key = length, key
-            else:
-                seen[key] = -1
-        if hit:
-            tokens = seen[hit_key]
-            if tokens < 0:
-                tokens = seen[hit_key] = _leading_tokens(messages[:hit], tools)
-        while len(seen) > self._entries:
-            seen.popitem(last=False)
+        if not hit:
+            return 0
+        # The runs after it may have pushed the hit out of a small cache already.
+        tokens = seen.get(hit_key, -1)
+        if tokens < 0:
+            tokens = _leading_tokens(messages[:hit], tools)
+            if hit_key in seen:
+                seen[hit_key] = tokens
         return tokens if tokens >= MIN_CACHED_TOKENS else 0
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_KEY_BYTES).digest()
+
+
+def _ends_a_turn(messages: Sequence[Mapping[str, Any]], length: int) -> bool:
+    """Whether the first ``length`` of ``messages`` render, closed, as a leading part of
+    the whole prompt: not when a tool result follows a tool result (they share a turn), nor
+    when the last is an assistant message left open (``partial``) to be continued."""
+    last = messages[length - 1]
+    if length == len(messages):
+        return not (last.get("role") == "assistant" and last.get("partial") is True)
+    return not (last.get("role") == "tool" and messages[length].get("role") == "tool")
 
 
 def _leading_tokens(messages: Sequence[Mapping[str, Any]], tools: list[Any] | None) -> int:

@@ -395,7 +395,11 @@ class Emulator:
         # Only a request the model takes reaches the cache.
         tools = body.get("tools")
         cached = self._context_cache.cached_tokens(
-            messages, tools if isinstance(tools, list) else None, prompt
+            messages,
+            tools if isinstance(tools, list) else None,
+            prompt,
+            model=body["model"],
+            api_key=key,
         )
         usage = usage._replace(cached_tokens=cached)
         count_answer(exchange.request, usage)
@@ -584,10 +588,9 @@ class _ArrivalClock(AbstractAccessLogger):
         if emulator is None:
             return
         record = emulator._in_flight.pop(id(request), None)
-        if record is not None:
-            taken_s = time.monotonic() - time_s
-            started_s = record.arrived_at_s
-            record.arrived_at_s = taken_s if started_s is None else min(taken_s, started_s)
+        # The handler dated the record as it started.
+        if record is not None and record.arrived_at_s is not None:
+            record.arrived_at_s = min(time.monotonic() - time_s, record.arrived_at_s)
 
     @property
     def enabled(self) -> bool:

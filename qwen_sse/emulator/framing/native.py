@@ -179,7 +179,7 @@ class NativeFrames:
         *,
         thinking: bool,
         input_tokens: int,
-        cached_tokens: int = 0,
+        cached_tokens: int,
         choices: int = 1,
     ) -> None:
         eol = line_ending.encode()
