@@ -143,12 +143,17 @@ def test_a_hit_pushed_out_by_its_own_prompt_still_counts() -> None:
 
 def test_a_run_that_ends_inside_a_turn_is_not_a_hit() -> None:
     cache = ContextCache(1024)
-    call = {
+    call: dict[str, Any] = {
         "role": "assistant",
         "content": "",
         "tool_calls": [{"id": "c1", "function": {"name": "tide", "arguments": "{}"}}],
     }
-    first = [SYSTEM, user("When is high tide?"), call, {"role": "tool", "content": "6 am"}]
+    first: list[dict[str, Any]] = [
+        SYSTEM,
+        user("When is high tide?"),
+        call,
+        {"role": "tool", "content": "6 am"},
+    ]
     assert cached(cache, first, TOOLS) == 0
     # Two tool results share one user turn: the run up to the first is not a leading part
     # of this prompt, so the hit is the run before the results.
@@ -156,7 +161,11 @@ def test_a_run_that_ends_inside_a_turn_is_not_a_hit() -> None:
     expected = message_token_count(first[:3], TOOLS).tokens - message_token_count([]).tokens
     assert cached(cache, second, TOOLS) == expected
     # A last assistant message left open to be continued is not a closed turn either.
-    opened = [SYSTEM, user("Say it"), {"role": "assistant", "content": "The sea", "partial": True}]
+    opened: list[dict[str, Any]] = [
+        SYSTEM,
+        user("Say it"),
+        {"role": "assistant", "content": "The sea", "partial": True},
+    ]
     assert cached(cache, opened) == 0
     asked = leading_tokens("system", SYSTEM["content"]) + leading_tokens("user", "Say it")
     assert cached(cache, opened) == asked
