@@ -246,8 +246,9 @@ def test_a_closed_connection_ends_the_stream(loop: asyncio.AbstractEventLoop) ->
     clock = FakeClock(10.0)
     ticker = Ticker(loop, clock=clock)
     transport = FakeTransport(clock)
+    kept = record()
     playing = ticker.play(
-        transport, script_of([0.01, 0.01, 0.01]), record(), started_s=clock.now_s, keep_times=False
+        transport, script_of([0.01, 0.01, 0.01]), kept, started_s=clock.now_s, keep_times=False
     )
     clock.now_s = 10.0115
     ticker.write_due(clock.now_s)
@@ -257,6 +258,8 @@ def test_a_closed_connection_ends_the_stream(loop: asyncio.AbstractEventLoop) ->
     ticker.write_due(clock.now_s)
     assert playing.done.result() == "client_disconnected"
     assert len(transport.writes) == 1
+    # The record counts what was written: the first step, its event and its bytes.
+    assert (kept.events_sent, kept.bytes_sent) == (1, 10)
 
 
 def test_a_closed_player_writes_nothing_more(loop: asyncio.AbstractEventLoop) -> None:
@@ -271,6 +274,25 @@ def test_a_closed_player_writes_nothing_more(loop: asyncio.AbstractEventLoop) ->
     ticker.write_due(clock.now_s)
     assert transport.writes == []
     assert playing.done.cancelled()
+
+
+def test_a_player_closed_mid_stream_counts_what_it_wrote(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    clock = FakeClock(10.0)
+    ticker = Ticker(loop, clock=clock)
+    transport = FakeTransport(clock)
+    kept = record()
+    playing = ticker.play(
+        transport, script_of([0.0, 0.01, 0.01]), kept, started_s=clock.now_s, keep_times=False
+    )
+    clock.now_s = 10.0115
+    ticker.write_due(clock.now_s)
+    assert len(transport.writes) == 2
+    playing.close()
+    playing.close()  # counted once
+    assert playing.done.cancelled()
+    assert (kept.events_sent, kept.bytes_sent) == (2, 10 + 11)
 
 
 # --- over loopback: the same bytes either way --------------------------------------------------

@@ -35,7 +35,8 @@ class RecordedRequest:
 
     ``headers`` are case-insensitive, with the API key redacted (see :func:`redacted`);
     ``body`` is the parsed JSON (None when it was not JSON). ``outcome`` is ``"pending"``
-    while the response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body.
+    while the response is in flight. ``events_sent`` and ``bytes_sent`` count the SSE body
+    (a fault-free stream's once it ends: its ticker counts no token one by one).
 
     ``arrived_at_s`` and ``written`` are what the server really did, whatever its
     configured delays (a busy machine runs every delay late), on ``time.monotonic()``, one

@@ -37,10 +37,13 @@ _TICKS_PER_S = round(1 / TICK_S)
 class Playing:
     """One stream the ticker plays: ``done`` gets its outcome once every step is written
     (the script's), or ``"client_disconnected"`` when the connection closed first.
-    :meth:`close` stops it (a cancelled handler)."""
+    :meth:`close` stops it (a cancelled handler). The record's ``events_sent`` and
+    ``bytes_sent`` count the steps written when the stream ends, however it ends (not
+    per token: an int past 256 is a new object each time)."""
 
     __slots__ = (
         "_clock",
+        "_counted",
         "_index",
         "_keep_times",
         "_record",
@@ -66,13 +69,28 @@ class Playing:
         self._record = record
         self._keep_times = keep_times
         self._index = 0
+        self._counted = 0
         self.done = done
         self.due_s = 0.0
 
     def close(self) -> None:
         """Write nothing more (the ticker forgets it at its next due time)."""
         if not self.done.done():
+            self._count()
             self.done.cancel()
+
+    def _end(self, outcome: Outcome) -> None:
+        self._count()
+        self.done.set_result(outcome)
+
+    def _count(self) -> None:
+        """Add the steps written since the last count to the record's counters."""
+        written, counted = self._index, self._counted
+        if written > counted:
+            script = self._script
+            self._record.events_sent += sum(script.events[counted:written])
+            self._record.bytes_sent += sum(script.sse_bytes[counted:written])
+            self._counted = written
 
     def write_due(self, now_s: float) -> bool:
         """Write every step due by ``now_s``; True while a step is left for later."""
@@ -84,7 +102,7 @@ class Playing:
         chunks = script.chunks
         while True:
             if transport.is_closing():
-                self.done.set_result("client_disconnected")
+                self._end("client_disconnected")
                 return False
             index = self._index
             if self._keep_times and (kinds := script.kinds[index]):
@@ -95,12 +113,10 @@ class Playing:
                 else:
                     record.written += [(kind, written_at_s) for kind in kinds]
             transport.write(chunks[index])
-            record.events_sent += script.events[index]
-            record.bytes_sent += script.sse_bytes[index]
             index += 1
             self._index = index
             if index == len(chunks):
-                self.done.set_result(script.outcome)
+                self._end(script.outcome)
                 return False
             self.due_s += script.delays_s[index]
             if self.due_s > now_s:
