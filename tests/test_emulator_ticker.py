@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -29,7 +29,7 @@ from qwen_sse.emulator.framing import Answering
 from qwen_sse.emulator.framing.compatible import COMPATIBLE_FRAMING
 from qwen_sse.emulator.records import Outcome, RecordedRequest
 from qwen_sse.emulator.script import Script, render
-from qwen_sse.emulator.ticker import TICK_S, Ticker
+from qwen_sse.emulator.ticker import TICK_S, Playing, Ticker
 from qwen_sse.sse import SSEDecoder
 
 KEY = "sk-test"
@@ -242,57 +242,61 @@ def test_without_keep_times_nothing_is_kept_per_piece(loop: asyncio.AbstractEven
     assert kept.events_sent == 2
 
 
-def test_a_closed_connection_ends_the_stream(loop: asyncio.AbstractEventLoop) -> None:
+class Started(NamedTuple):
+    """One stream the ticker plays from 10.0 s on a fake clock, and what it writes to."""
+
+    clock: FakeClock
+    ticker: Ticker
+    transport: FakeTransport
+    kept: RecordedRequest
+    playing: Playing
+
+    def tick_at(self, now_s: float) -> None:
+        self.clock.now_s = now_s
+        self.ticker.write_due(now_s)
+
+
+def started(loop: asyncio.AbstractEventLoop, delays_s: list[float]) -> Started:
     clock = FakeClock(10.0)
     ticker = Ticker(loop, clock=clock)
     transport = FakeTransport(clock)
     kept = record()
     playing = ticker.play(
-        transport, script_of([0.01, 0.01, 0.01]), kept, started_s=clock.now_s, keep_times=False
+        transport, script_of(delays_s), kept, started_s=clock.now_s, keep_times=False
     )
-    clock.now_s = 10.0115
-    ticker.write_due(clock.now_s)
-    assert len(transport.writes) == 1
-    transport.closing = True
-    clock.now_s = 11.0
-    ticker.write_due(clock.now_s)
-    assert playing.done.result() == "client_disconnected"
-    assert len(transport.writes) == 1
+    return Started(clock, ticker, transport, kept, playing)
+
+
+def test_a_closed_connection_ends_the_stream(loop: asyncio.AbstractEventLoop) -> None:
+    stream = started(loop, [0.01, 0.01, 0.01])
+    stream.tick_at(10.0115)
+    assert len(stream.transport.writes) == 1
+    stream.transport.closing = True
+    stream.tick_at(11.0)
+    assert stream.playing.done.result() == "client_disconnected"
+    assert len(stream.transport.writes) == 1
     # The record counts what was written: the first step, its event and its bytes.
-    assert (kept.events_sent, kept.bytes_sent) == (1, 10)
+    assert (stream.kept.events_sent, stream.kept.bytes_sent) == (1, 10)
 
 
 def test_a_closed_player_writes_nothing_more(loop: asyncio.AbstractEventLoop) -> None:
-    clock = FakeClock(10.0)
-    ticker = Ticker(loop, clock=clock)
-    transport = FakeTransport(clock)
-    playing = ticker.play(
-        transport, script_of([0.01, 0.01]), record(), started_s=clock.now_s, keep_times=False
-    )
-    playing.close()
-    clock.now_s = 11.0
-    ticker.write_due(clock.now_s)
-    assert transport.writes == []
-    assert playing.done.cancelled()
+    stream = started(loop, [0.01, 0.01])
+    stream.playing.close()
+    stream.tick_at(11.0)
+    assert stream.transport.writes == []
+    assert stream.playing.done.cancelled()
 
 
 def test_a_player_closed_mid_stream_counts_what_it_wrote(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    clock = FakeClock(10.0)
-    ticker = Ticker(loop, clock=clock)
-    transport = FakeTransport(clock)
-    kept = record()
-    playing = ticker.play(
-        transport, script_of([0.0, 0.01, 0.01]), kept, started_s=clock.now_s, keep_times=False
-    )
-    clock.now_s = 10.0115
-    ticker.write_due(clock.now_s)
-    assert len(transport.writes) == 2
-    playing.close()
-    playing.close()  # counted once
-    assert playing.done.cancelled()
-    assert (kept.events_sent, kept.bytes_sent) == (2, 10 + 11)
+    stream = started(loop, [0.0, 0.01, 0.01])
+    stream.tick_at(10.0115)
+    assert len(stream.transport.writes) == 2
+    stream.playing.close()
+    stream.playing.close()  # counted once
+    assert stream.playing.done.cancelled()
+    assert (stream.kept.events_sent, stream.kept.bytes_sent) == (2, 10 + 11)
 
 
 # --- over loopback: the same bytes either way --------------------------------------------------
