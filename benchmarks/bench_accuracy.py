@@ -59,8 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ttft-ms", type=float, default=400.0, help="configured TTFT")
     parser.add_argument("--itl-ms", type=float, default=40.0, help="configured ITL")
     parser.add_argument("--tokens", type=int, default=10, help="tokens per answer")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.requests, args.ttft_ms, args.itl_ms, args.tokens = "1,8", 8, 50, 10, 4

@@ -108,8 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--server-cpu", type=int, default=0, help="the emulator's CPU")
     parser.add_argument("--client-cpu", type=int, default=1, help="the generator's CPU")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.requests, args.repeat = "4,8", 8, 1

@@ -1465,7 +1465,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n", 1)[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    benchenv.add_report_options(parser)
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (memory: processes)")
     parser.add_argument(
         "--only",
@@ -1478,7 +1478,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-streams", type=int, default=4000, help="concurrent streams (memory)"
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the JSON here")
     parser.add_argument(
         "--profile", metavar="DIR", help="cProfile the timed passes into DIR (inflates figures)"
     )

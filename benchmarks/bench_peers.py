@@ -117,8 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=Path.home() / ".cache" / "qwen-sse" / "peers",
         help="where the peers' virtual environments and the local tokenizer are kept",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.repeats = "1,4", 1

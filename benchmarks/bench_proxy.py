@@ -109,8 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--itl-ms", type=float, default=20.0, help="the emulator's ITL")
     parser.add_argument("--tokens", type=int, default=40, help="pieces per answer")
     parser.add_argument("--pin", choices=("auto", "none"), default="none")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.streams, args.repeat = "1,4", 2, 1

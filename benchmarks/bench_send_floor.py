@@ -68,8 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs per level (medians)")
     parser.add_argument("--sender-cpu", type=int, default=0, help="the sender's CPU")
     parser.add_argument("--reader-cpu", type=int, default=1, help="the reader's CPU")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     usable = sorted(os.sched_getaffinity(0))
     if args.quick:

@@ -138,7 +138,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -979,9 +978,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="text pieces of the answer each protocol streams (about as many events; "
         f"at most {PROTOCOL_MAX_PIECES:,}, {PROTOCOL_MODEL}'s max output tokens)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    benchenv.add_report_options(parser)
     parser.add_argument("--no-large", action="store_true", help="skip the large-event section")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
         args.events = min(args.events, 200)

@@ -138,8 +138,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loads", type=int, default=5, help="fresh processes for first load")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per measurement")
     parser.add_argument("--calls", type=int, default=1_000, help="prompt counts per run")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
+    benchenv.add_report_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.loads, args.repeat, args.calls = 10_000, 1, 2, 10

@@ -1,4 +1,5 @@
-"""What machine and which package versions a benchmark ran on, for its JSON report.
+"""What machine and which package versions a benchmark ran on, for its JSON report, and
+the options every script's report shares.
 
 Imported by the scripts beside it (``python benchmarks/bench_*.py`` puts this folder on
 ``sys.path``).
@@ -6,6 +7,7 @@ Imported by the scripts beside it (``python benchmarks/bench_*.py`` puts this fo
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -56,3 +58,10 @@ def emit(document: dict[str, Any], path: str | Path | None) -> None:
         return
     Path(path).write_text(text + "\n", encoding="utf-8")
     print(f"JSON written to {path}", file=sys.stderr)
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """``--quick`` (tiny sizes: what the smoke tests run) and ``--json FILE`` (where
+    :func:`emit` writes the report), the same in every script."""
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+    parser.add_argument("--json", metavar="FILE", help="write the JSON here, not to stdout")
